@@ -1,0 +1,86 @@
+"""Batches: readings of one bucket joined into one JSON array message.
+
+A bucket's open batch is flushed when it holds `max_readings`, when one more reading
+would take it past `max_bytes`, or `max_delay` seconds after its first reading,
+whichever comes first. The Batcher is synchronous and never blocks: full batches go
+to a sink (the outbox) as they complete; `Batcher.flush_due` is driven by a timer task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.readings import Reading
+
+_OVERHEAD = 2  # "[" and "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    bucket: str
+    payload: bytes
+    count: int
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    deadline: float
+    parts: list[bytes] = field(default_factory=list)
+    size: int = _OVERHEAD
+
+    def close(self, bucket: str) -> Batch:
+        return Batch(bucket, b"[" + b",".join(self.parts) + b"]", len(self.parts))
+
+
+class Batcher:
+    """Per-bucket open batches; completed ones are handed to `sink`."""
+
+    def __init__(self, *, sink: Callable[[Batch], None], max_readings: int, max_bytes: int,
+                 max_delay: float, clock: Callable[[], float]) -> None:
+        self._sink = sink
+        self._max_readings = max_readings
+        self._max_bytes = max_bytes
+        self._max_delay = max_delay
+        self._delays: dict[str, float] = {}
+        self._clock = clock
+        self._open: dict[str, _OpenBatch] = {}
+        self.on_new_deadline: Callable[[float], None] = lambda deadline: None
+
+    def set_delay(self, bucket: str, delay: float) -> None:
+        """A bucket-specific `max_delay` (a cloud setting may change it at run time)."""
+        self._delays[bucket] = delay
+
+    def add(self, reading: Reading) -> None:
+        part = reading.fragment()
+        bucket = reading.bucket
+        batch = self._open.get(bucket)
+        if batch is not None and batch.size + 1 + len(part) > self._max_bytes:
+            self._emit(bucket)
+            batch = None
+        if batch is None:
+            deadline = self._clock() + self._delays.get(bucket, self._max_delay)
+            batch = self._open[bucket] = _OpenBatch(deadline)
+            self.on_new_deadline(deadline)
+        batch.size += len(part) + (1 if batch.parts else 0)
+        batch.parts.append(part)
+        if len(batch.parts) >= self._max_readings or batch.size >= self._max_bytes:
+            self._emit(bucket)
+
+    def flush_due(self) -> float | None:
+        """Flush batches whose delay has passed; return the next deadline, if any."""
+        now = self._clock()
+        for bucket in [b for b, batch in self._open.items() if batch.deadline <= now]:
+            self._emit(bucket)
+        return min((batch.deadline for batch in self._open.values()), default=None)
+
+    def flush_all(self) -> None:
+        for bucket in list(self._open):
+            self._emit(bucket)
+
+    @property
+    def open_readings(self) -> int:
+        return sum(len(batch.parts) for batch in self._open.values())
+
+    def _emit(self, bucket: str) -> None:
+        self._sink(self._open.pop(bucket).close(bucket))

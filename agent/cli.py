@@ -1,0 +1,81 @@
+"""`orio-agent run | check-config | --version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from agent import __version__, logs
+from agent.config import DEFAULT_PATH, AgentConfig, load_config
+from agent.errors import ConfigError
+from agent.poller import plan_device
+
+EXIT_OK = 0
+EXIT_CONFIG = ConfigError.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="orio-agent",
+        description="Polls Modbus and serial devices and publishes their readings to the "
+                    "ORing PaaS MQTT broker.",
+    )
+    parser.add_argument("--version", action="version", version=f"orio-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the agent")
+    run.add_argument("--config", type=Path, default=DEFAULT_PATH,
+                     help=f"config file (default {DEFAULT_PATH})")
+    check = commands.add_parser("check-config",
+                                help="validate a config file and print it resolved, secret masked")
+    check.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
+    args = parser.parse_args(argv)
+
+    path: Path = args.config if args.command == "run" else args.path
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"orio-agent: invalid config\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        print(describe(config, path))
+        return EXIT_OK
+    logs.configure(level=config.log.level, fmt=config.log.format)
+    return asyncio.run(_run(config))
+
+
+def describe(config: AgentConfig, path: Path) -> str:
+    """check-config's report: the plan per device, then the resolved config as JSON."""
+    lines = [f"{path}: OK"]
+    for conn, device in config.all_devices():
+        count = len(plan_device(conn, device)[1])
+        requests = f"{count} request{'s' if count != 1 else ''}"
+        lines.append(f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
+                     f"{len(device.points)} points in {requests} every "
+                     f"{device.interval:g} s")
+    lines.append(json.dumps(config.masked(), indent=2))
+    return "\n".join(lines)
+
+
+async def _run(config: AgentConfig) -> int:
+    from agent.service import Agent  # deferred: check-config need not import the adapters
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: structlog.get_logger("agent").warning("reload_not_supported_yet")
+    )
+    agent = Agent(config)
+    await agent.run(stop)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""The TOML config file as typed models, validated once at the edge.
+
+`load_config(path)` returns an `AgentConfig` or raises `ConfigError` listing every
+problem with the file, the key path and the line. The rest of the agent receives
+typed objects and never looks at a dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from agent import tomlpos
+from agent.errors import ConfigError, ConfigProblem
+from agent.points import (
+    MAX_READ_BITS,
+    MAX_READ_REGISTERS,
+    ByteOrder,
+    PointType,
+    Table,
+    ValueType,
+    natural_value_type,
+    parse_classic_address,
+    register_count,
+)
+
+DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
+ENV_PREFIX = "ORIO_AGENT_"
+CREDENTIAL_NAME = "thing-secret"  # systemd LoadCredential= name
+MASK = "**********"
+_LIST_SECTION_PREFIXES = (f"{ENV_PREFIX}MODBUS", f"{ENV_PREFIX}CONFIG_GROUPS")
+
+Seconds = Annotated[float, Field(gt=0)]
+Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^/#+\s\x00-\x1f]+$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ThingConfig(_Section):
+    id: Name
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+
+
+class MqttConfig(_Section):
+    host: str = Field(min_length=1)
+    port: int = Field(8083, ge=1, le=65535)
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive: int = Field(60, ge=5, le=65535)
+    connect_timeout: Seconds = 10.0
+    backoff_min: Seconds = 1.0
+    backoff_max: Seconds = 120.0
+
+
+class QueueConfig(_Section):
+    path: str = "/var/lib/orio-agent/queue.db"
+    max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
+    max_age: Seconds = 7 * 24 * 3600.0
+    replay_rate: float = Field(50.0, ge=0)  # messages/s; 0 = unlimited
+
+
+class BatchConfig(_Section):
+    max_readings: int = Field(100, ge=1, le=100_000)
+    max_bytes: int = Field(65536, ge=256, le=256 * 1024 * 1024)
+    max_delay: float = Field(1.0, ge=0, le=3600)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["logfmt", "json", "console"] = "logfmt"
+
+
+class RegisterRef(_Section):
+    """Where a value lives in a device and how its registers are read."""
+
+    address: StrictStr | StrictInt
+    table: Table | None = None
+    type: PointType | None = None  # default: bool in coil/discrete tables, uint16 otherwise
+    length: int | None = Field(None, ge=1, le=MAX_READ_REGISTERS)
+    bit: int | None = Field(None, ge=0, le=15)
+    byte_order: ByteOrder | None = None
+    scale: float | None = None
+    offset: float | None = None
+
+    _offset: int = PrivateAttr(-1)
+    _table_given: bool = PrivateAttr(False)
+
+    @model_validator(mode="after")
+    def _resolve_location(self) -> Self:
+        # Only what can be resolved is resolved; `problems()` reports the rest with its key.
+        self._table_given = self.table is not None
+        if isinstance(self.address, str) and self.table is None:
+            with contextlib.suppress(ValueError):
+                self.table, self._offset = parse_classic_address(self.address)
+        elif isinstance(self.address, int) and self.table is not None and (
+            0 <= self.address <= 65535
+        ):
+            self._offset = self.address
+        if self.type is None and self.table is not None:
+            self.type = "bool" if self.table.is_bits else "uint16"
+        return self
+
+    @property
+    def location(self) -> tuple[Table, int]:
+        """(table, 0-based offset); valid once `load_config` has accepted the file."""
+        assert self.table is not None
+        assert self._offset >= 0
+        return self.table, self._offset
+
+    @property
+    def point_type(self) -> PointType:
+        assert self.type is not None
+        return self.type
+
+    @property
+    def width(self) -> int:
+        """Registers (or bits) this value occupies."""
+        return 1 if self.table is not None and self.table.is_bits else register_count(
+            self.point_type, self.length
+        )
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) pairs for what the field types alone cannot catch."""
+        found: list[tuple[str, str]] = []
+        if isinstance(self.address, str):
+            if self._table_given:
+                found.append(("address", "with `table`, give a 0-based integer address; "
+                              "a string address is classic notation (\"40001\")"))
+            elif self._offset < 0:
+                try:
+                    parse_classic_address(self.address)
+                except ValueError as exc:
+                    found.append(("address", str(exc)))
+        elif self.table is None:
+            found.append(("table", "an integer address needs `table` "
+                          "(coil, discrete, input or holding)"))
+        elif not 0 <= self.address <= 65535:
+            found.append(("address", f"{self.address} is outside 0..65535"))
+        if self.table is None or self._offset < 0:
+            return found
+        if self.table.is_bits:
+            if self.type != "bool":
+                found.append(("type", f"the {self.table} table holds bits: type must be bool"))
+            if self.bit is not None:
+                found.append(("bit", f"`bit` selects a bit of a register; the {self.table} "
+                              "table already holds single bits"))
+        if self.type == "string" and self.length is None:
+            found.append(("length", "type string needs `length` in registers"))
+        if self.type not in ("string", "hex") and self.length is not None:
+            found.append(("length", "`length` applies to string and hex only"))
+        if self._offset + self.width > 65536:
+            found.append(("address", "the value runs past the end of the table"))
+        for key in ("scale", "offset"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                found.append((key, "must be a finite number"))
+        if self.bit is not None and (self.scale is not None or self.offset is not None):
+            found.append(("scale", "a bit is true or false: scale and offset do not apply"))
+        if self.bit is not None and self.type not in ("bool", "int16", "uint16"):
+            found.append(("bit", "`bit` selects a bit of one register: use type bool"))
+        if self.scale == 0:
+            found.append(("scale", "must not be 0"))
+        if (self.scale is not None or self.offset is not None) and self.type in (
+            "bool", "string", "hex"
+        ):
+            found.append(("scale", f"scale and offset apply to numbers, not {self.type}"))
+        return found
+
+
+class PointConfig(RegisterRef):
+    """One value read from a device and published as a reading."""
+
+    id: Name
+    bucket: Name | None = None
+    deadband: float | None = Field(None, ge=0)
+    max_silence: Seconds | None = None
+    value_type: ValueType | None = None
+
+    @property
+    def shape_type(self) -> ValueType:
+        """The data shape type the cloud sees."""
+        if self.value_type is not None:
+            return self.value_type
+        if self.bit is not None:
+            return "boolean"
+        scaled = self.scale is not None or self.offset is not None
+        return natural_value_type(self.point_type, scaled=scaled and self.bit is None)
+
+
+# The data shape types a point may be published as, by what it decodes to.
+_SHAPES_FOR: dict[str, frozenset[str]] = {
+    "integer": frozenset({"integer", "float", "string", "boolean", "hex"}),
+    "float": frozenset({"float", "integer", "string"}),
+    "bool": frozenset({"boolean", "integer", "string"}),
+    "string": frozenset({"string"}),
+    "hex": frozenset({"hex", "string"}),
+}
+
+
+def _decodes_to(point: RegisterRef) -> str:
+    if point.bit is not None or point.type == "bool":
+        return "bool"
+    if point.type in ("string", "hex"):
+        return point.point_type
+    return "float" if point.point_type.startswith("float") else "integer"
+
+
+class DeviceConfig(_Section):
+    """One unit on a Modbus connection."""
+
+    name: Name
+    unit: int = Field(1, ge=0, le=255)
+    interval: Seconds = 1.0
+    bucket: Name | None = None
+    byte_order: ByteOrder = "ABCD"
+    max_gap: int | None = Field(None, ge=0, le=MAX_READ_REGISTERS - 1)
+    max_registers: int | None = Field(None, ge=1, le=MAX_READ_REGISTERS)
+    max_bits: int | None = Field(None, ge=1, le=MAX_READ_BITS)
+    one_request_per_point: bool = False
+    deadband: float | None = Field(None, ge=0)
+    max_silence: Seconds | None = None
+    backoff_max: Seconds = 60.0
+    points: list[PointConfig] = Field(min_length=1)
+
+
+class ModbusConfig(_Section):
+    """One Modbus connection: a TCP endpoint or a serial line, shared by its devices."""
+
+    name: Name
+    transport: Literal["tcp", "rtu"]
+    host: str | None = None
+    port: int = Field(502, ge=1, le=65535)
+    device: str | None = None
+    baudrate: int = Field(9600, ge=50, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    timeout: Seconds = 1.0
+    max_gap: int = Field(8, ge=0, le=MAX_READ_REGISTERS - 1)
+    max_registers: int = Field(MAX_READ_REGISTERS, ge=1, le=MAX_READ_REGISTERS)
+    max_bits: int = Field(MAX_READ_BITS, ge=1, le=MAX_READ_BITS)
+    connect_delay: float = Field(0.0, ge=0, le=60)
+    request_delay: float = Field(0.0, ge=0, le=60)
+    close_after_cycle: bool = False
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+
+class SettingConfig(RegisterRef):
+    """One value the cloud may set, with its bounds."""
+
+    id: Name
+    device: Name
+    min: float | None = None
+    max: float | None = None
+    enum: list[int | float | str | bool] | None = None
+    pattern: str | None = None
+
+
+class ConfigGroupConfig(_Section):
+    name: Name
+    settings: list[SettingConfig] = Field(min_length=1)
+
+
+class AgentConfig(BaseSettings):
+    """The whole file. Environment variables ORIO_AGENT_<SECTION>__<KEY> override scalars."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    thing: ThingConfig
+    mqtt: MqttConfig
+    queue: QueueConfig = QueueConfig()
+    batch: BatchConfig = BatchConfig()
+    log: LogConfig = LogConfig()
+    modbus: list[ModbusConfig] = []
+    config_groups: list[ConfigGroupConfig] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init values (we parse the TOML ourselves so that a
+        # syntax error names its line); the environment overrides them.
+        return env_settings, init_settings
+
+    def secret(self) -> str:
+        """The thing's MQTT password, resolved by `load_config`."""
+        assert self.thing.secret is not None
+        return self.thing.secret.get_secret_value()
+
+    def masked(self) -> dict[str, Any]:
+        """The resolved config for display: the secret replaced by asterisks."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if "secret" in data["thing"]:
+            data["thing"]["secret"] = MASK
+        return data
+
+    def all_devices(self) -> list[tuple[ModbusConfig, DeviceConfig]]:
+        return [(conn, device) for conn in self.modbus for device in conn.devices]
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read, validate and cross-check a config file; raise ConfigError naming every problem."""
+    shown = str(path)
+    try:
+        source = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(shown, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(shown, [ConfigProblem("", "not UTF-8 text")]) from None
+    try:
+        data = tomllib.loads(source)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(shown, [_syntax_problem(exc)]) from None
+    listed = [name for name in os.environ if name.upper().startswith(_LIST_SECTION_PREFIXES)]
+    if listed:
+        message = ("arrays of tables ([[modbus]], [[config_groups]]) cannot be overridden from "
+                   f"the environment; unset {', '.join(sorted(listed))}")
+        raise ConfigError(shown, [ConfigProblem("", message)])
+    try:
+        config = AgentConfig(**data)
+    except ValidationError as exc:
+        problems = _merge_union_problems(
+            [_validation_problem(error, source) for error in exc.errors()]
+        )
+        raise ConfigError(shown, problems) from None
+    except SettingsError as exc:
+        # A whole section set from the environment (ORIO_AGENT_THING='{...}') that is not JSON.
+        names = sorted(name for name in os.environ if name.upper().startswith(ENV_PREFIX))
+        message = f"{exc}; check the environment variables {', '.join(names)}"
+        raise ConfigError(shown, [ConfigProblem("", message)]) from None
+    problems = [
+        ConfigProblem(key, message, tomlpos.locate(source, _split_key(key)))
+        for key, message in cross_check(config)
+    ]
+    secret_problem = _resolve_secret(config)
+    if secret_problem is not None:
+        problems.append(
+            ConfigProblem("thing.secret", secret_problem, tomlpos.locate(source, ("thing",)))
+        )
+    if problems:
+        raise ConfigError(shown, problems)
+    return config
+
+
+def cross_check(config: AgentConfig) -> list[tuple[str, str]]:
+    """Rules that span keys: (key path, message) for each violation."""
+    found: list[tuple[str, str]] = []
+    if config.mqtt.tls is False and (config.mqtt.cert_file or config.mqtt.ca_file):
+        found.append(("mqtt.tls", "ca_file/cert_file are set but tls = false"))
+    if (config.mqtt.cert_file is None) != (config.mqtt.key_file is None):
+        found.append(("mqtt.cert_file", "mutual TLS needs both cert_file and key_file"))
+    devices: dict[str, str] = {}
+    connections: set[str] = set()
+    bucket_ids: dict[tuple[str, str], str] = {}
+    for c, conn in enumerate(config.modbus):
+        here = f"modbus[{c}]"
+        if conn.name in connections:
+            found.append((f"{here}.name", f"connection name {conn.name!r} is used twice"))
+        connections.add(conn.name)
+        if conn.transport == "tcp" and not conn.host:
+            found.append((f"{here}.host", "a tcp connection needs `host`"))
+        if conn.transport == "rtu" and not conn.device:
+            found.append((f"{here}.device", "an rtu connection needs `device` (e.g. /dev/ttyS1)"))
+        units: set[int] = set()
+        for d, device in enumerate(conn.devices):
+            dev_key = f"{here}.devices[{d}]"
+            if device.name in devices:
+                found.append((f"{dev_key}.name", f"device name {device.name!r} is already used"
+                               f" at {devices[device.name]}"))
+            devices.setdefault(device.name, dev_key)
+            if device.unit in units:
+                found.append((f"{dev_key}.unit", f"unit {device.unit} appears twice on "
+                              f"connection {conn.name!r}"))
+            units.add(device.unit)
+            found += _check_points(dev_key, device, bucket_ids)
+    settings: dict[str, str] = {}
+    for g, group in enumerate(config.config_groups):
+        for s, setting in enumerate(group.settings):
+            key = f"config_groups[{g}].settings[{s}]"
+            found += [(f"{key}.{sub}", message) for sub, message in setting.problems()]
+            if setting.device not in devices:
+                found.append((f"{key}.device", f"no device named {setting.device!r} "
+                              f"(devices: {', '.join(sorted(devices)) or 'none'})"))
+            if setting.table is not None and not setting.table.writable:
+                found.append((f"{key}.address", f"the {setting.table} table is read-only; "
+                              "settings need a coil or holding register"))
+            if setting.id in settings:
+                found.append((f"{key}.id", f"setting id {setting.id!r} is already declared "
+                              f"at {settings[setting.id]}"))
+            settings.setdefault(setting.id, key)
+    return found
+
+
+def _check_points(dev_key: str, device: DeviceConfig,
+                  bucket_ids: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    claimed: dict[tuple[Table, int], tuple[str, PointConfig]] = {}
+    for p, point in enumerate(device.points):
+        key = f"{dev_key}.points[{p}]"
+        own = point.problems()
+        if not own and point.value_type is not None:
+            decoded = _decodes_to(point)
+            if point.value_type not in _SHAPES_FOR[decoded]:
+                own.append(("value_type", f"a {point.point_type} point cannot be published as "
+                            f"{point.value_type}; it can be "
+                            f"{', '.join(sorted(_SHAPES_FOR[decoded]))}"))
+        found += [(f"{key}.{sub}", message) for sub, message in own]
+        bucket = point.bucket or device.bucket
+        if bucket is None:
+            found.append((f"{key}.bucket", "no bucket: set `bucket` on the device or the point"))
+        else:
+            previous = bucket_ids.get((bucket, point.id))
+            if previous is not None:
+                found.append((f"{key}.id", f"point id {point.id!r} is already used in bucket "
+                              f"{bucket!r} at {previous}"))
+            bucket_ids.setdefault((bucket, point.id), key)
+        if own:
+            continue
+        table, start = point.location
+        for address in range(start, start + point.width):
+            other = claimed.get((table, address))
+            if other is not None and not _compatible(other[1], point):
+                found.append((f"{key}.address", f"overlaps {other[0]} ({other[1].id!r}) "
+                              "with a different type or byte order"))
+                break
+            claimed.setdefault((table, address), (key, point))
+    return found
+
+
+def _compatible(a: PointConfig, b: PointConfig) -> bool:
+    """Two points may share registers when they read them the same way, or as separate bits."""
+    if a.bit is not None or b.bit is not None:
+        return True  # a status word and the alarm bits within it
+    same_start = a.location == b.location
+    return same_start and (a.type, a.length, a.byte_order) == (b.type, b.length, b.byte_order)
+
+
+def _resolve_secret(config: AgentConfig) -> str | None:
+    """Fill thing.secret from secret, secret_file or the systemd credential; None when done."""
+    thing = config.thing
+    if thing.secret is not None and thing.secret_file is not None:
+        return "give either `secret` or `secret_file`, not both"
+    if thing.secret is not None:
+        return None if thing.secret.get_secret_value() else "the secret is empty"
+    candidates: list[Path] = []
+    if thing.secret_file is not None:
+        candidates.append(thing.secret_file)
+    elif os.environ.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(os.environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
+    for candidate in candidates:
+        try:
+            text = candidate.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            return f"cannot read secret file {candidate}: {reason}"
+        if not text:
+            return f"secret file {candidate} is empty"
+        thing.secret = SecretStr(text)
+        return None
+    return ("no secret: set `secret`, `secret_file`, or the systemd credential "
+            f"{CREDENTIAL_NAME!r} (LoadCredential=)")
+
+
+def _syntax_problem(exc: tomllib.TOMLDecodeError) -> ConfigProblem:
+    # Python 3.11 puts the position in the message: "Invalid value (at line 3, column 7)".
+    message = str(exc)
+    line = getattr(exc, "lineno", None)
+    if line is None and "(at line " in message:
+        head, _, tail = message.rpartition(" (at line ")
+        number = tail.split(",")[0].rstrip(")")
+        if number.isdigit():
+            line, message = int(number), head
+    return ConfigProblem("", f"TOML syntax: {message}", line)
+
+
+def _validation_problem(error: Any, source: str) -> ConfigProblem:
+    loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+    key = _join_key(loc)
+    message = str(error["msg"])
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling and section)"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif "secret" not in key and "input" in error and not isinstance(error["input"], dict | list):
+        message += f" (got {error['input']!r})"
+    env_name = ENV_PREFIX + "__".join(str(part) for part in loc).upper()
+    if env_name in os.environ:
+        message += f" (set by environment variable {env_name})"
+    return ConfigProblem(key, message, tomlpos.locate(source, loc))
+
+
+def _merge_union_problems(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """One line per key: a union's members each report, e.g. "a valid string", "a valid integer"."""
+    merged: dict[tuple[str, int | None], list[str]] = {}
+    for problem in problems:
+        merged.setdefault((problem.key, problem.line), []).append(problem.message)
+    result = []
+    for (key, line), messages in merged.items():
+        if len(messages) > 1 and all(m.startswith(_SHOULD_BE) for m in messages):
+            got = _GOT.search(messages[0])
+            wanted = [_GOT.sub("", m).removeprefix(_SHOULD_BE) for m in messages]
+            message = _SHOULD_BE + " or ".join(wanted) + (got.group(0) if got else "")
+        else:
+            message = "; ".join(messages)
+        result.append(ConfigProblem(key, message, line))
+    return result
+
+
+_SHOULD_BE = "Input should be "
+_GOT = re.compile(r" \(got .*\)$")
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic inserts the member type into the loc of a union error: ('address', 'str').
+    return isinstance(part, str) and part in ("str", "int", "float", "bool")
+
+
+def _join_key(loc: tuple[str | int, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _split_key(key: str) -> tuple[str | int, ...]:
+    parts: list[str | int] = []
+    for chunk in key.replace("]", "").split("."):
+        name, *indices = chunk.split("[")
+        parts.append(name)
+        parts += [int(index) for index in indices]
+    return tuple(parts)

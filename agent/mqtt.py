@@ -1,0 +1,223 @@
+"""The MQTT adapter: one gmqtt client at a time, reconnected by an explicit loop.
+
+gmqtt's `publish()` returns nothing; the broker's PUBACK is learnt through the client's
+`persistent_storage`, whose `remove_message_by_mid` gmqtt calls when the PUBACK for that
+packet id arrives. `_AckTracker` turns that into a future per publish, so the outbox can
+delete a message only once the broker has it. gmqtt's own reconnects are switched off
+(`_Client.reconnect`): `MqttSession.run` owns the connection, with capped, jittered
+exponential back-off, and each connection starts a clean session — whatever was in
+flight when a connection dropped is still in the outbox and is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from gmqtt import Client
+from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.storage import PersistentStorage
+
+from agent.config import MqttConfig
+from agent.errors import TransientError
+
+log = structlog.get_logger("agent.mqtt")
+
+_AUTH_REFUSED = (4, 5)  # CONNACK: bad user name or password / not authorised
+_CLOSE_TIMEOUT = 5.0
+
+
+class NotConnected(TransientError):
+    """No connection to the broker right now."""
+
+
+class ConnectionLost(TransientError):
+    """The connection dropped before the broker acknowledged the message."""
+
+
+class _AckTracker(PersistentStorage):  # type: ignore[misc]
+    """gmqtt's in-flight store, extended with a future per packet id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_mid: int | None = None
+        self.futures: dict[int, asyncio.Future[None]] = {}
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        super().push_message(mid, raw_package)
+        self.last_mid = mid
+
+    def remove_message_by_mid(self, mid: int) -> None:
+        super().remove_message_by_mid(mid)
+        future = self.futures.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def clear(self) -> None:
+        super().clear()
+        self.fail_all()
+
+    def fail_all(self) -> None:
+        futures, self.futures = self.futures, {}
+        for future in futures.values():
+            if not future.done():
+                future.set_exception(ConnectionLost("connection lost before PUBACK"))
+
+
+class _Client(Client):  # type: ignore[misc]
+    async def reconnect(self, delay: bool = False) -> None:
+        """Reconnects belong to MqttSession.run, not to gmqtt."""
+
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class MqttSession:
+    """The thing's connection to the broker: connect, stay connected, publish at QoS 1."""
+
+    def __init__(self, *, thing_id: str, secret: str, config: MqttConfig,
+                 subscriptions: Iterable[str] = (),
+                 on_message: MessageHandler | None = None) -> None:
+        self.client_id = f"thing:{thing_id}"
+        self._username = thing_id
+        self._secret = secret
+        self._config = config
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._client: _Client | None = None
+        self._tracker = _AckTracker()
+        self._closing = False
+        self.reconnects = 0
+        self._log = log.bind(broker=f"{config.host}:{config.port}", client_id=self.client_id)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
+        """Send at QoS 1; the future completes at PUBACK or fails with ConnectionLost."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise NotConnected("not connected to the broker")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tracker.last_mid = None
+        client.publish(topic, payload, qos=1, retain=retain)
+        mid = self._tracker.last_mid
+        if mid is None:
+            future.set_exception(ConnectionLost("the client did not take the message"))
+        else:
+            self._tracker.futures[mid] = future
+        return future
+
+    async def run(self) -> None:
+        """Connect, and reconnect after every loss, until cancelled."""
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._connect()
+            except (OSError, TimeoutError, MQTTConnectError) as exc:
+                attempt += 1
+                refused = isinstance(exc, MQTTConnectError) and exc._code in _AUTH_REFUSED
+                delay = self._backoff(attempt, at_cap=refused)
+                event = "mqtt_auth_refused" if refused else "mqtt_connect_failed"
+                if attempt == 1 or refused:
+                    self._log.warning(event, error=_describe(exc), retry_in=round(delay, 1))
+                else:
+                    self._log.debug(event, error=_describe(exc), attempt=attempt,
+                                    retry_in=round(delay, 1))
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            await self._lost.wait()
+            self._connected.clear()
+            self._tracker.fail_all()
+            await self._drop_client()
+            if self._closing:
+                break
+            self.reconnects += 1
+            self._log.warning("mqtt_disconnected", reconnects=self.reconnects)
+            await asyncio.sleep(random.uniform(0, self._config.backoff_min))
+
+    async def close(self) -> None:
+        """Disconnect cleanly; in-flight publishes fail and stay in the outbox."""
+        self._closing = True
+        self._connected.clear()
+        self._tracker.fail_all()
+        await self._drop_client(graceful=True)
+        self._lost.set()
+
+    async def _connect(self) -> None:
+        config = self._config
+        self._lost.clear()
+        client = _Client(self.client_id, clean_session=True, persistent_storage=self._tracker,
+                         logger=None)
+        client.set_auth_credentials(self._username, self._secret)
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        self._client = client
+        try:
+            async with asyncio.timeout(config.connect_timeout):
+                await client.connect(config.host, config.port, ssl=self._tls_context(),
+                                     keepalive=config.keepalive, version=MQTTv311)
+        except BaseException:
+            await self._drop_client()
+            raise
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        self._log.info("mqtt_connected", tls=config.tls)
+
+    def _tls_context(self) -> ssl.SSLContext | bool:
+        config = self._config
+        if not config.tls:
+            return False
+        context = ssl.create_default_context(
+            cafile=str(config.ca_file) if config.ca_file else None
+        )
+        if config.cert_file and config.key_file:
+            context.load_cert_chain(str(config.cert_file), str(config.key_file))
+        return context
+
+    def _handle_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        if client is self._client:
+            self._lost.set()
+
+    def _handle_message(self, client: Any, topic: str, payload: bytes, qos: int,
+                        properties: Any) -> int:
+        if self._on_message is not None:
+            self._on_message(topic, payload)
+        return 0
+
+    async def _drop_client(self, *, graceful: bool = False) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with contextlib.suppress(OSError, TimeoutError, RuntimeError, AttributeError):
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await client.disconnect()
+        if graceful:
+            self._log.info("mqtt_closed")
+
+    def _backoff(self, attempt: int, *, at_cap: bool) -> float:
+        cap = self._config.backoff_max
+        ceiling = cap if at_cap else min(cap, self._config.backoff_min * 2 ** min(attempt, 20))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MQTTConnectError):
+        return f"broker refused the connection: {exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__

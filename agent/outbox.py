@@ -1,0 +1,129 @@
+"""The outbox: messages between the batcher and the broker.
+
+`Outbox` is the port; `MemoryOutbox` is the bounded in-memory implementation (what
+`queue.path = ":memory:"` means: lost on restart). A message leaves the outbox only
+when the broker acknowledged it (`ack`); one whose connection dropped first goes back
+to the front (`release`), so the cloud sees messages oldest first and at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("agent.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    seq: int
+    topic: str
+    payload: bytes
+    created: float  # wall-clock seconds
+
+
+@dataclass(slots=True)
+class OutboxStats:
+    depth: int = 0
+    depth_bytes: int = 0
+    in_flight: int = 0
+    oldest_created: float | None = None
+    queued_total: int = 0
+    sent_total: int = 0
+    dropped_total: int = 0
+
+
+class Outbox(Protocol):
+    def put(self, topic: str, payload: bytes, created: float) -> None:
+        """Store a message; never blocks, may drop the oldest to stay within bounds."""
+
+    async def take(self) -> Message:
+        """The oldest message not yet in flight; waits until there is one."""
+
+    def ack(self, message: Message) -> None:
+        """The broker has it: forget it."""
+
+    def release(self, message: Message) -> None:
+        """Its connection dropped before the broker acknowledged it: send it again."""
+
+    def stats(self) -> OutboxStats: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryOutbox:
+    """Bounded by total payload bytes; beyond that the oldest waiting messages are dropped."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._waiting: deque[Message] = deque()
+        self._in_flight: dict[int, Message] = {}
+        self._bytes = 0
+        self._seq = 0
+        self._ready = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._stats = OutboxStats()
+
+    def put(self, topic: str, payload: bytes, created: float) -> None:
+        self._seq += 1
+        self._waiting.append(Message(self._seq, topic, payload, created))
+        self._bytes += len(payload)
+        self._stats.queued_total += 1
+        self._ready.set()
+        self._empty.clear()
+        dropped = 0
+        while self._bytes > self._max_bytes and len(self._waiting) > 1:
+            self._bytes -= len(self._waiting.popleft().payload)
+            dropped += 1
+        if dropped:
+            self._stats.dropped_total += dropped
+            log.warning("outbox_full_dropped_oldest", dropped=dropped,
+                        dropped_total=self._stats.dropped_total, max_bytes=self._max_bytes)
+
+    async def take(self) -> Message:
+        while not self._waiting:
+            self._ready.clear()
+            await self._ready.wait()
+        message = self._waiting.popleft()
+        self._in_flight[message.seq] = message
+        return message
+
+    def ack(self, message: Message) -> None:
+        if self._in_flight.pop(message.seq, None) is not None:
+            self._bytes -= len(message.payload)
+            self._stats.sent_total += 1
+            if not self._waiting and not self._in_flight:
+                self._empty.set()
+
+    def release(self, message: Message) -> None:
+        if self._in_flight.pop(message.seq, None) is None:
+            return
+        # Keep oldest-first order among released messages and those still waiting.
+        index = 0
+        while index < len(self._waiting) and self._waiting[index].seq < message.seq:
+            index += 1
+        self._waiting.insert(index, message)
+        self._ready.set()
+
+    async def wait_empty(self) -> None:
+        """Until every message has been acknowledged."""
+        await self._empty.wait()
+
+    def stats(self) -> OutboxStats:
+        stats = self._stats
+        stats.depth = len(self._waiting) + len(self._in_flight)
+        stats.depth_bytes = self._bytes
+        stats.in_flight = len(self._in_flight)
+        oldest = [m.created for m in self._in_flight.values()]
+        if self._waiting:
+            oldest.append(self._waiting[0].created)
+        stats.oldest_created = min(oldest, default=None)
+        return stats
+
+    def close(self) -> None:
+        """Nothing to release for memory."""

@@ -1,0 +1,251 @@
+"""Polling one Modbus unit: scheduled reads → decoded, typed, timestamped readings.
+
+Each device runs its own `DevicePoller.run` task. The schedule does not drift: cycle k is
+due at start + k * interval; a cycle that overruns skips the slots it missed. A unit that
+stops answering is backed off exponentially so that the other units on its line keep
+their intervals. A coalesced request that the unit refuses with an illegal-address or
+illegal-data exception is split in halves until every point that can be read is read;
+the layout found is kept for the next cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+import structlog
+
+from agent.config import DeviceConfig, ModbusConfig, PointConfig
+from agent.decode import decode_registers, scale_value
+from agent.errors import DeviceError, DeviceRefused
+from agent.logs import Throttle
+from agent.plan import Limits, ReadRequest, Span, plan_reads, split
+from agent.points import Table
+from agent.readings import ChangeFilter, Reading, now_ms, to_shape
+
+log = structlog.get_logger("agent.poller")
+
+REFUSED_RETRY_CYCLES = 60  # a point the unit refuses alone is tried again this many cycles on
+
+
+class RegisterBus(Protocol):
+    """What a poller needs from a connection (the Modbus adapter provides it)."""
+
+    name: str
+
+    async def read(self, unit: int, table: Table, start: int,
+                   count: int) -> list[int] | list[bool]: ...
+
+    async def end_cycle(self) -> None: ...
+
+
+@dataclass(slots=True)
+class DeviceStats:
+    cycles: int = 0
+    requests_ok: int = 0
+    requests_failed: int = 0
+    timeouts: int = 0
+    refused: int = 0
+    decode_errors: int = 0
+    readings: int = 0
+    skipped_cycles: int = 0
+    consecutive_failures: int = 0
+
+
+class _PointReader:
+    """Everything needed to turn a point's registers into a reading, worked out once."""
+
+    __slots__ = ("bit", "bucket", "byte_order", "decimals", "filter", "id", "offset", "scale",
+                 "shape", "type", "width")
+
+    def __init__(self, point: PointConfig, device: DeviceConfig) -> None:
+        self.id = point.id
+        bucket = point.bucket or device.bucket
+        assert bucket is not None
+        self.bucket = bucket
+        self.type = point.point_type
+        self.byte_order = point.byte_order or device.byte_order
+        self.bit = point.bit
+        self.scale = point.scale
+        self.offset = point.offset
+        self.decimals = _decimals(point.scale, point.offset)
+        self.shape = point.shape_type
+        self.width = point.width
+        deadband = point.deadband if point.deadband is not None else device.deadband
+        silence = point.max_silence if point.max_silence is not None else device.max_silence
+        self.filter = ChangeFilter(deadband, silence)
+
+    def reading(self, raw_values: list[int] | list[bool], timestamp_ms: int) -> Reading:
+        if raw_values and isinstance(raw_values[0], bool):
+            raw: int | float | bool | str = bool(raw_values[0])
+        else:
+            raw = decode_registers([int(v) for v in raw_values], self.type,
+                                   byte_order=self.byte_order, bit=self.bit)
+            if self.decimals is not None and isinstance(raw, int | float):
+                scaled = scale_value(raw, scale=self.scale, offset=self.offset)
+                # An integer register scaled by 0.01 has two decimals, not binary noise
+                # (5448 * 0.01 is 54.480000000000004 in floating point).
+                raw = round(scaled, self.decimals) if isinstance(raw, int) else scaled
+        value = to_shape(raw, self.shape, width=self.width)
+        return Reading(self.bucket, self.id, value, timestamp_ms)
+
+
+def plan_device(connection: ModbusConfig,
+                device: DeviceConfig) -> tuple[Limits, list[ReadRequest]]:
+    """The request limits that apply to a device, and its coalesced reads."""
+    limits = Limits(
+        max_gap=device.max_gap if device.max_gap is not None else connection.max_gap,
+        max_registers=device.max_registers or connection.max_registers,
+        max_bits=device.max_bits or connection.max_bits,
+        one_per_point=device.one_request_per_point,
+    )
+    spans = [Span(*point.location, point.width, index)
+             for index, point in enumerate(device.points)]
+    return limits, plan_reads(spans, limits)
+
+
+def _decimals(scale: float | None, offset: float | None) -> int | None:
+    """Decimal places a scaled integer can carry; None when the point is not scaled."""
+    if scale is None and offset is None:
+        return None
+    places = [-int(Decimal(repr(x)).as_tuple().exponent) for x in (scale, offset) if x]
+    return max([0, *places])
+
+
+class DevicePoller:
+    """Polls one unit on its own schedule and hands its readings to `emit`."""
+
+    def __init__(self, *, device: DeviceConfig, connection: ModbusConfig, bus: RegisterBus,
+                 emit: Callable[[Reading], None]) -> None:
+        self.device = device
+        self.name = device.name
+        self._bus = bus
+        self._emit = emit
+        self._readers = [_PointReader(point, device) for point in device.points]
+        self._limits, self.requests = plan_device(connection, device)
+        self._refused_until: dict[ReadRequest, int] = {}
+        self.stats = DeviceStats()
+        self._throttle = Throttle(interval=60.0)
+        self.interval = device.interval
+        self._log = log.bind(device=device.name, connection=bus.name, unit=device.unit)
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        loop = asyncio.get_running_loop()
+        origin = loop.time()
+        cycle = 0
+        while True:
+            ok = await self.poll_once()
+            cycle += 1
+            now = loop.time()
+            if ok:
+                due = origin + cycle * self.interval
+                if due < now:
+                    missed = math.ceil((now - due) / self.interval)
+                    self.stats.skipped_cycles += missed
+                    cycle += missed
+                    due = origin + cycle * self.interval
+            else:
+                due = now + self._backoff()
+                # Re-anchor the schedule so recovery resumes on a regular grid.
+                origin, cycle = due, 0
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    def set_interval(self, interval: float) -> None:
+        """Takes effect from the next cycle."""
+        self.interval = interval
+
+    async def poll_once(self) -> bool:
+        """One cycle. False when the unit answered nothing (a transient failure)."""
+        stats = self.stats
+        stats.cycles += 1
+        answered = False
+        failure: DeviceError | None = None
+        work = deque(self.requests)
+        try:
+            while work:
+                request = work.popleft()
+                if self._refused_until.get(request, 0) > stats.cycles:
+                    continue
+                try:
+                    values = await self._bus.read(self.device.unit, request.table,
+                                                  request.start, request.count)
+                except DeviceRefused as exc:
+                    answered = True
+                    stats.requests_failed += 1
+                    stats.refused += 1
+                    work.extendleft(reversed(self._refused(request, exc)))
+                    continue
+                except DeviceError as exc:
+                    stats.requests_failed += 1
+                    stats.timeouts += 1
+                    failure = exc
+                    break  # a unit that does not answer is not asked again this cycle
+                answered = True
+                stats.requests_ok += 1
+                self._deliver(request, values, now_ms())
+        finally:
+            await self._bus.end_cycle()
+        if answered and stats.consecutive_failures:
+            self._log.info("device_recovered", failed_cycles=stats.consecutive_failures)
+            stats.consecutive_failures = 0
+        elif failure is not None and not answered:
+            self._note_failure(failure)
+            return False
+        return True
+
+    def _deliver(self, request: ReadRequest, values: list[int] | list[bool],
+                 timestamp_ms: int) -> None:
+        now = time.monotonic()
+        for span in request.spans:
+            reader = self._readers[span.index]
+            begin = span.start - request.start
+            try:
+                reading = reader.reading(values[begin:begin + span.width], timestamp_ms)
+            except ValueError as exc:
+                self.stats.decode_errors += 1
+                if self._throttle.allow(("decode", reader.id)):
+                    self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
+                continue
+            if reader.filter.admit(reading.value, now):
+                self.stats.readings += 1
+                self._emit(reading)
+
+    def _refused(self, request: ReadRequest, exc: DeviceRefused) -> list[ReadRequest]:
+        """Replace a refused request by its halves; park a lone refused point for a while."""
+        if exc.is_layout_problem and len(request.spans) > 1:
+            parts = split(request, self._limits)
+            index = self.requests.index(request)
+            self.requests[index:index + 1] = parts
+            self._log.info("request_split", table=str(request.table), start=request.start,
+                           count=request.count, into=[(p.start, p.count) for p in parts],
+                           code=exc.code)
+            return parts
+        self._refused_until[request] = self.stats.cycles + REFUSED_RETRY_CYCLES
+        points = [self._readers[s.index].id for s in request.spans]
+        if self._throttle.allow(("refused", request)):
+            self._log.warning("read_refused", table=str(request.table), start=request.start,
+                              count=request.count, points=points, code=exc.code,
+                              retry_in_cycles=REFUSED_RETRY_CYCLES)
+        return []
+
+    def _note_failure(self, exc: DeviceError) -> None:
+        stats = self.stats
+        stats.consecutive_failures += 1
+        if stats.consecutive_failures == 1:
+            self._log.warning("device_unreachable", error=str(exc))
+        else:
+            self._log.debug("device_still_unreachable", error=str(exc),
+                            failed_cycles=stats.consecutive_failures)
+
+    def _backoff(self) -> float:
+        failures = self.stats.consecutive_failures
+        ceiling = min(self.device.backoff_max, self.interval * 2 ** min(failures, 16))
+        return random.uniform(ceiling / 2, ceiling)

@@ -1,0 +1,113 @@
+"""The running agent: sources → readings → batches → outbox → MQTT, wired and supervised.
+
+`Agent.run` owns one TaskGroup with a named task per concern. Shutdown goes in a fixed
+order: stop the pollers, flush open batches into the outbox, give delivery a moment to
+send what it can, disconnect from the broker, close the device connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+
+from agent.batches import Batch, Batcher
+from agent.config import AgentConfig
+from agent.delivery import Delivery
+from agent.modbus import ModbusLine
+from agent.mqtt import MqttSession
+from agent.outbox import MemoryOutbox, Outbox
+from agent.poller import DevicePoller
+from agent.systemd import Notifier
+
+log = structlog.get_logger("agent.service")
+
+DRAIN_ON_STOP = 5.0  # seconds delivery gets to empty an in-memory outbox at shutdown
+
+
+def data_topic(thing_id: str, bucket: str) -> str:
+    return f"$thing/{thing_id}/$data/{bucket}"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self._notifier = Notifier()
+        self.outbox: Outbox = MemoryOutbox(max_bytes=config.queue.max_bytes)
+        loop_clock = asyncio.get_running_loop().time
+        self.batcher = Batcher(
+            sink=self._queue_batch,
+            max_readings=config.batch.max_readings,
+            max_bytes=config.batch.max_bytes,
+            max_delay=config.batch.max_delay,
+            clock=loop_clock,
+        )
+        self._flush_wake = asyncio.Event()
+        self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
+        self.session = MqttSession(thing_id=config.thing.id, secret=config.secret(),
+                                   config=config.mqtt)
+        self.delivery = Delivery(outbox=self.outbox, publisher=self.session)
+        self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
+        self.pollers = [
+            DevicePoller(device=device, connection=conn, bus=self.lines[conn.name],
+                         emit=self.batcher.add)
+            for conn, device in config.all_devices()
+        ]
+        self._topics: dict[str, str] = {}
+        self.batches_queued = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down in order."""
+        self._notifier.notify("READY=1")
+        log.info("agent_started", thing=self.config.thing.id, devices=len(self.pollers),
+                 points=sum(len(p.device.points) for p in self.pollers))
+        async with asyncio.TaskGroup() as group:
+            session = group.create_task(self.session.run(), name="mqtt")
+            delivery = group.create_task(self.delivery.run(), name="delivery")
+            flusher = group.create_task(self._flush_timer(), name="batch-timer")
+            pollers = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
+            await stop.wait()
+            self._notifier.notify("STOPPING=1")
+            log.info("agent_stopping")
+            for task in pollers:
+                task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            flusher.cancel()
+            self.batcher.flush_all()
+            await self._drain(DRAIN_ON_STOP)
+            delivery.cancel()
+            await self.session.close()
+            session.cancel()
+        for line in self.lines.values():
+            await line.close()
+        self.outbox.close()
+        stats = self.outbox.stats()
+        log.info("agent_stopped", unsent_messages=stats.depth, sent=stats.sent_total)
+        self._notifier.close()
+
+    def _queue_batch(self, batch: Batch) -> None:
+        topic = self._topics.get(batch.bucket)
+        if topic is None:
+            topic = self._topics[batch.bucket] = data_topic(self.config.thing.id, batch.bucket)
+        self.outbox.put(topic, batch.payload, time.time())
+        self.batches_queued += 1
+
+    async def _flush_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = self.batcher.flush_due()
+            self._flush_wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._flush_wake.wait()
+
+    async def _drain(self, limit: float) -> None:
+        """Let delivery empty the outbox while connected, for at most `limit` seconds."""
+        if not isinstance(self.outbox, MemoryOutbox) or not self.session.connected:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                await self.outbox.wait_empty()

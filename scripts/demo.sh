@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The demo gateway on one machine: a local mosquitto (the "cloud" broker), a simulated
+# Modbus TCP meter, an RS-485 line with two units on a socat pty pair, the agent, and
+# a cloud-side subscriber printing every topic and payload it receives. Ctrl-C stops all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+run=run/demo
+rm -rf "$run" && mkdir -p "$run/state"
+py=.venv/bin/python
+free_port() { "$py" -c 'from sim.broker import free_port; print(free_port())'; }
+mqtt_port=$(free_port)
+modbus_port=$(free_port)
+
+pids=()
+cleanup() {
+    trap - INT TERM EXIT
+    # Stop in reverse order of start: the agent before the broker it talks to.
+    for ((i=${#pids[@]}-1; i>=0; i--)); do
+        kill -TERM "${pids[i]}" 2>/dev/null || true
+        wait "${pids[i]}" 2>/dev/null || true
+    done
+    echo "demo: stopped; logs in $run/"
+}
+trap cleanup INT TERM EXIT
+
+socat pty,raw,echo=0,link="$run/ttyAgent" pty,raw,echo=0,link="$run/ttyPlant" 2>"$run/socat.log" &
+pids+=($!)
+for _ in $(seq 100); do [ -e "$run/ttyAgent" ] && [ -e "$run/ttyPlant" ] && break; sleep 0.1; done
+
+"$py" -m sim.broker --dir "$run/broker" --port "$mqtt_port" --persistence >"$run/broker.log" 2>&1 &
+pids+=($!)
+"$py" -m sim.plant --port "$modbus_port" --rtu-device "$run/ttyPlant" --baudrate 19200 \
+    >"$run/plant.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q "mqtt on" "$run/broker.log" 2>/dev/null && grep -q "modbus rtu" "$run/plant.log" 2>/dev/null && break; sleep 0.1; done
+
+sed -e "s|@MQTT_PORT@|$mqtt_port|" -e "s|@MODBUS_PORT@|$modbus_port|" \
+    -e "s|@RTU_DEVICE@|$PWD/$run/ttyAgent|" -e "s|@STATE@|$PWD/$run/state|" \
+    demo/config.toml >"$run/config.toml"
+.venv/bin/orio-agent check-config "$run/config.toml" >"$run/check-config.txt"
+head -4 "$run/check-config.txt"
+
+echo "demo: broker 127.0.0.1:$mqtt_port, Modbus TCP 127.0.0.1:$modbus_port, RTU $run/ttyAgent"
+echo "demo: agent log in $run/agent.log; what the cloud receives follows (Ctrl-C to stop)"
+.venv/bin/orio-agent run --config "$run/config.toml" >"$run/agent.log" 2>&1 &
+pids+=($!)
+"$py" -m sim.cloud --port "$mqtt_port" &
+pids+=($!)
+wait -n "${pids[@]}" || true
