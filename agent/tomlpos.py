@@ -58,22 +58,15 @@ def _tokenize(source: str) -> Iterator[_Token]:
     pos, line, end = 0, 1, len(source)
     while pos < end:
         start, char = pos, source[pos]
-        if char == "\n":
-            yield _Token("newline", char, line)
-            pos, line = pos + 1, line + 1
-            continue
         if char in " \t\r":
             pos += 1
-            continue
-        if char == "#":
+        elif char == "#":
             newline = source.find("\n", pos)
             pos = end if newline < 0 else newline
-            continue
-        if char in _PUNCTUATION:
-            yield _Token("punct", char, line)
+        elif char == "\n" or char in _PUNCTUATION:
+            yield _Token("newline" if char == "\n" else "punct", char, line)
             pos += 1
-            continue
-        if char in _QUOTES and source.startswith(char * 3, pos):
+        elif char in _QUOTES and source.startswith(char * 3, pos):
             pos = _end_of_multiline_string(source, pos, char)
             yield _Token("multiline", source[start:pos], line)
         elif char in _QUOTES:

@@ -9,7 +9,7 @@ for tool in socat mosquitto_passwd; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || { echo "missing mosquitto" >&2; exit 1; }
-.venv/bin/ruff check agent sim tests bench
+.venv/bin/ruff check .
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
