@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.clock import STEP_TOLERANCE_MS, Clock, Stamp
 from agent.readings import Reading
 
 _OVERHEAD = 2  # "[" and "]"
@@ -21,29 +22,33 @@ class Batch:
     bucket: str
     payload: bytes
     count: int
+    stamp: Stamp | None = None  # the clock when its first reading was taken
 
 
 @dataclass(slots=True)
 class _OpenBatch:
     deadline: float
+    stamp: Stamp | None
     parts: list[bytes] = field(default_factory=list)
     size: int = _OVERHEAD
 
     def close(self, bucket: str) -> Batch:
-        return Batch(bucket, b"[" + b",".join(self.parts) + b"]", len(self.parts))
+        return Batch(bucket, b"[" + b",".join(self.parts) + b"]", len(self.parts), self.stamp)
 
 
 class Batcher:
     """Per-bucket open batches; completed ones are handed to `sink`."""
 
     def __init__(self, *, sink: Callable[[Batch], None], max_readings: int, max_bytes: int,
-                 max_delay: float, clock: Callable[[], float]) -> None:
+                 max_delay: float, clock: Callable[[], float],
+                 wall: Clock | None = None) -> None:
         self._sink = sink
         self._max_readings = max_readings
         self._max_bytes = max_bytes
         self._max_delay = max_delay
         self._delays: dict[str, float] = {}
         self._clock = clock
+        self._wall = wall
         self._open: dict[str, _OpenBatch] = {}
         self.on_new_deadline: Callable[[float], None] = lambda deadline: None
 
@@ -55,12 +60,19 @@ class Batcher:
         part = reading.fragment()
         bucket = reading.bucket
         batch = self._open.get(bucket)
-        if batch is not None and batch.size + 1 + len(part) > self._max_bytes:
+        stamp = self._wall.stamp() if self._wall is not None else None
+        if batch is not None and (
+            batch.size + 1 + len(part) > self._max_bytes
+            or (stamp is not None and batch.stamp is not None
+                and abs(stamp.offset_ms - batch.stamp.offset_ms) > STEP_TOLERANCE_MS)
+        ):
+            # Too big, or the wall clock was stepped: a batch never spans a step, so that
+            # all its timestamps can be corrected together.
             self._emit(bucket)
             batch = None
         if batch is None:
             deadline = self._clock() + self._delays.get(bucket, self._max_delay)
-            batch = self._open[bucket] = _OpenBatch(deadline)
+            batch = self._open[bucket] = _OpenBatch(deadline, stamp)
             self.on_new_deadline(deadline)
         batch.size += len(part) + (1 if batch.parts else 0)
         batch.parts.append(part)

@@ -78,6 +78,7 @@ class MqttConfig(_Section):
     connect_timeout: Seconds = 10.0
     backoff_min: Seconds = 1.0
     backoff_max: Seconds = 120.0
+    max_inflight: int = Field(32, ge=1, le=65535)  # QoS 1 messages awaiting PUBACK
 
 
 class QueueConfig(_Section):
@@ -85,6 +86,8 @@ class QueueConfig(_Section):
     max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
     max_age: Seconds = 7 * 24 * 3600.0
     replay_rate: float = Field(50.0, ge=0)  # messages/s; 0 = unlimited
+    synchronous: Literal["normal", "full"] = "normal"
+    commit_interval: float = Field(0.5, ge=0, le=60)
 
 
 class BatchConfig(_Section):

@@ -1,7 +1,8 @@
 """The outbox: messages between the batcher and the broker.
 
 `Outbox` is the port; `MemoryOutbox` is the bounded in-memory implementation (what
-`queue.path = ":memory:"` means: lost on restart). A message leaves the outbox only
+`queue.path = ":memory:"` means: lost on restart); `agent.diskqueue.DiskOutbox` is the
+durable one. A message leaves the outbox only
 when the broker acknowledged it (`ack`); one whose connection dropped first goes back
 to the front (`release`), so the cloud sees messages oldest first and at least once.
 """
@@ -15,6 +16,8 @@ from typing import Protocol
 
 import structlog
 
+from agent.clock import Clock, Stamp
+
 log = structlog.get_logger("agent.outbox")
 
 
@@ -23,7 +26,12 @@ class Message:
     seq: int
     topic: str
     payload: bytes
-    created: float  # wall-clock seconds
+    stamp: Stamp  # when it was made, in terms that survive a clock step
+
+    @property
+    def created(self) -> float:
+        """Wall-clock seconds when it was made (as the clock read then)."""
+        return self.stamp.wall_ms / 1000
 
 
 @dataclass(slots=True)
@@ -35,10 +43,11 @@ class OutboxStats:
     queued_total: int = 0
     sent_total: int = 0
     dropped_total: int = 0
+    backlog: int = 0  # messages still to replay since the last (re)connect
 
 
 class Outbox(Protocol):
-    def put(self, topic: str, payload: bytes, created: float) -> None:
+    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None) -> None:
         """Store a message; never blocks, may drop the oldest to stay within bounds."""
 
     async def take(self) -> Message:
@@ -50,6 +59,12 @@ class Outbox(Protocol):
     def release(self, message: Message) -> None:
         """Its connection dropped before the broker acknowledged it: send it again."""
 
+    def drop(self, message: Message, reason: str) -> None:
+        """A taken message that must never be sent: forget it, counted and logged."""
+
+    def mark_backlog(self) -> None:
+        """A connection came up: what is queued now is backlog."""
+
     def stats(self) -> OutboxStats: ...
 
     def close(self) -> None: ...
@@ -58,8 +73,9 @@ class Outbox(Protocol):
 class MemoryOutbox:
     """Bounded by total payload bytes; beyond that the oldest waiting messages are dropped."""
 
-    def __init__(self, *, max_bytes: int) -> None:
+    def __init__(self, *, max_bytes: int, clock: Clock) -> None:
         self._max_bytes = max_bytes
+        self._clock = clock
         self._waiting: deque[Message] = deque()
         self._in_flight: dict[int, Message] = {}
         self._bytes = 0
@@ -69,9 +85,9 @@ class MemoryOutbox:
         self._empty.set()
         self._stats = OutboxStats()
 
-    def put(self, topic: str, payload: bytes, created: float) -> None:
+    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None) -> None:
         self._seq += 1
-        self._waiting.append(Message(self._seq, topic, payload, created))
+        self._waiting.append(Message(self._seq, topic, payload, stamp or self._clock.stamp()))
         self._bytes += len(payload)
         self._stats.queued_total += 1
         self._ready.set()
@@ -109,6 +125,17 @@ class MemoryOutbox:
             index += 1
         self._waiting.insert(index, message)
         self._ready.set()
+
+    def drop(self, message: Message, reason: str) -> None:
+        if self._in_flight.pop(message.seq, None) is not None:
+            self._bytes -= len(message.payload)
+            self._stats.dropped_total += 1
+            log.error("message_dropped", seq=message.seq, topic=message.topic, reason=reason)
+            if not self._waiting and not self._in_flight:
+                self._empty.set()
+
+    def mark_backlog(self) -> None:
+        """Memory replays everything as it comes: there is no rate to apply."""
 
     async def wait_empty(self) -> None:
         """Until every message has been acknowledged."""

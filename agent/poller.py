@@ -123,11 +123,13 @@ class DevicePoller:
     """Polls one unit on its own schedule and hands its readings to `emit`."""
 
     def __init__(self, *, device: DeviceConfig, connection: ModbusConfig, bus: RegisterBus,
-                 emit: Callable[[Reading], None]) -> None:
+                 emit: Callable[[Reading], None],
+                 wall_ms: Callable[[], int] = now_ms) -> None:
         self.device = device
         self.name = device.name
         self._bus = bus
         self._emit = emit
+        self._wall_ms = wall_ms
         self._readers = [_PointReader(point, device) for point in device.points]
         self._limits, self.requests = plan_device(connection, device)
         self._refused_until: dict[ReadRequest, int] = {}
@@ -190,7 +192,7 @@ class DevicePoller:
                     break  # a unit that does not answer is not asked again this cycle
                 answered = True
                 stats.requests_ok += 1
-                self._deliver(request, values, now_ms())
+                self._deliver(request, values, self._wall_ms())
         finally:
             await self._bus.end_cycle()
         if answered and stats.consecutive_failures:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 
 import structlog
 
 from agent.batches import Batch, Batcher
-from agent.config import AgentConfig
+from agent.clock import Clock
+from agent.config import AgentConfig, QueueConfig
 from agent.delivery import Delivery
+from agent.diskqueue import DiskOutbox, QueueSettings
 from agent.modbus import ModbusLine
 from agent.mqtt import MqttSession
 from agent.outbox import MemoryOutbox, Outbox
@@ -25,6 +28,18 @@ from agent.systemd import Notifier
 log = structlog.get_logger("agent.service")
 
 DRAIN_ON_STOP = 5.0  # seconds delivery gets to empty an in-memory outbox at shutdown
+STATS_INTERVAL = 60.0
+
+
+def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
+    """The durable SQLite queue, or memory for `path = ":memory:"` (lost on restart)."""
+    if config.path == ":memory:":
+        return MemoryOutbox(max_bytes=config.max_bytes, clock=clock)
+    settings = QueueSettings(path=Path(config.path), max_bytes=config.max_bytes,
+                             max_age=config.max_age, replay_rate=config.replay_rate,
+                             synchronous=config.synchronous,
+                             commit_interval=config.commit_interval)
+    return DiskOutbox(settings, clock=clock)
 
 
 def data_topic(thing_id: str, bucket: str) -> str:
@@ -32,10 +47,11 @@ def data_topic(thing_id: str, bucket: str) -> str:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
         self.config = config
         self._notifier = Notifier()
-        self.outbox: Outbox = MemoryOutbox(max_bytes=config.queue.max_bytes)
+        self.clock = clock or Clock()
+        self.outbox = open_outbox(config.queue, self.clock)
         loop_clock = asyncio.get_running_loop().time
         self.batcher = Batcher(
             sink=self._queue_batch,
@@ -43,16 +59,18 @@ class Agent:
             max_bytes=config.batch.max_bytes,
             max_delay=config.batch.max_delay,
             clock=loop_clock,
+            wall=self.clock,
         )
         self._flush_wake = asyncio.Event()
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
         self.session = MqttSession(thing_id=config.thing.id, secret=config.secret(),
                                    config=config.mqtt)
-        self.delivery = Delivery(outbox=self.outbox, publisher=self.session)
+        self.delivery = Delivery(outbox=self.outbox, publisher=self.session, clock=self.clock,
+                                 window=config.mqtt.max_inflight)
         self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
         self.pollers = [
             DevicePoller(device=device, connection=conn, bus=self.lines[conn.name],
-                         emit=self.batcher.add)
+                         emit=self.batcher.add, wall_ms=self.clock.wall_ms)
             for conn, device in config.all_devices()
         ]
         self._topics: dict[str, str] = {}
@@ -67,6 +85,7 @@ class Agent:
             session = group.create_task(self.session.run(), name="mqtt")
             delivery = group.create_task(self.delivery.run(), name="delivery")
             flusher = group.create_task(self._flush_timer(), name="batch-timer")
+            reporter = group.create_task(self._report(), name="stats-log")
             pollers = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
             await stop.wait()
             self._notifier.notify("STOPPING=1")
@@ -75,6 +94,7 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
             flusher.cancel()
+            reporter.cancel()
             self.batcher.flush_all()
             await self._drain(DRAIN_ON_STOP)
             delivery.cancel()
@@ -82,8 +102,8 @@ class Agent:
             session.cancel()
         for line in self.lines.values():
             await line.close()
-        self.outbox.close()
         stats = self.outbox.stats()
+        self.outbox.close()
         log.info("agent_stopped", unsent_messages=stats.depth, sent=stats.sent_total)
         self._notifier.close()
 
@@ -91,7 +111,7 @@ class Agent:
         topic = self._topics.get(batch.bucket)
         if topic is None:
             topic = self._topics[batch.bucket] = data_topic(self.config.thing.id, batch.bucket)
-        self.outbox.put(topic, batch.payload, time.time())
+        self.outbox.put(topic, batch.payload, batch.stamp)
         self.batches_queued += 1
 
     async def _flush_timer(self) -> None:
@@ -103,6 +123,20 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._flush_wake.wait()
+
+    async def _report(self) -> None:
+        """A periodic log line with the queue's and the devices' state."""
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            stats = self.outbox.stats()
+            age = None if stats.oldest_created is None else round(
+                time.time() - stats.oldest_created, 1)
+            failing = [p.name for p in self.pollers if p.stats.consecutive_failures]
+            log.info("agent_stats", connected=self.session.connected, queue_depth=stats.depth,
+                     queue_bytes=stats.depth_bytes, oldest_age_s=age, backlog=stats.backlog,
+                     sent=stats.sent_total, dropped=stats.dropped_total,
+                     readings=sum(p.stats.readings for p in self.pollers),
+                     devices_failing=failing, reconnects=self.session.reconnects)
 
     async def _drain(self, limit: float) -> None:
         """Let delivery empty the outbox while connected, for at most `limit` seconds."""

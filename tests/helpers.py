@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from agent.clock import Clock
 from agent.config import load_config
 from agent.service import Agent
 from sim.broker import Broker
@@ -41,11 +42,12 @@ level = "debug"
 
 
 @asynccontextmanager
-async def running_agent(tmp_path: Path, text: str) -> AsyncIterator[Agent]:
+async def running_agent(tmp_path: Path, text: str, *,
+                        clock: Clock | None = None) -> AsyncIterator[Agent]:
     """The agent running in this event loop; stopped (SIGTERM's path) on exit."""
     path = tmp_path / "agent.toml"
     path.write_text(text)
-    agent = Agent(load_config(path))
+    agent = Agent(load_config(path), clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop), name="agent")
     try:
