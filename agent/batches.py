@@ -56,6 +56,9 @@ class Batcher:
         """A bucket-specific `max_delay` (a cloud setting may change it at run time)."""
         self._delays[bucket] = delay
 
+    def delay_for(self, bucket: str) -> float:
+        return self._delays.get(bucket, self._max_delay)
+
     def add(self, reading: Reading) -> None:
         part = reading.fragment()
         bucket = reading.bucket

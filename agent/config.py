@@ -21,6 +21,8 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -79,6 +81,7 @@ class MqttConfig(_Section):
     backoff_min: Seconds = 1.0
     backoff_max: Seconds = 120.0
     max_inflight: int = Field(32, ge=1, le=65535)  # QoS 1 messages awaiting PUBACK
+    max_config_payload: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
 
 
 class QueueConfig(_Section):
@@ -276,15 +279,69 @@ class ModbusConfig(_Section):
     devices: list[DeviceConfig] = Field(min_length=1)
 
 
+AGENT_TARGETS = ("device.<name>.interval", "bucket.<name>.max_delay", "log.level")
+
+
 class SettingConfig(RegisterRef):
-    """One value the cloud may set, with its bounds."""
+    """One value the cloud may set, with its bounds.
+
+    Its target is a Modbus value (`device` plus `address` or `table` + `address`) or
+    one of the agent's own settings (`agent`, one of AGENT_TARGETS).
+    """
 
     id: Name
-    device: Name
+    address: StrictStr | StrictInt | None = None  # type: ignore[assignment]
+    device: Name | None = None
+    agent: str | None = None
     min: float | None = None
     max: float | None = None
-    enum: list[int | float | str | bool] | None = None
+    enum: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = None
     pattern: str | None = None
+    # How a coil is reported when the cloud has not said: 1/0 (the document's example)
+    # or true/false.
+    value_type: Literal["integer", "boolean"] | None = None
+
+    def target_problems(self, devices: set[str], buckets: set[str]) -> list[tuple[str, str]]:
+        """(key, message) pairs for the setting's target and bounds."""
+        found: list[tuple[str, str]] = []
+        if self.agent is not None:
+            if self.device is not None or self.address is not None:
+                found.append(("agent", "a setting targets either the agent or a device, not both"))
+            kind, _, name = self.agent.partition(".")
+            name, _, field = name.rpartition(".")
+            if self.agent == "log.level":
+                pass
+            elif kind == "device" and field == "interval":
+                if name not in devices:
+                    found.append(("agent", f"no device named {name!r}"))
+            elif kind == "bucket" and field == "max_delay":
+                if name not in buckets:
+                    found.append(("agent", f"no bucket named {name!r}"))
+            else:
+                found.append(("agent", f"unknown agent setting {self.agent!r}; one of "
+                              + ", ".join(AGENT_TARGETS)))
+            return found
+        if self.device is None:
+            return [("device", "a setting needs `device` and `address` (or `agent`)")]
+        if self.address is None:
+            return [("address", "a setting on a device needs `address`")]
+        found += self.problems()
+        if self.device not in devices:
+            found.append(("device", f"no device named {self.device!r} "
+                          f"(devices: {', '.join(sorted(devices)) or 'none'})"))
+        if self.table is not None and not self.table.writable:
+            found.append(("address", f"the {self.table} table is read-only; "
+                          "settings need a coil or holding register"))
+        if self.bit is not None:
+            found.append(("bit", "settings write whole registers or coils, not bits"))
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                found.append(("pattern", f"not a regular expression: {exc}"))
+        if self.min is not None and self.max is not None and self.min > self.max:
+            found.append(("min", f"min {self.min:g} is above max {self.max:g}"))
+        return found
 
 
 class ConfigGroupConfig(_Section):
@@ -414,17 +471,18 @@ def cross_check(config: AgentConfig) -> list[tuple[str, str]]:
                               f"connection {conn.name!r}"))
             units.add(device.unit)
             found += _check_points(dev_key, device, bucket_ids)
-    settings: dict[str, str] = {}
+    buckets = {bucket for bucket, _ in bucket_ids}
+    groups: dict[str, str] = {}
     for g, group in enumerate(config.config_groups):
+        if group.name in groups:
+            found.append((f"config_groups[{g}].name", f"group {group.name!r} is already "
+                          f"declared at {groups[group.name]}"))
+        groups.setdefault(group.name, f"config_groups[{g}]")
+        settings: dict[str, str] = {}
         for s, setting in enumerate(group.settings):
             key = f"config_groups[{g}].settings[{s}]"
-            found += [(f"{key}.{sub}", message) for sub, message in setting.problems()]
-            if setting.device not in devices:
-                found.append((f"{key}.device", f"no device named {setting.device!r} "
-                              f"(devices: {', '.join(sorted(devices)) or 'none'})"))
-            if setting.table is not None and not setting.table.writable:
-                found.append((f"{key}.address", f"the {setting.table} table is read-only; "
-                              "settings need a coil or holding register"))
+            problems = setting.target_problems(set(devices), buckets)
+            found += [(f"{key}.{sub}", message) for sub, message in problems]
             if setting.id in settings:
                 found.append((f"{key}.id", f"setting id {setting.id!r} is already declared "
                               f"at {settings[setting.id]}"))

@@ -108,7 +108,10 @@ class DiskOutbox:
 
     # -- the Outbox port ------------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None) -> None:
+    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
+            replace: bool = False) -> None:
+        if replace:
+            self._supersede(topic)
         self._seq += 1
         self._pending.append(Message(self._seq, topic, payload, stamp or self._clock.stamp()))
         self._pending_bytes += len(payload)
@@ -187,6 +190,24 @@ class DiskOutbox:
         if self._commit_handle is not None:
             self._commit_handle.cancel()
         self._db.close()
+
+    def _supersede(self, topic: str) -> None:
+        """Forget unsent messages on `topic` (a newer report replaces them)."""
+        self._pending_bytes -= sum(len(m.payload) for m in self._pending if m.topic == topic)
+        self._pending = [m for m in self._pending if m.topic != topic]
+        in_flight = list(self._in_flight)
+        marks = ",".join("?" * len(in_flight))
+        extra = f" AND seq NOT IN ({marks})" if in_flight else ""
+        with self._db:
+            size = self._db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages WHERE topic = ?{extra}",
+                [topic, *in_flight],
+            ).fetchone()[0]
+            self._db.execute(f"DELETE FROM messages WHERE topic = ?{extra}", [topic, *in_flight])
+        self._disk_bytes -= int(size)
+        self._fetched = deque(m for m in self._fetched if m.topic != topic)
+        self._retry = [(s, m) for s, m in self._retry if m.topic != topic]
+        heapq.heapify(self._retry)
 
     # -- committing -----------------------------------------------------------------------
 

@@ -101,16 +101,22 @@ class ModbusLine:
                 # pymodbus applies its own time-out; ours is the backstop.
                 async with asyncio.timeout(self._config.timeout * 2 + 1):
                     response = await call(client)
+                # Python 3.11's wait_for (inside pymodbus) can swallow a cancellation that
+                # races with the response: honour it here.
+                _raise_if_cancelled()
             except (TimeoutError, ModbusIOException) as exc:
+                _raise_if_cancelled()
                 raise DeviceTimeout(
                     f"unit {unit} did not answer function {function} at {address}"
                     f" within {self._config.timeout}s", connection=self.name, unit=unit,
                 ) from exc
             except ConnectionException as exc:
+                _raise_if_cancelled()
                 self._close()
                 raise DeviceUnreachable(f"connection lost: {exc}", connection=self.name,
                                         unit=unit) from exc
             except ModbusException as exc:
+                _raise_if_cancelled()
                 raise DeviceTimeout(f"bad response: {exc}", connection=self.name,
                                     unit=unit) from exc
             finally:
@@ -162,3 +168,10 @@ class ModbusLine:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _raise_if_cancelled() -> None:
+    """pymodbus may lose our task's cancellation or turn it into its own error; undo that."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -12,7 +12,6 @@ flight when a connection dropped is still in the outbox and is sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import ssl
 from collections.abc import Callable, Iterable
@@ -83,13 +82,15 @@ class MqttSession:
 
     def __init__(self, *, thing_id: str, secret: str, config: MqttConfig,
                  subscriptions: Iterable[str] = (),
-                 on_message: MessageHandler | None = None) -> None:
+                 on_message: MessageHandler | None = None,
+                 on_connect: Callable[[], None] | None = None) -> None:
         self.client_id = f"thing:{thing_id}"
         self._username = thing_id
         self._secret = secret
         self._config = config
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
+        self._on_connect = on_connect
         self._connected = asyncio.Event()
         self._lost = asyncio.Event()
         self._client: _Client | None = None
@@ -177,6 +178,8 @@ class MqttSession:
             client.subscribe(topic, qos=1)
         self._connected.set()
         self._log.info("mqtt_connected", tls=config.tls)
+        if self._on_connect is not None:
+            self._on_connect()
 
     def _tls_context(self) -> ssl.SSLContext | bool:
         config = self._config
@@ -203,9 +206,16 @@ class MqttSession:
         client, self._client = self._client, None
         if client is None:
             return
-        with contextlib.suppress(OSError, TimeoutError, RuntimeError, AttributeError):
+        try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await client.disconnect()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            # Not ours: gmqtt cancels its own futures when the socket goes under it.
+        except (OSError, TimeoutError, RuntimeError, AttributeError):
+            pass  # the connection is gone either way
         if graceful:
             self._log.info("mqtt_closed")
 

@@ -47,8 +47,12 @@ class OutboxStats:
 
 
 class Outbox(Protocol):
-    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None) -> None:
-        """Store a message; never blocks, may drop the oldest to stay within bounds."""
+    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
+            replace: bool = False) -> None:
+        """Store a message; never blocks, may drop the oldest to stay within bounds.
+
+        `replace`: unsent messages on the same topic are superseded by this one.
+        """
 
     async def take(self) -> Message:
         """The oldest message not yet in flight; waits until there is one."""
@@ -85,7 +89,12 @@ class MemoryOutbox:
         self._empty.set()
         self._stats = OutboxStats()
 
-    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None) -> None:
+    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
+            replace: bool = False) -> None:
+        if replace:
+            kept = deque(m for m in self._waiting if m.topic != topic)
+            self._bytes -= sum(len(m.payload) for m in self._waiting if m.topic == topic)
+            self._waiting = kept
         self._seq += 1
         self._waiting.append(Message(self._seq, topic, payload, stamp or self._clock.stamp()))
         self._bytes += len(payload)

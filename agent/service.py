@@ -14,21 +14,26 @@ from pathlib import Path
 
 import structlog
 
+from agent import logs
 from agent.batches import Batch, Batcher
 from agent.clock import Clock
 from agent.config import AgentConfig, QueueConfig
+from agent.configurator import Configurator, DeviceRoute, SettingsState
+from agent.confmsg import expected_prefix
 from agent.delivery import Delivery
 from agent.diskqueue import DiskOutbox, QueueSettings
 from agent.modbus import ModbusLine
 from agent.mqtt import MqttSession
 from agent.outbox import MemoryOutbox, Outbox
 from agent.poller import DevicePoller
+from agent.settings import JsonScalar
 from agent.systemd import Notifier
 
 log = structlog.get_logger("agent.service")
 
 DRAIN_ON_STOP = 5.0  # seconds delivery gets to empty an in-memory outbox at shutdown
 STATS_INTERVAL = 60.0
+SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
 
 
 def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
@@ -42,6 +47,41 @@ def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
     return DiskOutbox(settings, clock=clock)
 
 
+class _Knobs:
+    """The agent's own settings, as the cloud may set them (see SettingConfig.agent)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def get(self, target: str) -> JsonScalar:
+        kind, name = _split_target(target)
+        if kind == "log":
+            return self._agent.log_level
+        if kind == "device":
+            return self._poller(name).interval
+        return self._agent.batcher.delay_for(name)
+
+    def set(self, target: str, value: JsonScalar) -> None:
+        kind, name = _split_target(target)
+        if kind == "log":
+            assert isinstance(value, str)
+            self._agent.log_level = value
+            logs.configure(level=value, fmt=self._agent.config.log.format)
+        elif kind == "device":
+            self._poller(name).set_interval(float(value))
+        else:
+            self._agent.batcher.set_delay(name, float(value))
+
+    def _poller(self, name: str) -> DevicePoller:
+        return next(p for p in self._agent.pollers if p.name == name)
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """"device.meter1.interval" → ("device", "meter1"); "log.level" → ("log", "")."""
+    kind, _, rest = target.partition(".")
+    return kind, rest.rpartition(".")[0]
+
+
 def data_topic(thing_id: str, bucket: str) -> str:
     return f"$thing/{thing_id}/$data/{bucket}"
 
@@ -49,6 +89,7 @@ def data_topic(thing_id: str, bucket: str) -> str:
 class Agent:
     def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
         self.config = config
+        self.log_level: str = config.log.level
         self._notifier = Notifier()
         self.clock = clock or Clock()
         self.outbox = open_outbox(config.queue, self.clock)
@@ -63,16 +104,32 @@ class Agent:
         )
         self._flush_wake = asyncio.Event()
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
-        self.session = MqttSession(thing_id=config.thing.id, secret=config.secret(),
-                                   config=config.mqtt)
-        self.delivery = Delivery(outbox=self.outbox, publisher=self.session, clock=self.clock,
-                                 window=config.mqtt.max_inflight)
         self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
         self.pollers = [
             DevicePoller(device=device, connection=conn, bus=self.lines[conn.name],
                          emit=self.batcher.add, wall_ms=self.clock.wall_ms)
             for conn, device in config.all_devices()
         ]
+        state_path = None if config.queue.path == ":memory:" else (
+            Path(config.queue.path).parent / SETTINGS_STATE_FILE
+        )
+        self.configurator = Configurator(
+            config=config,
+            routes={device.name: DeviceRoute(self.lines[conn.name], device.unit)
+                    for conn, device in config.all_devices()},
+            knobs=_Knobs(self),
+            outbox=self.outbox,
+            state=SettingsState(state_path),
+        )
+        self.configurator.restore_agent_settings()
+        self.session = MqttSession(
+            thing_id=config.thing.id, secret=config.secret(), config=config.mqtt,
+            subscriptions=[expected_prefix(config.thing.id) + "#"],
+            on_message=self.configurator.on_message,
+            on_connect=self.configurator.on_connected,
+        )
+        self.delivery = Delivery(outbox=self.outbox, publisher=self.session, clock=self.clock,
+                                 window=config.mqtt.max_inflight)
         self._topics: dict[str, str] = {}
         self.batches_queued = 0
 
@@ -86,6 +143,7 @@ class Agent:
             delivery = group.create_task(self.delivery.run(), name="delivery")
             flusher = group.create_task(self._flush_timer(), name="batch-timer")
             reporter = group.create_task(self._report(), name="stats-log")
+            configurator = group.create_task(self.configurator.run(), name="configurator")
             pollers = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
             await stop.wait()
             self._notifier.notify("STOPPING=1")
@@ -95,11 +153,13 @@ class Agent:
             await asyncio.gather(*pollers, return_exceptions=True)
             flusher.cancel()
             reporter.cancel()
+            configurator.cancel()
             self.batcher.flush_all()
             await self._drain(DRAIN_ON_STOP)
             delivery.cancel()
-            await self.session.close()
             session.cancel()
+            await asyncio.gather(session, return_exceptions=True)
+            await self.session.close()
         for line in self.lines.values():
             await line.close()
         stats = self.outbox.stats()

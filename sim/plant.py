@@ -103,6 +103,8 @@ class SimUnit:
         self.write_refusal = ExcCodes.DEVICE_FAILURE
         #: every request received, in order
         self.requests: list[Request] = []
+        #: registers that count the reads touching them (see :meth:`count_reads`)
+        self._counted: dict[RegisterTable, set[int]] = {"input": set(), "holding": set()}
         #: read requests per function code
         self.read_counts: Counter[int] = Counter()
         self.write_count = 0
@@ -124,6 +126,19 @@ class SimUnit:
     def get_registers(self, table: RegisterTable, offset: int, count: int = 1) -> list[int]:
         self._check_span(offset, count)
         return self._registers[table][offset : offset + count]
+
+    def count_reads(self, table: RegisterTable, offset: int, count: int = 1) -> None:
+        """Make registers ``offset .. offset+count-1`` count the read requests touching them.
+
+        Each register starts at 0 and goes up by one (modulo 65536) on every read request
+        that covers it and that the unit answers, as the request arrives: the n-th read
+        returns n, so a reading's value tells which read it came from. Writes, refused
+        reads and the requests of a dead unit count nothing; once ``dead`` is set, the
+        count is final.
+        """
+        self._check_span(offset, count)
+        self._counted[table].update(range(offset, offset + count))
+        self._registers[table][offset : offset + count] = [0] * count
 
     def set_bits(self, table: BitTable, offset: int, values: Sequence[bool]) -> None:
         self._check_span(offset, len(values))
@@ -225,6 +240,7 @@ class SimUnit:
         self.requests.append(request)
         if request.function_code in READ_FUNCTION_CODES:
             self.read_counts[request.function_code] += 1
+            self._count_read(request)
         elif request.function_code in WRITE_FUNCTION_CODES:
             self.write_count += 1
         self._pending_counts[(request.function_code, request.address)] = count
@@ -270,6 +286,18 @@ class SimUnit:
                 address : address + count
             ]
         return None
+
+    def _count_read(self, request: Request) -> None:
+        """Counted at receipt, in step with `dead`: a request dropped later counts nothing."""
+        table = FUNCTION_CODE_TABLE[request.function_code]
+        if self.dead or (table != "input" and table != "holding") or not self._counted[table]:
+            return
+        touched = range(request.address, request.address + request.count)
+        if touched.stop - 1 > self.max_address or any(a in self.invalid[table] for a in touched):
+            return  # refused: answered with an exception, not with values
+        registers = self._registers[table]
+        for address in self._counted[table].intersection(touched):
+            registers[address] = (registers[address] + 1) & 0xFFFF
 
     def _packed_bits(self, table: BitTable, register_index: int) -> int:
         """Bits ``16*i .. 16*i+15`` as one register, lowest address in bit 0."""

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from agent.clock import Clock
 from agent.config import load_config
@@ -54,5 +60,214 @@ async def running_agent(tmp_path: Path, text: str, *,
         yield agent
     finally:
         stop.set()
-        async with asyncio.timeout(STOP_TIMEOUT):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+        if not done:
+            for other in asyncio.all_tasks():  # where shutdown is stuck, for the failure report
+                other.print_stack(file=sys.stdout)
+            task.cancel()
+            raise AssertionError(f"the agent did not stop within {STOP_TIMEOUT} s")
+        task.result()
+
+
+# -- the durable queue and the agent as a real process ------------------------------------
+
+POLL_INTERVAL = 0.02  # how often conditions without an event (files, logs) are re-checked
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def durable_agent_toml(broker: Broker, body: str, *, queue_path: Path, queue: str = "",
+                       batch: str = "max_delay = 0.2", mqtt: str = "",
+                       log_format: str = "json") -> str:
+    """`agent_toml` with the durable SQLite queue at `queue_path` (plus `queue` keys)."""
+    return f"""
+[thing]
+id = "{broker.thing_id}"
+secret = "{broker.thing_secret}"
+
+[mqtt]
+host = "{broker.host}"
+port = {broker.port}
+tls = false
+backoff_min = 0.2
+backoff_max = 1.0
+{mqtt}
+
+[queue]
+path = "{queue_path}"
+{queue}
+
+[batch]
+{batch}
+
+[log]
+level = "debug"
+format = "{log_format}"
+{body}
+"""
+
+
+class QueuedMessage(NamedTuple):
+    seq: int
+    topic: str
+    payload: bytes
+
+    def readings(self) -> list[dict[str, Any]]:
+        decoded = json.loads(self.payload)
+        assert isinstance(decoded, list)
+        return decoded
+
+
+def read_queue(path: Path) -> list[QueuedMessage]:
+    """The messages committed in a queue file, oldest first; read-only, never writes to it."""
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        try:
+            rows = db.execute("SELECT seq, topic, payload FROM messages ORDER BY seq").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # the agent is creating it right now
+                return []
+            raise
+    return [QueuedMessage(int(seq), str(topic), bytes(payload)) for seq, topic, payload in rows]
+
+
+def count_queue(path: Path) -> int:
+    """How many messages a queue file holds (cheaper than `read_queue`)."""
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            raise
+
+
+async def poll_until(
+    condition: Callable[[], object], *,
+    timeout: float,  # noqa: ASYNC109 - the deadline goes into the error message
+    what: str,
+    interval: float = POLL_INTERVAL,
+) -> None:
+    """Re-check `condition` every `interval` until it is true; for things with no event."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():  # noqa: ASYNC110 - files and logs have no event to await
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise TimeoutError(f"still not true after {timeout} s: {what}") from None
+
+
+class AgentProcess:
+    """`python -m agent run --config PATH` as a real process, killable with SIGKILL.
+
+    Each start writes its stdout (the JSON log) to `agent-<run>.log` in `log_dir` and its
+    stderr to `agent-<run>.stderr`. `events()` reads every run's JSON lines, oldest first.
+    Used as an async context manager, a process still running at the end is killed.
+    """
+
+    def __init__(self, config_path: Path, *, log_dir: Path) -> None:
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.runs = 0
+        self.returncodes: list[int] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def log_path(self, run: int) -> Path:
+        return self.log_dir / f"agent-{run}.log"
+
+    async def start(self) -> None:
+        if self.running:
+            raise RuntimeError("the agent is already running")
+        self.runs += 1
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("ORIO_AGENT_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        with self.log_path(self.runs).open("wb") as out, \
+                (self.log_dir / f"agent-{self.runs}.stderr").open("wb") as err:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent", "run", "--config", str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO_ROOT,
+                env=env,
+            )
+
+    async def kill(self) -> None:
+        """SIGKILL (kill -9) and reap: no shutdown code runs in the agent."""
+        process = self._running_process()
+        process.kill()
+        self.returncodes.append(await process.wait())
+
+    async def stop(self, *, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109 - a default
+        """SIGTERM and wait for the exit status."""
+        process = self._running_process()
+        process.terminate()
+        async with asyncio.timeout(timeout):
+            code = await process.wait()
+        self.returncodes.append(code)
+        return code
+
+    def events(self, event: str | None = None, *, run: int | None = None) -> list[dict[str, Any]]:
+        """The JSON log lines (all runs, or one), optionally only those of one event."""
+        found: list[dict[str, Any]] = []
+        for number in range(1, self.runs + 1) if run is None else (run,):
+            try:
+                text = self.log_path(number).read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            for line in text.splitlines():
+                if not line.startswith("{"):
+                    continue  # the standard library's lines (library warnings) are not JSON
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut by kill -9
+                    record = json.loads(line)
+                    if event is None or record.get("event") == event:
+                        found.append(record)
+        return found
+
+    async def wait_for_event(
+        self, event: str, *,
+        timeout: float,  # noqa: ASYNC109 - the deadline goes into the error message
+        match: Callable[[dict[str, Any]], bool] | None = None,
+        run: int | None = None,
+    ) -> dict[str, Any]:
+        """The first log line of `event` (in `run`, by default the current one) matching."""
+        run = self.runs if run is None else run
+        found: list[dict[str, Any]] = []
+
+        def seen() -> bool:
+            if not self.running:
+                raise AssertionError(f"the agent exited while waiting for {event!r}: "
+                                     f"{self.returncodes}; stderr: {self.stderr_tail()}")
+            found[:] = [r for r in self.events(event, run=run) if match is None or match(r)]
+            return bool(found)
+
+        await poll_until(seen, timeout=timeout, what=f"agent log event {event!r}")
+        return found[0]
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        path = self.log_dir / f"agent-{self.runs}.stderr"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    async def __aenter__(self) -> AgentProcess:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.running:
+            await self.kill()
+
+    def _running_process(self) -> asyncio.subprocess.Process:
+        process = self._process
+        if process is None or process.returncode is not None:
+            raise RuntimeError("the agent is not running")
+        return process

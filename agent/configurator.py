@@ -1,0 +1,267 @@
+"""Configuration from the cloud: expected → validated → written → read back → reported.
+
+The MQTT callback only parses and queues (`on_message`); one task (`run`) applies
+messages in order, through the same serialized Modbus connections the pollers use, so
+a slow device or a flood of messages never stalls the data path.
+
+Applying is idempotent. What the cloud asked for is kept (`SettingsState`, a JSON file
+beside the queue); a retained message that arrives again (every reconnect, every
+restart) writes nothing when the device still holds the value. When the device holds
+something else — someone changed it at the panel — the value is written again and the
+log says so (`setting_drift_corrected`). The report always carries what the device
+holds after the write, read back, not what was asked: a refused write shows in the
+cloud as expected ≠ reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from agent.config import AgentConfig
+from agent.confmsg import Entry, parse_expected, reported_topic
+from agent.errors import AgentError, DeviceError, DeviceRefused, RejectedInput
+from agent.logs import Throttle
+from agent.outbox import Outbox
+from agent.points import Table
+from agent.settings import JsonScalar, RejectedSetting, Setting, form_of
+
+log = structlog.get_logger("agent.config")
+
+
+class Bus(Protocol):
+    """What the configurator needs of a Modbus connection."""
+
+    async def read(self, unit: int, table: Table, start: int,
+                   count: int) -> list[int] | list[bool]: ...
+
+    async def write_registers(self, unit: int, start: int, values: list[int]) -> None: ...
+
+    async def write_coil(self, unit: int, address: int, value: bool) -> None: ...
+
+
+class AgentKnobs(Protocol):
+    """The agent's own settings the cloud may change."""
+
+    def get(self, target: str) -> JsonScalar: ...
+
+    def set(self, target: str, value: JsonScalar) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRoute:
+    bus: Bus
+    unit: int
+
+
+class SettingsState:
+    """The last value the cloud asked for, per group and id, and how it was written."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._values: dict[str, dict[str, dict[str, Any]]] = {}
+        if path is not None and path.exists():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+                if isinstance(loaded, dict):
+                    self._values = loaded
+            except (OSError, ValueError) as exc:
+                log.error("settings_state_unreadable", path=str(path), error=str(exc))
+
+    def get(self, group: str, key: str) -> dict[str, Any] | None:
+        return self._values.get(group, {}).get(key)
+
+    def put(self, group: str, key: str, value: JsonScalar, form: str | None) -> None:
+        self._values.setdefault(group, {})[key] = {"value": value, "form": form}
+
+    def save(self) -> None:
+        if self._path is None:
+            return
+        temporary = self._path.with_suffix(".tmp")
+        with temporary.open("w", encoding="utf-8") as file:
+            json.dump(self._values, file)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self._path)
+
+
+class Configurator:
+    def __init__(self, *, config: AgentConfig, routes: dict[str, DeviceRoute],
+                 knobs: AgentKnobs, outbox: Outbox, state: SettingsState) -> None:
+        self._thing_id = config.thing.id
+        self._max_bytes = config.mqtt.max_config_payload
+        self._routes = routes
+        self._knobs = knobs
+        self._outbox = outbox
+        self._state = state
+        byte_orders = {device.name: device.byte_order for _, device in config.all_devices()}
+        self.groups: dict[str, dict[str, Setting]] = {
+            group.name: {
+                s.id: Setting(group.name, s,
+                              device_byte_order=byte_orders.get(s.device or "", "ABCD"))
+                for s in group.settings
+            }
+            for group in config.config_groups
+        }
+        # Work waiting, per group: entries to apply, or None for "report only". The newest
+        # message for a group replaces one still waiting, so a flood cannot pile up.
+        self._pending: dict[str, list[Entry] | None] = {}
+        self._wake = asyncio.Event()
+        self._throttle = Throttle(interval=10.0)
+        self.writes = 0
+        self.rejected = 0
+
+    # -- from the MQTT callback (synchronous, never blocks) ---------------------------------
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            group, entries = parse_expected(topic, payload, thing_id=self._thing_id,
+                                            max_bytes=self._max_bytes)
+        except RejectedInput as exc:
+            self.rejected += 1
+            if self._throttle.allow(("rejected", str(exc)[:40])):
+                log.warning("config_message_rejected", reason=str(exc))
+            return
+        if group not in self.groups:
+            self.rejected += 1
+            if self._throttle.allow(("group", group)):
+                log.warning("config_group_unknown", group=group, declared=sorted(self.groups))
+            return
+        self._pending.pop(group, None)
+        self._pending[group] = entries
+        self._wake.set()
+
+    def on_connected(self) -> None:
+        """After every (re)connect: report the state of every declared group."""
+        for group in self.groups:
+            self._pending.setdefault(group, None)
+        self._wake.set()
+
+    def restore_agent_settings(self) -> None:
+        """At start-up: what the cloud set on the agent itself applies before any message."""
+        for group, settings in self.groups.items():
+            for setting in settings.values():
+                saved = self._state.get(group, setting.id)
+                if setting.agent is None or saved is None:
+                    continue
+                with contextlib.suppress(RejectedSetting):
+                    self._knobs.set(setting.agent, setting.accept(saved["value"]))
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.process_pending()
+
+    async def process_pending(self) -> None:
+        """Apply or report every group with work waiting, oldest request first."""
+        while self._pending:
+                group = next(iter(self._pending))
+                entries = self._pending.pop(group)
+                if entries is None:
+                    await self.report(group)
+                else:
+                    await self.apply(group, entries)
+
+    async def apply(self, group: str, entries: list[Entry]) -> None:
+        settings = self.groups[group]
+        for entry in entries:
+            setting = settings.get(entry.id)
+            if setting is None:
+                self.rejected += 1
+                log.warning("config_setting_unknown", group=group, setting=entry.id)
+                continue
+            try:
+                value = setting.accept(entry.value)
+            except RejectedSetting as exc:
+                self.rejected += 1
+                log.warning("config_setting_rejected", group=group, setting=entry.id,
+                            reason=str(exc))
+                continue
+            await self._apply_one(setting, value, form_of(entry.value))
+        self._state.save()
+        await self.report(group)
+
+    async def report(self, group: str) -> None:
+        """Publish what every setting of the group holds now (through the durable queue)."""
+        values = []
+        for setting in self.groups[group].values():
+            saved = self._state.get(group, setting.id)
+            try:
+                value = await self._current(setting, saved["form"] if saved else None)
+            except AgentError as exc:
+                log.warning("config_readback_failed", group=group, setting=setting.id,
+                            error=str(exc))
+                continue
+            values.append({"id": setting.id, "value": value})
+        payload = json.dumps(values, separators=(",", ":"), allow_nan=False).encode()
+        self._outbox.put(reported_topic(self._thing_id, group), payload, replace=True)
+        log.info("config_reported", group=group, settings=len(values))
+
+    # -- applying one setting ---------------------------------------------------------------
+
+    async def _apply_one(self, setting: Setting, value: JsonScalar, form: str | None) -> None:
+        group = setting.group
+        previous = self._state.get(group, setting.id)
+        self._state.put(group, setting.id, value, form)
+        if setting.agent is not None:
+            self._knobs.set(setting.agent, value)
+            log.info("agent_setting_applied", group=group, setting=setting.id,
+                     target=setting.agent, value=value)
+            return
+        wanted = setting.encode(value)
+        try:
+            held = await self._read(setting)
+        except AgentError as exc:
+            held = None
+            log.warning("config_read_failed", group=group, setting=setting.id, error=str(exc))
+        if held is not None and _same(held, wanted):
+            return  # the device holds it already: nothing to write
+        if previous is not None and previous["value"] == value and held is not None:
+            log.warning("setting_drift_corrected", group=group, setting=setting.id,
+                        expected=value, device_held=setting.decode(held, form=form))
+        await self._write(setting, wanted, value)
+
+    async def _write(self, setting: Setting, wanted: list[int] | bool,
+                     value: JsonScalar) -> None:
+        target = setting.target
+        assert target is not None
+        route = self._routes[target.device]
+        try:
+            if isinstance(wanted, bool):
+                await route.bus.write_coil(route.unit, target.address, wanted)
+            else:
+                await route.bus.write_registers(route.unit, target.address, wanted)
+        except (DeviceRefused, DeviceError) as exc:
+            log.warning("setting_write_failed", group=setting.group, setting=setting.id,
+                        value=value, error=str(exc))
+            return
+        self.writes += 1
+        log.info("setting_written", group=setting.group, setting=setting.id, value=value,
+                 device=target.device, address=target.address)
+
+    async def _read(self, setting: Setting) -> list[int] | list[bool]:
+        target = setting.target
+        assert target is not None
+        route = self._routes[target.device]
+        return await route.bus.read(route.unit, target.table, target.address, target.count)
+
+    async def _current(self, setting: Setting, form: str | None) -> JsonScalar:
+        if setting.agent is not None:
+            return self._knobs.get(setting.agent)
+        return setting.decode(await self._read(setting), form=form)
+
+
+def _same(held: list[int] | list[bool], wanted: list[int] | bool) -> bool:
+    if isinstance(wanted, bool):
+        return bool(held[0]) == wanted
+    return [int(v) for v in held] == wanted

@@ -1,0 +1,257 @@
+"""Configuration from the cloud: $conf/$expected → the device → $conf/$reported.
+
+The simulated unit proves what was written (its registers and its write count); the
+cloud client proves what was reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from sim.broker import Broker, BrokerFactory
+from sim.cloud import CloudClient, Message, reported_topic
+from sim.plant import PlantServer, SimUnit
+from tests.helpers import agent_toml, running_agent
+
+WAIT = 30.0
+THING = "xY6Eie5hv"
+
+DEVICE_AND_GROUPS = """
+[[modbus]]
+name = "plc"
+transport = "tcp"
+host = "127.0.0.1"
+port = {port}
+timeout = 0.5
+
+  [[modbus.devices]]
+  name = "meter1"
+  unit = 1
+  interval = {interval}
+  bucket = "b"
+  points = [ {{ id = "counter", address = "40001" }} ]
+
+[[config_groups]]
+name = "gw-1-setting"
+settings = [
+  {{ id = "GW1_40806", device = "meter1", address = "40806", type = "uint16", min = 0, max = 3600 }},
+  {{ id = "GW1_40807", device = "meter1", address = "40807", type = "uint16", min = 0, max = 3600 }},
+]
+
+[[config_groups]]
+name = "gw-1-mode"
+settings = [
+  {{ id = "GW1_00800", device = "meter1", address = "00800", type = "bool" }},
+]
+
+[[config_groups]]
+name = "agent"
+settings = [
+  {{ id = "meter1_interval", agent = "device.meter1.interval", min = 0.05, max = 3600 }},
+  {{ id = "log_level", agent = "log.level" }},
+]
+"""
+
+
+def config_text(broker: Broker, plant: PlantServer, tmp_path: Path, *,
+                interval: float = 5.0) -> str:
+    body = DEVICE_AND_GROUPS.format(port=plant.port, interval=interval)
+    return agent_toml(broker, body).replace('path = ":memory:"',
+                                            f'path = "{tmp_path}/state/queue.db"')
+
+
+def reported_with(group: str, expected: dict[str, object]) -> Callable[[Message], bool]:
+    """A report of `group` that carries at least these values."""
+    def match(message: Message) -> bool:
+        if message.topic != reported_topic(THING, group):
+            return False
+        values = {entry["id"]: entry["value"] for entry in message.json()}
+        return all(key in values and values[key] == value for key, value in expected.items())
+    return match
+
+
+async def test_the_documents_example_round_trips_to_the_registers_and_back(
+    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+) -> None:
+    async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
+        await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40806", "value": 0},
+                                                      {"id": "GW1_40807", "value": 600}])
+        await cloud.publish_expected("gw-1-mode", [{"id": "GW1_00800", "value": 1}])
+        await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40806": 0, "GW1_40807": 600}),
+                             timeout=WAIT)
+        await cloud.wait_for(reported_with("gw-1-mode", {"GW1_00800": 1}), timeout=WAIT)
+
+    assert [0, 600] == sim_unit.get_registers("holding", 805, 2)
+    assert [True] == sim_unit.get_bits("coil", 799)
+    last_mode = cloud.on_topic(reported_topic(THING, "gw-1-mode"))[-1].json()
+    assert [{"id": "GW1_00800", "value": 1}] == last_mode, "1 comes back as 1, as the cloud wrote it"
+
+
+async def test_a_refused_write_is_reported_with_what_the_device_holds(
+    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+) -> None:
+    sim_unit.set_registers("holding", 806, [42])
+    sim_unit.refuse_writes = True
+    with capture_logs() as logs:
+        async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
+            await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 600}])
+            await cloud.wait_for(lambda m: any(
+                e["event"] == "setting_write_failed" for e in logs), timeout=WAIT)
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 42}), timeout=WAIT)
+
+    assert [42] == sim_unit.get_registers("holding", 806)
+
+
+@pytest.mark.parametrize(("entry", "event"), [
+    ({"id": "GW1_40807", "value": 3601}, "config_setting_rejected"),
+    ({"id": "GW1_40807", "value": -1}, "config_setting_rejected"),
+    ({"id": "GW1_40807", "value": "600"}, "config_setting_rejected"),
+    ({"id": "GW1_40807", "value": 60.5}, "config_setting_rejected"),
+    ({"id": "GW1_40899", "value": 1}, "config_setting_unknown"),
+    ({"id": "GW1_00800", "value": 1}, "config_setting_unknown"),  # another group's id
+])
+async def test_a_value_out_of_bounds_or_undeclared_leaves_the_device_untouched(
+    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tcp_plant: PlantServer, entry: dict[str, object], event: str,
+) -> None:
+    with capture_logs() as logs:
+        async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
+            await cloud.publish_expected("gw-1-setting", [entry])
+            await cloud.wait_for(lambda m: any(e["event"] == event for e in logs),
+                                 timeout=WAIT)
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 0}), timeout=WAIT)
+
+    assert 0 == sim_unit.write_count
+
+
+async def test_reconnects_and_restarts_write_nothing_twice_and_drift_is_corrected(
+    tmp_path: Path, broker_factory: BrokerFactory, sim_unit: SimUnit, tcp_plant: PlantServer,
+) -> None:
+    broker = broker_factory(persistence=True)
+    cloud = CloudClient.for_broker(broker)
+    await cloud.connect()
+    text = config_text(broker, tcp_plant, tmp_path)
+    try:
+        async with running_agent(tmp_path, text) as agent:
+            await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 600}])
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 600}),
+                                 timeout=WAIT)
+            assert 1 == sim_unit.write_count
+            reports = len(cloud.on_topic(reported_topic(THING, "gw-1-setting")))
+            await broker.restart_async()
+            await cloud.wait_connected(timeout=WAIT)
+            # The retained message arrives again; the agent reports and writes nothing.
+            await cloud.wait_for(lambda m: len(cloud.on_topic(
+                reported_topic(THING, "gw-1-setting"))) > reports, timeout=WAIT)
+            assert agent.session.reconnects >= 1
+        assert 1 == sim_unit.write_count
+
+        async with running_agent(tmp_path, text):  # a restart: same state directory
+            await sim_unit.wait_until(lambda u: u.read_count >= 3, timeout=WAIT)
+        assert 1 == sim_unit.write_count
+
+        sim_unit.set_registers("holding", 806, [7])  # someone at the panel
+        with capture_logs() as logs:
+            async with running_agent(tmp_path, text):
+                await sim_unit.wait_until(lambda u: u.write_count >= 2, timeout=WAIT)
+        assert [600] == sim_unit.get_registers("holding", 806)
+        assert any(e["event"] == "setting_drift_corrected" for e in logs)
+    finally:
+        await cloud.disconnect()
+
+
+async def test_an_agent_setting_changes_the_poll_interval_seen_by_the_device(
+    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+) -> None:
+    def polls(unit: SimUnit) -> int:
+        """Reads of the polled point (the configurator reads the settings too)."""
+        return sum(1 for r in unit.requests if (r.function_code, r.address) == (3, 0))
+
+    loop = asyncio.get_running_loop()
+    async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path,
+                                                   interval=10.0)):
+        await sim_unit.wait_until(lambda u: polls(u) >= 1, timeout=WAIT)
+        await cloud.publish_expected("agent", [{"id": "meter1_interval", "value": 0.1}])
+        await cloud.wait_for(reported_with("agent", {"meter1_interval": 0.1}), timeout=WAIT)
+        # The 10 s cycle in progress ends first; then reads come every 0.1 s.
+        await sim_unit.wait_until(lambda u: polls(u) >= 2, timeout=WAIT)
+        start, reads = loop.time(), polls(sim_unit)
+        await sim_unit.wait_until(lambda u: polls(u) >= reads + 10, timeout=WAIT)
+        elapsed = loop.time() - start
+
+    assert elapsed < 5.0, f"10 reads took {elapsed:.1f} s: the interval did not change"
+
+
+HOSTILE: list[tuple[str, bytes]] = [
+    ("gw-1-setting", b"\xff\xfe not utf-8"),
+    ("gw-1-setting", b"{not json"),
+    ("gw-1-setting", b'{"id": "GW1_40807"}'),
+    ("gw-1-setting", b'"a string"'),
+    ("gw-1-setting", b"[" * 50_000 + b"]" * 50_000),
+    ("gw-1-setting", b'[{"id": "GW1_40807", "value": NaN}]'),
+    ("gw-1-setting", b'[{"id": "GW1_40807", "value": Infinity}]'),
+    ("gw-1-setting", b'[{"id": "GW1_40807", "value": [600]}]'),
+    ("gw-1-setting", json.dumps([{"id": "GW1_40807", "value": 1}] * 5000).encode()),
+    ("gw-1-setting", b"[" + b" " * 70_000 + b"]"),
+    ("no-such-group", b'[{"id": "GW1_40807", "value": 600}]'),
+]
+# Topics with control or wildcard characters never get past the broker (it disconnects the
+# publisher): tests/test_confmsg.py feeds them to the parser directly.
+
+
+async def test_hostile_messages_are_rejected_with_a_log_line_and_never_written(
+    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+) -> None:
+    with capture_logs() as logs:
+        async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path,
+                                                       interval=0.2)) as agent:
+            # Subscribed once it reports its groups; from then on every message reaches it.
+            await cloud.wait_for(reported_with("agent", {}), timeout=WAIT)
+            for group, payload in HOSTILE:
+                await cloud.publish(f"$thing/{THING}/$conf/$expected/{group}", payload)
+            # A valid message behind them is still applied: nothing stalled.
+            await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40806", "value": 5}])
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40806": 5}), timeout=WAIT)
+            readings = len(cloud.readings("b"))
+            await cloud.wait_for(lambda m: len(cloud.readings("b")) > readings, timeout=WAIT)
+            rejected = agent.configurator.rejected
+
+    assert 1 == sim_unit.write_count
+    assert [5] == sim_unit.get_registers("holding", 805)
+    events = [e for e in logs if e["event"] in (
+        "config_message_rejected", "config_group_unknown", "config_setting_rejected")]
+    assert len(HOSTILE) == rejected
+    assert len(HOSTILE) == len(events)
+
+
+async def test_a_report_made_offline_arrives_after_the_reconnect(
+    tmp_path: Path, broker_factory: BrokerFactory, sim_unit: SimUnit, tcp_plant: PlantServer,
+) -> None:
+    broker = broker_factory(persistence=True)
+    cloud = CloudClient.for_broker(broker)
+    await cloud.connect()
+    try:
+        await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 300}])
+        async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)) as agent:
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 300}),
+                                 timeout=WAIT)
+            await broker.stop_async()
+            await agent.configurator.report("gw-1-setting")  # made while offline
+            assert agent.outbox.stats().depth >= 1
+            before = len(cloud.on_topic(reported_topic(THING, "gw-1-setting")))
+            await broker.start_async()
+            await cloud.wait_connected(timeout=WAIT)
+            await cloud.wait_for(lambda m: len(cloud.on_topic(
+                reported_topic(THING, "gw-1-setting"))) > before, timeout=WAIT)
+    finally:
+        await cloud.disconnect()
