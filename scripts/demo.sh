@@ -43,9 +43,22 @@ sed -e "s|@MQTT_PORT@|$mqtt_port|" -e "s|@MODBUS_PORT@|$modbus_port|" \
 head -4 "$run/check-config.txt"
 
 echo "demo: broker 127.0.0.1:$mqtt_port, Modbus TCP 127.0.0.1:$modbus_port, RTU $run/ttyAgent"
+echo "demo: set a value from the cloud side, in another terminal:"
+echo "  mosquitto_pub -h 127.0.0.1 -p $mqtt_port -i app:miWll0Grv -u miWll0Grv -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r \\"
+echo "    -t '\$thing/xY6Eie5hv/\$conf/\$expected/gw-1-setting' -m '[{\"id\":\"GW1_40807\",\"value\":600}]'"
 echo "demo: agent log in $run/agent.log; what the cloud receives follows (Ctrl-C to stop)"
 .venv/bin/orio-agent run --config "$run/config.toml" >"$run/agent.log" 2>&1 &
 pids+=($!)
 "$py" -m sim.cloud --port "$mqtt_port" &
+pids+=($!)
+# A config round trip a few seconds in: the cloud sets GW1_40807 = 600 and the coil; the
+# agent writes them to the meter, reads them back and reports on $conf/$reported.
+(
+    sleep 6
+    pub() { mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -i app:miWll0Grv-demo -u miWll0Grv \
+        -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r -t "\$thing/xY6Eie5hv/\$conf/\$expected/$1" -m "$2"; }
+    pub gw-1-setting '[{"id":"GW1_40806","value":0},{"id":"GW1_40807","value":600}]'
+    pub gw-1-mode '[{"id":"GW1_00800","value":1}]'
+) &
 pids+=($!)
 wait -n "${pids[@]}" || true
