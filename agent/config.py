@@ -279,6 +279,45 @@ class ModbusConfig(_Section):
     devices: list[DeviceConfig] = Field(min_length=1)
 
 
+NMEA_FIELDS = ("coordinate", "altitude", "satellites", "fix_quality", "speed", "course")
+
+
+class SerialPointConfig(_Section):
+    """One value taken from an instrument's lines: an NMEA field or a regex group."""
+
+    id: Name
+    field: str = Field(min_length=1)
+    value_type: ValueType | None = None  # default: coordinate for coordinates, else float
+    scale: float | None = None
+    offset: float | None = None
+    deadband: float | None = Field(None, ge=0)
+    max_silence: Seconds | None = None
+    bucket: Name | None = None
+
+
+class SerialConfig(_Section):
+    """A plain serial instrument speaking lines of ASCII."""
+
+    name: Name
+    device: str = Field(min_length=1)
+    baudrate: int = Field(9600, ge=50, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    bucket: Name | None = None
+    format: Literal["nmea", "regex"]
+    pattern: str | None = None
+    request: str | None = None  # sent every interval (escapes like \r\n allowed)
+    interval: Seconds = 1.0  # polled: request period; streaming: sampling period
+    timeout: Seconds = 1.0  # polled: how long to wait for the reply
+    terminator: str = "\n"  # end of a line (escapes allowed); a trailing \r is dropped
+    encoding: str = "ascii"
+    max_line: int = Field(1024, ge=16, le=1024 * 1024)
+    timestamp: Literal["arrival", "gps"] = "arrival"  # nmea: the GPS's own UTC time
+    backoff_max: Seconds = 60.0
+    points: list[SerialPointConfig] = Field(min_length=1)
+
+
 AGENT_TARGETS = ("device.<name>.interval", "bucket.<name>.max_delay", "log.level")
 
 
@@ -301,7 +340,8 @@ class SettingConfig(RegisterRef):
     # or true/false.
     value_type: Literal["integer", "boolean"] | None = None
 
-    def target_problems(self, devices: set[str], buckets: set[str]) -> list[tuple[str, str]]:
+    def target_problems(self, devices: set[str], sources: set[str],
+                        buckets: set[str]) -> list[tuple[str, str]]:
         """(key, message) pairs for the setting's target and bounds."""
         found: list[tuple[str, str]] = []
         if self.agent is not None:
@@ -312,7 +352,7 @@ class SettingConfig(RegisterRef):
             if self.agent == "log.level":
                 pass
             elif kind == "device" and field == "interval":
-                if name not in devices:
+                if name not in sources:
                     found.append(("agent", f"no device named {name!r}"))
             elif kind == "bucket" and field == "max_delay":
                 if name not in buckets:
@@ -365,6 +405,7 @@ class AgentConfig(BaseSettings):
     batch: BatchConfig = BatchConfig()
     log: LogConfig = LogConfig()
     modbus: list[ModbusConfig] = []
+    serial: list[SerialConfig] = []
     config_groups: list[ConfigGroupConfig] = []
 
     @classmethod
@@ -471,6 +512,13 @@ def cross_check(config: AgentConfig) -> list[tuple[str, str]]:
                               f"connection {conn.name!r}"))
             units.add(device.unit)
             found += _check_points(dev_key, device, bucket_ids)
+    modbus_devices = set(devices)
+    for i, instrument in enumerate(config.serial):
+        found += _check_serial(f"serial[{i}]", instrument, bucket_ids)
+        if instrument.name in devices:
+            found.append((f"serial[{i}].name", f"name {instrument.name!r} is already used "
+                          f"at {devices[instrument.name]}"))
+        devices.setdefault(instrument.name, f"serial[{i}]")
     buckets = {bucket for bucket, _ in bucket_ids}
     groups: dict[str, str] = {}
     for g, group in enumerate(config.config_groups):
@@ -481,13 +529,76 @@ def cross_check(config: AgentConfig) -> list[tuple[str, str]]:
         settings: dict[str, str] = {}
         for s, setting in enumerate(group.settings):
             key = f"config_groups[{g}].settings[{s}]"
-            problems = setting.target_problems(set(devices), buckets)
+            problems = setting.target_problems(modbus_devices, set(devices), buckets)
             found += [(f"{key}.{sub}", message) for sub, message in problems]
             if setting.id in settings:
                 found.append((f"{key}.id", f"setting id {setting.id!r} is already declared "
                               f"at {settings[setting.id]}"))
             settings.setdefault(setting.id, key)
     return found
+
+
+def _check_serial(key: str, instrument: SerialConfig,
+                  bucket_ids: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    groups: set[str] = set()
+    if instrument.format == "regex":
+        if instrument.pattern is None:
+            found.append((f"{key}.pattern", "format regex needs `pattern` with named groups"))
+        else:
+            try:
+                groups = set(re.compile(instrument.pattern).groupindex)
+            except re.error as exc:
+                found.append((f"{key}.pattern", f"not a regular expression: {exc}"))
+            else:
+                if not groups:
+                    found.append((f"{key}.pattern", "the pattern has no named groups "
+                                  "(?P<name>...)"))
+    elif instrument.pattern is not None:
+        found.append((f"{key}.pattern", "`pattern` applies to format regex"))
+    if instrument.timestamp == "gps" and instrument.format != "nmea":
+        found.append((f"{key}.timestamp", "GPS time needs format nmea"))
+    for k in ("request", "terminator"):
+        text = getattr(instrument, k)
+        if text is not None:
+            try:
+                unescape(text)
+            except ValueError as exc:
+                found.append((f"{key}.{k}", str(exc)))
+    if not unescape(instrument.terminator or "x"):
+        found.append((f"{key}.terminator", "must not be empty"))
+    try:
+        "".encode(instrument.encoding)
+    except LookupError:
+        found.append((f"{key}.encoding", f"unknown encoding {instrument.encoding!r}"))
+    for p, point in enumerate(instrument.points):
+        point_key = f"{key}.points[{p}]"
+        known = NMEA_FIELDS if instrument.format == "nmea" else tuple(sorted(groups))
+        if point.field not in known and (instrument.format == "nmea" or groups):
+            found.append((f"{point_key}.field", f"unknown field {point.field!r}; "
+                          f"one of {', '.join(known)}"))
+        is_coordinate = point.field == "coordinate" and instrument.format == "nmea"
+        if (point.value_type == "coordinate") != is_coordinate and point.value_type:
+            found.append((f"{point_key}.value_type", "coordinate is for the NMEA "
+                          "`coordinate` field, which is always a coordinate"))
+        bucket = point.bucket or instrument.bucket
+        if bucket is None:
+            found.append((f"{point_key}.bucket", "no bucket: set `bucket` on the instrument "
+                          "or the point"))
+        elif (bucket, point.id) in bucket_ids:
+            found.append((f"{point_key}.id", f"point id {point.id!r} is already used in "
+                          f"bucket {bucket!r} at {bucket_ids[(bucket, point.id)]}"))
+        else:
+            bucket_ids[(bucket, point.id)] = point_key
+    return found
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes of a TOML literal string: "READ\\r\\n" → "READ\r\n"."""
+    try:
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"bad escape sequence: {exc.reason}") from None
 
 
 def _check_points(dev_key: str, device: DeviceConfig,

@@ -109,6 +109,9 @@ class ChangeFilter:
         if self.max_silence is not None and now - self._last_at >= self.max_silence:
             return True
         last = self._last
+        if isinstance(value, list) and isinstance(last, list):
+            # A coordinate: the deadband is a distance in metres.
+            return value != last and _metres(value, last) >= self.deadband
         numeric = (int, float)
         if (isinstance(value, numeric) and isinstance(last, numeric)
                 and not isinstance(value, bool) and not isinstance(last, bool)):
@@ -117,3 +120,14 @@ class ChangeFilter:
             tolerance = 1e-9 * max(abs(value), abs(last), self.deadband)
             return change > 0 and change + tolerance >= self.deadband
         return value != last
+
+
+EARTH_RADIUS_M = 6_371_000.0
+
+
+def _metres(a: list[float], b: list[float]) -> float:
+    """Distance between two [lat, lng] points; equirectangular, fine at deadband scales."""
+    lat = math.radians((a[0] + b[0]) / 2)
+    dx = math.radians(a[1] - b[1]) * math.cos(lat)
+    dy = math.radians(a[0] - b[0])
+    return EARTH_RADIUS_M * math.hypot(dx, dy)

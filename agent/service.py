@@ -22,6 +22,7 @@ from agent.configurator import Configurator, DeviceRoute, SettingsState
 from agent.confmsg import expected_prefix
 from agent.delivery import Delivery
 from agent.diskqueue import DiskOutbox, QueueSettings
+from agent.instrument import Instrument
 from agent.modbus import ModbusLine
 from agent.mqtt import MqttSession
 from agent.outbox import MemoryOutbox, Outbox
@@ -72,8 +73,10 @@ class _Knobs:
         else:
             self._agent.batcher.set_delay(name, float(value))
 
-    def _poller(self, name: str) -> DevicePoller:
-        return next(p for p in self._agent.pollers if p.name == name)
+    def _poller(self, name: str) -> DevicePoller | Instrument:
+        sources: list[DevicePoller | Instrument] = [*self._agent.pollers,
+                                                    *self._agent.instruments]
+        return next(source for source in sources if source.name == name)
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -110,6 +113,10 @@ class Agent:
                          emit=self.batcher.add, wall_ms=self.clock.wall_ms)
             for conn, device in config.all_devices()
         ]
+        self.instruments = [
+            Instrument(config=instrument, emit=self.batcher.add, wall_ms=self.clock.wall_ms)
+            for instrument in config.serial
+        ]
         state_path = None if config.queue.path == ":memory:" else (
             Path(config.queue.path).parent / SETTINGS_STATE_FILE
         )
@@ -137,6 +144,7 @@ class Agent:
         """Run until `stop` is set, then shut down in order."""
         self._notifier.notify("READY=1")
         log.info("agent_started", thing=self.config.thing.id, devices=len(self.pollers),
+                 instruments=len(self.instruments),
                  points=sum(len(p.device.points) for p in self.pollers))
         async with asyncio.TaskGroup() as group:
             session = group.create_task(self.session.run(), name="mqtt")
@@ -145,6 +153,8 @@ class Agent:
             reporter = group.create_task(self._report(), name="stats-log")
             configurator = group.create_task(self.configurator.run(), name="configurator")
             pollers = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
+            pollers += [group.create_task(i.run(), name=f"serial[{i.name}]")
+                        for i in self.instruments]
             await stop.wait()
             self._notifier.notify("STOPPING=1")
             log.info("agent_stopping")

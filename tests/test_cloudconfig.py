@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from sim.broker import Broker, BrokerFactory
 from sim.cloud import CloudClient, Message, reported_topic
 from sim.plant import PlantServer, SimUnit
-from tests.helpers import agent_toml, running_agent
+from tests.helpers import agent_toml, poll_until, running_agent
 
 WAIT = 30.0
 THING = "xY6Eie5hv"
@@ -103,8 +103,8 @@ async def test_a_refused_write_is_reported_with_what_the_device_holds(
     with capture_logs() as logs:
         async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
             await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 600}])
-            await cloud.wait_for(lambda m: any(
-                e["event"] == "setting_write_failed" for e in logs), timeout=WAIT)
+            await poll_until(lambda: any(e["event"] == "setting_write_failed" for e in logs),
+                             timeout=WAIT, what="setting_write_failed logged")
             await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 42}), timeout=WAIT)
 
     assert [42] == sim_unit.get_registers("holding", 806)
@@ -125,8 +125,8 @@ async def test_a_value_out_of_bounds_or_undeclared_leaves_the_device_untouched(
     with capture_logs() as logs:
         async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
             await cloud.publish_expected("gw-1-setting", [entry])
-            await cloud.wait_for(lambda m: any(e["event"] == event for e in logs),
-                                 timeout=WAIT)
+            await poll_until(lambda: any(e["event"] == event for e in logs),
+                             timeout=WAIT, what=f"{event} logged")
             await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 0}), timeout=WAIT)
 
     assert 0 == sim_unit.write_count
@@ -178,11 +178,11 @@ async def test_an_agent_setting_changes_the_poll_interval_seen_by_the_device(
 
     loop = asyncio.get_running_loop()
     async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path,
-                                                   interval=10.0)):
+                                                   interval=3.0)):
         await sim_unit.wait_until(lambda u: polls(u) >= 1, timeout=WAIT)
         await cloud.publish_expected("agent", [{"id": "meter1_interval", "value": 0.1}])
         await cloud.wait_for(reported_with("agent", {"meter1_interval": 0.1}), timeout=WAIT)
-        # The 10 s cycle in progress ends first; then reads come every 0.1 s.
+        # The 3 s cycle in progress ends first; then reads come every 0.1 s.
         await sim_unit.wait_until(lambda u: polls(u) >= 2, timeout=WAIT)
         start, reads = loop.time(), polls(sim_unit)
         await sim_unit.wait_until(lambda u: polls(u) >= reads + 10, timeout=WAIT)

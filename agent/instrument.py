@@ -1,0 +1,272 @@
+"""A plain serial instrument: lines → fields → typed, timestamped readings.
+
+Two ways to talk:
+- streaming (no `request`): the instrument talks on its own (a GPS at 10 Hz). Every
+  line updates the latest value of its fields; every `interval` the latest values seen
+  since the previous tick are reported (latest wins), through the points' deadbands.
+- polled (`request` set): every `interval` the request is sent and the first line that
+  parses is the answer. No answer within `timeout` is a failed read: nothing is
+  published and the instrument is backed off exponentially, like a Modbus unit.
+
+Lines that do not parse are counted and logged at a limited rate, never published. A
+vanished device is reopened with back-off; the rest of the agent does not notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from agent import nmea
+from agent.config import SerialConfig, SerialPointConfig, unescape
+from agent.errors import DeviceUnreachable
+from agent.lines import LineFramer, regex_fields
+from agent.logs import Throttle
+from agent.points import ValueType
+from agent.readings import ChangeFilter, Reading, Value, now_ms
+from agent.serialport import SerialPort
+
+log = structlog.get_logger("agent.instrument")
+
+DAY_MS = 86_400_000
+Field = str | float | int | list[float]  # a field as a line gives it
+
+
+@dataclass(slots=True)
+class InstrumentStats:
+    lines: int = 0
+    unmatched: int = 0
+    bad_checksum: int = 0
+    no_reply: int = 0
+    overlong: int = 0
+    readings: int = 0
+    reopened: int = 0
+    consecutive_failures: int = 0
+
+
+class _Point:
+    __slots__ = ("bucket", "field", "filter", "id", "offset", "scale", "shape")
+
+    def __init__(self, point: SerialPointConfig, config: SerialConfig) -> None:
+        self.id = point.id
+        bucket = point.bucket or config.bucket
+        assert bucket is not None
+        self.bucket = bucket
+        self.field = point.field
+        coordinate = config.format == "nmea" and point.field == "coordinate"
+        self.shape: ValueType = point.value_type or ("coordinate" if coordinate else "float")
+        if config.format == "nmea" and point.field in ("satellites", "fix_quality"):
+            self.shape = point.value_type or "integer"
+        self.scale = point.scale
+        self.offset = point.offset
+        self.filter = ChangeFilter(point.deadband, point.max_silence)
+
+    def value(self, raw: Field) -> Value:
+        """Type a field to the point's data shape; ValueError when it cannot be."""
+        if isinstance(raw, list):
+            return raw
+        if self.shape == "string":
+            return str(raw)
+        if self.shape == "hex":
+            text = str(raw).strip().upper()
+            int(text, 16)
+            return text
+        if self.shape == "boolean":
+            word = str(raw).strip().lower()
+            if word in ("1", "true", "on", "yes"):
+                return True
+            if word in ("0", "false", "off", "no"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        number = float(raw)
+        if not math.isfinite(number):
+            raise ValueError(f"non-finite value {raw!r}")
+        if self.scale is not None or self.offset is not None:
+            number = number * (self.scale if self.scale is not None else 1.0) + (self.offset or 0.0)
+        if self.shape == "integer":
+            return round(number)
+        return number
+
+
+class Instrument:
+    def __init__(self, *, config: SerialConfig, emit: Callable[[Reading], None],
+                 wall_ms: Callable[[], int] = now_ms) -> None:
+        self.config = config
+        self.name = config.name
+        self._emit = emit
+        self._wall_ms = wall_ms
+        self._points = [_Point(p, config) for p in config.points]
+        self._framer = LineFramer(terminator=unescape(config.terminator).encode("latin-1"),
+                                  max_line=config.max_line)
+        self._pattern = re.compile(config.pattern) if config.pattern else None
+        self._request = unescape(config.request).encode(config.encoding) if config.request else None
+        self._port = SerialPort(config, self._on_data)
+        self._latest: dict[str, tuple[Field, int]] = {}
+        self._reply: asyncio.Future[None] | None = None
+        self._throttle = Throttle(interval=60.0)
+        self.stats = InstrumentStats()
+        self.interval = config.interval
+        self.open = asyncio.Event()  # the port is open and being read
+        self._log = log.bind(instrument=config.name, device=config.device)
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._port.open()
+            except DeviceUnreachable as exc:
+                attempt += 1
+                if attempt == 1:
+                    self._log.warning("instrument_unavailable", error=str(exc))
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            if attempt:
+                self.stats.reopened += 1
+                self._log.info("instrument_reopened", attempts=attempt)
+            attempt = 0
+            self._framer.reset()
+            self.open.set()
+            talk = self._polled() if self._request is not None else self._streaming()
+            talking = asyncio.ensure_future(talk)
+            try:
+                await self._port.wait_lost()
+            except DeviceUnreachable as exc:
+                self._log.warning("instrument_lost", error=str(exc))
+            finally:
+                self.open.clear()
+                talking.cancel()
+                await asyncio.gather(talking, return_exceptions=True)
+                self._port.close()
+            attempt = 1
+            await asyncio.sleep(self._backoff(attempt))
+
+    def set_interval(self, interval: float) -> None:
+        self.interval = interval
+
+    # -- the two ways of talking ----------------------------------------------------------
+
+    async def _streaming(self) -> None:
+        loop = asyncio.get_running_loop()
+        origin, tick = loop.time(), 0
+        while True:
+            tick += 1
+            await asyncio.sleep(max(0.0, origin + tick * self.interval - loop.time()))
+            latest, self._latest = self._latest, {}
+            self._report(latest)
+
+    async def _polled(self) -> None:
+        assert self._request is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self._port.discard_input()
+            self._latest = {}
+            self._reply = loop.create_future()
+            self._port.write(self._request)
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    await self._reply
+            except TimeoutError:
+                self.stats.no_reply += 1
+                self.stats.consecutive_failures += 1
+                if self.stats.consecutive_failures == 1:
+                    self._log.warning("instrument_no_reply", timeout=self.config.timeout)
+                await asyncio.sleep(self._backoff(self.stats.consecutive_failures))
+                continue
+            finally:
+                self._reply = None
+            if self.stats.consecutive_failures:
+                self._log.info("instrument_recovered",
+                               failed_polls=self.stats.consecutive_failures)
+                self.stats.consecutive_failures = 0
+            latest, self._latest = self._latest, {}
+            self._report(latest)
+            await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
+
+    # -- lines ----------------------------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        arrived = self._wall_ms()
+        lines = self._framer.feed(data)
+        if self._framer.stats.overlong != self.stats.overlong:
+            self.stats.overlong = self._framer.stats.overlong
+            if self._throttle.allow("overlong"):
+                self._log.warning("instrument_line_too_long", max_line=self.config.max_line,
+                                  dropped=self.stats.overlong)
+        for line in lines:
+            self.stats.lines += 1
+            parsed = self._parse(line.decode(self.config.encoding, errors="replace"), arrived)
+            if parsed is None:
+                continue
+            fields, taken_at = parsed
+            for key, value in fields.items():
+                self._latest[key] = (value, taken_at)
+            if self._reply is not None and not self._reply.done():
+                self._reply.set_result(None)
+
+    def _parse(self, line: str, arrived: int) -> tuple[dict[str, Field], int] | None:
+        """The fields a line gives and the time they were taken; None if it gives none."""
+        if self.config.format == "regex":
+            assert self._pattern is not None
+            found = regex_fields(self._pattern, line)
+            if found is None:
+                self._unmatched(line, "no match")
+                return None
+            return dict(found), arrived
+        if not line.startswith("$"):
+            return None  # other talkers' chatter (e.g. $PUBX without $ or binary)
+        try:
+            fix = nmea.parse(line)
+        except nmea.NmeaError as exc:
+            if "checksum" in str(exc):
+                self.stats.bad_checksum += 1
+            self._unmatched(line, str(exc))
+            return None
+        if fix is None:
+            return None  # a sentence type we do not use (GSV, VTG, ...)
+        taken_at = arrived
+        if self.config.timestamp == "gps":
+            gps_ms = fix.utc_ms if fix.utc_ms is not None else self._gga_time(fix, arrived)
+            taken_at = gps_ms if gps_ms is not None else arrived
+        return dict(fix.values), taken_at
+
+    def _gga_time(self, fix: nmea.Fix, arrived: int) -> int | None:
+        """A GGA time of day on the right date: the nearest one to the arrival time."""
+        if fix.time_of_day_ms is None:
+            return None
+        midnight = arrived - arrived % DAY_MS
+        candidates = [midnight + day * DAY_MS + fix.time_of_day_ms for day in (-1, 0, 1)]
+        return min(candidates, key=lambda t: abs(t - arrived))
+
+    def _report(self, latest: dict[str, tuple[Field, int]]) -> None:
+        now = asyncio.get_running_loop().time()
+        for point in self._points:
+            found = latest.get(point.field)
+            if found is None:
+                continue
+            raw, timestamp = found
+            try:
+                value = point.value(raw)
+            except ValueError as exc:
+                if self._throttle.allow(("value", point.id)):
+                    self._log.warning("instrument_value_invalid", point=point.id, error=str(exc))
+                continue
+            if point.filter.admit(value, now):
+                self.stats.readings += 1
+                self._emit(Reading(point.bucket, point.id, value, timestamp))
+
+    def _unmatched(self, line: str, reason: str) -> None:
+        self.stats.unmatched += 1
+        if self._throttle.allow("unmatched"):
+            self._log.warning("instrument_line_unmatched", reason=reason, line=line[:80],
+                              unmatched_total=self.stats.unmatched)
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.config.backoff_max, self.interval * 2 ** min(attempt, 16))
+        return random.uniform(ceiling / 2, ceiling)
