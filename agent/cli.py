@@ -58,6 +58,11 @@ def describe(config: AgentConfig, path: Path) -> str:
         lines.append(f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
                      f"{len(device.points)} points in {requests} every "
                      f"{device.interval:g} s")
+    for instrument in config.serial:
+        mode = "polled" if instrument.request else "sampled"
+        lines.append(f"  instrument {instrument.name!r} on {instrument.device}: "
+                     f"{instrument.format}, {len(instrument.points)} points {mode} every "
+                     f"{instrument.interval:g} s")
     lines.append(json.dumps(config.masked(), indent=2))
     return "\n".join(lines)
 

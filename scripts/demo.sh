@@ -27,7 +27,12 @@ trap cleanup INT TERM EXIT
 
 socat pty,raw,echo=0,link="$run/ttyAgent" pty,raw,echo=0,link="$run/ttyPlant" 2>"$run/socat.log" &
 pids+=($!)
-for _ in $(seq 100); do [ -e "$run/ttyAgent" ] && [ -e "$run/ttyPlant" ] && break; sleep 0.1; done
+socat pty,raw,echo=0,link="$run/ttyGpsAgent" pty,raw,echo=0,link="$run/ttyGps" 2>"$run/socat-gps.log" &
+pids+=($!)
+for _ in $(seq 100); do
+    [ -e "$run/ttyAgent" ] && [ -e "$run/ttyPlant" ] && [ -e "$run/ttyGps" ] && [ -e "$run/ttyGpsAgent" ] && break
+    sleep 0.1
+done
 
 "$py" -m sim.broker --dir "$run/broker" --port "$mqtt_port" --persistence >"$run/broker.log" 2>&1 &
 pids+=($!)
@@ -38,6 +43,7 @@ for _ in $(seq 100); do grep -q "mqtt on" "$run/broker.log" 2>/dev/null && grep 
 
 sed -e "s|@MQTT_PORT@|$mqtt_port|" -e "s|@MODBUS_PORT@|$modbus_port|" \
     -e "s|@RTU_DEVICE@|$PWD/$run/ttyAgent|" -e "s|@STATE@|$PWD/$run/state|" \
+    -e "s|@GPS_DEVICE@|$PWD/$run/ttyGpsAgent|" \
     demo/config.toml >"$run/config.toml"
 .venv/bin/orio-agent check-config "$run/config.toml" >"$run/check-config.txt"
 head -4 "$run/check-config.txt"
@@ -47,6 +53,8 @@ echo "demo: set a value from the cloud side, in another terminal:"
 echo "  mosquitto_pub -h 127.0.0.1 -p $mqtt_port -i app:miWll0Grv -u miWll0Grv -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r \\"
 echo "    -t '\$thing/xY6Eie5hv/\$conf/\$expected/gw-1-setting' -m '[{\"id\":\"GW1_40807\",\"value\":600}]'"
 echo "demo: agent log in $run/agent.log; what the cloud receives follows (Ctrl-C to stop)"
+"$py" -m sim.gps "$run/ttyGps" >"$run/gps.log" 2>&1 &
+pids+=($!)
 .venv/bin/orio-agent run --config "$run/config.toml" >"$run/agent.log" 2>&1 &
 pids+=($!)
 "$py" -m sim.cloud --port "$mqtt_port" &
@@ -60,5 +68,7 @@ pids+=($!)
     pub gw-1-setting '[{"id":"GW1_40806","value":0},{"id":"GW1_40807","value":600}]'
     pub gw-1-mode '[{"id":"GW1_00800","value":1}]'
 ) &
-pids+=($!)
+round_trip=$!
+# Until Ctrl-C, or until one of the long-running parts stops by itself.
 wait -n "${pids[@]}" || true
+kill "$round_trip" 2>/dev/null || true
