@@ -9,8 +9,6 @@ import signal
 import sys
 from pathlib import Path
 
-import structlog
-
 from agent import __version__, logs
 from agent.config import DEFAULT_PATH, AgentConfig, load_config
 from agent.errors import ConfigError
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(config, path))
         return EXIT_OK
     logs.configure(level=config.log.level, fmt=config.log.format)
-    return asyncio.run(_run(config))
+    return asyncio.run(_run(config, path))
 
 
 def describe(config: AgentConfig, path: Path) -> str:
@@ -67,18 +65,16 @@ def describe(config: AgentConfig, path: Path) -> str:
     return "\n".join(lines)
 
 
-async def _run(config: AgentConfig) -> int:
+async def _run(config: AgentConfig, path: Path) -> int:
     from agent.service import Agent  # deferred: check-config need not import the adapters
 
-    stop = asyncio.Event()
+    stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: structlog.get_logger("agent").warning("reload_not_supported_yet")
-    )
-    agent = Agent(config)
-    await agent.run(stop)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+    agent = Agent(config, config_path=path)
+    await agent.run(stop, reload)
     return EXIT_OK
 
 

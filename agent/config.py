@@ -99,6 +99,13 @@ class BatchConfig(_Section):
     max_delay: float = Field(1.0, ge=0, le=3600)
 
 
+class HealthConfig(_Section):
+    """The agent's own readings (uptime, queue, errors), published like any device's."""
+
+    bucket: Name | None = None  # no bucket: no health readings
+    interval: Seconds = 60.0
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["logfmt", "json", "console"] = "logfmt"
@@ -404,6 +411,7 @@ class AgentConfig(BaseSettings):
     queue: QueueConfig = QueueConfig()
     batch: BatchConfig = BatchConfig()
     log: LogConfig = LogConfig()
+    health: HealthConfig = HealthConfig()
     modbus: list[ModbusConfig] = []
     serial: list[SerialConfig] = []
     config_groups: list[ConfigGroupConfig] = []

@@ -2,7 +2,10 @@
 
 `Agent.run` owns one TaskGroup with a named task per concern. Shutdown goes in a fixed
 order: stop the pollers, flush open batches into the outbox, give delivery a moment to
-send what it can, disconnect from the broker, close the device connections.
+send what it can (in-memory queue only), disconnect from the broker, close the device
+connections. SIGHUP reloads the file: sources, batching, config groups and log level
+are rebuilt; the queue stays, and so does the broker session unless [thing] or [mqtt]
+changed. A file that does not load leaves the running config in place.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import structlog
 from agent import logs
 from agent.batches import Batch, Batcher
 from agent.clock import Clock
-from agent.config import AgentConfig, QueueConfig
+from agent.config import AgentConfig, QueueConfig, load_config
 from agent.configurator import Configurator, DeviceRoute, SettingsState
 from agent.confmsg import expected_prefix
 from agent.delivery import Delivery
 from agent.diskqueue import DiskOutbox, QueueSettings
+from agent.errors import ConfigError, ConfigProblem
+from agent.health import health_readings
 from agent.instrument import Instrument
 from agent.modbus import ModbusLine
 from agent.mqtt import MqttSession
@@ -34,6 +39,7 @@ log = structlog.get_logger("agent.service")
 
 DRAIN_ON_STOP = 5.0  # seconds delivery gets to empty an in-memory outbox at shutdown
 STATS_INTERVAL = 60.0
+STATUS_INTERVAL = 5.0  # seconds between STATUS= updates
 SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
 
 
@@ -46,6 +52,22 @@ def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
                              synchronous=config.synchronous,
                              commit_interval=config.commit_interval)
     return DiskOutbox(settings, clock=clock)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of the events is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Knobs:
@@ -90,22 +112,37 @@ def data_topic(thing_id: str, bucket: str) -> str:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
+    """The whole agent. Long-lived: the clock, the queue and (while its settings hold) the
+    broker session. Rebuilt on reload: batches, device connections, pollers, instruments,
+    the configurator."""
+
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.log_level: str = config.log.level
         self._notifier = Notifier()
         self.clock = clock or Clock()
         self.outbox = open_outbox(config.queue, self.clock)
-        loop_clock = asyncio.get_running_loop().time
+        self._started = time.monotonic()
+        self._flush_wake = asyncio.Event()
+        self._topics: dict[str, str] = {}
+        self.batches_queued = 0
+        self._state = SettingsState(None if config.queue.path == ":memory:" else (
+            Path(config.queue.path).parent / SETTINGS_STATE_FILE))
+        self._build_sources(config)
+        self._build_link(config)
+
+    def _build_sources(self, config: AgentConfig) -> None:
+        """Everything a reload replaces: batches, devices, instruments, the configurator."""
         self.batcher = Batcher(
             sink=self._queue_batch,
             max_readings=config.batch.max_readings,
             max_bytes=config.batch.max_bytes,
             max_delay=config.batch.max_delay,
-            clock=loop_clock,
+            clock=asyncio.get_running_loop().time,
             wall=self.clock,
         )
-        self._flush_wake = asyncio.Event()
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
         self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
         self.pollers = [
@@ -117,65 +154,122 @@ class Agent:
             Instrument(config=instrument, emit=self.batcher.add, wall_ms=self.clock.wall_ms)
             for instrument in config.serial
         ]
-        state_path = None if config.queue.path == ":memory:" else (
-            Path(config.queue.path).parent / SETTINGS_STATE_FILE
-        )
         self.configurator = Configurator(
             config=config,
             routes={device.name: DeviceRoute(self.lines[conn.name], device.unit)
                     for conn, device in config.all_devices()},
             knobs=_Knobs(self),
             outbox=self.outbox,
-            state=SettingsState(state_path),
+            state=self._state,
         )
         self.configurator.restore_agent_settings()
+
+    def _build_link(self, config: AgentConfig) -> None:
+        """The broker session and delivery: replaced only when their settings change."""
         self.session = MqttSession(
             thing_id=config.thing.id, secret=config.secret(), config=config.mqtt,
             subscriptions=[expected_prefix(config.thing.id) + "#"],
-            on_message=self.configurator.on_message,
-            on_connect=self.configurator.on_connected,
+            on_message=lambda topic, payload: self.configurator.on_message(topic, payload),
+            on_connect=lambda: self.configurator.on_connected(),
         )
         self.delivery = Delivery(outbox=self.outbox, publisher=self.session, clock=self.clock,
                                  window=config.mqtt.max_inflight)
-        self._topics: dict[str, str] = {}
-        self.batches_queued = 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then shut down in order."""
+    async def run(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set, reloading the config file whenever `reload` is set."""
+        reload = reload or asyncio.Event()
         self._notifier.notify("READY=1")
         log.info("agent_started", thing=self.config.thing.id, devices=len(self.pollers),
                  instruments=len(self.instruments),
                  points=sum(len(p.device.points) for p in self.pollers))
         async with asyncio.TaskGroup() as group:
-            session = group.create_task(self.session.run(), name="mqtt")
-            delivery = group.create_task(self.delivery.run(), name="delivery")
-            flusher = group.create_task(self._flush_timer(), name="batch-timer")
-            reporter = group.create_task(self._report(), name="stats-log")
-            configurator = group.create_task(self.configurator.run(), name="configurator")
-            pollers = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
-            pollers += [group.create_task(i.run(), name=f"serial[{i.name}]")
-                        for i in self.instruments]
-            await stop.wait()
+            self._group = group
+            steady = [group.create_task(self._flush_timer(), name="batch-timer"),
+                      group.create_task(self._report(), name="stats-log"),
+                      group.create_task(self._keepalive(), name="systemd")]
+            link = self._start_link()
+            sources = self._start_sources()
+            while True:
+                await _first(stop, reload)
+                if stop.is_set():
+                    break
+                reload.clear()
+                sources, link = await self._reload(sources, link)
             self._notifier.notify("STOPPING=1")
             log.info("agent_stopping")
-            for task in pollers:
-                task.cancel()
-            await asyncio.gather(*pollers, return_exceptions=True)
-            flusher.cancel()
-            reporter.cancel()
-            configurator.cancel()
+            await _cancel(sources)
             self.batcher.flush_all()
             await self._drain(DRAIN_ON_STOP)
-            delivery.cancel()
-            session.cancel()
-            await asyncio.gather(session, return_exceptions=True)
-            await self.session.close()
-        for line in self.lines.values():
-            await line.close()
+            await self._stop_link(link)
+            await _cancel(steady)
         stats = self.outbox.stats()
         self.outbox.close()
         log.info("agent_stopped", unsent_messages=stats.depth, sent=stats.sent_total)
         self._notifier.close()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def _reload(self, sources: list[asyncio.Task[None]],
+                      link: list[asyncio.Task[None]]
+                      ) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
+        """SIGHUP: read the file again; a bad file keeps the running config."""
+        self._notifier.notify("RELOADING=1")
+        try:
+            if self.config_path is None:
+                raise ConfigError("<none>", [ConfigProblem("", "no config file to reload")])
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config_reload_failed", file=str(self.config_path),
+                      problems=[p.render(str(self.config_path)) for p in exc.problems])
+            self._notifier.notify("READY=1")
+            return sources, link
+        old, self.config = self.config, new
+        if new.queue != old.queue:
+            log.warning("config_reload_queue_unchanged",
+                        reason="[queue] settings take effect at the next restart")
+        await _cancel(sources)
+        self.batcher.flush_all()
+        for line in self.lines.values():
+            await line.close()
+        relink = (new.thing, new.mqtt) != (old.thing, old.mqtt)
+        if relink:
+            await self._stop_link(link)
+            self._build_sources(new)
+            self._build_link(new)
+            link = self._start_link()
+        else:
+            self._build_sources(new)
+            if self.session.connected:
+                self.configurator.on_connected()  # report the groups as they are now
+        self.log_level = new.log.level
+        logs.configure(level=new.log.level, fmt=new.log.format)
+        sources = self._start_sources()
+        log.info("config_reloaded", file=str(self.config_path), devices=len(self.pollers),
+                 instruments=len(self.instruments),
+                 broker_session="new" if relink else "kept")
+        self._notifier.notify("READY=1")
+        return sources, link
+
+    def _start_sources(self) -> list[asyncio.Task[None]]:
+        group = self._group
+        tasks = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
+        tasks += [group.create_task(i.run(), name=f"serial[{i.name}]")
+                  for i in self.instruments]
+        tasks.append(group.create_task(self.configurator.run(), name="configurator"))
+        if self.config.health.bucket is not None:
+            tasks.append(group.create_task(self._health(self.config.health.bucket),
+                                           name="health"))
+        return tasks
+
+    def _start_link(self) -> list[asyncio.Task[None]]:
+        return [self._group.create_task(self.session.run(), name="mqtt"),
+                self._group.create_task(self.delivery.run(), name="delivery")]
+
+    async def _stop_link(self, link: list[asyncio.Task[None]]) -> None:
+        await _cancel(link)
+        await self.session.close()
+        for line in self.lines.values():
+            await line.close()
 
     def _queue_batch(self, batch: Batch) -> None:
         topic = self._topics.get(batch.bucket)
@@ -207,6 +301,36 @@ class Agent:
                      sent=stats.sent_total, dropped=stats.dropped_total,
                      readings=sum(p.stats.readings for p in self.pollers),
                      devices_failing=failing, reconnects=self.session.reconnects)
+
+    async def _health(self, bucket: str) -> None:
+        while True:
+            await asyncio.sleep(self.config.health.interval)
+            for reading in health_readings(
+                bucket=bucket, started=self._started, session=self.session,
+                outbox=self.outbox, pollers=self.pollers, instruments=self.instruments,
+                wall_ms=self.clock.wall_ms,
+            ):
+                self.batcher.add(reading)
+
+    async def _keepalive(self) -> None:
+        """WATCHDOG=1 from the event loop itself, and a STATUS= line kept current."""
+        watchdog = self._notifier.watchdog_interval()
+        interval = min(watchdog, STATUS_INTERVAL) if watchdog else STATUS_INTERVAL
+        while True:
+            if watchdog:
+                self._notifier.notify("WATCHDOG=1")
+            self._notifier.status(self.status_line())
+            await asyncio.sleep(interval)
+
+    def status_line(self) -> str:
+        stats = self.outbox.stats()
+        failing = [p.name for p in self.pollers if p.stats.consecutive_failures]
+        failing += [i.name for i in self.instruments if i.stats.consecutive_failures]
+        state = "connected" if self.session.connected else "not connected"
+        text = f"{state}; queue {stats.depth} messages"
+        if stats.backlog:
+            text += f" ({stats.backlog} to replay)"
+        return text + (f"; not answering: {', '.join(failing)}" if failing else "")
 
     async def _drain(self, limit: float) -> None:
         """Let delivery empty the outbox while connected, for at most `limit` seconds."""
