@@ -21,7 +21,9 @@ from sim.broker import Broker
 STOP_TIMEOUT = 30.0
 
 
-def agent_toml(broker: Broker, body: str, *, batch: str = "max_delay = 0.2") -> str:
+def agent_toml(broker: Broker, body: str, *, batch: str = "max_delay = 0.2",
+               queue_path: Path | str = ":memory:", queue: str = "", mqtt: str = "",
+               log_format: str = "logfmt") -> str:
     """A whole config file: the broker's thing, plain MQTT on loopback, then `body`."""
     return f"""
 [thing]
@@ -34,15 +36,18 @@ port = {broker.port}
 tls = false
 backoff_min = 0.2
 backoff_max = 1.0
+{mqtt}
 
 [queue]
-path = ":memory:"
+path = "{queue_path}"
+{queue}
 
 [batch]
 {batch}
 
 [log]
 level = "debug"
+format = "{log_format}"
 {body}
 """
 
@@ -78,32 +83,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def durable_agent_toml(broker: Broker, body: str, *, queue_path: Path, queue: str = "",
                        batch: str = "max_delay = 0.2", mqtt: str = "",
                        log_format: str = "json") -> str:
-    """`agent_toml` with the durable SQLite queue at `queue_path` (plus `queue` keys)."""
-    return f"""
-[thing]
-id = "{broker.thing_id}"
-secret = "{broker.thing_secret}"
-
-[mqtt]
-host = "{broker.host}"
-port = {broker.port}
-tls = false
-backoff_min = 0.2
-backoff_max = 1.0
-{mqtt}
-
-[queue]
-path = "{queue_path}"
-{queue}
-
-[batch]
-{batch}
-
-[log]
-level = "debug"
-format = "{log_format}"
-{body}
-"""
+    """`agent_toml` with the durable SQLite queue at `queue_path` and JSON logs."""
+    return agent_toml(broker, body, batch=batch, queue_path=queue_path, queue=queue, mqtt=mqtt,
+                      log_format=log_format)
 
 
 class QueuedMessage(NamedTuple):

@@ -87,8 +87,7 @@ port = {tcp_plant.port}
   bucket = "b"
   points = [ {{ id = "v", address = "40001" }} ]
 """
-    config = agent_toml(broker, body).replace('path = ":memory:"',
-                                              f'path = "{tmp_path}/queue.db"')
+    config = agent_toml(broker, body, queue_path=tmp_path / "queue.db")
     async with running_agent(tmp_path, config, clock=clock) as agent:
         unit = tcp_plant.unit(1)
         await unit.wait_until(lambda u: u.read_count >= 5, timeout=WAIT)

@@ -62,8 +62,7 @@ settings = [
 def config_text(broker: Broker, plant: PlantServer, tmp_path: Path, *,
                 interval: float = 5.0) -> str:
     body = DEVICE_AND_GROUPS.format(port=plant.port, interval=interval)
-    return agent_toml(broker, body).replace('path = ":memory:"',
-                                            f'path = "{tmp_path}/state/queue.db"')
+    return agent_toml(broker, body, queue_path=tmp_path / "state" / "queue.db")
 
 
 def reported_with(group: str, expected: dict[str, object]) -> Callable[[Message], bool]:

@@ -83,9 +83,8 @@ timeout = 0.5
   points = [ {{ id = "reads", address = "40001" }} ]
 {extra}
 """
-    text = agent_toml(broker, body).replace('path = ":memory:"',
-                                            f'path = "{tmp_path}/state/queue.db"')
-    return text.replace('level = "debug"', 'level = "debug"\nformat = "json"')
+    return agent_toml(broker, body, queue_path=tmp_path / "state" / "queue.db",
+                      log_format="json")
 
 
 def polls(unit: SimUnit) -> int:
