@@ -28,7 +28,15 @@ from agent.errors import DeviceError, DeviceRefused
 from agent.logs import Throttle
 from agent.plan import Limits, ReadRequest, Span, plan_reads, split
 from agent.points import Table
-from agent.readings import ChangeFilter, Reading, now_ms, to_shape
+from agent.readings import (
+    ChangeFilter,
+    Value,
+    encode_value,
+    id_prefix,
+    now_ms,
+    timestamp_suffix,
+    to_shape,
+)
 
 log = structlog.get_logger("agent.poller")
 
@@ -62,11 +70,12 @@ class DeviceStats:
 class _PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once."""
 
-    __slots__ = ("bit", "bucket", "byte_order", "decimals", "filter", "id", "offset", "scale",
-                 "shape", "type", "width")
+    __slots__ = ("bit", "bucket", "byte_order", "decimals", "filter", "id", "offset", "prefix",
+                 "scale", "shape", "type", "width")
 
     def __init__(self, point: PointConfig, device: DeviceConfig) -> None:
         self.id = point.id
+        self.prefix = id_prefix(point.id)
         bucket = point.bucket or device.bucket
         assert bucket is not None
         self.bucket = bucket
@@ -82,19 +91,19 @@ class _PointReader:
         silence = point.max_silence if point.max_silence is not None else device.max_silence
         self.filter = ChangeFilter(deadband, silence)
 
-    def reading(self, raw_values: list[int] | list[bool], timestamp_ms: int) -> Reading:
+    def value(self, raw_values: list[int] | list[bool]) -> Value:
+        """The point's value from its registers, typed to its data shape."""
         if raw_values and isinstance(raw_values[0], bool):
             raw: int | float | bool | str = bool(raw_values[0])
         else:
-            raw = decode_registers([int(v) for v in raw_values], self.type,
+            raw = decode_registers(raw_values, self.type,
                                    byte_order=self.byte_order, bit=self.bit)
             if self.decimals is not None and isinstance(raw, int | float):
                 scaled = scale_value(raw, scale=self.scale, offset=self.offset)
                 # An integer register scaled by 0.01 has two decimals, not binary noise
                 # (5448 * 0.01 is 54.480000000000004 in floating point).
                 raw = round(scaled, self.decimals) if isinstance(raw, int) else scaled
-        value = to_shape(raw, self.shape, width=self.width)
-        return Reading(self.bucket, self.id, value, timestamp_ms)
+        return to_shape(raw, self.shape, width=self.width)
 
 
 def plan_device(connection: ModbusConfig,
@@ -120,10 +129,14 @@ def _decimals(scale: float | None, offset: float | None) -> int | None:
 
 
 class DevicePoller:
-    """Polls one unit on its own schedule and hands its readings to `emit`."""
+    """Polls one unit on its own schedule and hands its readings to `emit`.
+
+    `emit(bucket, fragments)` receives each response's readings of one bucket, already
+    encoded as JSON objects (see agent.readings): no per-reading object on the hot path.
+    """
 
     def __init__(self, *, device: DeviceConfig, connection: ModbusConfig, bus: RegisterBus,
-                 emit: Callable[[Reading], None],
+                 emit: Callable[[str, list[bytes]], None],
                  wall_ms: Callable[[], int] = now_ms) -> None:
         self.device = device
         self.name = device.name
@@ -174,7 +187,8 @@ class DevicePoller:
         try:
             while work:
                 request = work.popleft()
-                if self._refused_until.get(request, 0) > stats.cycles:
+                # (A request hashes all its spans: look only when something was refused.)
+                if self._refused_until and self._refused_until.get(request, 0) > stats.cycles:
                     continue
                 try:
                     values = await self._bus.read(self.device.unit, request.table,
@@ -206,19 +220,24 @@ class DevicePoller:
     def _deliver(self, request: ReadRequest, values: list[int] | list[bool],
                  timestamp_ms: int) -> None:
         now = time.monotonic()
+        suffix = timestamp_suffix(timestamp_ms)
+        by_bucket: dict[str, list[bytes]] = {}
         for span in request.spans:
             reader = self._readers[span.index]
             begin = span.start - request.start
             try:
-                reading = reader.reading(values[begin:begin + span.width], timestamp_ms)
+                value = reader.value(values[begin:begin + span.width])
             except ValueError as exc:
                 self.stats.decode_errors += 1
                 if self._throttle.allow(("decode", reader.id)):
                     self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
                 continue
-            if reader.filter.admit(reading.value, now):
-                self.stats.readings += 1
-                self._emit(reading)
+            if reader.filter.admit(value, now):
+                by_bucket.setdefault(reader.bucket, []).append(
+                    reader.prefix + encode_value(value) + suffix)
+        for bucket, parts in by_bucket.items():
+            self.stats.readings += len(parts)
+            self._emit(bucket, parts)
 
     def _refused(self, request: ReadRequest, exc: DeviceRefused) -> list[ReadRequest]:
         """Replace a refused request by its halves; park a lone refused point for a while."""

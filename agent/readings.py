@@ -33,10 +33,22 @@ class Reading:
 
     def fragment(self) -> bytes:
         """This reading as the JSON object the platform takes: {"id","value","timestamp"}."""
-        return (
-            f'{{"id":{_encode_str(self.id)},"value":{_encode_value(self.value)},'
-            f'"timestamp":"{self.timestamp_ms}"}}'
-        ).encode()
+        return id_prefix(self.id) + encode_value(self.value) + timestamp_suffix(
+            self.timestamp_ms)
+
+
+def id_prefix(point_id: str) -> bytes:
+    """The constant start of a point's fragment, worked out once per point."""
+    return f'{{"id":{_encode_str(point_id)},"value":'.encode()
+
+
+def timestamp_suffix(timestamp_ms: int) -> bytes:
+    """The end of a fragment, shared by every reading of one response."""
+    return b',"timestamp":"%d"}' % timestamp_ms
+
+
+def encode_value(value: Value) -> bytes:
+    return _encode_value(value).encode()
 
 
 def _encode_value(value: Value) -> str:
