@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from agent.clock import Clock
 from agent.config import load_config
+from agent.diskqueue import unpack_payload
 from agent.service import Agent
 from sim.broker import Broker
 
@@ -105,12 +106,14 @@ def read_queue(path: Path) -> list[QueuedMessage]:
         return []
     with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
         try:
-            rows = db.execute("SELECT seq, topic, payload FROM messages ORDER BY seq").fetchall()
+            rows = db.execute(
+                "SELECT seq, topic, payload, codec FROM messages ORDER BY seq").fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # the agent is creating it right now
                 return []
             raise
-    return [QueuedMessage(int(seq), str(topic), bytes(payload)) for seq, topic, payload in rows]
+    return [QueuedMessage(int(seq), str(topic), unpack_payload(payload, codec))
+            for seq, topic, payload, codec in rows]
 
 
 def count_queue(path: Path) -> int:

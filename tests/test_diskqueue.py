@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
-from agent.diskqueue import DiskOutbox, QueueSettings
+from agent.diskqueue import DiskOutbox, QueueSettings, unpack_payload
 from agent.outbox import Message
 
 TOPIC = "$thing/xY6Eie5hv/$data/b"
@@ -47,7 +47,8 @@ def file_bytes(path: Path) -> bytes:
 
 def rows(path: Path) -> list[bytes]:
     with sqlite3.connect(path) as db:
-        return [bytes(r[0]) for r in db.execute("SELECT payload FROM messages ORDER BY seq")]
+        return [unpack_payload(r[0], r[1])
+                for r in db.execute("SELECT payload, codec FROM messages ORDER BY seq")]
 
 
 async def test_a_message_is_committed_before_it_can_be_taken(tmp_path: Path) -> None:
@@ -214,3 +215,20 @@ async def test_inserts_and_deletes_are_grouped_into_few_commits(tmp_path: Path) 
 
     assert 2 == queue.commits
     assert [] == rows(path)
+
+
+async def test_large_payloads_are_stored_compressed_and_come_back_whole(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    queue = open_queue(path)
+    payload = b"[" + b",".join(
+        b'{"id":"temperature_%d","value":21.5,"timestamp":"1800000000000"}' % n
+        for n in range(100)) + b"]"
+    queue.put(TOPIC, payload)
+    queue.commit()
+
+    with sqlite3.connect(path) as db:
+        stored, codec = db.execute("SELECT payload, codec FROM messages").fetchone()
+    assert 1 == codec
+    assert len(stored) * 4 < len(payload)
+    assert payload == (await take(queue)).payload
+    queue.close()
