@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orio-agent: invalid config\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check-config":
-        print(describe(config, path))
+        try:
+            print(describe(config, path), flush=True)
+        except BrokenPipeError:  # `check-config | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     logs.configure(level=config.log.level, fmt=config.log.format)
     return asyncio.run(_run(config, path))
@@ -50,12 +54,19 @@ def main(argv: list[str] | None = None) -> int:
 def describe(config: AgentConfig, path: Path) -> str:
     """check-config's report: the plan per device, then the resolved config as JSON."""
     lines = [f"{path}: OK"]
+    total_requests = total_rate = 0.0
     for conn, device in config.all_devices():
         count = len(plan_device(conn, device)[1])
+        total_requests += count
+        total_rate += count / device.interval
         requests = f"{count} request{'s' if count != 1 else ''}"
         lines.append(f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
                      f"{len(device.points)} points in {requests} every "
                      f"{device.interval:g} s")
+    if config.modbus:
+        points = sum(len(device.points) for _, device in config.all_devices())
+        lines.append(f"  modbus total: {len(config.all_devices())} devices, {points} points, "
+                     f"{total_requests:g} requests per cycle, {total_rate:g} requests/s")
     for instrument in config.serial:
         mode = "polled" if instrument.request else "sampled"
         lines.append(f"  instrument {instrument.name!r} on {instrument.device}: "

@@ -185,6 +185,7 @@ class DiskOutbox:
         if oldest is None and self._pending:
             oldest = self._pending[0].stamp.wall_ms
         stats.oldest_created = oldest / 1000 if oldest is not None else None
+        stats.commits = self.commits
         stats.backlog = max(0, self._backlog_end - self._cursor) + len(
             [m for m in self._fetched if m.seq <= self._backlog_end]
         )

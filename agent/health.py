@@ -14,6 +14,7 @@ Every `[health] interval` seconds the agent publishes, through the normal data p
 | agent_readings | integer | readings taken since start |
 | agent_messages_sent | integer | messages the broker acknowledged since start |
 | agent_messages_dropped | integer | messages dropped by queue bounds since start |
+| agent_queue_commits | integer | queue transactions written to disk since start |
 | agent_read_errors_<device> | integer | failed requests of that device or instrument since start |
 | agent_devices_failing | integer | devices and instruments not answering now |
 """
@@ -55,6 +56,7 @@ def health_readings(*, bucket: str, started: float, session: Connection, outbox:
         + sum(i.stats.readings for i in instruments),
         "agent_messages_sent": stats.sent_total,
         "agent_messages_dropped": stats.dropped_total,
+        "agent_queue_commits": stats.commits,
         "agent_devices_failing": sum(1 for p in pollers if p.stats.consecutive_failures)
         + sum(1 for i in instruments if i.stats.consecutive_failures),
     }

@@ -44,6 +44,7 @@ class OutboxStats:
     sent_total: int = 0
     dropped_total: int = 0
     backlog: int = 0  # messages still to replay since the last (re)connect
+    commits: int = 0  # transactions written to disk since start (flash wear)
 
 
 class Outbox(Protocol):

@@ -40,6 +40,8 @@ log = structlog.get_logger("agent.service")
 DRAIN_ON_STOP = 5.0  # seconds delivery gets to empty an in-memory outbox at shutdown
 STATS_INTERVAL = 60.0
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates
+CANCEL_ATTEMPTS = 5
+CANCEL_WAIT = 1.0  # seconds, growing with each attempt
 SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
 
 
@@ -65,9 +67,18 @@ async def _first(*events: asyncio.Event) -> None:
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """Cancel and wait. Python 3.11's wait_for (inside pymodbus) can lose a cancellation
+    that races with a response; tasks still running after a moment are cancelled again."""
+    for attempt in range(CANCEL_ATTEMPTS):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=CANCEL_WAIT * (attempt + 1))
+    stuck = [task.get_name() for task in tasks if not task.done()]
+    if stuck:
+        log.error("tasks_did_not_stop", tasks=stuck)
 
 
 class _Knobs:

@@ -209,11 +209,12 @@ async def test_health_readings_arrive_in_their_bucket(
     extra = '\n[health]\nbucket = "gateway"\ninterval = 0.5\n'
     async with running_agent(tmp_path, device_config(broker, tcp_plant, tmp_path,
                                                      interval=0.2, extra=extra)):
-        await cloud.wait_for(lambda m: len({r["id"] for r in cloud.readings("gateway")}) >= 11,
+        await cloud.wait_for(lambda m: len({r["id"] for r in cloud.readings("gateway")}) >= 12,
                              timeout=WAIT)
 
     ids = {r["id"] for r in cloud.readings("gateway")}
     assert {"agent_uptime", "agent_connected", "agent_reconnects", "agent_queue_depth",
             "agent_queue_bytes", "agent_queue_oldest_age", "agent_readings",
-            "agent_messages_sent", "agent_messages_dropped", "agent_devices_failing",
+            "agent_messages_sent", "agent_messages_dropped", "agent_queue_commits",
+            "agent_devices_failing",
             "agent_read_errors_meter1"} == ids

@@ -1,0 +1,975 @@
+"""Benchmarks, one command each: ``python -m bench.harness SCENARIO [options]``.
+
+A run starts, on loopback only: mosquitto (:mod:`sim.broker`), the simulated plant in its
+own process (:mod:`bench.plant`), the subscriber in this process (:mod:`bench.subscriber`)
+and the agent as a subprocess (``orio-agent run --config ...``) with a config written for
+them. After a warm-up it measures the agent for a window: CPU, memory and disk writes from
+/proc, requests/s from the plant's counters, readings delivered and their latency from the
+subscriber. Then it stops the agent with SIGTERM, waits for the tail of the data, prints a
+table and writes JSON (bench/results/SCENARIO.json unless --json says otherwise).
+
+Scenarios (see bench/README.md for what each figure means):
+
+- ``workload``: 20 Modbus TCP units x 50 float32 points every 1 s (1,000 points).
+- ``ceiling``: 20 units x 125 uint16 points back to back (every 0.001 s): as many
+  readings/s as the agent takes.
+- ``rtu``: one RTU line, 2 units x 10 registers as fast as the agent polls, at 9600 and
+  115200 baud, over a bare pty and over a pty whose far end answers at the line's speed.
+- ``smoke``: 2 units x 10 points for 10 s; exits non-zero when nothing was delivered or
+  the agent crashed (for CI).
+
+Exit status: 0, or 1 when in some run the agent crashed or nothing was delivered.
+Benchmarks are not tests: no figure is compared with a target here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import platform
+import pstats
+import re
+import shlex
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bench import line, procfs, values
+from bench.plant import PlantSpec
+from bench.subscriber import PointState, Subscriber
+from sim.broker import Broker, find_binary
+from sim.pty import PtyPair
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
+RUNS_DIR = REPO / "run" / "bench"
+BUCKET = "bench"
+HEALTH_BUCKET = "bench_health"
+HEALTH_INTERVAL = 5.0  # the agent's own telemetry: where a commit count will come from
+BUSY_WARNING = 20.0  # % of all cores busy before a run: its figures will be disturbed
+
+START_TIMEOUT = 30.0  # plant ready, check-config, subscriber connected
+STOP_TIMEOUT = 30.0  # the agent's orderly stop (it gives delivery up to 5 s)
+CHILD_STOP_TIMEOUT = 10.0
+ABORT_TIMEOUT = 5.0  # for the stack dump, before SIGKILL
+TAIL_QUIET = 1.5  # seconds without a message: the tail has arrived
+TAIL_LIMIT = 15.0
+SAMPLE_PERIOD = 1.0  # /proc samples of the agent during the window
+PROCESS_PERIOD = 0.25  # the subscriber checks what arrived this often
+SETTLE_MARGIN = 2.0  # after the window, beyond batch.max_delay, before the SIGTERM
+LOG_TAIL_LINES = 20
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+MIB = 1024 * 1024
+
+log = logging.getLogger("bench")
+
+
+# -- scenarios ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The plant and the agent's view of it."""
+
+    transport: Literal["tcp", "rtu"]
+    units: int
+    points: int  # per unit, consecutive holding registers from 0
+    kind: values.Kind
+    interval: float
+    baudrate: int = 0  # rtu
+    emulate_line: bool = False  # rtu: the plant answers at the line's speed
+
+    @property
+    def registers_per_unit(self) -> int:
+        return self.points * values.WIDTH[self.kind]
+
+    @property
+    def connections(self) -> int:
+        return self.units if self.transport == "tcp" else 1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    max_readings: int = 100
+    max_bytes: int = 65536
+    max_delay: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    name: str
+    layout: Layout
+    batch: BatchSpec
+    warmup: float
+    duration: float
+
+
+SCENARIOS = ("workload", "ceiling", "rtu", "smoke")
+_DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
+    # name: (layout, batch, warm-up s, duration s)
+    "workload": (Layout("tcp", 20, 50, "float32", 1.0), BatchSpec(), 5.0, 60.0),
+    "ceiling": (Layout("tcp", 20, 125, "uint16", 0.001),  # back to back: as fast as it goes
+                BatchSpec(max_readings=1000, max_bytes=262144), 5.0, 30.0),
+    # 0.001 s: at 0.01 s two units ask at most 200 requests/s, below what 115200 baud carries.
+    "rtu": (Layout("rtu", 2, 10, "uint16", 0.001), BatchSpec(), 3.0, 20.0),
+    "smoke": (Layout("tcp", 2, 10, "float32", 1.0), BatchSpec(), 2.0, 8.0),
+}
+RTU_BAUDRATES = (9600, 115200)
+
+
+def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
+    layout, batch, warmup, duration = _DEFAULTS[scenario]
+    changes: dict[str, Any] = {}
+    if args.units is not None:
+        changes["units"] = args.units
+    if args.points is not None:
+        changes["points"] = args.points
+    if args.interval is not None:
+        changes["interval"] = args.interval
+    layout = dataclasses.replace(layout, **changes)
+    if args.scale != 1:
+        layout = dataclasses.replace(layout, units=layout.units * args.scale)
+    if args.max_readings is not None:
+        batch = dataclasses.replace(batch, max_readings=args.max_readings)
+    warmup = args.warmup if args.warmup is not None else warmup
+    duration = args.duration if args.duration is not None else duration
+    if layout.transport == "tcp":
+        return [RunSpec(scenario, layout, batch, warmup, duration)]
+    lines = {"pty": (False,), "line": (True,), "both": (False, True)}[args.line]
+    return [
+        RunSpec(f"rtu-{baud}-{'line' if emulate else 'pty'}",
+                dataclasses.replace(layout, baudrate=baud, emulate_line=emulate),
+                batch, warmup, duration)
+        for baud in args.baud for emulate in lines
+    ]
+
+
+# -- the world around the agent -----------------------------------------------------------
+
+
+class QuietBroker(Broker):
+    """sim.broker's mosquitto without a log line per message, and a deep subscriber queue.
+
+    ``log_type all`` writes several debug lines per PUBLISH: at thousands of messages that
+    costs the broker CPU the agent would compete with. A queue of 1,000 messages (the
+    default) could drop data at the subscriber while it catches up, which would be
+    counted against the agent.
+    """
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text()
+        quiet = "".join(f"log_type {kind}\n" for kind in ("error", "warning", "notice",
+                                                            "information"))
+        text = text.replace("log_type all\n", quiet) + "max_queued_messages 1000000\n"
+        self.config_path.write_text(text)
+
+
+_CHILDREN: dict[int, str] = {}  # pids started here and not yet seen to exit
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last resort (cleanup normally stops every child): kill what is still running."""
+    for pid in list(_CHILDREN):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class HarnessError(RuntimeError):
+    """The bench could not run: a part did not start or answer."""
+
+
+class Child:
+    """A subprocess in its own session (a Ctrl-C is the harness's to handle)."""
+
+    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+        self.name = name
+        self.process = process
+        self.pid = process.pid
+        _CHILDREN[self.pid] = name
+
+    @classmethod
+    async def spawn(cls, name: str, argv: Sequence[str], *, log_path: Path,
+                    pipes: bool = False, env: dict[str, str] | None = None) -> Child:
+        with log_path.open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else log_file,
+                stderr=log_file if pipes else subprocess.STDOUT,
+                start_new_session=True, cwd=REPO, env=env,
+            )
+        return cls(name, process)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    async def stop(self, signum: signal.Signals = signal.SIGTERM,
+                   grace: float = CHILD_STOP_TIMEOUT) -> tuple[int, bool]:
+        """Signal and wait; after `grace` seconds, SIGABRT then SIGKILL.
+
+        SIGABRT makes a Python child started with PYTHONFAULTHANDLER=1 print every
+        thread's stack to its log before it dies: where it was stuck. Returns (exit status,
+        killed).
+        """
+        killed = False
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signum)
+            try:
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
+            except TimeoutError:
+                killed = True
+                log.warning("%s did not stop within %g s after %s; aborting it (its log "
+                            "shows where it was)", self.name, grace, signum.name)
+                await self._end(signal.SIGABRT)
+        _CHILDREN.pop(self.pid, None)
+        assert self.process.returncode is not None
+        return self.process.returncode, killed
+
+    async def _end(self, signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
+        try:
+            async with asyncio.timeout(ABORT_TIMEOUT):
+                await self.process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class PlantStats:
+    time: float  # wall clock
+    requests: int
+    registers: int
+
+
+class PlantProcess:
+    """bench.plant in its own process, asked for its counters over a pipe."""
+
+    def __init__(self, child: Child, ports: list[int], log_path: Path) -> None:
+        self.child = child
+        self.ports = ports
+        self._log_path = log_path
+
+    @classmethod
+    async def start(cls, spec: PlantSpec, log_path: Path) -> PlantProcess:
+        argv = [sys.executable, "-m", "bench.plant", json.dumps(dataclasses.asdict(spec))]
+        child = await Child.spawn("plant", argv, log_path=log_path, pipes=True)
+        plant = cls(child, [], log_path)
+        try:
+            ready = await plant._receive("ready")
+        except BaseException:
+            await child.stop()
+            raise
+        plant.ports = [int(port) for port in ready["ports"]]
+        return plant
+
+    async def stats(self) -> PlantStats:
+        stdin = self.child.process.stdin
+        assert stdin is not None
+        stdin.write(b"stats\n")
+        await stdin.drain()
+        answer = await self._receive("stats")
+        units = answer["units"]
+        return PlantStats(float(answer["time"]), sum(u[0] for u in units),
+                          sum(u[1] for u in units))
+
+    async def stop(self) -> None:
+        await self.child.stop()
+
+    async def _receive(self, event: str) -> dict[str, Any]:
+        stdout = self.child.process.stdout
+        assert stdout is not None
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                raw = await stdout.readline()
+        except TimeoutError:
+            raise HarnessError(f"the plant did not answer {event!r} in {START_TIMEOUT} s; "
+                               f"log tail:\n{_tail(self._log_path)}") from None
+        if not raw:
+            raise HarnessError(f"the plant exited; log tail:\n{_tail(self._log_path)}")
+        message: dict[str, Any] = json.loads(raw)
+        if message.get("event") != event:
+            raise HarnessError(f"the plant said {message} instead of {event!r}")
+        return message
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+# -- the agent ------------------------------------------------------------------------------
+
+
+def agent_command(*args: str, profile: Path | None = None) -> list[str]:
+    """The installed `orio-agent` next to this interpreter, else `python -m agent`."""
+    if profile is not None:
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "agent", *args]
+    script = Path(sys.executable).with_name("orio-agent")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "agent", *args]
+
+
+def agent_environment() -> dict[str, str]:
+    """This environment without ORIO_AGENT_* overrides: the config file is the whole config."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ORIO_AGENT_")}
+    env["PYTHONFAULTHANDLER"] = "1"  # a stack dump on SIGABRT, if it ever has to be stopped so
+    return env
+
+
+def point_id(unit: int, point: int) -> str:
+    return f"u{unit}_p{point}"
+
+
+def agent_config(spec: RunSpec, broker: Broker, *, ports: Sequence[int], device: str | None,
+                 state_dir: Path) -> str:
+    """The agent's TOML for this run: the bench broker, the plant, quiet logs."""
+    layout, batch = spec.layout, spec.batch
+    width = values.WIDTH[layout.kind]
+    text = [
+        "# Written by bench.harness for one benchmark run.",
+        "[thing]",
+        f"id = {json.dumps(broker.thing_id)}",
+        f"secret = {json.dumps(broker.thing_secret)}",
+        "",
+        "[mqtt]",
+        f"host = {json.dumps(broker.host)}",
+        f"port = {broker.port}",
+        "tls = false",
+        "backoff_min = 0.2",
+        "backoff_max = 1.0",
+        "",
+        "[queue]",
+        f"path = {json.dumps(str(state_dir / 'queue.db'))}",
+        "",
+        "[batch]",
+        f"max_readings = {batch.max_readings}",
+        f"max_bytes = {batch.max_bytes}",
+        f"max_delay = {batch.max_delay}",
+        "",
+        "[log]",
+        'level = "warning"  # logging costs CPU',
+        'format = "logfmt"',
+        "",
+        "[health]",
+        f'bucket = "{HEALTH_BUCKET}"',
+        f"interval = {HEALTH_INTERVAL}",
+    ]
+
+    def device_block(unit_index: int, unit_id: int) -> list[str]:
+        points = ",\n".join(
+            f"    {{ id = {json.dumps(point_id(unit_index, p))}, table = \"holding\", "
+            f"address = {p * width}, type = \"{layout.kind}\" }}"
+            for p in range(layout.points)
+        )
+        return [
+            "",
+            "  [[modbus.devices]]",
+            f'  name = "unit{unit_index}"',
+            f"  unit = {unit_id}",
+            f"  interval = {layout.interval}",
+            f'  bucket = "{BUCKET}"',
+            "  points = [",
+            points,
+            "  ]",
+        ]
+
+    if layout.transport == "tcp":
+        for n, port in enumerate(ports):
+            text += ["", "[[modbus]]", f'name = "conn{n}"', 'transport = "tcp"',
+                     'host = "127.0.0.1"', f"port = {port}", "timeout = 1.0"]
+            text += device_block(n, 1)
+    else:
+        text += ["", "[[modbus]]", 'name = "rs485"', 'transport = "rtu"',
+                 f"device = {json.dumps(device)}", f"baudrate = {layout.baudrate}",
+                 "timeout = 0.5"]
+        for n in range(layout.units):
+            text += device_block(n, n + 1)
+    return "\n".join(text) + "\n"
+
+
+_PLAN_LINE = re.compile(
+    r"^\s+device '(?P<device>[^']*)' on '(?P<conn>[^']*)' unit \d+: (?P<points>\d+) points "
+    r"in (?P<requests>\d+) requests? every (?P<interval>[0-9.e+-]+) s$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """check-config's per-device lines, summed."""
+
+    devices: int
+    points: int
+    requests_per_cycle: int
+    requests_per_second: float
+
+    def summary(self) -> str:
+        return (f"check-config: {self.devices} devices, {self.points} points, "
+                f"{self.requests_per_cycle} requests per cycle "
+                f"({self.requests_per_second:g} requests/s planned)")
+
+
+async def check_config(path: Path) -> Plan:
+    process = await asyncio.create_subprocess_exec(
+        *agent_command("check-config", str(path)), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=agent_environment(),
+    )
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise HarnessError(f"check-config did not finish in {START_TIMEOUT} s") from None
+    text = output.decode(errors="replace")
+    if process.returncode != 0:
+        raise HarnessError(f"check-config refused the bench's config:\n{text}")
+    devices = points = requests = 0
+    per_second = 0.0
+    for match in map(_PLAN_LINE.match, text.splitlines()):
+        if match:
+            devices += 1
+            points += int(match["points"])
+            requests += int(match["requests"])
+            per_second += int(match["requests"]) / float(match["interval"])
+    return Plan(devices, points, requests, per_second)
+
+
+# -- one run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    wall: float
+    agent: procfs.ProcSample | None
+    others: dict[str, procfs.ProcSample | None]  # plant, broker, socat, harness
+    machine: procfs.MachineSample
+    plant: PlantStats
+
+
+class BenchRun:
+    """Start everything, measure, stop everything (also on errors and Ctrl-C)."""
+
+    def __init__(self, spec: RunSpec, directory: Path, *, profile: bool) -> None:
+        self.spec = spec
+        self.directory = directory
+        self.profile_path = directory / "agent.prof" if profile else None
+        self.rss_kib: list[int] = []
+        self.agent_died_at: float | None = None
+        self.busy_before: float | None = None
+
+    async def run(self) -> dict[str, Any]:
+        spec, directory = self.spec, self.directory
+        shutil.rmtree(directory, ignore_errors=True)
+        (directory / "state").mkdir(parents=True)
+        self.busy_before = await _machine_busy()
+        if self.busy_before > BUSY_WARNING:
+            _say(f"warning: the machine is {self.busy_before:.0f} % busy before the run "
+                 "(other processes): CPU-bound figures will be low")
+        async with contextlib.AsyncExitStack() as stack:
+            broker = QuietBroker(directory / "broker")
+            broker.start()
+            stack.callback(broker.stop)
+            device = None
+            plant_spec = PlantSpec(spec.layout.transport, spec.layout.units, spec.layout.points,
+                                   spec.layout.kind)
+            if spec.layout.transport == "rtu":
+                pair = PtyPair(directory / "line", name_a="plant", name_b="agent").start()
+                stack.callback(pair.stop)
+                device = pair.device_b
+                plant_spec = dataclasses.replace(
+                    plant_spec, device=pair.device_a, baudrate=spec.layout.baudrate,
+                    emulate_line=spec.layout.emulate_line)
+            plant = await PlantProcess.start(plant_spec, directory / "plant.log")
+            stack.push_async_callback(plant.stop)
+            subscriber = Subscriber(broker, self._points(), health_bucket=HEALTH_BUCKET)
+            await subscriber.connect(timeout=START_TIMEOUT)
+            stack.push_async_callback(_disconnect, subscriber)
+
+            config_path = directory / "agent.toml"
+            config_path.write_text(agent_config(spec, broker, ports=plant.ports, device=device,
+                                                state_dir=directory / "state"))
+            plan = await check_config(config_path)
+            _say(plan.summary())
+            argv = agent_command("run", "--config", str(config_path), profile=self.profile_path)
+            agent = await Child.spawn("agent", argv, log_path=directory / "agent.log",
+                                      env=agent_environment())
+            stack.push_async_callback(agent.stop, signal.SIGTERM, STOP_TIMEOUT)
+            _say(f"{spec.name}: agent pid {agent.pid} ({shlex.join(argv)}); "
+                 f"warming up {spec.warmup:g} s, then measuring {spec.duration:g} s")
+
+            checker = asyncio.create_task(_process_forever(subscriber), name="subscriber")
+            try:
+                first, last, stop = await self._measure(agent, plant, broker, subscriber)
+            finally:
+                checker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checker
+            subscriber.process()
+            return self._result(plan, subscriber, first, last, stop, agent)
+
+    async def _measure(self, agent: Child, plant: PlantProcess, broker: Broker,
+                       subscriber: Subscriber) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
+        pids = {"plant": plant.child.pid, "broker": broker.pid, "harness": os.getpid()}
+        socat = procfs.children(os.getpid(), "socat")
+        if socat:
+            pids["socat"] = socat[0]
+        await self._watch(agent, self.spec.warmup, sample=False)
+        first = await self._snapshot(agent.pid, pids, plant)
+        await self._watch(agent, self.spec.duration, sample=True)
+        last = await self._snapshot(agent.pid, pids, plant)
+        # Readings made near the end of the window are still in their batch or the queue:
+        # let them go out before the stop, so the window's figures are whole.
+        await self._watch(agent, self.spec.batch.max_delay + SETTLE_MARGIN, sample=False)
+        before = await plant.stats()
+        stopping = time.monotonic()
+        code, killed = await agent.stop(signal.SIGTERM, STOP_TIMEOUT)
+        stop: dict[str, Any] = {
+            "exit_status": code, "killed": killed, "crashed": self.agent_died_at is not None,
+            "stop_seconds": round(time.monotonic() - stopping, 3),
+        }
+        stop["final_plant"] = final = await plant.stats()
+        # A poller stops at once: at most the request in flight on each connection.
+        stop["requests_after_sigterm"] = final.requests - before.requests
+        await _wait_for_tail(subscriber)
+        return first, last, stop
+
+    async def _watch(self, agent: Child, seconds: float, *, sample: bool) -> None:
+        """Wait `seconds`, sampling the agent's memory; return early if it died."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if agent.returncode is not None:
+                if self.agent_died_at is None:
+                    self.agent_died_at = time.monotonic()
+                    log.error("the agent exited with status %s; log tail:\n%s",
+                              agent.returncode, _tail(self.directory / "agent.log"))
+                return
+            if sample and (now := procfs.sample(agent.pid)) is not None:
+                self.rss_kib.append(now.rss_kib)
+            await asyncio.sleep(min(SAMPLE_PERIOD, left))
+
+    async def _snapshot(self, agent: int, others: dict[str, int | None],
+                        plant: PlantProcess) -> Snapshot:
+        stats = await plant.stats()
+        sample = procfs.sample(agent)
+        if sample is not None:
+            self.rss_kib.append(sample.rss_kib)
+        # The window's edges are the plant's clock when it counted: a reading's timestamp is
+        # when the agent got the answer, a moment after the plant counted the request.
+        return Snapshot(
+            wall=stats.time, agent=sample, machine=procfs.machine(), plant=stats,
+            others={name: procfs.sample(pid) if pid else None for name, pid in others.items()},
+        )
+
+    def _points(self) -> dict[str, PointState]:
+        layout = self.spec.layout
+        return {
+            point_id(u, p): PointState(u * layout.points + p, layout.kind)
+            for u in range(layout.units) for p in range(layout.points)
+        }
+
+    def _result(self, plan: Plan, subscriber: Subscriber, first: Snapshot, last: Snapshot,
+                stop: dict[str, Any], agent: Child) -> dict[str, Any]:
+        spec, layout = self.spec, self.spec.layout
+        window = last.wall - first.wall
+        width = values.WIDTH[layout.kind]
+        final: PlantStats = stop.pop("final_plant")
+        plant_seconds = last.plant.time - first.plant.time
+        expected = final.registers // width
+        tally = subscriber.tally
+        queued = _queued_readings(self.directory / "state", subscriber)
+        missing = expected - tally.readings - (queued or 0)
+        offered_in_window = (last.plant.registers - first.plant.registers) // width
+        stamps, latencies = subscriber.timestamps, subscriber.latencies_ms
+        in_window = sorted(latency for stamp, latency in zip(stamps, latencies, strict=True)
+                           if first.wall <= stamp < last.wall)
+        allowance = layout.connections * layout.points
+        result: dict[str, Any] = {
+            "name": spec.name,
+            "layout": dataclasses.asdict(layout),
+            "batch": dataclasses.asdict(spec.batch),
+            "warmup_s": spec.warmup,
+            "window_s": round(window, 3),
+            "run_dir": str(self.directory.relative_to(REPO)),
+            "check_config": dataclasses.asdict(plan),
+            "agent": {**stop, **self._agent_figures(first, last)},
+            "requests_per_s": _rate(last.plant.requests - first.plant.requests, plant_seconds),
+            "readings_offered_per_s": _rate(offered_in_window, plant_seconds),
+            "readings_delivered_per_s": _rate(len(in_window), window),
+            "readings_expected": expected,
+            "readings_delivered": tally.readings,
+            "delivered_ratio": round(tally.readings / expected, 6) if expected else None,
+            "delivered_ratio_window": _ratio(len(in_window), offered_in_window),
+            "readings_left_in_queue": queued,
+            "readings_missing": missing,
+            "in_flight_allowance": allowance,
+            "every_reading_accounted_for": 0 <= missing <= allowance,
+            "latency_ms": _percentiles(in_window),
+            "subscriber": dataclasses.asdict(tally),
+            "context_cpu_percent": {
+                **{name: _cpu(sample, last.others[name]) for name, sample in first.others.items()},
+                "machine_busy_all_cores": round(
+                    procfs.machine_busy_percent(first.machine, last.machine), 1),
+            },
+            "agent_cpu_seconds_per_million_readings": None,
+            "queue_file_bytes": _queue_size(self.directory / "state"),
+            "commits_per_s": _commits_per_s(subscriber.health, first.wall, last.wall),
+            "agent_health_last": {name: series[-1][1]
+                                  for name, series in sorted(subscriber.health.items())},
+            "machine_busy_before_percent": self.busy_before,
+        }
+        context = result["context_cpu_percent"]
+        ours = [result["agent"]["cpu_percent"],
+                *(cpu for name, cpu in context.items() if name != "machine_busy_all_cores")]
+        cores = len(os.sched_getaffinity(0))
+        context["other_processes"] = round(
+            context["machine_busy_all_cores"] * cores - sum(x or 0 for x in ours), 1)
+        delivered_rate = result["readings_delivered_per_s"]
+        if delivered_rate and result["agent"]["cpu_percent"] is not None:
+            result["agent_cpu_seconds_per_million_readings"] = round(
+                result["agent"]["cpu_percent"] / 100 / delivered_rate * 1e6, 1)
+        if layout.transport == "rtu":
+            theory = line.max_requests_per_second(layout.baudrate, layout.registers_per_unit)
+            result["rtu"] = {
+                "baudrate": layout.baudrate,
+                "line": "emulated" if layout.emulate_line else "bare pty",
+                "bits_per_request": line.transaction_bits(layout.registers_per_unit),
+                "theoretical_requests_per_s": round(theory, 1),
+                "achieved_percent_of_theoretical": round(
+                    100 * (result["requests_per_s"] or 0) / theory, 1),
+            }
+        if self.profile_path is not None:
+            result["profile"] = str(self.profile_path.relative_to(REPO))
+        result["agent"]["pid"] = agent.pid
+        return result
+
+    def _agent_figures(self, first: Snapshot, last: Snapshot) -> dict[str, Any]:
+        a, b = first.agent, last.agent
+        figures: dict[str, Any] = {"cpu_percent": _cpu(a, b)}
+        rss = sorted(self.rss_kib)
+        figures["rss_mib_median"] = round(rss[len(rss) // 2] / 1024, 1) if rss else None
+        figures["rss_mib_last"] = round(self.rss_kib[-1] / 1024, 1) if rss else None
+        figures["rss_mib_peak"] = round(b.hwm_kib / 1024, 1) if b else None
+        figures["threads"] = b.threads if b else None
+        if a and b and a.write_bytes is not None and b.write_bytes is not None:
+            figures["write_bytes_window"] = b.write_bytes - a.write_bytes
+            figures["write_bytes_per_s"] = _rate(b.write_bytes - a.write_bytes, b.at - a.at)
+            figures["write_bytes_since_start"] = b.write_bytes
+        else:
+            figures["write_bytes_window"] = figures["write_bytes_per_s"] = None
+            figures["write_bytes_since_start"] = None
+        return figures
+
+
+async def _machine_busy(seconds: float = 1.0) -> float:
+    """How busy all cores are, over `seconds`, before anything of ours runs."""
+    first = procfs.machine()
+    await asyncio.sleep(seconds)
+    return round(procfs.machine_busy_percent(first, procfs.machine()), 1)
+
+
+async def _process_forever(subscriber: Subscriber) -> None:
+    while True:
+        subscriber.process()
+        await asyncio.sleep(PROCESS_PERIOD)
+
+
+async def _wait_for_tail(subscriber: Subscriber) -> None:
+    deadline = time.monotonic() + TAIL_LIMIT
+    while subscriber.quiet_for() < TAIL_QUIET and time.monotonic() < deadline:
+        subscriber.process()
+        await asyncio.sleep(PROCESS_PERIOD)
+
+
+async def _disconnect(subscriber: Subscriber) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CHILD_STOP_TIMEOUT):
+            await subscriber.disconnect()
+
+
+def _cpu(first: procfs.ProcSample | None, last: procfs.ProcSample | None) -> float | None:
+    if first is None or last is None:
+        return None
+    return round(procfs.cpu_percent(first, last), 2)
+
+
+def _rate(count: float, seconds: float) -> float | None:
+    return round(count / seconds, 2) if seconds > 0 else None
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _percentiles(sorted_ms: list[float]) -> dict[str, float | None]:
+    def at(q: float) -> float | None:
+        if not sorted_ms:
+            return None
+        return round(sorted_ms[min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))], 1)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": at(1.0)}
+
+
+def _commits_per_s(health: dict[str, list[tuple[int, object]]], start: float,
+                   end: float) -> float | None:
+    """From the agent's health telemetry, once it reports a commit count (an id with
+    "commit" in it): its increase between the first and last report in the window."""
+    name = next((name for name in health if "commit" in name), None)
+    if name is None:
+        return None
+    inside = [(ms / 1000, float(value)) for ms, value in health[name]
+              if start <= ms / 1000 <= end and isinstance(value, int | float)]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    (t0, c0), (t1, c1) = inside[0], inside[-1]
+    return round((c1 - c0) / (t1 - t0), 2)
+
+
+def _queued_readings(state: Path, subscriber: Subscriber) -> int | None:
+    """Readings the stopped agent left in its queue file, not delivered (None: no file)."""
+    path = state / "queue.db"
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            payloads = [bytes(row[0]) for row in db.execute("SELECT payload FROM messages")]
+    except sqlite3.Error as exc:
+        log.warning("cannot read the agent's queue file %s: %s", path, exc)
+        return None
+    return subscriber.undelivered(payloads)
+
+
+def _queue_size(state: Path) -> int | None:
+    files = [path for path in state.glob("queue.db*") if path.is_file()]
+    return sum(path.stat().st_size for path in files) if files else None
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False,
+                                  cwd=REPO)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        return (done.stdout or done.stderr).strip().splitlines()[0] if (
+            done.stdout or done.stderr).strip() else "unknown"
+
+    import gmqtt
+    import pymodbus
+
+    import agent
+
+    commit = first_line(["git", "rev-parse", "--short", "HEAD"])
+    dirty = first_line(["git", "status", "--porcelain", "--", "agent"]) not in ("unknown", "")
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpu_model": procfs.cpu_model(),
+        "memory_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // MIB,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "mosquitto": first_line([find_binary("mosquitto"), "-h"]),
+        "pymodbus": pymodbus.__version__,
+        "gmqtt": gmqtt.__version__,
+        "agent_version": agent.__version__,
+        "git_commit": commit + ("+agent-changes" if dirty else ""),
+    }
+
+
+_ROWS: list[tuple[str, tuple[str, ...], str]] = [
+    # label, key path in a run's result, format
+    ("points", ("check_config", "points"), "{:,}"),
+    ("requests per cycle (check-config)", ("check_config", "requests_per_cycle"), "{:,}"),
+    ("requests/s planned", ("check_config", "requests_per_second"), "{:,.1f}"),
+    ("requests/s measured (plant)", ("requests_per_s",), "{:,.2f}"),
+    ("RTU theoretical max requests/s", ("rtu", "theoretical_requests_per_s"), "{:,.1f}"),
+    ("RTU achieved % of theoretical", ("rtu", "achieved_percent_of_theoretical"), "{:.1f} %"),
+    ("readings/s offered (plant)", ("readings_offered_per_s",), "{:,.0f}"),
+    ("readings/s delivered", ("readings_delivered_per_s",), "{:,.0f}"),
+    ("readings expected (whole run)", ("readings_expected",), "{:,}"),
+    ("readings delivered (whole run)", ("readings_delivered",), "{:,}"),
+    ("readings left in the queue at exit", ("readings_left_in_queue",), "{:,}"),
+    ("delivered ratio (window)", ("delivered_ratio_window",), "{:.4f}"),
+    ("delivered ratio (whole run)", ("delivered_ratio",), "{:.4f}"),
+    ("missing (in-flight allowance)", (), "missing"),
+    ("every reading accounted for", ("every_reading_accounted_for",), "{}"),
+    ("latency p50 ms", ("latency_ms", "p50"), "{:,.1f}"),
+    ("latency p95 ms", ("latency_ms", "p95"), "{:,.1f}"),
+    ("latency max ms", ("latency_ms", "max"), "{:,.1f}"),
+    ("agent CPU % (one core)", ("agent", "cpu_percent"), "{:.2f}"),
+    ("agent CPU s per million readings", ("agent_cpu_seconds_per_million_readings",),
+     "{:,.1f}"),
+    ("agent RSS MiB (median)", ("agent", "rss_mib_median"), "{:.1f}"),
+    ("agent RSS MiB (peak, VmHWM)", ("agent", "rss_mib_peak"), "{:.1f}"),
+    ("agent bytes written/s", ("agent", "write_bytes_per_s"), "{:,.0f}"),
+    ("commits/s", ("commits_per_s",), "{}"),
+    ("queue file bytes", ("queue_file_bytes",), "{:,}"),
+    ("malformed / wrong / stale / repeated", (), "checks"),
+    ("agent exit status", ("agent", "exit_status"), "{}"),
+    ("plant CPU %", ("context_cpu_percent", "plant"), "{:.1f}"),
+    ("broker CPU %", ("context_cpu_percent", "broker"), "{:.1f}"),
+    ("socat CPU %", ("context_cpu_percent", "socat"), "{:.1f}"),
+    ("harness+subscriber CPU %", ("context_cpu_percent", "harness"), "{:.1f}"),
+    ("other processes CPU % (not the bench)", ("context_cpu_percent", "other_processes"),
+     "{:.1f}"),
+    ("machine busy % (all cores)", ("context_cpu_percent", "machine_busy_all_cores"), "{:.1f}"),
+    ("machine busy % before the run", ("machine_busy_before_percent",), "{:.1f}"),
+]
+
+
+def _cell(result: dict[str, Any], path: tuple[str, ...], fmt: str) -> str:
+    if fmt == "checks":
+        tally = result["subscriber"]
+        return " / ".join(str(tally[key]) for key in ("malformed", "wrong_value", "stale",
+                                                       "repeated"))
+    if fmt == "missing":
+        return f"{result['readings_missing']:,} ({result['in_flight_allowance']:,})"
+    value: Any = result
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return "-"
+        value = value[key]
+    if value is None:
+        return "n/a"
+    return fmt.format(value)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [(label, [_cell(r, path, fmt) for r in results]) for label, path, fmt in _ROWS]
+    rows = [(label, cells) for label, cells in rows if any(c != "-" for c in cells)]
+    heads = [r["name"] for r in results]
+    label_width = max(len(label) for label, _ in rows)
+    widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(heads)]
+    lines = [
+        " | ".join(["metric".ljust(label_width), *(h.rjust(w) for h, w in zip(heads, widths,
+                                                                              strict=True))]),
+        "-+-".join(["-" * label_width, *("-" * w for w in widths)]),
+    ]
+    for label, cells in rows:
+        lines.append(" | ".join([label.ljust(label_width),
+                                 *(c.rjust(w) for c, w in zip(cells, widths, strict=True))]))
+    return "\n".join(lines)
+
+
+def profile_summary(path: Path, limit: int = 25) -> str:
+    out = path.with_suffix(".txt")
+    with out.open("w") as stream:
+        stats = pstats.Stats(str(path), stream=stream)
+        stats.strip_dirs().sort_stats("tottime").print_stats(limit)
+        stats.sort_stats("cumulative").print_stats(limit)
+    return str(out.relative_to(REPO))
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.harness", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--duration", type=float, help="measurement window, seconds")
+    parser.add_argument("--warmup", type=float, help="seconds before the window opens")
+    parser.add_argument("--json", type=Path,
+                        help="result file (default bench/results/SCENARIO.json)")
+    parser.add_argument("--units", type=int, help="units (TCP: one connection each)")
+    parser.add_argument("--points", type=int, help="points per unit")
+    parser.add_argument("--scale", type=int, default=1, help="multiply the number of units")
+    parser.add_argument("--interval", type=float, help="poll interval, seconds")
+    parser.add_argument("--max-readings", type=int, help="batch.max_readings")
+    parser.add_argument("--baud", type=lambda text: [int(b) for b in text.split(",")],
+                        default=list(RTU_BAUDRATES), help="rtu: baud rates, comma separated")
+    parser.add_argument("--line", choices=("pty", "line", "both"), default="both",
+                        help="rtu: a bare pty, a pty answered at the line's speed, or both")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the agent under cProfile (its CPU figures are then inflated)")
+    return parser.parse_args(argv)
+
+
+async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)  # clean up as on Ctrl-C
+    results = []
+    for spec in runs:
+        directory = RUNS_DIR / scenario if len(runs) == 1 else RUNS_DIR / scenario / spec.name
+        results.append(await BenchRun(spec, directory, profile=profile).run())
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="bench: %(message)s")
+    logging.getLogger("gmqtt").setLevel(logging.CRITICAL)  # reconnect chatter is not data
+    runs = build_runs(args.scenario, args)
+    started = datetime.datetime.now(datetime.UTC)
+    try:
+        results = asyncio.run(run_all(runs, args.scenario, profile=args.profile))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _say("interrupted; everything started was stopped")
+        return EXIT_INTERRUPTED
+    except HarnessError as exc:
+        _say(f"could not run: {exc}")
+        return EXIT_FAILED
+    report = {
+        "scenario": args.scenario,
+        "command": shlex.join([".venv/bin/python", "-m", "bench.harness",
+                               *(sys.argv[1:] if argv is None else argv)]),
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "runs": results,
+    }
+    for result in results:
+        if "profile" in result and (REPO / result["profile"]).exists():
+            result["profile_summary"] = profile_summary(REPO / result["profile"])
+    out = args.json or RESULTS_DIR / f"{args.scenario}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    machine = report["machine"]
+    print(f"\n{args.scenario}: {machine['nproc']} x {machine['cpu_model']}, "
+          f"Python {machine['python']}, agent {machine['git_commit']}")
+    print(table(results))
+    print(f"\nJSON: {out}")
+    failed = [r["name"] for r in results
+              if r["agent"]["crashed"] or r["agent"]["killed"] or r["agent"]["exit_status"] != 0
+              or r["readings_delivered"] == 0]
+    if failed:
+        _say(f"the agent crashed or delivered nothing in: {', '.join(failed)}")
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

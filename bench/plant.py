@@ -1,0 +1,183 @@
+"""The bench's simulated plant, in its own process: ``python -m bench.plant SPEC``.
+
+SPEC is a JSON object: ``transport`` ("tcp" or "rtu"), ``units``, ``points`` (per unit),
+``kind`` ("float32" or "uint16"); for RTU also ``device``, ``baudrate`` and
+``emulate_line`` (answer only after the time the frames would take on a real line: a pty
+carries bytes at memory speed whatever its baud rate).
+
+- TCP: one server per unit, each on its own loopback port, unit id 1: one ``[[modbus]]``
+  connection per unit, as separate meters on a plant network are.
+- RTU: one server on the serial device with unit ids 1..N.
+
+Each unit's points are consecutive holding registers from 0, their values changing at
+every wall-clock second (:mod:`bench.values`). The plant runs in its own process so that
+serving requests does not share an interpreter with the subscriber that measures.
+
+It talks to the harness over stdin and stdout, one JSON object per line:
+
+- it prints ``{"event": "ready", "ports": [...]}`` once serving (TCP ports in unit order);
+- ``stats`` on stdin → ``{"event": "stats", "time": T, "units": [[requests, registers], ...]}``
+  (read requests and registers read, per unit, since start; T is wall-clock seconds);
+- ``stop``, end of input, SIGTERM or SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import values
+from bench.line import unit_turnaround
+from sim.plant import PlantServer, SimUnit, serve_rtu, serve_tcp
+
+_SPARE_REGISTERS = 16
+_EARLY_WAKE_MARGIN = 0.001  # seconds: asyncio.sleep may wake a little before the second
+
+
+@dataclass(frozen=True, slots=True)
+class PlantSpec:
+    transport: str
+    units: int
+    points: int
+    kind: values.Kind
+    device: str | None = None
+    baudrate: int = 9600
+    emulate_line: bool = False
+
+    @classmethod
+    def from_json(cls, text: str) -> PlantSpec:
+        return cls(**json.loads(text))
+
+
+class LineUnit(SimUnit):
+    """A unit on an emulated RTU line: a read is answered after its frames' wire time."""
+
+    def __init__(self, unit_id: int, *, baudrate: int, max_address: int) -> None:
+        super().__init__(unit_id, max_address=max_address)
+        self.baudrate = baudrate
+
+    async def _action(self, function_code: int, start_address: int, address: int, count: int,
+                      current_registers: list[int], set_values: Any) -> Any:
+        await asyncio.sleep(unit_turnaround(self.baudrate, count))
+        return await super()._action(function_code, start_address, address, count,
+                                     current_registers, set_values)
+
+
+class _Counter:
+    """Read requests and registers read by one unit, counted from its request log."""
+
+    def __init__(self, unit: SimUnit) -> None:
+        self.unit = unit
+        self.registers = 0
+        self._seen = 0
+
+    def totals(self) -> list[int]:
+        log = self.unit.requests
+        self.registers += sum(r.count for r in log[self._seen:]
+                              if r.function_code in (3, 4))
+        self._seen = len(log)
+        return [self.unit.read_count, self.registers]
+
+
+class Plant:
+    def __init__(self, spec: PlantSpec) -> None:
+        self.spec = spec
+        size = spec.points * values.WIDTH[spec.kind] + _SPARE_REGISTERS
+        if spec.transport == "rtu" and spec.emulate_line:
+            self.units: list[SimUnit] = [
+                LineUnit(n + 1, baudrate=spec.baudrate, max_address=size)
+                for n in range(spec.units)
+            ]
+        elif spec.transport == "rtu":
+            self.units = [SimUnit(n + 1, max_address=size) for n in range(spec.units)]
+        else:
+            self.units = [SimUnit(1, max_address=size) for _ in range(spec.units)]
+        self._counters = [_Counter(unit) for unit in self.units]
+        self.servers: list[PlantServer] = []
+
+    def update(self, tick: int) -> None:
+        """Every unit's values for wall-clock second `tick`."""
+        points = self.spec.points
+        for n, unit in enumerate(self.units):
+            first = n * points
+            unit.set_registers("holding", 0,
+                               values.registers(self.spec.kind, tick, range(first, first + points)))
+
+    async def serve(self, stack: contextlib.AsyncExitStack) -> list[int]:
+        """Start the servers; return the TCP ports in unit order (none for RTU)."""
+        if self.spec.transport == "rtu":
+            assert self.spec.device is not None
+            server = await serve_rtu(self.units, self.spec.device, self.spec.baudrate)
+            stack.push_async_callback(server.stop)
+            self.servers.append(server)
+            return []
+        for unit in self.units:
+            server = await serve_tcp([unit])
+            stack.push_async_callback(server.stop)
+            self.servers.append(server)
+        return [server.port for server in self.servers]
+
+    def stats(self) -> dict[str, Any]:
+        return {"event": "stats", "time": time.time(),
+                "units": [counter.totals() for counter in self._counters]}
+
+    async def change_values(self) -> None:
+        """At each wall-clock second, the values of that second."""
+        while True:
+            now = time.time()
+            await asyncio.sleep(int(now) + 1 - now + _EARLY_WAKE_MARGIN)
+            # Woken early (the loop's clock is not the wall clock): the same second again,
+            # and the next turn sleeps the rest of it. A value is never served early.
+            self.update(int(time.time()))
+
+
+def _say(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+async def _commands(plant: Plant, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := (await reader.readline()).strip():
+        if line == b"stats":
+            _say(plant.stats())
+        elif line == b"stop":
+            break
+        else:
+            _say({"event": "error", "message": f"unknown command {line.decode()!r}"})
+    stop.set()
+
+
+async def run(spec: PlantSpec) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    plant = Plant(spec)
+    plant.update(int(time.time()))
+    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as group:
+        ports = await plant.serve(stack)
+        _say({"event": "ready", "ports": ports})
+        ticker = group.create_task(plant.change_values(), name="values")
+        commands = group.create_task(_commands(plant, stop), name="commands")
+        await stop.wait()
+        ticker.cancel()
+        commands.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m bench.plant SPEC_JSON")
+    asyncio.run(run(PlantSpec.from_json(args[0])))
+
+
+if __name__ == "__main__":
+    main()

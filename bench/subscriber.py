@@ -1,0 +1,153 @@
+"""The cloud side of the bench: counts and checks every reading that arrives.
+
+:class:`Subscriber` is sim.cloud's application client (``app:{id}`` on ``$thing/#``, QoS 1)
+that notes each message's arrival time and keeps nothing else of it: messages are parsed
+later, in :meth:`Subscriber.process`, so that checking one message does not delay the
+arrival time of the next.
+
+Every reading is checked: a JSON object with a known ``id``, a ``value`` the plant can have
+served to that point (:mod:`bench.values`) and a ``timestamp``. Its latency is the arrival
+wall time minus the reading's timestamp (the time the agent received the response). A
+reading whose timestamp is not later than the last one of its point is a duplicate (QoS 1
+may deliver twice) or out of order, and is not counted as delivered.
+
+Messages on the health bucket (the agent's own telemetry, ``[health]``) are kept apart:
+:attr:`Subscriber.health` holds each id's (timestamp ms, value) series.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from array import array
+from dataclasses import dataclass
+
+from bench import values
+from sim.broker import Broker
+from sim.cloud import CloudClient
+
+
+@dataclass(slots=True)
+class PointState:
+    index: int
+    kind: values.Kind
+    last_timestamp: int = -1
+
+
+@dataclass(slots=True)
+class Tally:
+    messages: int = 0
+    bytes: int = 0
+    readings: int = 0  # delivered: well-formed, known, not a repeat
+    malformed: int = 0  # not JSON, not an object of the right shape, or an unknown id
+    wrong_value: int = 0  # a value the plant cannot have served to that point
+    stale: int = 0  # a value more than values.MAX_FRESH_AGE seconds older than its timestamp
+    repeated: int = 0  # duplicate or out of order
+
+
+class Subscriber(CloudClient):
+    """Records arrival times and payloads; :meth:`process` checks and counts them."""
+
+    def __init__(self, broker: Broker, points: dict[str, PointState], *,
+                 health_bucket: str) -> None:
+        super().__init__(host=broker.host, port=broker.port, app_id=broker.app_id,
+                         app_secret=broker.app_secret, clean_session=True)
+        self.points = points
+        self.tally = Tally()
+        self.last_arrival = time.monotonic()
+        self._pending: list[tuple[float, str, bytes]] = []
+        self._health_suffix = f"/$data/{health_bucket}"
+        self.health: dict[str, list[tuple[int, object]]] = {}
+        # Per delivered reading: its timestamp (s) and latency (ms), for window statistics.
+        self.timestamps = array("d")
+        self.latencies_ms = array("d")
+
+    def _on_message(self, client: object, topic: str, payload: bytes, qos: int,
+                    properties: dict[str, object]) -> int:
+        # Overrides sim.cloud's recorder: keep the arrival time and the payload, nothing more.
+        self._pending.append((time.time(), topic, bytes(payload)))
+        self.last_arrival = time.monotonic()
+        return 0
+
+    def process(self) -> None:
+        """Check and count every message received since the last call."""
+        pending, self._pending = self._pending, []
+        tally, points = self.tally, self.points
+        for arrival, topic, payload in pending:
+            if topic.endswith(self._health_suffix):
+                self._note_health(payload)
+                continue
+            tally.messages += 1
+            tally.bytes += len(payload)
+            try:
+                readings = json.loads(payload)
+            except ValueError:
+                tally.malformed += 1
+                continue
+            if not isinstance(readings, list):
+                readings = [readings]
+            for reading in readings:
+                try:
+                    point = points[reading["id"]]
+                    value = reading["value"]
+                    timestamp = int(reading["timestamp"])
+                except (KeyError, TypeError, ValueError):
+                    tally.malformed += 1
+                    continue
+                if timestamp <= point.last_timestamp:
+                    tally.repeated += 1
+                    continue
+                point.last_timestamp = timestamp
+                tally.readings += 1
+                age = values.age(point.kind, point.index, value, timestamp)
+                if age is None:
+                    tally.wrong_value += 1
+                elif age > values.MAX_FRESH_AGE:
+                    tally.stale += 1
+                self.timestamps.append(timestamp / 1000)
+                self.latencies_ms.append(arrival * 1000 - timestamp)
+
+    def _note_health(self, payload: bytes) -> None:
+        try:
+            readings = json.loads(payload)
+            for reading in readings if isinstance(readings, list) else [readings]:
+                series = self.health.setdefault(str(reading["id"]), [])
+                series.append((int(reading["timestamp"]), reading["value"]))
+        except (ValueError, KeyError, TypeError):
+            self.tally.malformed += 1
+
+    def undelivered(self, payloads: list[bytes]) -> int:
+        """How many readings in `payloads` (the agent's queue at exit) never arrived.
+
+        A point's readings arrive oldest first, so one newer than the last that arrived for
+        its point did not arrive. A payload the queue stored compressed is inflated first.
+        """
+        count = 0
+        for payload in payloads:
+            try:
+                readings = json.loads(_plain(payload))
+            except ValueError:
+                continue
+            for reading in readings if isinstance(readings, list) else [readings]:
+                try:
+                    point = self.points[reading["id"]]
+                    timestamp = int(reading["timestamp"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                count += timestamp > point.last_timestamp
+        return count
+
+    def quiet_for(self) -> float:
+        """Seconds since the last message arrived."""
+        return time.monotonic() - self.last_arrival
+
+
+def _plain(payload: bytes) -> bytes:
+    """A queued payload as JSON: as stored, or zlib-inflated if the queue compressed it."""
+    if payload[:1] in (b"[", b"{"):
+        return payload
+    try:
+        return zlib.decompress(payload)
+    except zlib.error:
+        return payload
