@@ -277,3 +277,39 @@ async def test_readings_resume_after_the_broker_restarts(
         await cloud.wait_for(lambda m: any(r["value"] == 77 for r in cloud.readings("b")),
                              timeout=WAIT)
         assert agent.session.reconnects >= 1
+
+
+async def test_readings_resume_after_the_serial_line_vanishes_and_returns(
+    tmp_path: Path, broker: Broker, cloud: CloudClient,
+) -> None:
+    unit = SimUnit(1)
+    unit.set_registers("holding", 0, [1])
+    pair = PtyPair(tmp_path / "pty").start()
+    plant = await serve_rtu([unit], str(pair.device_b), baudrate=38400)
+    body = f"""
+[[modbus]]
+name = "rs485"
+transport = "rtu"
+device = "{pair.device_a}"
+baudrate = 38400
+timeout = 0.3
+  [[modbus.devices]]
+  name = "u1"
+  interval = 0.2
+  backoff_max = 0.5
+  bucket = "b"
+  points = [ {{ id = "v", address = "40001" }} ]
+"""
+    try:
+        async with running_agent(tmp_path, agent_toml(broker, body)):
+            await cloud.wait_for(lambda m: bool(cloud.readings("b")), timeout=WAIT)
+            await plant.stop()
+            pair.stop()  # the USB adapter is pulled
+            pair.start()  # and plugged back in: a new pty behind the same path
+            unit.set_registers("holding", 0, [2])
+            plant = await serve_rtu([unit], str(pair.device_b), baudrate=38400)
+            await cloud.wait_for(lambda m: any(r["value"] == 2 for r in cloud.readings("b")),
+                                 timeout=WAIT)
+    finally:
+        await plant.stop()
+        pair.stop()
