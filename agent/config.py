@@ -79,7 +79,7 @@ class MqttConfig(_Section):
     keepalive: int = Field(60, ge=5, le=65535)
     connect_timeout: Seconds = 10.0
     backoff_min: Seconds = 1.0
-    backoff_max: Seconds = 120.0
+    backoff_max: Seconds = 30.0
     max_inflight: int = Field(32, ge=1, le=65535)  # QoS 1 messages awaiting PUBACK
     max_config_payload: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
 

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -61,6 +62,20 @@ CREATE TABLE IF NOT EXISTS messages (
     boot_ms INTEGER NOT NULL
 )
 """
+
+
+class _Row(NamedTuple):
+    """A committed message as read from disk, its payload still packed."""
+
+    seq: int
+    topic: str
+    packed: bytes
+    codec: int
+    stamp: Stamp
+
+    def message(self) -> Message:
+        return Message(self.seq, self.topic, unpack_payload(self.packed, self.codec),
+                       self.stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +102,9 @@ class DiskOutbox:
         self._pending: list[Message] = []  # put, not yet committed
         self._pending_bytes = 0
         self._acked: list[int] = []  # acknowledged, deletion not yet committed
-        self._fetched: deque[Message] = deque()  # committed, read from disk, not yet taken
+        # Committed, read from disk, not yet taken; payloads still packed (memory stays at
+        # the compressed size however long the backlog).
+        self._fetched: deque[_Row] = deque()
         self._retry: list[tuple[int, Message]] = []  # released: sent again first (a heap)
         self._in_flight: dict[int, Message] = {}
         self._cursor = 0  # highest seq read from disk
@@ -334,14 +351,14 @@ class DiskOutbox:
             return None
         head = self._fetched[0]
         if head.seq > self._backlog_end:
-            return self._fetched.popleft()  # live: no rate limit
+            return self._fetched.popleft().message()  # live: no rate limit
         if self._take_token():
-            return self._fetched.popleft()
+            return self._fetched.popleft().message()
         # The backlog waits for its rate; live messages behind it need not.
-        for index, message in enumerate(self._fetched):
-            if message.seq > self._backlog_end:
+        for index, row in enumerate(self._fetched):
+            if row.seq > self._backlog_end:
                 del self._fetched[index]
-                return message
+                return row.message()
         return None
 
     def _refill(self) -> None:
@@ -355,8 +372,8 @@ class DiskOutbox:
         for seq, topic, payload, codec, boot_id, wall_ms, boot_ms in rows:
             if seq in self._in_flight:
                 continue
-            self._fetched.append(Message(seq, topic, _unpack(payload, codec),
-                                         Stamp(boot_id, wall_ms, boot_ms)))
+            self._fetched.append(_Row(seq, topic, bytes(payload), codec,
+                                      Stamp(boot_id, wall_ms, boot_ms)))
         self._cursor = rows[-1][0] if rows else self._committed_seq
 
     def _take_token(self) -> bool:
@@ -402,6 +419,9 @@ class DiskOutbox:
         db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=True)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            # Debian's SQLite zeroes deleted content; a queue deletes everything it sends,
+            # so that would double the flash writes of a drain for nothing.
+            db.execute("PRAGMA secure_delete=OFF")
             db.execute(f"PRAGMA synchronous={self._settings.synchronous.upper()}")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
@@ -426,9 +446,6 @@ _ZLIB_LEVEL = 1  # fast; JSON batches shrink 4-8x even at this level
 def unpack_payload(payload: bytes, codec: int) -> bytes:
     """A stored payload as it was put (also for tools reading the file)."""
     return zlib.decompress(payload) if codec == _ZLIB else bytes(payload)
-
-
-_unpack = unpack_payload
 
 
 def _pack(payload: bytes) -> tuple[bytes, int]:

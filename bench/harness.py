@@ -17,6 +17,10 @@ Scenarios (see bench/README.md for what each figure means):
   115200 baud, over a bare pty and over a pty whose far end answers at the line's speed.
 - ``smoke``: 2 units x 10 points for 10 s; exits non-zero when nothing was delivered or
   the agent crashed (for CI).
+- ``backlog``: the ``ceiling`` plant, the broker stopped until 1,000,000 readings are queued
+  (``--readings``), the plant then paused; the broker started again and the time until the
+  subscriber has all of them measured (queue replay unlimited), with the agent's CPU,
+  peak memory and disk writes during that drain.
 
 Exit status: 0, or 1 when in some run the agent crashed or nothing was delivered.
 Benchmarks are not tests: no figure is compared with a target here.
@@ -48,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.diskqueue import unpack_payload
 from bench import line, procfs, values
 from bench.plant import PlantSpec
 from bench.subscriber import PointState, Subscriber
@@ -71,6 +76,14 @@ TAIL_LIMIT = 15.0
 SAMPLE_PERIOD = 1.0  # /proc samples of the agent during the window
 PROCESS_PERIOD = 0.25  # the subscriber checks what arrived this often
 SETTLE_MARGIN = 2.0  # after the window, beyond batch.max_delay, before the SIGTERM
+OUTAGE_LIMIT = 600.0  # backlog: the longest the plant is polled with the broker down
+OUTAGE_POLL = 0.2  # backlog: the plant's counters are read this often meanwhile
+QUEUE_SETTLE_LIMIT = 30.0  # backlog: for the agent to have batched and committed it all
+QUEUE_COMMIT_INTERVAL = 0.5  # the agent's default queue.commit_interval
+DRAIN_POLL = 0.1  # backlog: RSS samples and the end-of-drain check, this often
+CONNECT_POLL = 0.005  # backlog: until the agent has reconnected to the broker
+DRAIN_QUIET = 0.3  # backlog: the queue holds no data and nothing arrived for this long: over
+DRAIN_GIVE_UP = 5.0  # backlog: nothing arrived for this long once the drain began: over
 LOG_TAIL_LINES = 20
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -111,15 +124,27 @@ class BatchSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """`[queue]` settings; None leaves the agent's default."""
+
+    replay_rate: float | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunSpec:
     name: str
     layout: Layout
     batch: BatchSpec
     warmup: float
-    duration: float
+    duration: float  # the measurement window; backlog: the longest the drain is waited for
+    queue: QueueSpec = QueueSpec()
+    backlog: int | None = None  # readings to queue while the broker is down
 
 
-SCENARIOS = ("workload", "ceiling", "rtu", "smoke")
+SCENARIOS = ("workload", "ceiling", "rtu", "smoke", "backlog")
+GIB = 1024 * 1024 * 1024
+BACKLOG_READINGS = 1_000_000
 _DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
     # name: (layout, batch, warm-up s, duration s)
     "workload": (Layout("tcp", 20, 50, "float32", 1.0), BatchSpec(), 5.0, 60.0),
@@ -128,6 +153,12 @@ _DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
     # 0.001 s: at 0.01 s two units ask at most 200 requests/s, below what 115200 baud carries.
     "rtu": (Layout("rtu", 2, 10, "uint16", 0.001), BatchSpec(), 3.0, 20.0),
     "smoke": (Layout("tcp", 2, 10, "float32", 1.0), BatchSpec(), 2.0, 8.0),
+    # The ceiling's plant fills the queue fastest; "duration" bounds the drain.
+    "backlog": (Layout("tcp", 20, 125, "uint16", 0.001),
+                BatchSpec(max_readings=1000, max_bytes=262144), 5.0, 300.0),
+}
+_QUEUES: dict[str, QueueSpec] = {
+    "backlog": QueueSpec(replay_rate=0, max_bytes=GIB),  # replay unlimited, nothing dropped
 }
 RTU_BAUDRATES = (9600, 115200)
 
@@ -148,8 +179,10 @@ def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
         batch = dataclasses.replace(batch, max_readings=args.max_readings)
     warmup = args.warmup if args.warmup is not None else warmup
     duration = args.duration if args.duration is not None else duration
+    queue = _QUEUES.get(scenario, QueueSpec())
+    backlog = (args.readings or BACKLOG_READINGS) if scenario == "backlog" else None
     if layout.transport == "tcp":
-        return [RunSpec(scenario, layout, batch, warmup, duration)]
+        return [RunSpec(scenario, layout, batch, warmup, duration, queue, backlog)]
     lines = {"pty": (False,), "line": (True,), "both": (False, True)}[args.line]
     return [
         RunSpec(f"rtu-{baud}-{'line' if emulate else 'pty'}",
@@ -295,6 +328,14 @@ class PlantProcess:
         return PlantStats(float(answer["time"]), sum(u[0] for u in units),
                           sum(u[1] for u in units))
 
+    async def pause(self) -> None:
+        """Close the servers and their connections: the agent's polls fail from now on."""
+        stdin = self.child.process.stdin
+        assert stdin is not None
+        stdin.write(b"pause\n")
+        await stdin.drain()
+        await self._receive("paused")
+
     async def stop(self) -> None:
         await self.child.stop()
 
@@ -325,10 +366,15 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 # -- the agent ------------------------------------------------------------------------------
 
 
-def agent_command(*args: str, profile: Path | None = None) -> list[str]:
-    """The installed `orio-agent` next to this interpreter, else `python -m agent`."""
+def agent_command(*args: str, profile: Path | None = None,
+                  memory: Path | None = None) -> list[str]:
+    """The installed `orio-agent` next to this interpreter, else `python -m agent`; under
+    cProfile (`profile`) or bench.memtrace (`memory`) if asked."""
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "agent", *args]
+    if memory is not None:
+        return [sys.executable, "-m", "bench.memtrace", str(memory), "--preload", "agent.cli",
+                "-m", "agent", *args]
     script = Path(sys.executable).with_name("orio-agent")
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "agent", *args]
 
@@ -364,6 +410,9 @@ def agent_config(spec: RunSpec, broker: Broker, *, ports: Sequence[int], device:
         "",
         "[queue]",
         f"path = {json.dumps(str(state_dir / 'queue.db'))}",
+        *([f"replay_rate = {spec.queue.replay_rate:g}  # messages/s; 0 = unlimited"]
+          if spec.queue.replay_rate is not None else []),
+        *([f"max_bytes = {spec.queue.max_bytes}"] if spec.queue.max_bytes is not None else []),
         "",
         "[batch]",
         f"max_readings = {batch.max_readings}",
@@ -473,13 +522,17 @@ class Snapshot:
 class BenchRun:
     """Start everything, measure, stop everything (also on errors and Ctrl-C)."""
 
-    def __init__(self, spec: RunSpec, directory: Path, *, profile: bool) -> None:
+    def __init__(self, spec: RunSpec, directory: Path, *, profile: bool,
+                 trace_memory: bool = False) -> None:
         self.spec = spec
         self.directory = directory
         self.profile_path = directory / "agent.prof" if profile else None
+        self.memory_path = directory / "agent.mem.txt" if trace_memory else None
         self.rss_kib: list[int] = []
         self.agent_died_at: float | None = None
         self.busy_before: float | None = None
+        self.hold_checks = False  # backlog: the subscriber only records during the drain
+        self.backlog: dict[str, Any] = {}
 
     async def run(self) -> dict[str, Any]:
         spec, directory = self.spec, self.directory
@@ -489,8 +542,12 @@ class BenchRun:
         if self.busy_before > BUSY_WARNING:
             _say(f"warning: the machine is {self.busy_before:.0f} % busy before the run "
                  "(other processes): CPU-bound figures will be low")
+        backlog = spec.backlog is not None
         async with contextlib.AsyncExitStack() as stack:
-            broker = QuietBroker(directory / "broker")
+            # backlog: the subscriber's session (its subscription and what is queued for it)
+            # survives the broker's restart, so nothing the agent sends before the subscriber
+            # is back is lost.
+            broker = QuietBroker(directory / "broker", persistence=backlog)
             broker.start()
             stack.callback(broker.stop)
             device = None
@@ -505,7 +562,8 @@ class BenchRun:
                     emulate_line=spec.layout.emulate_line)
             plant = await PlantProcess.start(plant_spec, directory / "plant.log")
             stack.push_async_callback(plant.stop)
-            subscriber = Subscriber(broker, self._points(), health_bucket=HEALTH_BUCKET)
+            subscriber = Subscriber(broker, self._points(), health_bucket=HEALTH_BUCKET,
+                                    clean_session=not backlog)
             await subscriber.connect(timeout=START_TIMEOUT)
             stack.push_async_callback(_disconnect, subscriber)
 
@@ -514,16 +572,18 @@ class BenchRun:
                                                 state_dir=directory / "state"))
             plan = await check_config(config_path)
             _say(plan.summary())
-            argv = agent_command("run", "--config", str(config_path), profile=self.profile_path)
+            argv = agent_command("run", "--config", str(config_path), profile=self.profile_path,
+                                 memory=self.memory_path)
             agent = await Child.spawn("agent", argv, log_path=directory / "agent.log",
                                       env=agent_environment())
             stack.push_async_callback(agent.stop, signal.SIGTERM, STOP_TIMEOUT)
             _say(f"{spec.name}: agent pid {agent.pid} ({shlex.join(argv)}); "
                  f"warming up {spec.warmup:g} s, then measuring {spec.duration:g} s")
 
-            checker = asyncio.create_task(_process_forever(subscriber), name="subscriber")
+            checker = asyncio.create_task(self._process_forever(subscriber), name="subscriber")
+            measure = self._measure_backlog if backlog else self._measure
             try:
-                first, last, stop = await self._measure(agent, plant, broker, subscriber)
+                first, last, stop = await measure(agent, plant, broker, subscriber)
             finally:
                 checker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -556,6 +616,193 @@ class BenchRun:
         stop["requests_after_sigterm"] = final.requests - before.requests
         await _wait_for_tail(subscriber)
         return first, last, stop
+
+    async def _measure_backlog(self, agent: Child, plant: PlantProcess, broker: Broker,
+                               subscriber: Subscriber) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
+        """Broker down until `backlog` readings are made; plant paused; broker up: the drain.
+
+        The window (first, last) is the drain: from the broker's start to the moment the
+        last queued message has arrived.
+        """
+        spec, state = self.spec, self.directory / "state"
+        assert spec.backlog is not None
+        width = values.WIDTH[spec.layout.kind]
+        figures = self.backlog
+        await self._watch(agent, spec.warmup, sample=False)
+        subscriber.process()
+        if subscriber.tally.readings == 0:
+            raise HarnessError(f"nothing delivered in the {spec.warmup:g} s warm-up; agent log "
+                               f"tail:\n{_tail(self.directory / 'agent.log')}")
+
+        # The outage: the agent queues what it reads.
+        await broker.stop_async()
+        outage_start = await self._snapshot(agent.pid, {}, plant)
+        _say(f"broker stopped; polling until {spec.backlog:,} readings are made "
+             f"(at most {OUTAGE_LIMIT:g} s)")
+        target = outage_start.plant.registers + spec.backlog * width
+        deadline = time.monotonic() + OUTAGE_LIMIT
+        while (stats := await plant.stats()).registers < target:
+            if time.monotonic() > deadline:
+                _say(f"warning: only {(stats.registers - outage_start.plant.registers) // width:,}"
+                     f" readings made in {OUTAGE_LIMIT:g} s; going on with those")
+                break
+            await self._watch(agent, OUTAGE_POLL, sample=False)
+            if agent.returncode is not None:
+                raise HarnessError("the agent exited during the outage")
+        await plant.pause()
+        paused = await self._snapshot(agent.pid, {}, plant)
+        queued = await self._settled_queue(agent, state)
+        outage_end = await self._snapshot(agent.pid, {}, plant)
+        made = (paused.plant.registers - outage_start.plant.registers) // width
+        outage_s = paused.wall - outage_start.wall
+        a, b = outage_start.agent, outage_end.agent
+        figures.update({
+            "readings_target": spec.backlog,
+            "outage_readings_made": made,
+            "outage_seconds": round(outage_s, 2),
+            "outage_readings_per_s": _rate(made, outage_s),
+            "queued_messages": queued.messages,
+            "queued_readings": queued.readings,
+            "queued_payload_bytes": queued.payload_bytes,
+            "queued_stored_bytes": queued.stored_bytes,
+            "queued_health_messages": queued.health_messages,
+            "queue_file_bytes_at_drain_start": _queue_size(state),
+            "outage_agent_cpu_percent": _cpu(a, b),
+            "outage_write_bytes": (b.write_bytes - a.write_bytes
+                                   if a and b and a.write_bytes is not None
+                                   and b.write_bytes is not None else None),
+            "rss_mib_peak_before_drain": round(b.hwm_kib / 1024, 1) if b else None,
+        })
+        if figures["outage_write_bytes"] is not None and queued.payload_bytes:
+            figures["outage_write_bytes_per_payload_byte"] = round(
+                figures["outage_write_bytes"] / queued.payload_bytes, 3)
+        _say(f"{queued.readings:,} readings in {queued.messages:,} messages queued "
+             f"({made:,} made in {outage_s:.1f} s with the broker down); starting the broker")
+
+        # The drain: the broker back, the subscriber only records arrivals meanwhile (its
+        # checks would take CPU from the agent on a small machine); all is checked after.
+        subscriber.process()
+        delivered_before = subscriber.tally.readings
+        repeated_before = subscriber.tally.repeated
+        messages_before = subscriber.data_messages
+        self.hold_checks = True
+        figures["peak_rss_reset"] = procfs.reset_peak_rss(agent.pid)
+        self.rss_kib.clear()
+        agent_before = procfs.sample(agent.pid)
+        machine_before = procfs.machine()
+        back_wall = time.time()
+        await broker.start_async()
+        listening_wall = time.time()
+        first = Snapshot(wall=back_wall, agent=agent_before, machine=machine_before,
+                         plant=await plant.stats(),
+                         others={name: procfs.sample(pid) if pid else None for name, pid in
+                                 self._other_pids(plant, broker).items()})
+        deadline = time.monotonic() + spec.duration
+        timed_out = True
+        connected_wall: float | None = None
+        while time.monotonic() < deadline and agent.returncode is None:
+            if connected_wall is None:
+                # The agent reconnects on its own back-off (mqtt.backoff_max): when it did.
+                if procfs.tcp_connected(agent.pid, broker.port):
+                    connected_wall = time.time()
+                await asyncio.sleep(CONNECT_POLL)
+                continue
+            if (now := procfs.sample(agent.pid)) is not None:
+                self.rss_kib.append(now.rss_kib)
+            # The end: as many data messages arrived as were queued (a count that includes
+            # repeats: messages the broker had not yet delivered when it stopped come again),
+            # the agent's queue file holds no data any more, and a moment without arrivals.
+            # Or nothing at all for DRAIN_GIVE_UP. The drain's end is computed after, from
+            # the arrival of the last new reading.
+            arrived = subscriber.data_messages - messages_before
+            quiet = subscriber.quiet_for() if arrived else 0.0
+            if quiet >= DRAIN_GIVE_UP or (
+                    arrived >= queued.messages and quiet >= DRAIN_QUIET
+                    and (await asyncio.to_thread(read_queue, state / "queue.db",
+                                                 HEALTH_BUCKET, count_only=True)).messages == 0):
+                timed_out = False
+                break
+            await asyncio.sleep(DRAIN_POLL)
+        if agent.returncode is not None and self.agent_died_at is None:
+            self.agent_died_at = time.monotonic()
+            log.error("the agent exited with status %s during the drain; log tail:\n%s",
+                      agent.returncode, _tail(self.directory / "agent.log"))
+        last = await self._snapshot(agent.pid, self._other_pids(plant, broker), plant)
+        self.hold_checks = False
+        subscriber.process()
+        end = subscriber.last_new_arrival
+        drained = subscriber.tally.readings - delivered_before
+        drain_s = end - back_wall if end is not None and drained else None
+        a, b = first.agent, last.agent
+        cpu_s = b.cpu_seconds - a.cpu_seconds if a and b else None
+        figures.update({
+            "drain_timed_out": timed_out,
+            "broker_listening_after_s": round(listening_wall - back_wall, 3),
+            "agent_connected_after_s": (round(connected_wall - back_wall, 3)
+                                        if connected_wall is not None else None),
+            "drain_seconds_after_connect": (round(end - connected_wall, 2)
+                                            if end is not None and connected_wall is not None
+                                            and drained else None),
+            "drain_seconds": round(drain_s, 2) if drain_s is not None else None,
+            # New readings that arrived after the restart: the agent's queue, and what the
+            # broker still held for the subscriber when it stopped (the agent had those
+            # acknowledged already). The drain's rate is the agent's queue over its time.
+            "drained_readings": drained,
+            "drained_readings_per_s": _rate(queued.readings, drain_s) if drain_s else None,
+            "drained_messages": subscriber.data_messages - messages_before,
+            "drain_agent_cpu_seconds": round(cpu_s, 2) if cpu_s is not None else None,
+            "drain_agent_cpu_percent": (round(100 * cpu_s / drain_s, 1)
+                                        if cpu_s is not None and drain_s else None),
+            "drain_write_bytes": (b.write_bytes - a.write_bytes
+                                  if a and b and a.write_bytes is not None
+                                  and b.write_bytes is not None else None),
+            # Messages in flight when the broker stopped may have reached the subscriber
+            # then: sent again, their readings arrive as repeats.
+            "drained_repeated": subscriber.tally.repeated - repeated_before,
+            "drain_complete": (drained + subscriber.tally.repeated - repeated_before
+                               >= queued.readings),
+        })
+        if drain_s:
+            _say(f"drained {drained:,} readings in {drain_s:.2f} s")
+        else:
+            _say("warning: nothing was drained")
+
+        before = await plant.stats()
+        stopping = time.monotonic()
+        code, killed = await agent.stop(signal.SIGTERM, STOP_TIMEOUT)
+        stop: dict[str, Any] = {
+            "exit_status": code, "killed": killed, "crashed": self.agent_died_at is not None,
+            "stop_seconds": round(time.monotonic() - stopping, 3),
+        }
+        stop["final_plant"] = final = await plant.stats()
+        stop["requests_after_sigterm"] = final.requests - before.requests
+        await _wait_for_tail(subscriber)
+        return first, last, stop
+
+    async def _settled_queue(self, agent: Child, state: Path) -> QueueContents:
+        """The queue file once the agent has batched and committed all it read: the same
+        contents twice in a row, after the batch delay and a commit interval."""
+        settle = self.spec.batch.max_delay + QUEUE_COMMIT_INTERVAL + 0.5
+        deadline = time.monotonic() + QUEUE_SETTLE_LIMIT
+        previous: QueueContents | None = None
+        while True:
+            await self._watch(agent, settle, sample=False)
+            contents = await asyncio.to_thread(read_queue, state / "queue.db", HEALTH_BUCKET)
+            # Data only: a health message may be put between the two reads.
+            same = previous is not None and (contents.messages, contents.readings) == (
+                previous.messages, previous.readings)
+            if same or time.monotonic() > deadline:
+                return contents
+            previous = contents
+
+    def _other_pids(self, plant: PlantProcess, broker: Broker) -> dict[str, int | None]:
+        return {"plant": plant.child.pid, "broker": broker.pid, "harness": os.getpid()}
+
+    async def _process_forever(self, subscriber: Subscriber) -> None:
+        while True:
+            if not self.hold_checks:
+                subscriber.process()
+            await asyncio.sleep(PROCESS_PERIOD)
 
     async def _watch(self, agent: Child, seconds: float, *, sample: bool) -> None:
         """Wait `seconds`, sampling the agent's memory; return early if it died."""
@@ -647,10 +894,31 @@ class BenchRun:
         cores = len(os.sched_getaffinity(0))
         context["other_processes"] = round(
             context["machine_busy_all_cores"] * cores - sum(x or 0 for x in ours), 1)
+        payload = subscriber.payload_bytes(first.wall, last.wall)
+        written = result["agent"]["write_bytes_window"]
+        result["payload_bytes_window"] = payload
+        result["payload_bytes_per_s"] = _rate(payload, window)
+        result["write_bytes_per_payload_byte"] = (
+            round(written / payload, 3) if written is not None and payload else None)
         delivered_rate = result["readings_delivered_per_s"]
         if delivered_rate and result["agent"]["cpu_percent"] is not None:
             result["agent_cpu_seconds_per_million_readings"] = round(
                 result["agent"]["cpu_percent"] / 100 / delivered_rate * 1e6, 1)
+        if spec.backlog is not None:
+            # The window is the drain: no readings are made in it (the plant is paused), so
+            # the per-window rates of the other scenarios do not apply; the drain's do.
+            for key in ("requests_per_s", "readings_offered_per_s", "readings_delivered_per_s",
+                        "delivered_ratio_window", "latency_ms", "commits_per_s"):
+                result.pop(key)
+            backlog = self.backlog
+            cpu_s, drained = backlog.get("drain_agent_cpu_seconds"), backlog["queued_readings"]
+            result["agent_cpu_seconds_per_million_readings"] = (
+                round(cpu_s / drained * 1e6, 1) if cpu_s is not None and drained else None)
+            drain_written = backlog.get("drain_write_bytes")
+            backlog["drain_write_bytes_per_payload_byte"] = (
+                round(drain_written / backlog["queued_payload_bytes"], 3)
+                if drain_written is not None and backlog["queued_payload_bytes"] else None)
+            result["backlog"] = backlog
         if layout.transport == "rtu":
             theory = line.max_requests_per_second(layout.baudrate, layout.registers_per_unit)
             result["rtu"] = {
@@ -663,6 +931,8 @@ class BenchRun:
             }
         if self.profile_path is not None:
             result["profile"] = str(self.profile_path.relative_to(REPO))
+        if self.memory_path is not None:
+            result["memory_trace"] = str(self.memory_path.relative_to(REPO))
         result["agent"]["pid"] = agent.pid
         return result
 
@@ -689,12 +959,6 @@ async def _machine_busy(seconds: float = 1.0) -> float:
     first = procfs.machine()
     await asyncio.sleep(seconds)
     return round(procfs.machine_busy_percent(first, procfs.machine()), 1)
-
-
-async def _process_forever(subscriber: Subscriber) -> None:
-    while True:
-        subscriber.process()
-        await asyncio.sleep(PROCESS_PERIOD)
 
 
 async def _wait_for_tail(subscriber: Subscriber) -> None:
@@ -760,6 +1024,44 @@ def _queued_readings(state: Path, subscriber: Subscriber) -> int | None:
         log.warning("cannot read the agent's queue file %s: %s", path, exc)
         return None
     return subscriber.undelivered(payloads)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueContents:
+    messages: int  # data messages (not health)
+    readings: int  # in the data messages
+    payload_bytes: int  # data payloads as put (inflated)
+    stored_bytes: int  # data payloads as stored (zlib when it saved space)
+    health_messages: int
+
+
+def read_queue(path: Path, health_bucket: str, *, count_only: bool = False) -> QueueContents:
+    """What the agent's queue file holds, read through a read-only connection (the agent
+    may be writing it: WAL readers do not block the writer). `count_only`: messages and
+    health messages only, without reading the payloads."""
+    health_suffix = f"/$data/{health_bucket}"
+    messages = readings = payload_bytes = stored_bytes = health = 0
+    columns = "topic, NULL, NULL" if count_only else "topic, payload, codec"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
+                                                timeout=5.0)) as db:
+            rows = db.execute(f"SELECT {columns} FROM messages").fetchall()
+    except sqlite3.Error as exc:
+        raise HarnessError(f"cannot read the agent's queue file {path}: {exc}") from exc
+    for topic, stored, codec in rows:
+        if str(topic).endswith(health_suffix):
+            health += 1
+            continue
+        if count_only:
+            messages += 1
+            continue
+        payload = unpack_payload(bytes(stored), int(codec))
+        messages += 1
+        stored_bytes += len(stored)
+        payload_bytes += len(payload)
+        decoded = json.loads(payload)
+        readings += len(decoded) if isinstance(decoded, list) else 1
+    return QueueContents(messages, readings, payload_bytes, stored_bytes, health)
 
 
 def _queue_size(state: Path) -> int | None:
@@ -832,7 +1134,34 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("agent RSS MiB (median)", ("agent", "rss_mib_median"), "{:.1f}"),
     ("agent RSS MiB (peak, VmHWM)", ("agent", "rss_mib_peak"), "{:.1f}"),
     ("agent bytes written/s", ("agent", "write_bytes_per_s"), "{:,.0f}"),
+    ("payload bytes/s (received)", ("payload_bytes_per_s",), "{:,.0f}"),
+    ("bytes written per payload byte", ("write_bytes_per_payload_byte",), "{:.3f}"),
     ("commits/s", ("commits_per_s",), "{}"),
+    ("backlog: readings made, broker down", ("backlog", "outage_readings_made"), "{:,}"),
+    ("backlog: seconds to make them", ("backlog", "outage_seconds"), "{:,.1f}"),
+    ("backlog: readings/s queued", ("backlog", "outage_readings_per_s"), "{:,.0f}"),
+    ("backlog: readings queued (file)", ("backlog", "queued_readings"), "{:,}"),
+    ("backlog: messages queued (file)", ("backlog", "queued_messages"), "{:,}"),
+    ("backlog: payload bytes queued", ("backlog", "queued_payload_bytes"), "{:,}"),
+    ("backlog: stored bytes (zlib)", ("backlog", "queued_stored_bytes"), "{:,}"),
+    ("backlog: queue file bytes", ("backlog", "queue_file_bytes_at_drain_start"), "{:,}"),
+    ("backlog: agent CPU % while queueing", ("backlog", "outage_agent_cpu_percent"), "{:.1f}"),
+    ("backlog: written per payload byte queueing",
+     ("backlog", "outage_write_bytes_per_payload_byte"), "{:.3f}"),
+    ("backlog: agent RSS MiB peak before drain", ("backlog", "rss_mib_peak_before_drain"),
+     "{:.1f}"),
+    ("drain: agent reconnected after s", ("backlog", "agent_connected_after_s"), "{:,.3f}"),
+    ("drain: seconds (broker start to last)", ("backlog", "drain_seconds"), "{:,.2f}"),
+    ("drain: seconds (reconnect to last)", ("backlog", "drain_seconds_after_connect"),
+     "{:,.2f}"),
+    ("drain: new readings arrived", ("backlog", "drained_readings"), "{:,}"),
+    ("drain: readings/s (queued / seconds)", ("backlog", "drained_readings_per_s"), "{:,.0f}"),
+    ("drain: complete", ("backlog", "drain_complete"), "{}"),
+    ("drain: repeated readings", ("backlog", "drained_repeated"), "{:,}"),
+    ("drain: agent CPU s", ("backlog", "drain_agent_cpu_seconds"), "{:,.2f}"),
+    ("drain: agent CPU % (one core)", ("backlog", "drain_agent_cpu_percent"), "{:.1f}"),
+    ("drain: agent bytes written", ("backlog", "drain_write_bytes"), "{:,}"),
+    ("drain: VmHWM reset at broker start", ("backlog", "peak_rss_reset"), "{}"),
     ("queue file bytes", ("queue_file_bytes",), "{:,}"),
     ("malformed / wrong / stale / repeated", (), "checks"),
     ("agent exit status", ("agent", "exit_status"), "{}"),
@@ -908,16 +1237,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of units")
     parser.add_argument("--interval", type=float, help="poll interval, seconds")
     parser.add_argument("--max-readings", type=int, help="batch.max_readings")
+    parser.add_argument("--readings", type=int,
+                        help=f"backlog: readings to queue (default {BACKLOG_READINGS:,})")
     parser.add_argument("--baud", type=lambda text: [int(b) for b in text.split(",")],
                         default=list(RTU_BAUDRATES), help="rtu: baud rates, comma separated")
     parser.add_argument("--line", choices=("pty", "line", "both"), default="both",
                         help="rtu: a bare pty, a pty answered at the line's speed, or both")
     parser.add_argument("--profile", action="store_true",
                         help="run the agent under cProfile (its CPU figures are then inflated)")
+    parser.add_argument("--trace-memory", action="store_true",
+                        help="run the agent under tracemalloc (bench.memtrace): what it held "
+                             "at its highest point (its memory figures are then inflated)")
     return parser.parse_args(argv)
 
 
-async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool) -> list[dict[str, Any]]:
+async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool,
+                  trace_memory: bool = False) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -925,7 +1260,8 @@ async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool) -> list[
     results = []
     for spec in runs:
         directory = RUNS_DIR / scenario if len(runs) == 1 else RUNS_DIR / scenario / spec.name
-        results.append(await BenchRun(spec, directory, profile=profile).run())
+        results.append(await BenchRun(spec, directory, profile=profile,
+                                      trace_memory=trace_memory).run())
     return results
 
 
@@ -936,7 +1272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = build_runs(args.scenario, args)
     started = datetime.datetime.now(datetime.UTC)
     try:
-        results = asyncio.run(run_all(runs, args.scenario, profile=args.profile))
+        results = asyncio.run(run_all(runs, args.scenario, profile=args.profile,
+                                      trace_memory=args.trace_memory))
     except (KeyboardInterrupt, asyncio.CancelledError):
         _say("interrupted; everything started was stopped")
         return EXIT_INTERRUPTED

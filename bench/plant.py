@@ -18,6 +18,8 @@ It talks to the harness over stdin and stdout, one JSON object per line:
 - it prints ``{"event": "ready", "ports": [...]}`` once serving (TCP ports in unit order);
 - ``stats`` on stdin → ``{"event": "stats", "time": T, "units": [[requests, registers], ...]}``
   (read requests and registers read, per unit, since start; T is wall-clock seconds);
+- ``pause`` → ``{"event": "paused"}``: the servers are closed, with their connections (the
+  agent's polls fail from then on and it backs off; the counters stay readable);
 - ``stop``, end of input, SIGTERM or SIGINT stop it.
 """
 
@@ -111,17 +113,22 @@ class Plant:
 
     async def serve(self, stack: contextlib.AsyncExitStack) -> list[int]:
         """Start the servers; return the TCP ports in unit order (none for RTU)."""
+        stack.push_async_callback(self.pause)
         if self.spec.transport == "rtu":
             assert self.spec.device is not None
             server = await serve_rtu(self.units, self.spec.device, self.spec.baudrate)
-            stack.push_async_callback(server.stop)
             self.servers.append(server)
             return []
         for unit in self.units:
             server = await serve_tcp([unit])
-            stack.push_async_callback(server.stop)
             self.servers.append(server)
         return [server.port for server in self.servers]
+
+    async def pause(self) -> None:
+        """Stop serving: close every server and its connections (counters stay)."""
+        servers, self.servers = self.servers, []
+        for server in reversed(servers):
+            await server.stop()
 
     def stats(self) -> dict[str, Any]:
         return {"event": "stats", "time": time.time(),
@@ -148,6 +155,9 @@ async def _commands(plant: Plant, stop: asyncio.Event) -> None:
     while line := (await reader.readline()).strip():
         if line == b"stats":
             _say(plant.stats())
+        elif line == b"pause":
+            await plant.pause()
+            _say({"event": "paused"})
         elif line == b"stop":
             break
         else:

@@ -7,6 +7,7 @@ memory is VmRSS (resident now) and VmHWM (the peak resident size); disk writes a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -53,6 +54,44 @@ def sample(pid: int) -> ProcSample | None:
         threads=int(values.get("Threads", "0").strip() or 0),
         write_bytes=write_bytes,
     )
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (``5`` to /proc/PID/clear_refs, Linux 4.0
+    and later; needs the right to ptrace it): VmHWM is then the peak since now."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+_TCP_ESTABLISHED = "01"
+
+
+def tcp_connected(pid: int, port: int) -> bool:
+    """Whether the process has an established TCP connection to `port` (IPv4 or IPv6):
+    its socket inodes (/proc/PID/fd) matched against /proc/net/tcp*."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        return False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if (len(fields) > 9 and fields[3] == _TCP_ESTABLISHED and fields[9] in inodes
+                    and int(fields[2].rsplit(":", 1)[1], 16) == port):
+                return True
+    return False
 
 
 def cpu_percent(first: ProcSample, last: ProcSample) -> float:

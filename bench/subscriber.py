@@ -13,6 +13,16 @@ may deliver twice) or out of order, and is not counted as delivered.
 
 Messages on the health bucket (the agent's own telemetry, ``[health]``) are kept apart:
 :attr:`Subscriber.health` holds each id's (timestamp ms, value) series.
+
+Per message it also keeps the arrival time and the payload's size (as received: the
+uncompressed JSON), for the payload bytes of a window (:meth:`Subscriber.payload_bytes`),
+and the arrival of the last message that brought a new reading
+(:attr:`Subscriber.last_new_arrival`, when a backlog finished arriving). Data messages are
+counted as they arrive (:attr:`Subscriber.data_messages`), before they are checked.
+
+``clean_session=False`` keeps the subscription in the broker across a restart (with a
+broker started with persistence): what the agent publishes before the subscriber has
+reconnected is queued for it, not lost.
 """
 
 from __future__ import annotations
@@ -50,9 +60,9 @@ class Subscriber(CloudClient):
     """Records arrival times and payloads; :meth:`process` checks and counts them."""
 
     def __init__(self, broker: Broker, points: dict[str, PointState], *,
-                 health_bucket: str) -> None:
+                 health_bucket: str, clean_session: bool = True) -> None:
         super().__init__(host=broker.host, port=broker.port, app_id=broker.app_id,
-                         app_secret=broker.app_secret, clean_session=True)
+                         app_secret=broker.app_secret, clean_session=clean_session)
         self.points = points
         self.tally = Tally()
         self.last_arrival = time.monotonic()
@@ -62,12 +72,19 @@ class Subscriber(CloudClient):
         # Per delivered reading: its timestamp (s) and latency (ms), for window statistics.
         self.timestamps = array("d")
         self.latencies_ms = array("d")
+        # Per message checked (data and health): arrival wall time (s) and payload bytes.
+        self.arrivals = array("d")
+        self.sizes = array("q")
+        self.data_messages = 0  # data messages received, checked or not
+        self.last_new_arrival: float | None = None  # wall time
 
     def _on_message(self, client: object, topic: str, payload: bytes, qos: int,
                     properties: dict[str, object]) -> int:
         # Overrides sim.cloud's recorder: keep the arrival time and the payload, nothing more.
         self._pending.append((time.time(), topic, bytes(payload)))
         self.last_arrival = time.monotonic()
+        if not topic.endswith(self._health_suffix):
+            self.data_messages += 1
         return 0
 
     def process(self) -> None:
@@ -75,6 +92,8 @@ class Subscriber(CloudClient):
         pending, self._pending = self._pending, []
         tally, points = self.tally, self.points
         for arrival, topic, payload in pending:
+            self.arrivals.append(arrival)
+            self.sizes.append(len(payload))
             if topic.endswith(self._health_suffix):
                 self._note_health(payload)
                 continue
@@ -100,6 +119,7 @@ class Subscriber(CloudClient):
                     continue
                 point.last_timestamp = timestamp
                 tally.readings += 1
+                self.last_new_arrival = arrival
                 age = values.age(point.kind, point.index, value, timestamp)
                 if age is None:
                     tally.wrong_value += 1
@@ -137,6 +157,12 @@ class Subscriber(CloudClient):
                     continue
                 count += timestamp > point.last_timestamp
         return count
+
+    def payload_bytes(self, start: float, end: float) -> int:
+        """Payload bytes (data and health, as received) of the messages checked so far that
+        arrived from wall time `start` to `end`."""
+        return sum(size for arrival, size in zip(self.arrivals, self.sizes, strict=True)
+                   if start <= arrival < end)
 
     def quiet_for(self) -> float:
         """Seconds since the last message arrived."""

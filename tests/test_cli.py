@@ -112,7 +112,7 @@ def test_check_config_prints_the_resolved_config_with_defaults(
     assert resolved["thing"] == {"id": "gw-01", "secret": MASK}
     assert resolved["mqtt"] == {
         "host": "broker.local", "port": 8083, "tls": True, "keepalive": 60,
-        "connect_timeout": 10.0, "backoff_min": 1.0, "backoff_max": 120.0,
+        "connect_timeout": 10.0, "backoff_min": 1.0, "backoff_max": 30.0,
         "max_inflight": 32, "max_config_payload": 65536,
     }
     assert resolved["batch"] == {"max_readings": 100, "max_bytes": 65536, "max_delay": 1.0}
