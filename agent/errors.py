@@ -17,10 +17,6 @@ class RejectedInput(AgentError):
     """Input that will never be accepted as it is: a bad config file, a bad cloud message."""
 
 
-class FatalError(AgentError):
-    """The agent cannot go on; exit non-zero."""
-
-
 @dataclass(frozen=True)
 class ConfigProblem:
     """One thing wrong with a config file, located as precisely as we can."""

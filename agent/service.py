@@ -138,7 +138,6 @@ class Agent:
         self._started = time.monotonic()
         self._flush_wake = asyncio.Event()
         self._topics: dict[str, str] = {}
-        self.batches_queued = 0
         self._state = SettingsState(None if config.queue.path == ":memory:" else (
             Path(config.queue.path).parent / SETTINGS_STATE_FILE))
         self._build_sources(config)
@@ -287,7 +286,6 @@ class Agent:
         if topic is None:
             topic = self._topics[batch.bucket] = data_topic(self.config.thing.id, batch.bucket)
         self.outbox.put(topic, batch.payload, batch.stamp)
-        self.batches_queued += 1
 
     async def _flush_timer(self) -> None:
         loop = asyncio.get_running_loop()

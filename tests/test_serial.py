@@ -18,6 +18,7 @@ from agent.lines import LineFramer
 from agent.service import Agent
 from sim.broker import Broker
 from sim.cloud import CloudClient
+from sim.gps import sentence
 from sim.pty import PtyPair
 from tests.helpers import agent_toml, poll_until, running_agent
 
@@ -25,10 +26,8 @@ WAIT = 30.0
 
 
 def nmea_sentence(body: str) -> str:
-    checksum = 0
-    for char in body:
-        checksum ^= ord(char)
-    return f"${body}*{checksum:02X}"
+    """A sentence with its checksum, without the line end."""
+    return sentence(body).rstrip()
 
 
 GGA_NORTH_EAST = nmea_sentence("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
