@@ -280,8 +280,8 @@ def test_process_exits_78_on_a_section_override_that_is_not_json(good: Path) -> 
 
     assert result.returncode == EX_CONFIG
     assert result.stderr == (
-        f'orio-agent: invalid config\n{good}: error parsing value for field "thing" from '
-        'source "EnvSettingsSource"; check the environment variables ORIO_AGENT_THING\n'
+        f"orio-agent: invalid config\n{good}: environment variable ORIO_AGENT_THING is not a "
+        "JSON object\n"
     )
 
 

@@ -775,8 +775,7 @@ def test_section_override_that_is_not_json_is_a_config_error(
     path = write(BASE)
 
     assert rendered(path) == [
-        'FILE: error parsing value for field "thing" from source "EnvSettingsSource"; '
-        "check the environment variables ORIO_AGENT_THING"
+        "FILE: environment variable ORIO_AGENT_THING is not a JSON object"
     ]
 
 
