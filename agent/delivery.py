@@ -45,7 +45,6 @@ class Delivery:
         self._publisher = publisher
         self._clock = clock
         self._window = asyncio.Semaphore(window)
-        self._in_flight = 0
         self.restamped = 0
 
     async def run(self) -> None:
@@ -74,7 +73,6 @@ class Delivery:
             except TransientError:  # the connection went between the check and the send
                 self._settle(message, None)
                 continue
-            self._in_flight += 1
             future.add_done_callback(partial(self._settle, message))
 
     async def _clock_trusted(self) -> None:
@@ -87,11 +85,7 @@ class Delivery:
 
     def _settle(self, message: Message, future: asyncio.Future[None] | None) -> None:
         self._window.release()
-        if future is None:
-            self._outbox.release(message)
-            return
-        self._in_flight -= 1
-        if future.cancelled() or future.exception() is not None:
-            self._outbox.release(message)
+        if future is None or future.cancelled() or future.exception() is not None:
+            self._outbox.release(message)  # not sent, or its connection dropped first
         else:
             self._outbox.ack(message)

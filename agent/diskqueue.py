@@ -119,7 +119,9 @@ class DiskOutbox:
             "SELECT COALESCE(MAX(seq), 0), COUNT(*), COALESCE(SUM(LENGTH(payload)), 0)"
             " FROM messages"
         ).fetchone()
-        self._seq, count, self._disk_bytes = int(row[0]), int(row[1]), int(row[2])
+        # What is on disk, kept in step by every commit and deletion (no COUNT(*) later).
+        self._seq, self._disk_count, self._disk_bytes = int(row[0]), int(row[1]), int(row[2])
+        count = self._disk_count
         self._committed_seq = self._seq
         self._backlog_end = self._seq
         self._stats = OutboxStats(queued_total=0)
@@ -195,10 +197,12 @@ class DiskOutbox:
     def stats(self) -> OutboxStats:
         stats = self._stats
         in_memory = len(self._pending)
-        stats.depth = self._count_on_disk() + in_memory
+        stats.depth = self._disk_count + in_memory
         stats.depth_bytes = self._disk_bytes + self._pending_bytes
         stats.in_flight = len(self._in_flight)
-        oldest = self._db.execute("SELECT MIN(wall_ms) FROM messages").fetchone()[0]
+        # Oldest by seq: the primary key, one row, however long the queue.
+        row = self._db.execute("SELECT wall_ms FROM messages ORDER BY seq LIMIT 1").fetchone()
+        oldest = row[0] if row is not None else None
         if oldest is None and self._pending:
             oldest = self._pending[0].stamp.wall_ms
         stats.oldest_created = oldest / 1000 if oldest is not None else None
@@ -222,13 +226,11 @@ class DiskOutbox:
         in_flight = list(self._in_flight)
         marks = ",".join("?" * len(in_flight))
         extra = f" AND seq NOT IN ({marks})" if in_flight else ""
+        seqs = [int(r[0]) for r in self._db.execute(
+            f"SELECT seq FROM messages WHERE topic = ?{extra}", [topic, *in_flight])]
         with self._db:
-            size = self._db.execute(
-                f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages WHERE topic = ?{extra}",
-                [topic, *in_flight],
-            ).fetchone()[0]
-            self._db.execute(f"DELETE FROM messages WHERE topic = ?{extra}", [topic, *in_flight])
-        self._disk_bytes -= int(size)
+            removed = self._delete(seqs)
+        self._forget(*removed)
         self._fetched = deque(m for m in self._fetched if m.topic != topic)
         self._retry = [(s, m) for s, m in self._retry if m.topic != topic]
         heapq.heapify(self._retry)
@@ -251,15 +253,15 @@ class DiskOutbox:
                     "INSERT INTO messages (seq, topic, payload, codec, boot_id, wall_ms, boot_ms)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)", rows,
                 )
-                if acked:
-                    freed = self._delete(acked)
-                    self._disk_bytes -= freed
+                removed = self._delete(acked)
         except sqlite3.OperationalError as exc:
             if not _is_disk_full(exc):
                 raise
             self._on_disk_full()
             return
         self.commits += 1
+        self._forget(*removed)
+        self._disk_count += len(rows)
         self._disk_bytes += sum(len(row[2]) for row in rows)
         self._pending, self._pending_bytes, self._acked = [], 0, []
         if pending:
@@ -267,8 +269,9 @@ class DiskOutbox:
             self._ready.set()
         self._enforce_bounds()
 
-    def _delete(self, seqs: list[int]) -> int:
-        freed = 0
+    def _delete(self, seqs: list[int]) -> tuple[int, int]:
+        """Delete rows (inside the caller's transaction): (rows, payload bytes) removed."""
+        freed = count = 0
         for start in range(0, len(seqs), 500):
             chunk = seqs[start:start + 500]
             marks = ",".join("?" * len(chunk))
@@ -277,8 +280,14 @@ class DiskOutbox:
                 chunk,
             ).fetchone()
             freed += int(row[0])
-            self._db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)
-        return freed
+            count += self._db.execute(f"DELETE FROM messages WHERE seq IN ({marks})",
+                                      chunk).rowcount
+        return count, freed
+
+    def _forget(self, count: int, freed: int) -> None:
+        """Account for rows a committed transaction deleted."""
+        self._disk_count -= count
+        self._disk_bytes -= freed
 
     def _enforce_bounds(self) -> None:
         settings = self._settings
@@ -309,9 +318,9 @@ class DiskOutbox:
         if not victims:
             return
         with self._db:
-            self._delete(victims)
+            removed = self._delete(victims)
         self.commits += 1
-        self._disk_bytes -= freed
+        self._forget(*removed)
         dropped = set(victims)
         self._fetched = deque(m for m in self._fetched if m.seq not in dropped)
         self._retry = [(s, m) for s, m in self._retry if s not in dropped]
@@ -323,7 +332,7 @@ class DiskOutbox:
 
     def _on_disk_full(self) -> None:
         """SQLITE_FULL: make room by dropping the oldest quarter, keep the new messages."""
-        count = self._count_on_disk()
+        count = self._disk_count
         log.error("queue_disk_full", path=str(self._settings.path), messages_on_disk=count,
                   pending=len(self._pending))
         if count:
@@ -393,9 +402,6 @@ class DiskOutbox:
         if self._fetched and self._settings.replay_rate > 0:
             return max(0.001, (1.0 - self._tokens) / self._settings.replay_rate)
         return None
-
-    def _count_on_disk(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
 
     # -- opening --------------------------------------------------------------------------
 

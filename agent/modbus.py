@@ -41,7 +41,6 @@ class ModbusLine:
         if config.transport == "rtu":
             self._delay = max(self._delay,
                               _RTU_SILENCE_CHARS * _BITS_PER_CHAR / config.baudrate)
-        self.requests = 0  # requests sent, for statistics
 
     async def read(self, unit: int, table: Table, start: int,
                    count: int) -> list[int] | list[bool]:
@@ -96,7 +95,6 @@ class ModbusLine:
             pause = self._last_request_end + self._delay - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
-            self.requests += 1
             try:
                 # pymodbus applies its own time-out; ours is the backstop.
                 async with asyncio.timeout(self._config.timeout * 2 + 1):

@@ -309,6 +309,8 @@ class Agent:
                      queue_bytes=stats.depth_bytes, oldest_age_s=age, backlog=stats.backlog,
                      sent=stats.sent_total, dropped=stats.dropped_total,
                      readings=sum(p.stats.readings for p in self.pollers),
+                     decode_errors=sum(p.stats.decode_errors for p in self.pollers),
+                     skipped_cycles=sum(p.stats.skipped_cycles for p in self.pollers),
                      devices_failing=failing, reconnects=self.session.reconnects)
 
     async def _health(self, bucket: str) -> None:

@@ -232,3 +232,24 @@ async def test_large_payloads_are_stored_compressed_and_come_back_whole(tmp_path
     assert len(stored) * 4 < len(payload)
     assert payload == (await take(queue)).payload
     queue.close()
+
+
+async def test_depth_and_bytes_follow_the_file_through_acks_drops_and_supersedes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    queue = open_queue(path, max_bytes=100)
+    for n in range(15):
+        queue.put(TOPIC, b"%010d" % n)  # 10 bytes each, stored raw: 5 dropped for space
+    queue.put("$thing/gw/$conf/$reported/g", b"first-report")
+    queue.commit()
+    queue.ack(await take(queue))
+    queue.put("$thing/gw/$conf/$reported/g", b"newer-report", replace=True)
+    queue.commit()
+
+    with sqlite3.connect(path) as db:
+        count, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()
+    stats = queue.stats()
+    assert (count, size) == (stats.depth, stats.depth_bytes)
+    queue.close()
