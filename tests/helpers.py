@@ -18,6 +18,7 @@ from agent.config import load_config
 from agent.diskqueue import unpack_payload
 from agent.service import Agent
 from sim.broker import Broker
+from sim.plant import PlantServer
 
 STOP_TIMEOUT = 30.0
 
@@ -50,6 +51,35 @@ path = "{queue_path}"
 level = "debug"
 format = "{log_format}"
 {body}
+"""
+
+
+def tcp_connection(plant: PlantServer, devices: str, *, name: str = "plc",
+                   extra: str = "") -> str:
+    """A `[[modbus]]` TCP connection to a simulated plant, with its devices' TOML."""
+    return f"""
+[[modbus]]
+name = "{name}"
+transport = "tcp"
+host = "127.0.0.1"
+port = {plant.port}
+timeout = 0.5
+{extra}
+{devices}
+"""
+
+
+def device(*, interval: float, name: str = "meter1", bucket: str = "b",
+           points: str = '{ id = "v", address = "40001" }', extra: str = "") -> str:
+    """One `[[modbus.devices]]` unit 1; `points` is the inside of its points array."""
+    return f"""
+  [[modbus.devices]]
+  name = "{name}"
+  unit = 1
+  interval = {interval}
+  bucket = "{bucket}"
+{extra}
+  points = [ {points} ]
 """
 
 

@@ -9,7 +9,7 @@ from agent.clock import FLOOR_MS, Clock, Stamp, shift_timestamps
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.plant import PlantServer
-from tests.helpers import agent_toml, running_agent
+from tests.helpers import agent_toml, device, running_agent, tcp_connection
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 WAIT = 30.0
@@ -75,18 +75,7 @@ async def test_readings_taken_before_ntp_arrive_restamped_once_the_clock_is_set(
 ) -> None:
     wall = Settable(-(time.time_ns() // 1_000_000) + 3_600_000)  # 1970-01-01T01:00
     clock = Clock(wall_ms=wall.wall_ms)
-    body = f"""
-[[modbus]]
-name = "plc"
-transport = "tcp"
-host = "127.0.0.1"
-port = {tcp_plant.port}
-  [[modbus.devices]]
-  name = "meter1"
-  interval = 0.2
-  bucket = "b"
-  points = [ {{ id = "v", address = "40001" }} ]
-"""
+    body = tcp_connection(tcp_plant, device(interval=0.2))
     config = agent_toml(broker, body, queue_path=tmp_path / "queue.db")
     async with running_agent(tmp_path, config, clock=clock) as agent:
         unit = tcp_plant.unit(1)

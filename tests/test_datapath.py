@@ -13,22 +13,9 @@ from sim.broker import Broker
 from sim.cloud import CloudClient, data_topic
 from sim.plant import PlantServer, SimUnit, serve_rtu, serve_tcp
 from sim.pty import PtyPair
-from tests.helpers import agent_toml, running_agent
+from tests.helpers import agent_toml, running_agent, tcp_connection
 
 WAIT = 30.0
-
-
-def tcp_block(plant: PlantServer, devices: str, *, name: str = "plc", extra: str = "") -> str:
-    return f"""
-[[modbus]]
-name = "{name}"
-transport = "tcp"
-host = "127.0.0.1"
-port = {plant.port}
-timeout = 0.5
-{extra}
-{devices}
-"""
 
 
 async def test_every_value_type_arrives_with_the_documented_payload_shape(
@@ -58,7 +45,7 @@ async def test_every_value_type_arrives_with_the_documented_payload_shape(
     { id = "pump_fault", table = "holding", address = 121, type = "bool", bit = 3 },
   ]
 """
-    async with running_agent(tmp_path, agent_toml(broker, tcp_block(tcp_plant, devices))):
+    async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))):
         messages = await cloud.wait_for_topic(data_topic(broker.thing_id, "sensorData"),
                                               timeout=WAIT)
 
@@ -100,7 +87,7 @@ async def test_coalescing_reads_each_table_with_the_fewest_requests(
     { id = "c7", address = "00008" },
   ]
 """
-    async with running_agent(tmp_path, agent_toml(broker, tcp_block(tcp_plant, devices))):
+    async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))):
         readings = await cloud.wait_for(count=1, timeout=WAIT)
         assert readings
 
@@ -122,7 +109,7 @@ async def test_batches_are_cut_at_max_readings(
   bucket = "b"
   points = [ {points} ]
 """
-    config = agent_toml(broker, tcp_block(tcp_plant, devices),
+    config = agent_toml(broker, tcp_connection(tcp_plant, devices),
                         batch="max_readings = 3\nmax_delay = 0.3")
     async with running_agent(tmp_path, config):
         messages = await cloud.wait_for_topic(data_topic(broker.thing_id, "b"), count=3,
@@ -146,8 +133,8 @@ async def test_a_dead_device_does_not_delay_a_live_one_on_another_connection(
   bucket = "{name}"
   points = [ {{ id = "v", address = "40001" }} ]
 """
-        body = (tcp_block(live_plant, device.format(name="live"), name="live_line")
-                + tcp_block(dead_plant, device.format(name="dead"), name="dead_line",
+        body = (tcp_connection(live_plant, device.format(name="live"), name="live_line")
+                + tcp_connection(dead_plant, device.format(name="dead"), name="dead_line",
                             extra="timeout = 1.5"))
         body = body.replace("timeout = 0.5\ntimeout = 1.5", "timeout = 1.5")
         async with running_agent(tmp_path, agent_toml(broker, body)):
@@ -219,7 +206,7 @@ async def test_a_refused_coalesced_read_is_split_and_the_layout_remembered(
   bucket = "b"
   points = [ {points} ]
 """
-    async with running_agent(tmp_path, agent_toml(broker, tcp_block(tcp_plant, devices))):
+    async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))):
         await cloud.wait_for(lambda m: len(cloud.readings("b")) >= 12, timeout=WAIT)
         reads_after_learning = len(sim_unit.requests)
         await sim_unit.wait_until(lambda u: len(u.requests) >= reads_after_learning + 4,
@@ -248,7 +235,7 @@ async def test_readings_resume_after_the_device_connection_drops(
   bucket = "b"
   points = [ { id = "v", address = "40001" } ]
 """
-    async with running_agent(tmp_path, agent_toml(broker, tcp_block(plant, devices))):
+    async with running_agent(tmp_path, agent_toml(broker, tcp_connection(plant, devices))):
         await cloud.wait_for(lambda m: bool(cloud.readings("b")), timeout=WAIT)
         await plant.stop()
         unit.set_registers("holding", 0, [2])
@@ -269,7 +256,7 @@ async def test_readings_resume_after_the_broker_restarts(
   bucket = "b"
   points = [ { id = "v", address = "40001" } ]
 """
-    async with running_agent(tmp_path, agent_toml(broker, tcp_block(tcp_plant, devices))) as agent:
+    async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))) as agent:
         await cloud.wait_for(lambda m: bool(cloud.readings("b")), timeout=WAIT)
         await broker.restart_async()
         await cloud.wait_connected(timeout=WAIT)

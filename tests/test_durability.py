@@ -36,10 +36,12 @@ from sim.plant import PlantServer, SimUnit
 from tests.helpers import (
     AgentProcess,
     count_queue,
+    device,
     durable_agent_toml,
     poll_until,
     read_queue,
     running_agent,
+    tcp_connection,
 )
 
 WAIT = 30.0  # generous: every wait ends on an event or a condition well before
@@ -64,22 +66,8 @@ def broker(broker_factory: BrokerFactory) -> Broker:
 def counting_device(plant: PlantServer, *, points: int = 1, interval: float = 0.1) -> str:
     """One unit whose points `n0 .. n<points-1>` are holding registers 0.., read in one request."""
     ids = ", ".join(f'{{ id = "n{i}", table = "holding", address = {i} }}' for i in range(points))
-    return f"""
-[[modbus]]
-name = "plc"
-transport = "tcp"
-host = "127.0.0.1"
-port = {plant.port}
-timeout = 0.5
-
-  [[modbus.devices]]
-  name = "meter1"
-  unit = 1
-  interval = {interval}
-  backoff_max = 0.5
-  bucket = "{BUCKET}"
-  points = [ {ids} ]
-"""
+    return tcp_connection(plant, device(interval=interval, bucket=BUCKET, points=ids,
+                                        extra="  backoff_max = 0.5"))
 
 
 def write_config(tmp_path: Path, text: str) -> Path:

@@ -18,7 +18,14 @@ import pytest
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.plant import PlantServer, SimUnit
-from tests.helpers import AgentProcess, agent_toml, poll_until, running_agent
+from tests.helpers import (
+    AgentProcess,
+    agent_toml,
+    device,
+    poll_until,
+    running_agent,
+    tcp_connection,
+)
 
 WAIT = 30.0
 
@@ -69,20 +76,7 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 def device_config(broker: Broker, plant: PlantServer, tmp_path: Path, *,
                   interval: float, extra: str = "") -> str:
-    body = f"""
-[[modbus]]
-name = "plc"
-transport = "tcp"
-host = "127.0.0.1"
-port = {plant.port}
-timeout = 0.5
-  [[modbus.devices]]
-  name = "meter1"
-  interval = {interval}
-  bucket = "b"
-  points = [ {{ id = "reads", address = "40001" }} ]
-{extra}
-"""
+    body = tcp_connection(plant, device(interval=interval)) + extra
     return agent_toml(broker, body, queue_path=tmp_path / "state" / "queue.db",
                       log_format="json")
 
