@@ -604,17 +604,7 @@ class BenchRun:
         # Readings made near the end of the window are still in their batch or the queue:
         # let them go out before the stop, so the window's figures are whole.
         await self._watch(agent, self.spec.batch.max_delay + SETTLE_MARGIN, sample=False)
-        before = await plant.stats()
-        stopping = time.monotonic()
-        code, killed = await agent.stop(signal.SIGTERM, STOP_TIMEOUT)
-        stop: dict[str, Any] = {
-            "exit_status": code, "killed": killed, "crashed": self.agent_died_at is not None,
-            "stop_seconds": round(time.monotonic() - stopping, 3),
-        }
-        stop["final_plant"] = final = await plant.stats()
-        # A poller stops at once: at most the request in flight on each connection.
-        stop["requests_after_sigterm"] = final.requests - before.requests
-        await _wait_for_tail(subscriber)
+        stop = await self._stop_agent(agent, plant, subscriber)
         return first, last, stop
 
     async def _measure_backlog(self, agent: Child, plant: PlantProcess, broker: Broker,
@@ -767,6 +757,12 @@ class BenchRun:
         else:
             _say("warning: nothing was drained")
 
+        stop = await self._stop_agent(agent, plant, subscriber)
+        return first, last, stop
+
+    async def _stop_agent(self, agent: Child, plant: PlantProcess,
+                          subscriber: Subscriber) -> dict[str, Any]:
+        """SIGTERM the agent, note how it stopped, and wait for the tail of the data."""
         before = await plant.stats()
         stopping = time.monotonic()
         code, killed = await agent.stop(signal.SIGTERM, STOP_TIMEOUT)
@@ -775,9 +771,10 @@ class BenchRun:
             "stop_seconds": round(time.monotonic() - stopping, 3),
         }
         stop["final_plant"] = final = await plant.stats()
+        # A poller stops at once: at most the request in flight on each connection.
         stop["requests_after_sigterm"] = final.requests - before.requests
         await _wait_for_tail(subscriber)
-        return first, last, stop
+        return stop
 
     async def _settled_queue(self, agent: Child, state: Path) -> QueueContents:
         """The queue file once the agent has batched and committed all it read: the same
