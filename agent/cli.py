@@ -1,4 +1,10 @@
-"""`orio-agent run | check-config | --version`."""
+"""`orio-agent run | check-config | --version`.
+
+Exit status of `run`: 0 when stopped by SIGTERM/SIGINT, 78 (EX_CONFIG) for a config
+file that does not load (systemd does not restart it), 70 (EX_SOFTWARE) when an
+unexpected error stopped the agent: one `agent_failed` log line with the error and its
+traceback, and systemd's `Restart=on-failure` starts it again.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,22 @@ import signal
 import sys
 from pathlib import Path
 
+import structlog
+
 from agent import __version__, logs
 from agent.config import DEFAULT_PATH, AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.poller import plan_device
+from agent.supervise import describe_error, primary
+
+log = structlog.get_logger("agent.cli")
 
 EXIT_OK = 0
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: stopped by an unexpected error
 EXIT_CONFIG = ConfigError.exit_code
+# Test-only: `run` fails with an unexpected error after this many seconds (the exit
+# status test, tests/test_cli.py). Not ORIO_AGENT_*: those are config overrides.
+CRASH_AFTER = "ORIO_TEST_CRASH_AFTER"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,9 +99,29 @@ async def _run(config: AgentConfig, path: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload.set)
-    agent = Agent(config, config_path=path)
-    await agent.run(stop, reload)
+    during = "start"
+    try:
+        agent = Agent(config, config_path=path)
+        during = "run"
+        async with asyncio.TaskGroup() as group:
+            group.create_task(agent.run(stop, reload), name="agent")
+            crash_after = os.environ.get(CRASH_AFTER)
+            if crash_after:
+                group.create_task(_crash_after(float(crash_after), stop), name="test-crash")
+    except Exception as exc:  # whatever stopped the agent: said once, and a failed exit
+        log.error("agent_failed", during=during, error_type=type(primary(exc)).__name__,
+                  error=describe_error(exc), exit_status=EXIT_SOFTWARE, exc_info=primary(exc))
+        return EXIT_SOFTWARE
     return EXIT_OK
+
+
+async def _crash_after(seconds: float, stop: asyncio.Event) -> None:
+    """The test-only failure of CRASH_AFTER, unless the agent is stopped first."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        raise RuntimeError(f"{CRASH_AFTER}={seconds:g}: an injected failure") from None
 
 
 if __name__ == "__main__":

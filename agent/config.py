@@ -92,6 +92,8 @@ class QueueConfig(_Section):
     replay_rate: float = Field(50.0, ge=0)  # messages/s; 0 = unlimited
     synchronous: Literal["normal", "full"] = "normal"
     commit_interval: float = Field(0.5, ge=0, le=60)
+    sync_interval: float = Field(2.0, gt=0, le=3600)  # "normal": WAL synced this often
+    memory_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)  # held while the disk fails
 
 
 class BatchConfig(_Section):

@@ -11,6 +11,13 @@ something else — someone changed it at the panel — the value is written agai
 log says so (`setting_drift_corrected`). The report always carries what the device
 holds after the write, read back, not what was asked: a refused write shows in the
 cloud as expected ≠ reported.
+
+Hostile input is bounded in effect. A message's entries are reduced to the last value
+per id before anything is validated or written, so a setting is written at most once
+per message. Unknown and refused entries are summed up in one line per message, and
+every warning about cloud input is rate-limited on a key from a small fixed set (per
+declared group and kind; one key for all undeclared groups), whatever names the cloud
+makes up.
 """
 
 from __future__ import annotations
@@ -26,14 +33,26 @@ from typing import Any, Protocol
 import structlog
 
 from agent.config import AgentConfig
-from agent.confmsg import Entry, parse_expected, reported_topic
-from agent.errors import AgentError, DeviceError, DeviceRefused, RejectedInput
-from agent.logs import Throttle
+from agent.confmsg import (
+    Entry,
+    RejectedMessage,
+    expected_prefix,
+    latest_per_id,
+    parse_expected,
+    reported_topic,
+)
+from agent.errors import AgentError, DeviceError, DeviceRefused
+from agent.logs import Throttle, suppressed
 from agent.outbox import Outbox
 from agent.points import Table
 from agent.settings import JsonScalar, RejectedSetting, Setting, form_of
 
 log = structlog.get_logger("agent.config")
+
+LOG_INTERVAL = 10.0
+"""Seconds between two warnings of one kind about one group's cloud input."""
+SHOWN_IDS = 5
+"""Ids named in a summary line; the count says how many there were."""
 
 
 class Bus(Protocol):
@@ -96,6 +115,7 @@ class Configurator:
     def __init__(self, *, config: AgentConfig, routes: dict[str, DeviceRoute],
                  knobs: AgentKnobs, outbox: Outbox, state: SettingsState) -> None:
         self._thing_id = config.thing.id
+        self._prefix = expected_prefix(config.thing.id)
         self._max_bytes = config.mqtt.max_config_payload
         self._routes = routes
         self._knobs = knobs
@@ -114,9 +134,14 @@ class Configurator:
         # message for a group replaces one still waiting, so a flood cannot pile up.
         self._pending: dict[str, list[Entry] | None] = {}
         self._wake = asyncio.Event()
-        self._throttle = Throttle(interval=10.0)
+        self._throttle = Throttle(interval=LOG_INTERVAL)
         self.writes = 0
         self.rejected = 0
+
+    @property
+    def throttled_keys(self) -> int:
+        """Keys the log rate limit holds: bounded by the declaration, not by the cloud."""
+        return len(self._throttle)
 
     # -- from the MQTT callback (synchronous, never blocks) ---------------------------------
 
@@ -124,15 +149,19 @@ class Configurator:
         try:
             group, entries = parse_expected(topic, payload, thing_id=self._thing_id,
                                             max_bytes=self._max_bytes)
-        except RejectedInput as exc:
+        except RejectedMessage as exc:
             self.rejected += 1
-            if self._throttle.allow(("rejected", str(exc)[:40])):
-                log.warning("config_message_rejected", reason=str(exc))
+            held = self._throttle.admit(("message_rejected", self._declared(topic), exc.kind))
+            if held is not None:
+                log.warning("config_message_rejected", topic=topic, kind=exc.kind,
+                            reason=str(exc), **suppressed(held))
             return
         if group not in self.groups:
             self.rejected += 1
-            if self._throttle.allow(("group", group)):
-                log.warning("config_group_unknown", group=group, declared=sorted(self.groups))
+            held = self._throttle.admit(("group_unknown",))  # one key for any made-up name
+            if held is not None:
+                log.warning("config_group_unknown", group=group, declared=sorted(self.groups),
+                            **suppressed(held))
             return
         self._pending.pop(group, None)
         self._pending[group] = entries
@@ -165,29 +194,32 @@ class Configurator:
     async def process_pending(self) -> None:
         """Apply or report every group with work waiting, oldest request first."""
         while self._pending:
-                group = next(iter(self._pending))
-                entries = self._pending.pop(group)
-                if entries is None:
-                    await self.report(group)
-                else:
-                    await self.apply(group, entries)
+            group = next(iter(self._pending))
+            entries = self._pending.pop(group)
+            if entries is None:
+                await self.report(group)
+            else:
+                await self.apply(group, entries)
 
     async def apply(self, group: str, entries: list[Entry]) -> None:
+        """Validate the last value per id, write what the declaration allows, report."""
         settings = self.groups[group]
-        for entry in entries:
+        accepted: list[tuple[Setting, JsonScalar, str | None]] = []
+        unknown: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for entry in latest_per_id(entries):
             setting = settings.get(entry.id)
             if setting is None:
-                self.rejected += 1
-                log.warning("config_setting_unknown", group=group, setting=entry.id)
+                unknown.append(entry.id)
                 continue
             try:
-                value = setting.accept(entry.value)
+                accepted.append((setting, setting.accept(entry.value), form_of(entry.value)))
             except RejectedSetting as exc:
-                self.rejected += 1
-                log.warning("config_setting_rejected", group=group, setting=entry.id,
-                            reason=str(exc))
-                continue
-            await self._apply_one(setting, value, form_of(entry.value))
+                refused.append((entry.id, str(exc)))
+        self.rejected += len(unknown) + len(refused)
+        self._summarize(group, unknown, refused)
+        for setting, value, form in accepted:
+            await self._apply_one(setting, value, form)
         self._state.save()
         await self.report(group)
 
@@ -206,6 +238,27 @@ class Configurator:
         payload = json.dumps(values, separators=(",", ":"), allow_nan=False).encode()
         self._outbox.put(reported_topic(self._thing_id, group), payload, replace=True)
         log.info("config_reported", group=group, settings=len(values))
+
+    # -- what was not applied ---------------------------------------------------------------
+
+    def _summarize(self, group: str, unknown: list[str], refused: list[tuple[str, str]]) -> None:
+        """One line each for a message's unknown and refused entries, rate-limited per group."""
+        if unknown:
+            held = self._throttle.admit(("settings_unknown", group))
+            if held is not None:
+                log.warning("config_settings_unknown", group=group, count=len(unknown),
+                            ids=unknown[:SHOWN_IDS], **suppressed(held))
+        if refused:
+            held = self._throttle.admit(("settings_rejected", group))
+            if held is not None:
+                log.warning("config_settings_rejected", group=group, count=len(refused),
+                            ids=[key for key, _ in refused[:SHOWN_IDS]], reason=refused[0][1],
+                            **suppressed(held))
+
+    def _declared(self, topic: str) -> str | None:
+        """The declared group a topic names, or None (one rate-limit key for all others)."""
+        group = topic[len(self._prefix):] if topic.startswith(self._prefix) else None
+        return group if group in self.groups else None
 
     # -- applying one setting ---------------------------------------------------------------
 

@@ -82,3 +82,25 @@ class DeviceRefused(AgentError):
     def is_layout_problem(self) -> bool:
         """The request touched addresses the unit does not have: worth splitting."""
         return self.code in (self.ILLEGAL_DATA_ADDRESS, self.ILLEGAL_DATA_VALUE)
+
+
+class QueueError(AgentError):
+    """The queue's file cannot do what was asked; the outbox carries on from memory."""
+
+    partial: object = None  # what a failed write did change before it failed
+
+
+class QueueDiskFull(QueueError):
+    """No space left for the queue's file (SQLITE_FULL, ENOSPC)."""
+
+
+class QueueIOError(QueueError):
+    """The disk failed a read or a write (SQLITE_IOERR, cannot open, anything unforeseen)."""
+
+
+class QueueCorrupt(QueueError):
+    """The file is not a healthy database (SQLITE_CORRUPT, SQLITE_NOTADB, a failed check)."""
+
+
+class QueueReadOnly(QueueError):
+    """The file or its file system cannot be written (SQLITE_READONLY, EROFS, EACCES)."""

@@ -10,6 +10,11 @@ Two ways to talk:
 
 Lines that do not parse are counted and logged at a limited rate, never published. A
 vanished device is reopened with back-off; the rest of the agent does not notice.
+
+While the port is open, the talker (`serial[name].talk`) runs in a TaskGroup of the
+instrument whose body waits for the port to be lost. Anything unexpected (the hand-off
+raising, a bug while framing a line in the reader callback) ends `run()` with that error
+and the port closed; the service's supervisor logs it and starts the instrument again.
 """
 
 from __future__ import annotations
@@ -116,6 +121,10 @@ class Instrument:
         self._log = log.bind(instrument=config.name, device=config.device)
 
     async def run(self) -> None:
+        """Read the instrument until cancelled, reopening a lost device with back-off.
+
+        Raises whatever unexpected error stopped it (in an ExceptionGroup), the port closed.
+        """
         attempt = 0
         while True:
             try:
@@ -131,23 +140,28 @@ class Instrument:
                 self._log.info("instrument_reopened", attempts=attempt)
             attempt = 0
             self._framer.reset()
-            self.open.set()
-            talk = self._polled() if self._request is not None else self._streaming()
-            talking = asyncio.ensure_future(talk)
             try:
-                await self._port.wait_lost()
-            except DeviceUnreachable as exc:
-                self._log.warning("instrument_lost", error=str(exc))
+                await self._talk_until_lost()
+            except* DeviceUnreachable as lost:
+                self._log.warning("instrument_lost", error=str(lost.exceptions[0]))
             finally:
                 self.open.clear()
-                talking.cancel()
-                await asyncio.gather(talking, return_exceptions=True)
                 self._port.close()
             attempt = 1
             await asyncio.sleep(self._backoff(attempt))
 
     def set_interval(self, interval: float) -> None:
         self.interval = interval
+
+    async def _talk_until_lost(self) -> None:
+        """Talk to the open port until it is lost (or something fails)."""
+        talk = self._polled() if self._request is not None else self._streaming()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(talk, name=f"serial[{self.name}].talk")
+            self.open.set()
+            # Waited for here, not in a task: before Python 3.13 a TaskGroup leaves its
+            # task's cancellation count raised when a child fails after the body ended.
+            await self._port.wait_lost()
 
     # -- the two ways of talking ----------------------------------------------------------
 

@@ -127,7 +127,8 @@ class MqttSession:
         while not self._closing:
             try:
                 await self._connect()
-            except (OSError, TimeoutError, MQTTConnectError) as exc:
+            # UnicodeError: a host name the resolver cannot encode (a label over 63 chars).
+            except (OSError, TimeoutError, UnicodeError, MQTTConnectError) as exc:
                 attempt += 1
                 refused = isinstance(exc, MQTTConnectError) and exc._code in _AUTH_REFUSED
                 delay = self._backoff(attempt, at_cap=refused)

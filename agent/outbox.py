@@ -45,6 +45,8 @@ class OutboxStats:
     dropped_total: int = 0
     backlog: int = 0  # messages still to replay since the last (re)connect
     commits: int = 0  # transactions written to disk since start (flash wear)
+    files_bytes: int = 0  # what the queue's files take on disk
+    disk: str = "ok"  # or "failing: <error>" while the disk does not take writes
 
 
 class Outbox(Protocol):
@@ -72,7 +74,14 @@ class Outbox(Protocol):
 
     def stats(self) -> OutboxStats: ...
 
-    def close(self) -> None: ...
+    async def run(self) -> None:
+        """The outbox's own work (the disk's, for the durable one), as a task."""
+
+    async def flush(self) -> None:
+        """Store what was put so far (commit it, for the durable one)."""
+
+    async def aclose(self) -> None:
+        """Store what is pending and release the outbox's resources."""
 
 
 class MemoryOutbox:
@@ -162,5 +171,11 @@ class MemoryOutbox:
         stats.oldest_created = min(oldest, default=None)
         return stats
 
-    def close(self) -> None:
+    async def run(self) -> None:
+        """Memory has no work of its own."""
+
+    async def flush(self) -> None:
+        """Memory holds what it holds."""
+
+    async def aclose(self) -> None:
         """Nothing to release for memory."""

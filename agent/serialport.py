@@ -4,6 +4,11 @@ The port is opened and configured by pyserial; its file descriptor is then watch
 the event loop (`add_reader`), so a silent instrument costs nothing and a chatty one is
 read as it talks. A vanished device (USB adapter pulled, pty closed) surfaces as
 `DeviceUnreachable` from `wait_lost`, and the caller reopens it with back-off.
+
+`on_data` runs as the loop's reader callback, where an exception would go to the
+loop's exception handler and the port would go on being read as if nothing happened.
+So the callback boundary catches it: reading stops and `wait_lost` raises it, as it is,
+to the task that owns the port.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class SerialPort:
         self._port = port
 
     async def wait_lost(self) -> None:
-        """Returns (raising DeviceUnreachable) when the device goes away."""
+        """Until reading stops: raises DeviceUnreachable when the device goes away, or
+        what `on_data` raised."""
         assert self._lost is not None
         await asyncio.shield(self._lost)
 
@@ -65,6 +71,11 @@ class SerialPort:
 
     def close(self) -> None:
         port, self._port = self._port, None
+        lost, self._lost = self._lost, None
+        if lost is not None and lost.done() and not lost.cancelled():
+            lost.exception()  # retrieved: whoever waited for it has stopped waiting
+        elif lost is not None:
+            lost.cancel()
         if port is None:
             return
         with contextlib.suppress(ValueError, OSError):  # gone with the device already
@@ -82,12 +93,18 @@ class SerialPort:
         if not data:
             self._fail(EOFError("end of file"))
             return
-        self._on_data(data)
+        try:
+            self._on_data(data)
+        except Exception as exc:  # the callback boundary: handed to wait_lost, not lost
+            self._stop_reading(exc)
 
     def _fail(self, exc: BaseException) -> None:
+        self._stop_reading(DeviceUnreachable(f"{self._config.device} went away: {exc}",
+                                             connection=self._config.name))
+
+    def _stop_reading(self, error: Exception) -> None:
         if self._port is not None:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self._port.fileno())
         if self._lost is not None and not self._lost.done():
-            self._lost.set_exception(DeviceUnreachable(
-                f"{self._config.device} went away: {exc}", connection=self._config.name))
+            self._lost.set_exception(error)

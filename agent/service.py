@@ -13,7 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -33,6 +36,7 @@ from agent.mqtt import MqttSession
 from agent.outbox import MemoryOutbox, Outbox
 from agent.poller import DevicePoller
 from agent.settings import JsonScalar
+from agent.supervise import supervise
 from agent.systemd import Notifier
 
 log = structlog.get_logger("agent.service")
@@ -42,6 +46,8 @@ STATS_INTERVAL = 60.0
 STATUS_INTERVAL = 5.0  # seconds between STATUS= updates
 CANCEL_ATTEMPTS = 5
 CANCEL_WAIT = 1.0  # seconds, growing with each attempt
+SOURCE_BACKOFF_MIN = 1.0  # seconds: a failed source's first restart within 0..1 s
+SOURCE_BACKOFF_MAX = 60.0  # seconds: the cap
 SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
 
 
@@ -52,7 +58,9 @@ def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
     settings = QueueSettings(path=Path(config.path), max_bytes=config.max_bytes,
                              max_age=config.max_age, replay_rate=config.replay_rate,
                              synchronous=config.synchronous,
-                             commit_interval=config.commit_interval)
+                             commit_interval=config.commit_interval,
+                             sync_interval=config.sync_interval,
+                             memory_bytes=config.memory_bytes)
     return DiskOutbox(settings, clock=clock)
 
 
@@ -192,30 +200,38 @@ class Agent:
         log.info("agent_started", thing=self.config.thing.id, devices=len(self.pollers),
                  instruments=len(self.instruments),
                  points=sum(len(p.device.points) for p in self.pollers))
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            steady = [group.create_task(self._flush_timer(), name="batch-timer"),
-                      group.create_task(self._report(), name="stats-log"),
-                      group.create_task(self._keepalive(), name="systemd")]
-            link = self._start_link()
-            sources = self._start_sources()
-            while True:
-                await _first(stop, reload)
-                if stop.is_set():
-                    break
-                reload.clear()
-                sources, link = await self._reload(sources, link)
-            self._notifier.notify("STOPPING=1")
-            log.info("agent_stopping")
-            await _cancel(sources)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                queue = group.create_task(self.outbox.run(), name="queue")
+                steady = [group.create_task(self._flush_timer(), name="batch-timer"),
+                          group.create_task(self._report(), name="stats-log"),
+                          group.create_task(self._keepalive(), name="systemd")]
+                link = self._start_link()
+                sources = self._start_sources()
+                while True:
+                    await _first(stop, reload)
+                    if stop.is_set():
+                        break
+                    reload.clear()
+                    sources, link = await self._reload(sources, link)
+                self._notifier.notify("STOPPING=1")
+                log.info("agent_stopping")
+                await _cancel(sources)
+                self.batcher.flush_all()
+                await self._drain(DRAIN_ON_STOP)
+                await self._stop_link(link)
+                await _cancel(steady)
+                await self.outbox.aclose()
+                await _cancel([queue])
+        finally:
+            # Whatever stopped the agent: what the batches hold goes into the queue, and
+            # the queue commits it before the file is closed.
             self.batcher.flush_all()
-            await self._drain(DRAIN_ON_STOP)
-            await self._stop_link(link)
-            await _cancel(steady)
+            await self.outbox.aclose()
+            self._notifier.close()
         stats = self.outbox.stats()
-        self.outbox.close()
         log.info("agent_stopped", unsent_messages=stats.depth, sent=stats.sent_total)
-        self._notifier.close()
 
     # -- reload -----------------------------------------------------------------------------
 
@@ -261,14 +277,22 @@ class Agent:
         return sources, link
 
     def _start_sources(self) -> list[asyncio.Task[None]]:
+        """Each source under supervision: an unexpected failure is logged with its
+        traceback and the source restarted with back-off; the others never notice."""
         group = self._group
-        tasks = [group.create_task(p.run(), name=f"poll[{p.name}]") for p in self.pollers]
-        tasks += [group.create_task(i.run(), name=f"serial[{i.name}]")
-                  for i in self.instruments]
-        tasks.append(group.create_task(self.configurator.run(), name="configurator"))
-        if self.config.health.bucket is not None:
-            tasks.append(group.create_task(self._health(self.config.health.bucket),
-                                           name="health"))
+
+        def start(name: str,
+                  factory: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+            return group.create_task(
+                supervise(name, factory, backoff_min=SOURCE_BACKOFF_MIN,
+                          backoff_max=SOURCE_BACKOFF_MAX), name=name)
+
+        tasks = [start(f"poll[{p.name}]", p.run) for p in self.pollers]
+        tasks += [start(f"serial[{i.name}]", i.run) for i in self.instruments]
+        tasks.append(start("configurator", self.configurator.run))
+        bucket = self.config.health.bucket
+        if bucket is not None:
+            tasks.append(start("health", partial(self._health, bucket)))
         return tasks
 
     def _start_link(self) -> list[asyncio.Task[None]]:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what orio-agent needs to run its demo, tests and benchmarks on Debian 12:
-# mosquitto (a real broker), socat (pty pairs standing in for serial lines), a venv.
+# mosquitto (a real broker), socat (pty pairs standing in for serial lines), fuse3 (a file
+# system that forgets unsynced writes, for power-cut tests), a venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosq
 command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
 command -v socat >/dev/null || need_apt+=(socat)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # the unit file's tests
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)   # libfuse 3 for sim.lazyfs (power-cut tests)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

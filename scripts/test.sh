@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Real parts are required: a missing broker or socat fails the suite, never skips it.
-for tool in socat mosquitto_passwd systemd-analyze; do
+for tool in socat mosquitto_passwd systemd-analyze fusermount3; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || { echo "missing mosquitto" >&2; exit 1; }

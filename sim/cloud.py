@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -137,6 +138,7 @@ class MqttClient:
         self.qos = qos
         self.keepalive = keepalive
         self.messages: list[Message] = []
+        self.arrivals: list[float] = []  # wall-clock seconds each message arrived, in step
         #: granted QoS per subscription from the last SUBACK (128 = refused)
         self.granted: dict[str, int] = {}
         self._storage = _AckStorage()
@@ -239,6 +241,7 @@ class MqttClient:
 
     def clear(self) -> None:
         self.messages.clear()
+        self.arrivals.clear()
 
     def on_topic(self, topic: str) -> list[Message]:
         return [message for message in self.messages if message.topic == topic]
@@ -278,6 +281,7 @@ class MqttClient:
         self, client: Client, topic: str, payload: bytes, qos: int, properties: dict[str, Any]
     ) -> int:
         self.messages.append(Message(topic, bytes(payload), bool(properties.get("retain"))))
+        self.arrivals.append(time.time())
         # Wake every waiter, then re-arm: each re-checks its own predicate.
         self._arrived.set()
         self._arrived.clear()

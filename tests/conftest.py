@@ -16,8 +16,9 @@ from sim.broker import Broker, BrokerFactory, free_port
 from sim.cloud import CloudClient
 from sim.plant import PlantServer, SimUnit, serve_tcp
 from sim.pty import PtyPair
+from tests.lazyfs_fixture import lazyfs  # the power-cut file system (sim/lazyfs.py)
 
-__all__ = ["free_port"]  # re-exported: test modules import it from sim.broker
+__all__ = ["free_port", "lazyfs"]  # re-exported: free_port for test modules, lazyfs as a fixture
 
 
 @pytest.fixture

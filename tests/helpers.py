@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from agent.clock import Clock
 from agent.config import load_config
-from agent.diskqueue import unpack_payload
+from agent.diskqueue import DiskOutbox, QueueSettings, unpack_payload
 from agent.service import Agent
 from sim.broker import Broker
 from sim.plant import PlantServer
@@ -106,6 +106,21 @@ async def running_agent(tmp_path: Path, text: str, *,
 
 
 # -- the durable queue and the agent as a real process ------------------------------------
+
+
+@asynccontextmanager
+async def running_queue(settings: QueueSettings, *, clock: Clock) -> AsyncIterator[DiskOutbox]:
+    """A DiskOutbox with its task running, as the service runs it; closed (committing
+    what is pending) on exit."""
+    queue = DiskOutbox(settings, clock=clock)
+    task = asyncio.create_task(queue.run(), name="queue")
+    try:
+        yield queue
+    finally:
+        await queue.aclose()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
 
 POLL_INTERVAL = 0.02  # how often conditions without an event (files, logs) are re-checked
 REPO_ROOT = Path(__file__).resolve().parent.parent

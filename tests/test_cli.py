@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent import __version__
-from agent.cli import main
+from agent.cli import CRASH_AFTER, main
 from agent.config import DEFAULT_PATH, MASK
+from sim.broker import free_port
 
 REPO = Path(__file__).parents[1]
 EXAMPLE = REPO / "config.example.toml"
 EXAMPLE_SECRET = "vjn6u1.~EQrKuOP4"  # the secret written in config.example.toml
 EX_CONFIG = 78
+EX_SOFTWARE = 70
+WAIT = 30.0
 
 SECRET = "s3cr3t-Pa55word"
 GOOD = f"""\
@@ -291,3 +297,98 @@ def test_process_accepts_the_example_config() -> None:
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith(f"{EXAMPLE}: OK\n")
     assert EXAMPLE_SECRET not in result.stdout
+
+
+# --- `run` as a real process: how it ends -------------------------------------------------
+
+
+def no_broker_config(tmp_path: Path) -> Path:
+    """An agent with nothing to poll and no broker listening: it runs and retries."""
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""\
+[thing]
+id = "gw-01"
+secret = "{SECRET}"
+
+[mqtt]
+host = "127.0.0.1"
+port = {free_port()}
+tls = false
+
+[queue]
+path = ":memory:"
+
+[log]
+format = "json"
+""")
+    return path
+
+
+class Ended:
+    def __init__(self, returncode: int, stdout: bytes, stderr: bytes) -> None:
+        self.returncode = returncode
+        self.stderr = stderr.decode()
+        self.records: list[dict[str, Any]] = [
+            json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [record for record in self.records if record["event"] == event]
+
+
+async def run_until_exit(config: Path, *, env: dict[str, str] | None = None,
+                         stop_after_start: bool = False) -> Ended:
+    """`python -m agent run --config CONFIG`; SIGTERM once it has started, if asked."""
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith("ORIO_AGENT_") and k != CRASH_AFTER}
+    environment.update(env or {}, PYTHONUNBUFFERED="1")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run", "--config", str(config), cwd=REPO,
+        env=environment, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(WAIT):
+            seen = b""
+            if stop_after_start:
+                while b'"agent_started"' not in seen:
+                    line = await process.stdout.readline()
+                    assert line, f"the agent exited before starting: {seen.decode()}"
+                    seen += line
+                process.send_signal(signal.SIGTERM)
+            rest, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return Ended(process.returncode, seen + rest, err)
+
+
+async def test_run_exits_70_with_one_log_line_when_an_unexpected_error_stops_it(
+    tmp_path: Path,
+) -> None:
+    """The error comes from the test-only hook ORIO_TEST_CRASH_AFTER (see agent/cli.py)."""
+    ended = await run_until_exit(no_broker_config(tmp_path), env={CRASH_AFTER: "0.5"})
+
+    assert (EX_SOFTWARE, "") == (ended.returncode, ended.stderr)
+    assert ["agent_started", "agent_failed"] == [
+        r["event"] for r in ended.records if r["event"] in ("agent_started", "agent_failed")]
+    assert 1 == sum("exception" in record for record in ended.records)  # the traceback once
+    [failed] = ended.events("agent_failed")
+    traceback = failed.pop("exception")
+    assert {"event": "agent_failed", "level": "error", "during": "run",
+            "error_type": "RuntimeError",
+            "error": f"RuntimeError: {CRASH_AFTER}=0.5: an injected failure",
+            "exit_status": EX_SOFTWARE} == {k: v for k, v in failed.items() if k != "ts"}
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert "ExceptionGroup" not in traceback  # the TaskGroup's wrapping is taken off
+
+
+async def test_run_stops_with_0_on_sigterm(tmp_path: Path) -> None:
+    ended = await run_until_exit(no_broker_config(tmp_path), stop_after_start=True)
+
+    assert (0, "") == (ended.returncode, ended.stderr)
+    assert 1 == len(ended.events("agent_stopped"))
+    assert [] == ended.events("agent_failed")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from structlog.testing import capture_logs
 from agent.clock import Clock
 from agent.diskqueue import DiskOutbox, QueueSettings, unpack_payload
 from agent.outbox import Message
+from agent.queuestore import SHM_BYTES, wal_limit_for
+from tests.helpers import running_queue
 
 TOPIC = "$thing/xY6Eie5hv/$data/b"
 GENEROUS = 5.0
@@ -19,9 +24,10 @@ GENEROUS = 5.0
 
 class Wall:
     ms = 1_800_000_000_000
+    boot_ms = 1000
 
 
-CLOCK = Clock(wall_ms=lambda: Wall.ms, boot_ms=lambda: 1000, boot_id="boot-1")
+CLOCK = Clock(wall_ms=lambda: Wall.ms, boot_ms=lambda: Wall.boot_ms, boot_id="boot-1")
 
 
 def settings(path: Path, **overrides: object) -> QueueSettings:
@@ -33,16 +39,20 @@ def settings(path: Path, **overrides: object) -> QueueSettings:
     return QueueSettings(**values)  # type: ignore[arg-type]
 
 
-def open_queue(path: Path, **overrides: object) -> DiskOutbox:
-    return DiskOutbox(settings(path, **overrides), clock=CLOCK)
+def running(path: Path, **overrides: object) -> AbstractAsyncContextManager[DiskOutbox]:
+    """A queue with its task running, closed (committing) on exit."""
+    return running_queue(settings(path, **overrides), clock=CLOCK)
 
 
 async def take(queue: DiskOutbox) -> Message:
     return await asyncio.wait_for(queue.take(), GENEROUS)
 
 
-def file_bytes(path: Path) -> bytes:
-    return path.read_bytes()
+async def until(condition: Callable[[], bool]) -> None:
+    """For conditions that have no event (the queue's counters)."""
+    async with asyncio.timeout(GENEROUS):
+        while not condition():  # noqa: ASYNC110 - counters have no event to await
+            await asyncio.sleep(0.01)
 
 
 def rows(path: Path) -> list[bytes]:
@@ -51,137 +61,235 @@ def rows(path: Path) -> list[bytes]:
                 for r in db.execute("SELECT payload, codec FROM messages ORDER BY seq")]
 
 
+def files_bytes(path: Path) -> int:
+    return sum(os.stat(f"{path}{s}").st_size for s in ("", "-wal", "-shm")
+               if os.path.exists(f"{path}{s}"))
+
+
 async def test_a_message_is_committed_before_it_can_be_taken(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path, commit_interval=60)
-    queue.put(TOPIC, b"[1]")
+    async with running(path, commit_interval=60) as queue:
+        queue.put(TOPIC, b"[1]")
 
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(queue.take(), 0.2)
-    queue.commit()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(queue.take(), 0.2)
+        await queue.flush()
 
-    assert [b"[1]"] == rows(path)
-    assert b"[1]" == (await take(queue)).payload
-    queue.close()
+        assert [b"[1]"] == rows(path)
+        assert b"[1]" == (await take(queue)).payload
+
+
+async def test_the_commit_comes_by_itself_after_commit_interval(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    async with running(path, commit_interval=0.1) as queue:
+        queue.put(TOPIC, b"[1]")
+        assert b"[1]" == (await take(queue)).payload
+        assert [b"[1]"] == rows(path)
 
 
 async def test_messages_go_oldest_first_and_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path)
-    for n in range(5):
-        queue.put(TOPIC, b"%d" % n)
-    queue.close()
+    async with running(path) as queue:
+        for n in range(5):
+            queue.put(TOPIC, b"%d" % n)
 
-    reopened = open_queue(path)
-    taken = [await take(reopened) for _ in range(5)]
+    async with running(path) as reopened:
+        taken = [await take(reopened) for _ in range(5)]
 
     assert [b"0", b"1", b"2", b"3", b"4"] == [m.payload for m in taken]
-    reopened.close()
 
 
 async def test_only_acknowledged_messages_are_deleted(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path)
-    for n in range(3):
-        queue.put(TOPIC, b"%d" % n)
-    queue.commit()
-    first, second = await take(queue), await take(queue)
+    async with running(path) as queue:
+        for n in range(3):
+            queue.put(TOPIC, b"%d" % n)
+        first, second = await take(queue), await take(queue)
 
-    queue.ack(first)
-    queue.release(second)
-    queue.close()
+        queue.ack(first)
+        queue.release(second)
 
     assert [b"1", b"2"] == rows(path)
 
 
 async def test_a_released_message_is_sent_again_before_newer_ones(tmp_path: Path) -> None:
-    queue = open_queue(tmp_path / "q.db")
-    for n in range(3):
-        queue.put(TOPIC, b"%d" % n)
-    queue.commit()
-    first, second = await take(queue), await take(queue)
+    async with running(tmp_path / "q.db") as queue:
+        for n in range(3):
+            queue.put(TOPIC, b"%d" % n)
+        first, second = await take(queue), await take(queue)
 
-    queue.release(second)
-    queue.release(first)
+        queue.release(second)
+        queue.release(first)
 
-    assert [b"0", b"1", b"2"] == [(await take(queue)).payload for _ in range(3)]
-    queue.close()
+        assert [b"0", b"1", b"2"] == [(await take(queue)).payload for _ in range(3)]
 
 
-async def test_beyond_max_bytes_exactly_the_oldest_are_dropped_and_counted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_bytes", [64 * 1024, 1024 * 1024])
+async def test_the_files_stay_within_max_bytes_and_exactly_the_oldest_are_dropped(
+    tmp_path: Path, max_bytes: int,
+) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path, max_bytes=100)
-    with capture_logs() as logs:
-        for n in range(15):
-            queue.put(TOPIC, b"%010d" % n)  # 10 bytes each
-        queue.commit()
+    size = 1000
+    count = 3 * max_bytes // size
+    peak = 0
+    async with running(path, max_bytes=max_bytes) as queue:
+        for n in range(count):
+            queue.put(TOPIC, b"%06d" % n + os.urandom(size - 6))  # incompressible
+            if n % 20 == 19:
+                await queue.flush()
+                peak = max(peak, files_bytes(path))
+        await queue.flush()
+        dropped = queue.stats().dropped_total
+        kept = [int(p[:6]) for p in rows(path)]
 
-    assert [b"%010d" % n for n in range(5, 15)] == rows(path)
-    assert 5 == queue.stats().dropped_total
-    dropped = [e for e in logs if e["event"] == "queue_dropped_oldest"]
-    assert [("max_bytes", 5, 50)] == [(e["reason"], e["messages"], e["bytes"]) for e in dropped]
-    queue.close()
+    assert list(range(count - len(kept), count)) == kept, "a contiguous run of the newest"
+    assert count - len(kept) == dropped
+    allowance = max(64 * 1024, max_bytes // 16)
+    assert peak <= max_bytes + allowance, f"files reached {peak} for max_bytes {max_bytes}"
+    assert len(kept) * size > (max_bytes - wal_limit_for(max_bytes) - SHM_BYTES) // 3
 
 
-async def test_messages_older_than_max_age_are_dropped(tmp_path: Path) -> None:
+async def test_messages_older_than_max_age_are_dropped_from_the_file(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path, max_age=60.0)
-    Wall.ms -= 120_000
-    queue.put(TOPIC, b"old")
-    Wall.ms += 120_000
-    queue.put(TOPIC, b"new")
-    queue.commit()
+    async with running(path, max_age=60.0) as queue:
+        Wall.ms -= 120_000
+        queue.put(TOPIC, b"old")
+        Wall.ms += 120_000
+        queue.put(TOPIC, b"new")
+        await queue.flush()
+        await until(lambda: queue.stats().dropped_total == 1)  # the first sweep, at once
 
-    assert [b"new"] == rows(path)
-    assert 1 == queue.stats().dropped_total
-    queue.close()
+        assert [b"new"] == rows(path)
+
+
+async def test_a_message_past_max_age_when_it_is_taken_is_dropped_not_sent(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    async with running(path, max_age=5.0) as queue:
+        queue.put(TOPIC, b"made-before-the-outage")
+        await queue.flush()
+        Wall.boot_ms += 6_000  # six seconds later, by the clock that is never stepped
+        queue.put(TOPIC, b"fresh")
+        with capture_logs() as logs:
+            taken = await take(queue)
+            await until(lambda: any(e["event"] == "queue_dropped_oldest" for e in logs))
+
+        assert b"fresh" == taken.payload
+        assert 1 == queue.stats().dropped_total
+        [event] = [e for e in logs if e["event"] == "queue_dropped_oldest"]
+        assert ("max_age", 1) == (event["reason"], event["messages"])
+    Wall.boot_ms = 1000
 
 
 async def test_messages_in_flight_are_never_dropped_for_space(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path, max_bytes=20)
-    queue.put(TOPIC, b"%010d" % 0)
-    queue.commit()
-    in_flight = await take(queue)
-    for n in range(1, 4):
-        queue.put(TOPIC, b"%010d" % n)
-    queue.commit()
+    async with running(path, max_bytes=64 * 1024) as queue:
+        queue.put(TOPIC, b"%06d" % 0 + os.urandom(994))
+        in_flight = await take(queue)
+        for n in range(1, 300):
+            queue.put(TOPIC, b"%06d" % n + os.urandom(994))
+        await queue.flush()
+        kept = [int(p[:6]) for p in rows(path)]
 
-    assert [in_flight.payload, b"%010d" % 3] == rows(path)
-    queue.close()
+    assert 0 == kept[0], "the message in flight stays"
+    assert 299 == kept[-1]
+    assert in_flight.payload == rows(path)[0]
 
 
 async def test_backlog_is_replayed_at_the_rate_while_live_messages_pass(tmp_path: Path) -> None:
-    queue = open_queue(tmp_path / "q.db", replay_rate=5.0)
-    for n in range(20):
-        queue.put(TOPIC, b"old%d" % n)
-    queue.commit()
-    queue.mark_backlog()
-    queue.put(TOPIC, b"live")
-    queue.commit()
+    async with running(tmp_path / "q.db", replay_rate=5.0) as queue:
+        for n in range(20):
+            queue.put(TOPIC, b"old%d" % n)
+        await queue.flush()
+        queue.mark_backlog()
+        queue.put(TOPIC, b"live")
+        await queue.flush()
 
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    taken = [(await take(queue)).payload for _ in range(6)]
-    elapsed = loop.time() - start
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        taken = [(await take(queue)).payload for _ in range(6)]
+        elapsed = loop.time() - start
 
     assert b"live" in taken[:2], "the live message does not wait for the backlog"
     assert [b"old0", b"old1", b"old2", b"old3", b"old4"] == [p for p in taken if p != b"live"]
     assert elapsed >= 0.5, "5 backlog messages at 5/s take most of a second"
-    queue.close()
+
+
+async def test_live_messages_do_not_wait_behind_a_long_backlog(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    async with running(path, replay_rate=50.0) as queue:
+        for n in range(6000):
+            queue.put(TOPIC, b'[{"id":"n","value":%d}]' % n)
+        await queue.flush()
+    async with running(path, replay_rate=50.0) as queue:  # restarted with the backlog
+        queue.mark_backlog()
+        loop = asyncio.get_running_loop()
+        latencies = []
+        for n in range(5):
+            queue.put(TOPIC, b"live%d" % n)
+            made = loop.time()
+            while (message := await take(queue)).payload != b"live%d" % n:
+                queue.ack(message)  # backlog interleaved at its rate
+            queue.ack(message)
+            latencies.append(loop.time() - made)
+        backlog = queue.stats().backlog
+
+    assert max(latencies) < 1.0, f"live waited {max(latencies):.2f} s behind the backlog"
+    assert backlog > 5000, "the backlog is still being replayed behind the live data"
 
 
 async def test_unlimited_replay_rate_sends_the_backlog_at_once(tmp_path: Path) -> None:
-    queue = open_queue(tmp_path / "q.db", replay_rate=0.0)
-    for n in range(300):
-        queue.put(TOPIC, b"%d" % n)
-    queue.commit()
-    queue.mark_backlog()
+    async with running(tmp_path / "q.db", replay_rate=0.0) as queue:
+        for n in range(300):
+            queue.put(TOPIC, b"%d" % n)
+        await queue.flush()
+        queue.mark_backlog()
 
-    taken = [(await take(queue)).payload for _ in range(300)]
+        taken = [(await take(queue)).payload for _ in range(300)]
 
     assert [b"%d" % n for n in range(300)] == taken
-    queue.close()
+
+
+async def test_a_long_outage_is_replayed_whole_from_disk_and_memory(tmp_path: Path) -> None:
+    """More than memory holds: the oldest are read back from the file, nothing twice."""
+    async with running(tmp_path / "q.db", replay_rate=0.0) as queue:
+        for n in range(3000):
+            queue.put(TOPIC, b"%05d" % n + os.urandom(1000))  # 3 MB: most leave memory
+            if n % 100 == 99:
+                await queue.flush()
+        await queue.flush()
+        queue.mark_backlog()
+        taken = []
+        for _ in range(3000):
+            message = await take(queue)
+            taken.append(int(message.payload[:5]))
+            queue.ack(message)
+
+    assert list(range(3000)) == taken
+
+
+async def test_a_reconnect_during_replay_starts_the_backlog_over_without_repeats(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path / "q.db", replay_rate=0.0) as queue:
+        for n in range(1000):
+            queue.put(TOPIC, b"%05d" % n)
+        await queue.flush()
+        queue.mark_backlog()
+        sent = []
+        for _ in range(400):
+            message = await take(queue)
+            sent.append(int(message.payload))
+            queue.ack(message)
+        in_flight = [await take(queue) for _ in range(10)]
+        for message in in_flight:
+            queue.release(message)  # the connection dropped
+        queue.mark_backlog()
+        for _ in range(600):
+            message = await take(queue)
+            sent.append(int(message.payload))
+            queue.ack(message)
+
+    assert list(range(1000)) == sent
 
 
 async def test_a_corrupt_file_is_moved_aside_and_a_new_queue_started(tmp_path: Path) -> None:
@@ -189,29 +297,28 @@ async def test_a_corrupt_file_is_moved_aside_and_a_new_queue_started(tmp_path: P
     path.write_bytes(b"this is not a database, it is garbage" * 100)
 
     with capture_logs() as logs:
-        queue = open_queue(path)
-    queue.put(TOPIC, b"fresh")
-    queue.commit()
+        async with running(path) as queue:
+            queue.put(TOPIC, b"fresh")
+            await queue.flush()
+            assert [b"fresh"] == rows(path)
 
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("q.db.corrupt-")]
     assert 1 == len(aside)
-    assert b"garbage" in file_bytes(aside[0])
+    assert b"garbage" in aside[0].read_bytes()
     [event] = [e for e in logs if e["event"] == "queue_corrupt_moved_aside"]
     assert (str(path), str(aside[0])) == (event["path"], event["moved_to"])
     assert "error" == event["log_level"]
-    assert [b"fresh"] == rows(path)
-    queue.close()
 
 
 async def test_inserts_and_deletes_are_grouped_into_few_commits(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path, commit_interval=0.2, ack_batch=1000)
-    for n in range(100):
-        queue.put(TOPIC, b"%d" % n)
-    taken = [await take(queue) for _ in range(100)]  # the first waits for the timed commit
-    for message in taken:
-        queue.ack(message)
-    queue.close()  # commits the deletions
+    async with running(path, commit_interval=0.2, ack_batch=1000) as queue:
+        for n in range(100):
+            queue.put(TOPIC, b"%d" % n)
+        taken = [await take(queue) for _ in range(100)]  # the first waits for the timed commit
+        for message in taken:
+            queue.ack(message)
+    # closing commits the deletions
 
     assert 2 == queue.commits
     assert [] == rows(path)
@@ -219,37 +326,39 @@ async def test_inserts_and_deletes_are_grouped_into_few_commits(tmp_path: Path) 
 
 async def test_large_payloads_are_stored_compressed_and_come_back_whole(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path)
     payload = b"[" + b",".join(
         b'{"id":"temperature_%d","value":21.5,"timestamp":"1800000000000"}' % n
         for n in range(100)) + b"]"
-    queue.put(TOPIC, payload)
-    queue.commit()
+    async with running(path) as queue:
+        queue.put(TOPIC, payload)
+        await queue.flush()
 
-    with sqlite3.connect(path) as db:
-        stored, codec = db.execute("SELECT payload, codec FROM messages").fetchone()
-    assert 1 == codec
-    assert len(stored) * 4 < len(payload)
-    assert payload == (await take(queue)).payload
-    queue.close()
+        with sqlite3.connect(path) as db:
+            stored, codec = db.execute("SELECT payload, codec FROM messages").fetchone()
+        assert 1 == codec
+        assert len(stored) * 4 < len(payload)
+        assert payload == (await take(queue)).payload
 
 
 async def test_depth_and_bytes_follow_the_file_through_acks_drops_and_supersedes(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "q.db"
-    queue = open_queue(path, max_bytes=100)
-    for n in range(15):
-        queue.put(TOPIC, b"%010d" % n)  # 10 bytes each, stored raw: 5 dropped for space
-    queue.put("$thing/gw/$conf/$reported/g", b"first-report")
-    queue.commit()
-    queue.ack(await take(queue))
-    queue.put("$thing/gw/$conf/$reported/g", b"newer-report", replace=True)
-    queue.commit()
+    async with running(path, max_bytes=64 * 1024) as queue:
+        for _ in range(150):
+            queue.put(TOPIC, os.urandom(1000))  # some dropped for space
+        queue.put("$thing/gw/$conf/$reported/g", b"first-report")
+        await queue.flush()
+        queue.ack(await take(queue))
+        queue.put("$thing/gw/$conf/$reported/g", b"newer-report", replace=True)
+        await queue.flush()
 
-    with sqlite3.connect(path) as db:
-        count, size = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()
-    stats = queue.stats()
-    assert (count, size) == (stats.depth, stats.depth_bytes)
-    queue.close()
+        with sqlite3.connect(path) as db:
+            count, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()
+            reports = db.execute("SELECT COUNT(*) FROM messages WHERE topic LIKE '%reported%'"
+                                 ).fetchone()[0]
+        stats = queue.stats()
+        assert (count, size) == (stats.depth, stats.depth_bytes)
+        assert 1 == reports
+        assert 0 < stats.dropped_total

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import os
 import resource
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent import nmea
+from agent.config import SerialConfig
+from agent.instrument import Instrument
 from agent.lines import LineFramer
+from agent.readings import Reading
 from agent.service import Agent
+from agent.supervise import supervise
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.gps import sentence
@@ -90,7 +96,7 @@ def instrument_end(pair: PtyPair) -> Iterator[int]:
         os.close(fd)
 
 
-async def logged(logs: list[dict[str, object]], event: str) -> None:
+async def logged(logs: Sequence[MutableMapping[str, Any]], event: str) -> None:
     await poll_until(lambda: any(e["event"] == event for e in logs), timeout=WAIT,
                      what=f"the log line {event}")
 
@@ -288,3 +294,110 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
                                          timeout=WAIT)
     finally:
         pair.stop()
+
+
+# -- failures inside an instrument: structural, logged, restarted --------------------------
+
+
+def counter_instrument(name: str, device: str) -> SerialConfig:
+    """Lines `V=<n>`, sampled every 0.1 s."""
+    return SerialConfig.model_validate({
+        "name": name, "device": device, "bucket": "s", "format": "regex",
+        "pattern": r"^V=(?P<v>\d+)$", "interval": 0.1,
+        "points": [{"id": "v", "field": "v", "value_type": "integer"}],
+    })
+
+
+async def count_lines(fd: int) -> None:
+    """A simple instrument on the other end of the line: V=1, V=2, ... at 20 Hz."""
+    for n in itertools.count(1):
+        os.write(fd, b"V=%d\n" % n)
+        await asyncio.sleep(0.05)  # the instrument's own pace, not a wait for a condition
+
+
+class HandOff:
+    """Where an instrument's readings go; `fail_once()` makes the next hand-off raise."""
+
+    def __init__(self) -> None:
+        self.values: list[int] = []
+        self._arrived = asyncio.Event()
+        self._fail = False
+
+    def emit(self, reading: Reading) -> None:
+        if self._fail:
+            self._fail = False
+            raise RuntimeError("hand-off failed")
+        assert isinstance(reading.value, int)
+        self.values.append(reading.value)
+        self._arrived.set()
+
+    def fail_once(self) -> None:
+        self._fail = True
+
+    async def more_than(self, count: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(self.values) <= count:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+async def test_a_raising_hand_off_is_logged_and_the_instrument_restarted_the_other_unaffected(
+    tmp_path: Path, pty_pair: PtyPair,
+) -> None:
+    failing, steady = HandOff(), HandOff()
+    gps = Instrument(config=counter_instrument("gps", pty_pair.device_b), emit=failing.emit)
+    with PtyPair(tmp_path / "pty-other") as other_pair, \
+            instrument_end(pty_pair) as gps_end, instrument_end(other_pair) as other_end, \
+            capture_logs() as logs:
+        other = Instrument(config=counter_instrument("scale", other_pair.device_b),
+                           emit=steady.emit)
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(count_lines(gps_end), name="line[gps]"),
+                group.create_task(count_lines(other_end), name="line[scale]"),
+                *(group.create_task(supervise(f"serial[{i.name}]", i.run, backoff_min=0.1,
+                                              backoff_max=0.5), name=f"serial[{i.name}]")
+                  for i in (gps, other)),
+            ]
+            await failing.more_than(0)
+            await steady.more_than(0)
+            failing.fail_once()
+            await logged(logs, "source_failed")
+            before_restart, other_before = len(failing.values), len(steady.values)
+            await failing.more_than(before_restart)  # read from the pty again
+            await steady.more_than(other_before + 2)
+            for task in tasks:
+                task.cancel()
+
+    [failed] = [e for e in logs if e["event"] == "source_failed"]
+    assert ("error", "serial[gps]", 1, "RuntimeError: hand-off failed") == (
+        failed["log_level"], failed["source"], failed["restarts"], failed["error"])
+    assert isinstance(failed["exc_info"], RuntimeError)
+    assert [] == [e for e in logs if e["event"] == "instrument_lost"]
+    assert failing.values[before_restart] > failing.values[before_restart - 1]
+    assert steady.values == sorted(set(steady.values))  # fresh samples all along
+
+
+async def test_an_error_while_framing_a_line_ends_run_with_it_and_closes_the_port(
+    pty_pair: PtyPair,
+) -> None:
+    """The reader callback's failure is not left to the loop's exception handler."""
+    def broken_clock() -> int:
+        raise OverflowError("clock broke")
+
+    instrument = Instrument(config=counter_instrument("inst", pty_pair.device_b),
+                            emit=lambda reading: None, wall_ms=broken_clock)
+    with instrument_end(pty_pair) as fd:
+        task = asyncio.create_task(instrument.run(), name="serial[inst]")
+        await asyncio.wait_for(instrument.open.wait(), WAIT)
+        os.write(fd, b"V=1\n")
+        with pytest.raises(ExceptionGroup) as caught:
+            await asyncio.wait_for(task, WAIT)
+
+    assert caught.group_contains(OverflowError, match="clock broke")
+    assert not instrument.open.is_set()
+    device = os.open(pty_pair.device_b, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.flock(device, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the agent's lock is gone
+    finally:
+        os.close(device)
