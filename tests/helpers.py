@@ -236,6 +236,14 @@ class AgentProcess:
         process.kill()
         self.returncodes.append(await process.wait())
 
+    async def wait(self, *, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109 - a default
+        """Until the agent exits by itself: its exit status."""
+        process = self._running_process()
+        async with asyncio.timeout(timeout):
+            code = await process.wait()
+        self.returncodes.append(code)
+        return code
+
     async def stop(self, *, timeout: float = STOP_TIMEOUT) -> int:  # noqa: ASYNC109 - a default
         """SIGTERM and wait for the exit status."""
         process = self._running_process()

@@ -311,6 +311,34 @@ async def test_nothing_committed_is_lost_when_the_agent_is_killed_while_the_brok
            broker_redeliveries_to_cloud=cloud_redeliveries(broker))
 
 
+async def test_an_unexpected_failure_still_commits_what_the_open_batches_hold(
+    tmp_path: Path, broker: Broker, sim_unit: SimUnit, tcp_plant: PlantServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error that stops the agent (exit 70) goes through the same teardown as SIGTERM:
+    the open batches go into the queue and are committed before the process exits.
+    Batches here close only after a minute and commits wait a minute: whatever is in the
+    file was put there by the teardown."""
+    sim_unit.count_reads("holding", 0)
+    queue_path = tmp_path / "queue.db"
+    config_path = write_config(tmp_path, durable_agent_toml(
+        broker, counting_device(tcp_plant, interval=0.1), queue_path=queue_path,
+        batch="max_delay = 60\nmax_readings = 100000", queue="commit_interval = 60"))
+    await broker.stop_async()
+    monkeypatch.setenv("ORIO_TEST_CRASH_AFTER", "2")  # cli.py's test-only failure
+    async with AgentProcess(config_path, log_dir=tmp_path) as agent:
+        await agent.start()
+        status = await agent.wait()
+    polled = reads(sim_unit)
+    kept = queued_numbers(queue_path)
+    [failed] = agent.events("agent_failed")
+
+    assert 70 == status
+    assert "RuntimeError" == failed["error_type"]
+    assert polled >= 10
+    assert set(range(1, polled)) <= kept, f"lost at the failure: {runs(set(range(1, polled)) - kept)}"
+
+
 def _committed_from(queue_path: Path, first: int) -> bool:
     return max(queued_numbers(queue_path), default=0) >= first
 
