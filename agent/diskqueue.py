@@ -175,6 +175,9 @@ class DiskOutbox:
 
     def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
             replace: bool = False) -> None:
+        if self._closed:
+            log.error("queue_put_after_close", topic=topic, bytes=len(payload))
+            return
         if replace:
             self._supersede(topic)
         self._seq += 1

@@ -221,9 +221,7 @@ class Agent:
                 self.batcher.flush_all()
                 await self._drain(DRAIN_ON_STOP)
                 await self._stop_link(link)
-                await _cancel(steady)
-                await self.outbox.aclose()
-                await _cancel([queue])
+                await _cancel([*steady, queue])
         finally:
             # Whatever stopped the agent: what the batches hold goes into the queue, and
             # the queue commits it before the file is closed.

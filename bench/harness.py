@@ -21,6 +21,10 @@ Scenarios (see bench/README.md for what each figure means):
   (``--readings``), the plant then paused; the broker started again and the time until the
   subscriber has all of them measured (queue replay unlimited), with the agent's CPU,
   peak memory and disk writes during that drain.
+- ``soak``: the ``workload`` for a long time (30 min by default) with the broker restarted
+  every 180 s (``--restart-every``, down ``--outage`` s each time); the agent's memory
+  sampled every 5 s, and after the warm-up its slope by least squares (MB/hour) and its
+  growth (:mod:`bench.soak`), besides the readings delivered and lost.
 
 Exit status: 0, or 1 when in some run the agent crashed or nothing was delivered.
 Benchmarks are not tests: no figure is compared with a target here.
@@ -53,7 +57,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.diskqueue import unpack_payload
-from bench import line, procfs, values
+from bench import line, procfs, soak, values
 from bench.plant import PlantSpec
 from bench.subscriber import PointState, Subscriber
 from sim.broker import Broker, find_binary
@@ -140,9 +144,23 @@ class RunSpec:
     duration: float  # the measurement window; backlog: the longest the drain is waited for
     queue: QueueSpec = QueueSpec()
     backlog: int | None = None  # readings to queue while the broker is down
+    soak: SoakSpec | None = None
+    agent_env: tuple[tuple[str, str], ...] = ()  # added to the agent's environment
 
 
-SCENARIOS = ("workload", "ceiling", "rtu", "smoke", "backlog")
+@dataclass(frozen=True, slots=True)
+class SoakSpec:
+    restart_every: float  # seconds from one broker stop to the next
+    outage: float  # seconds the broker stays down each time
+    sample_every: float  # seconds between memory samples of the agent
+
+
+SOAK_RESTART_EVERY = 180.0
+SOAK_OUTAGE = 5.0
+SOAK_SAMPLE_EVERY = 5.0
+
+
+SCENARIOS = ("workload", "ceiling", "rtu", "smoke", "backlog", "soak")
 GIB = 1024 * 1024 * 1024
 BACKLOG_READINGS = 1_000_000
 _DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
@@ -156,6 +174,8 @@ _DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
     # The ceiling's plant fills the queue fastest; "duration" bounds the drain.
     "backlog": (Layout("tcp", 20, 125, "uint16", 0.001),
                 BatchSpec(max_readings=1000, max_bytes=262144), 5.0, 300.0),
+    # The workload, long, through broker restarts; the warm-up covers the first restart.
+    "soak": (Layout("tcp", 20, 50, "float32", 1.0), BatchSpec(), 300.0, 1800.0),
 }
 _QUEUES: dict[str, QueueSpec] = {
     "backlog": QueueSpec(replay_rate=0, max_bytes=GIB),  # replay unlimited, nothing dropped
@@ -181,13 +201,17 @@ def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
     duration = args.duration if args.duration is not None else duration
     queue = _QUEUES.get(scenario, QueueSpec())
     backlog = (args.readings or BACKLOG_READINGS) if scenario == "backlog" else None
+    soaking = SoakSpec(args.restart_every, args.outage, args.sample_every) if (
+        scenario == "soak") else None
+    agent_env = tuple(args.agent_env)
     if layout.transport == "tcp":
-        return [RunSpec(scenario, layout, batch, warmup, duration, queue, backlog)]
+        return [RunSpec(scenario, layout, batch, warmup, duration, queue, backlog, soaking,
+                        agent_env)]
     lines = {"pty": (False,), "line": (True,), "both": (False, True)}[args.line]
     return [
         RunSpec(f"rtu-{baud}-{'line' if emulate else 'pty'}",
                 dataclasses.replace(layout, baudrate=baud, emulate_line=emulate),
-                batch, warmup, duration)
+                batch, warmup, duration, agent_env=agent_env)
         for baud in args.baud for emulate in lines
     ]
 
@@ -533,6 +557,9 @@ class BenchRun:
         self.busy_before: float | None = None
         self.hold_checks = False  # backlog: the subscriber only records during the drain
         self.backlog: dict[str, Any] = {}
+        self.started = 0.0  # time.monotonic() when the agent was started
+        self.memory: list[procfs.MemorySample] = []  # soak
+        self.soak: dict[str, Any] = {}
 
     async def run(self) -> dict[str, Any]:
         spec, directory = self.spec, self.directory
@@ -543,11 +570,13 @@ class BenchRun:
             _say(f"warning: the machine is {self.busy_before:.0f} % busy before the run "
                  "(other processes): CPU-bound figures will be low")
         backlog = spec.backlog is not None
+        # backlog and soak stop the broker with the agent running: nothing may be lost there.
+        persistent = backlog or spec.soak is not None
         async with contextlib.AsyncExitStack() as stack:
             # backlog: the subscriber's session (its subscription and what is queued for it)
             # survives the broker's restart, so nothing the agent sends before the subscriber
             # is back is lost.
-            broker = QuietBroker(directory / "broker", persistence=backlog)
+            broker = QuietBroker(directory / "broker", persistence=persistent)
             broker.start()
             stack.callback(broker.stop)
             device = None
@@ -563,7 +592,8 @@ class BenchRun:
             plant = await PlantProcess.start(plant_spec, directory / "plant.log")
             stack.push_async_callback(plant.stop)
             subscriber = Subscriber(broker, self._points(), health_bucket=HEALTH_BUCKET,
-                                    clean_session=not backlog)
+                                    clean_session=not persistent,
+                                    late=spec.soak is not None)
             await subscriber.connect(timeout=START_TIMEOUT)
             stack.push_async_callback(_disconnect, subscriber)
 
@@ -575,13 +605,15 @@ class BenchRun:
             argv = agent_command("run", "--config", str(config_path), profile=self.profile_path,
                                  memory=self.memory_path)
             agent = await Child.spawn("agent", argv, log_path=directory / "agent.log",
-                                      env=agent_environment())
+                                      env={**agent_environment(), **dict(spec.agent_env)})
+            self.started = time.monotonic()
             stack.push_async_callback(agent.stop, signal.SIGTERM, STOP_TIMEOUT)
             _say(f"{spec.name}: agent pid {agent.pid} ({shlex.join(argv)}); "
                  f"warming up {spec.warmup:g} s, then measuring {spec.duration:g} s")
 
             checker = asyncio.create_task(self._process_forever(subscriber), name="subscriber")
-            measure = self._measure_backlog if backlog else self._measure
+            measure = (self._measure_backlog if backlog else
+                       self._measure_soak if spec.soak is not None else self._measure)
             try:
                 first, last, stop = await measure(agent, plant, broker, subscriber)
             finally:
@@ -603,6 +635,70 @@ class BenchRun:
         last = await self._snapshot(agent.pid, pids, plant)
         # Readings made near the end of the window are still in their batch or the queue:
         # let them go out before the stop, so the window's figures are whole.
+        await self._watch(agent, self.spec.batch.max_delay + SETTLE_MARGIN, sample=False)
+        stop = await self._stop_agent(agent, plant, subscriber)
+        return first, last, stop
+
+    async def _measure_soak(self, agent: Child, plant: PlantProcess, broker: Broker,
+                            subscriber: Subscriber) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
+        """The workload for warm-up + duration, the broker stopped every `restart_every` s
+        (counted from the agent's start) for `outage` s; the agent's memory sampled every
+        `sample_every` s throughout. The window is the time after the warm-up."""
+        spec, soaking = self.spec, self.spec.soak
+        assert soaking is not None
+        # The broker's pid changes at every restart: its CPU is not followed here.
+        pids: dict[str, int | None] = {"plant": plant.child.pid, "harness": os.getpid()}
+        window_start = self.started + spec.warmup
+        end = window_start + spec.duration
+        next_restart = self.started + soaking.restart_every
+        next_sample = self.started
+        back_at: float | None = None  # while the broker is down: when it is started again
+        restarts: list[float] = []
+        first: Snapshot | None = None
+        while agent.returncode is None:
+            now = time.monotonic()
+            if first is None and now >= window_start:
+                first = await self._snapshot(agent.pid, pids, plant)
+            if now >= next_sample:
+                if (sample := procfs.memory(agent.pid)) is not None:
+                    self.memory.append(sample)
+                    if first is not None:
+                        self.rss_kib.append(sample.rss_kib)
+                next_sample += soaking.sample_every
+            if back_at is None and now >= end:
+                break
+            if back_at is None and now >= next_restart:
+                await broker.stop_async()
+                restarts.append(now)
+                back_at = now + soaking.outage
+                next_restart += soaking.restart_every
+            elif back_at is not None and now >= back_at:
+                await broker.start_async()
+                back_at = None
+                minutes = (time.monotonic() - self.started) / 60
+                rss = self.memory[-1].rss_kib / 1024 if self.memory else 0.0
+                _say(f"broker back ({len(restarts)} restarts) at {minutes:.1f} min; "
+                     f"agent RSS {rss:.1f} MiB")
+            wake = min(next_sample, back_at or next_restart, end if first else window_start)
+            await self._watch(agent, max(0.0, wake - time.monotonic()), sample=False)
+        if first is None:
+            raise HarnessError("the agent exited during the warm-up; log tail:\n"
+                               f"{_tail(self.directory / 'agent.log')}")
+        last = await self._snapshot(agent.pid, pids, plant)
+        self.soak.update(soak.summarize(self.memory, start=self.started,
+                                        window_start=window_start, restarts=restarts))
+        self.soak.update({
+            "restart_every_s": soaking.restart_every,
+            "outage_s": soaking.outage,
+            "sample_every_s": soaking.sample_every,
+            "broker_restarts": len(restarts),
+            "broker_restarts_s": [round(r - self.started, 1) for r in restarts],
+            # Seconds since the agent's start; KiB: VmRSS, private dirty, anonymous, C heap
+            # (size, resident).
+            "samples": [[round(m.at - self.started, 1), m.rss_kib, m.private_dirty_kib,
+                         m.anonymous_kib, m.heap_size_kib, m.heap_rss_kib]
+                        for m in self.memory],
+        })
         await self._watch(agent, self.spec.batch.max_delay + SETTLE_MARGIN, sample=False)
         stop = await self._stop_agent(agent, plant, subscriber)
         return first, last, stop
@@ -857,7 +953,7 @@ class BenchRun:
             "batch": dataclasses.asdict(spec.batch),
             "warmup_s": spec.warmup,
             "window_s": round(window, 3),
-            "run_dir": str(self.directory.relative_to(REPO)),
+            "run_dir": _shown(self.directory),
             "check_config": dataclasses.asdict(plan),
             "agent": {**stop, **self._agent_figures(first, last)},
             "requests_per_s": _rate(last.plant.requests - first.plant.requests, plant_seconds),
@@ -916,6 +1012,8 @@ class BenchRun:
                 round(drain_written / backlog["queued_payload_bytes"], 3)
                 if drain_written is not None and backlog["queued_payload_bytes"] else None)
             result["backlog"] = backlog
+        if spec.soak is not None:
+            result["soak"] = self.soak
         if layout.transport == "rtu":
             theory = line.max_requests_per_second(layout.baudrate, layout.registers_per_unit)
             result["rtu"] = {
@@ -927,9 +1025,9 @@ class BenchRun:
                     100 * (result["requests_per_s"] or 0) / theory, 1),
             }
         if self.profile_path is not None:
-            result["profile"] = str(self.profile_path.relative_to(REPO))
+            result["profile"] = _shown(self.profile_path)
         if self.memory_path is not None:
-            result["memory_trace"] = str(self.memory_path.relative_to(REPO))
+            result["memory_trace"] = _shown(self.memory_path)
         result["agent"]["pid"] = agent.pid
         return result
 
@@ -1066,6 +1164,11 @@ def _queue_size(state: Path) -> int | None:
     return sum(path.stat().st_size for path in files) if files else None
 
 
+def _shown(path: Path) -> str:
+    """A path as the report gives it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
@@ -1159,6 +1262,19 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("drain: agent CPU % (one core)", ("backlog", "drain_agent_cpu_percent"), "{:.1f}"),
     ("drain: agent bytes written", ("backlog", "drain_write_bytes"), "{:,}"),
     ("drain: VmHWM reset at broker start", ("backlog", "peak_rss_reset"), "{}"),
+    ("soak: broker restarts (every s, down s)", (), "restarts"),
+    ("soak: window hours (samples)", (), "window"),
+    ("soak: RSS MiB after warm-up / at end", (), "soak:rss:levels"),
+    ("soak: RSS slope MB/h (stderr)", (), "soak:rss:slope"),
+    ("soak: RSS slope between restarts MB/h", ("soak", "rss", "slope_between_restarts_mb_per_h"),
+     "{:.3f}"),
+    ("soak: RSS growth MB, fitted / measured", (), "soak:rss:growth"),
+    ("soak: RSS growth over 2 h at that slope, MB", ("soak", "rss", "projected_growth_mb_2h"),
+     "{:.2f}"),
+    ("soak: private dirty slope MB/h (stderr)", (), "soak:private_dirty:slope"),
+    ("soak: C heap resident MiB, start / end", (), "soak:heap_rss:levels"),
+    ("soak: C heap resident slope MB/h (stderr)", (), "soak:heap_rss:slope"),
+    ("soak: late readings (after a newer one)", (), "late"),
     ("queue file bytes", ("queue_file_bytes",), "{:,}"),
     ("malformed / wrong / stale / repeated", (), "checks"),
     ("agent exit status", ("agent", "exit_status"), "{}"),
@@ -1180,6 +1296,10 @@ def _cell(result: dict[str, Any], path: tuple[str, ...], fmt: str) -> str:
                                                        "repeated"))
     if fmt == "missing":
         return f"{result['readings_missing']:,} ({result['in_flight_allowance']:,})"
+    if fmt == "late":
+        return f"{result['subscriber']['late']:,}" if "soak" in result else "-"
+    if fmt.startswith("soak:") or fmt in ("restarts", "window"):
+        return _soak_cell(result.get("soak"), fmt)
     value: Any = result
     for key in path:
         if not isinstance(value, dict) or key not in value:
@@ -1188,6 +1308,27 @@ def _cell(result: dict[str, Any], path: tuple[str, ...], fmt: str) -> str:
     if value is None:
         return "n/a"
     return fmt.format(value)
+
+
+def _soak_cell(figures: dict[str, Any] | None, fmt: str) -> str:
+    if figures is None:
+        return "-"
+    if fmt == "restarts":
+        return (f"{figures['broker_restarts']} ({figures['restart_every_s']:g}, "
+                f"{figures['outage_s']:g})")
+    if fmt == "window":
+        return f"{figures.get('window_hours', 0):.2f} ({figures['samples_in_window']})"
+    _, series, what = fmt.split(":")
+    line = figures.get(series)
+    if line is None:
+        return "n/a"
+    if what == "levels":
+        return f"{line['start_mib']:.1f} / {line['end_mib']:.1f}"
+    if what == "slope":
+        stderr = line["slope_stderr_mb_per_h"]
+        return f"{line['slope_mb_per_h']:.3f} ({stderr:.3f})" if stderr is not None else (
+            f"{line['slope_mb_per_h']:.3f}")
+    return f"{line['fitted_growth_mb']:.2f} / {line['measured_growth_mb']:.2f}"
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -1213,10 +1354,17 @@ def profile_summary(path: Path, limit: int = 25) -> str:
         stats = pstats.Stats(str(path), stream=stream)
         stats.strip_dirs().sort_stats("tottime").print_stats(limit)
         stats.sort_stats("cumulative").print_stats(limit)
-    return str(out.relative_to(REPO))
+    return _shown(out)
 
 
 # -- command line ----------------------------------------------------------------------------
+
+
+def _env_item(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1240,6 +1388,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         default=list(RTU_BAUDRATES), help="rtu: baud rates, comma separated")
     parser.add_argument("--line", choices=("pty", "line", "both"), default="both",
                         help="rtu: a bare pty, a pty answered at the line's speed, or both")
+    parser.add_argument("--restart-every", type=float, default=SOAK_RESTART_EVERY,
+                        help="soak: seconds between broker restarts (default %(default)g)")
+    parser.add_argument("--outage", type=float, default=SOAK_OUTAGE,
+                        help="soak: seconds the broker stays down each time (default "
+                             "%(default)g)")
+    parser.add_argument("--sample-every", type=float, default=SOAK_SAMPLE_EVERY,
+                        help="soak: seconds between memory samples (default %(default)g)")
+    parser.add_argument("--agent-env", type=_env_item, action="append", default=[],
+                        metavar="NAME=VALUE",
+                        help="set in the agent's environment (repeatable), e.g. "
+                             "MALLOC_MMAP_THRESHOLD_=65536")
+    parser.add_argument("--run-dir", type=Path,
+                        help="the run's files (default run/bench/SCENARIO): two runs at once "
+                             "need two")
     parser.add_argument("--profile", action="store_true",
                         help="run the agent under cProfile (its CPU figures are then inflated)")
     parser.add_argument("--trace-memory", action="store_true",
@@ -1249,14 +1411,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool,
-                  trace_memory: bool = False) -> list[dict[str, Any]]:
+                  trace_memory: bool = False, run_dir: Path | None = None
+                  ) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
     loop.add_signal_handler(signal.SIGTERM, main.cancel)  # clean up as on Ctrl-C
     results = []
     for spec in runs:
-        directory = RUNS_DIR / scenario if len(runs) == 1 else RUNS_DIR / scenario / spec.name
+        base = run_dir if run_dir is not None else RUNS_DIR / scenario
+        directory = base if len(runs) == 1 else base / spec.name
         results.append(await BenchRun(spec, directory, profile=profile,
                                       trace_memory=trace_memory).run())
     return results
@@ -1270,7 +1434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     try:
         results = asyncio.run(run_all(runs, args.scenario, profile=args.profile,
-                                      trace_memory=args.trace_memory))
+                                      trace_memory=args.trace_memory,
+                                      run_dir=args.run_dir.resolve() if args.run_dir else None))
     except (KeyboardInterrupt, asyncio.CancelledError):
         _say("interrupted; everything started was stopped")
         return EXIT_INTERRUPTED

@@ -152,3 +152,52 @@ def cpu_model() -> str:
 
 def _kib(text: str | None) -> int:
     return int(text.split()[0]) if text else 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    """Where a process's resident memory is, in KiB: VmRSS, and from /proc/PID/smaps_rollup
+    its private dirty pages and anonymous memory; from /proc/PID/smaps the C heap's mapping
+    (``[heap]``, what brk grew: glibc's main arena), its size and resident part."""
+
+    at: float  # time.monotonic()
+    rss_kib: int
+    private_dirty_kib: int
+    anonymous_kib: int
+    heap_size_kib: int
+    heap_rss_kib: int
+
+
+def memory(pid: int) -> MemorySample | None:
+    """The process's memory now, or None when it is gone."""
+    base = Path(f"/proc/{pid}")
+    try:
+        rollup = (base / "smaps_rollup").read_text()
+        smaps = (base / "smaps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = {}
+    for line in rollup.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields[name] = _kib(rest)
+    heap_size = heap_rss = 0
+    lines = smaps.splitlines()
+    for index, line in enumerate(lines):
+        if line.endswith("[heap]"):
+            for detail in lines[index + 1:]:
+                name, _, rest = detail.partition(":")
+                if name == "Size":
+                    heap_size = _kib(rest)
+                elif name == "Rss":
+                    heap_rss = _kib(rest)
+                elif " " in name:  # the next mapping's header
+                    break
+            break
+    return MemorySample(
+        at=time.monotonic(),
+        rss_kib=fields.get("Rss", 0),
+        private_dirty_kib=fields.get("Private_Dirty", 0),
+        anonymous_kib=fields.get("Anonymous", 0),
+        heap_size_kib=heap_size,
+        heap_rss_kib=heap_rss,
+    )

@@ -20,6 +20,11 @@ and the arrival of the last message that brought a new reading
 (:attr:`Subscriber.last_new_arrival`, when a backlog finished arriving). Data messages are
 counted as they arrive (:attr:`Subscriber.data_messages`), before they are checked.
 
+``late=True`` (the soak: after a broker restart the agent's backlog arrives behind live
+data) also counts a reading older than its point's newest as delivered, once, when it is
+not older than the newest by more than :data:`LATE_HORIZON_MS`: each point then keeps the
+timestamps it delivered within that horizon.
+
 ``clean_session=False`` keeps the subscription in the broker across a restart (with a
 broker started with persistence): what the agent publishes before the subscriber has
 reconnected is queued for it, not lost.
@@ -27,6 +32,7 @@ reconnected is queued for it, not lost.
 
 from __future__ import annotations
 
+import bisect
 import json
 import time
 import zlib
@@ -37,12 +43,44 @@ from bench import values
 from sim.broker import Broker
 from sim.cloud import CloudClient
 
+LATE_HORIZON_MS = 900_000  # late mode: older than this behind its point's newest: a repeat
+
 
 @dataclass(slots=True)
 class PointState:
     index: int
     kind: values.Kind
     last_timestamp: int = -1
+    recent: array[int] | None = None  # late mode: timestamps delivered, sorted, in the horizon
+
+    def deliver(self, timestamp: int) -> bool:
+        """Note a reading's arrival: False when it is a repeat (or, late mode aside, out of
+        order)."""
+        recent = self.recent
+        if timestamp > self.last_timestamp:
+            self.last_timestamp = timestamp
+            if recent is not None:
+                recent.append(timestamp)
+                if recent[0] < timestamp - 2 * LATE_HORIZON_MS:
+                    del recent[:bisect.bisect_left(recent, timestamp - LATE_HORIZON_MS)]
+            return True
+        if recent is None or timestamp < self.last_timestamp - LATE_HORIZON_MS:
+            return False
+        index = bisect.bisect_left(recent, timestamp)
+        if index < len(recent) and recent[index] == timestamp:
+            return False
+        recent.insert(index, timestamp)
+        return True
+
+    def delivered(self, timestamp: int) -> bool:
+        """Whether a reading with this timestamp has arrived (as far as is known)."""
+        if timestamp > self.last_timestamp:
+            return False
+        recent = self.recent
+        if recent is None or timestamp < self.last_timestamp - LATE_HORIZON_MS:
+            return True
+        index = bisect.bisect_left(recent, timestamp)
+        return index < len(recent) and recent[index] == timestamp
 
 
 @dataclass(slots=True)
@@ -54,16 +92,21 @@ class Tally:
     wrong_value: int = 0  # a value the plant cannot have served to that point
     stale: int = 0  # a value more than values.MAX_FRESH_AGE seconds older than its timestamp
     repeated: int = 0  # duplicate or out of order
+    late: int = 0  # late mode: delivered after a newer reading of its point
 
 
 class Subscriber(CloudClient):
     """Records arrival times and payloads; :meth:`process` checks and counts them."""
 
     def __init__(self, broker: Broker, points: dict[str, PointState], *,
-                 health_bucket: str, clean_session: bool = True) -> None:
+                 health_bucket: str, clean_session: bool = True,
+                 late: bool = False) -> None:
         super().__init__(host=broker.host, port=broker.port, app_id=broker.app_id,
                          app_secret=broker.app_secret, clean_session=clean_session)
         self.points = points
+        if late:
+            for point in points.values():
+                point.recent = array("q")
         self.tally = Tally()
         self.last_arrival = time.monotonic()
         self._pending: list[tuple[float, str, bytes]] = []
@@ -114,10 +157,11 @@ class Subscriber(CloudClient):
                 except (KeyError, TypeError, ValueError):
                     tally.malformed += 1
                     continue
-                if timestamp <= point.last_timestamp:
+                late = timestamp <= point.last_timestamp
+                if not point.deliver(timestamp):
                     tally.repeated += 1
                     continue
-                point.last_timestamp = timestamp
+                tally.late += late
                 tally.readings += 1
                 self.last_new_arrival = arrival
                 age = values.age(point.kind, point.index, value, timestamp)
@@ -141,7 +185,8 @@ class Subscriber(CloudClient):
         """How many readings in `payloads` (the agent's queue at exit) never arrived.
 
         A point's readings arrive oldest first, so one newer than the last that arrived for
-        its point did not arrive. A payload the queue stored compressed is inflated first.
+        its point did not arrive (in late mode, one not among those it delivered). A payload
+        the queue stored compressed is inflated first.
         """
         count = 0
         for payload in payloads:
@@ -155,7 +200,7 @@ class Subscriber(CloudClient):
                     timestamp = int(reading["timestamp"])
                 except (KeyError, TypeError, ValueError):
                     continue
-                count += timestamp > point.last_timestamp
+                count += not point.delivered(timestamp)
         return count
 
     def payload_bytes(self, start: float, end: float) -> int:
