@@ -50,8 +50,9 @@ head -4 "$run/check-config.txt"
 
 echo "demo: broker 127.0.0.1:$mqtt_port, Modbus TCP 127.0.0.1:$modbus_port, RTU $run/ttyAgent"
 echo "demo: set a value from the cloud side, in another terminal:"
-echo "  mosquitto_pub -h 127.0.0.1 -p $mqtt_port -i app:miWll0Grv -u miWll0Grv -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r \\"
-echo "    -t '\$thing/xY6Eie5hv/\$conf/\$expected/gw-1-setting' -m '[{\"id\":\"GW1_40807\",\"value\":600}]'"
+# A client id of its own: the broker disconnects a client whose id another one takes.
+echo "  mosquitto_pub -h 127.0.0.1 -p $mqtt_port -i app:miWll0Grv-you -u miWll0Grv -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r \\"
+echo "    -t '\$thing/xY6Eie5hv/\$conf/\$expected/gw-1-setting' -m '[{\"id\":\"GW1_40807\",\"value\":750}]'"
 echo "demo: agent log in $run/agent.log; what the cloud receives follows (Ctrl-C to stop)"
 "$py" -m sim.gps "$run/ttyGps" >"$run/gps.log" 2>&1 &
 pids+=($!)
