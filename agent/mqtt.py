@@ -30,6 +30,9 @@ log = structlog.get_logger("agent.mqtt")
 
 _AUTH_REFUSED = (4, 5)  # CONNACK: bad user name or password / not authorised
 _CLOSE_TIMEOUT = 5.0
+# The socket closed while connecting: a CONNACK read before the close (a refused login) is
+# handled within a few loop turns and no further I/O; this long is left for it.
+_CONNACK_GRACE = 0.5
 
 
 class NotConnected(TransientError):
@@ -170,8 +173,7 @@ class MqttSession:
         self._client = client
         try:
             async with asyncio.timeout(config.connect_timeout):
-                await client.connect(config.host, config.port, ssl=self._tls_context(),
-                                     keepalive=config.keepalive, version=MQTTv311)
+                await self._connect_until_lost(client)
         except BaseException:
             await self._drop_client()
             raise
@@ -181,6 +183,34 @@ class MqttSession:
         self._log.info("mqtt_connected", tls=config.tls)
         if self._on_connect is not None:
             self._on_connect()
+
+    async def _connect_until_lost(self, client: _Client) -> None:
+        """`client.connect()`, given up as soon as the connection closes without a CONNACK.
+
+        gmqtt would wait for the CONNACK until the time-out and the cause would read "timed
+        out": with TLS 1.3 a broker refusing the client's certificate (mutual TLS, none
+        given or one it does not trust) closes the connection after the handshake has
+        completed on the client's side.
+        """
+        config = self._config
+        connecting = asyncio.create_task(client.connect(
+            config.host, config.port, ssl=self._tls_context(), keepalive=config.keepalive,
+            version=MQTTv311), name="mqtt_connect")
+        lost = asyncio.create_task(self._lost.wait(), name="mqtt_connect_lost")
+        try:
+            await asyncio.wait({connecting, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if not connecting.done():
+                await asyncio.wait({connecting}, timeout=_CONNACK_GRACE)
+            if connecting.done():
+                connecting.result()  # connected, or the broker's refusal
+                return
+        finally:
+            for task in (connecting, lost):
+                task.cancel()
+            await asyncio.gather(connecting, lost, return_exceptions=True)
+        # What the socket ended with (the alert, or a reset that overtook it) is not told.
+        raise ConnectionError("the broker closed the connection before its CONNACK" + (
+            " (over TLS: does it require a client certificate?)" if config.tls else ""))
 
     def _tls_context(self) -> ssl.SSLContext | bool:
         config = self._config

@@ -11,6 +11,7 @@ command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
 command -v socat >/dev/null || need_apt+=(socat)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # the unit file's tests
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)   # libfuse 3 for sim.lazyfs (power-cut tests)
+command -v openssl >/dev/null || need_apt+=(openssl)   # throwaway certificates for the TLS tests
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v python3 >/dev/null || need_apt+=(python3)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -12,6 +12,13 @@ mosquitto (MQTT 3.1.1) drops a publish the ACL denies without telling the
 client: the PUBACK still arrives. Tests prove a denial by ordering -- publish
 the denied message, then an allowed marker, and check only the marker arrives.
 
+With ``tls=TlsFiles(...)`` the broker also listens with TLS on :attr:`Broker.tls_port`,
+next to the plain listener on :attr:`Broker.port` (the cloud side and the broker tests
+keep using that one); one password file and ACL serve both. ``require_certificate=True``
+makes it mutual TLS: a client must present a certificate from ``cafile`` *and* log in
+with its user name and password, as a thing does. :class:`CertAuthority` makes the
+files: a throwaway CA and certificates it signs, with the ``openssl`` command.
+
 ``python -m sim.broker --dir D --port P`` runs one in the foreground.
 """
 
@@ -22,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +37,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -44,6 +53,9 @@ LOG_TAIL_LINES = 40
 _POLL_INTERVAL = 0.005
 _PORT_ATTEMPTS = 3
 _FORBIDDEN_IN_ID = frozenset("/+#\0 ")
+SERVER_NAMES = ("IP:127.0.0.1", "DNS:localhost")  # subjectAltName of a loopback broker
+CERT_DAYS = 2  # throwaway certificates: a day of slack either side of a test run
+OPENSSL_TIMEOUT = 30.0
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -75,10 +87,141 @@ class BrokerError(RuntimeError):
     """mosquitto did not start, or died."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class TlsFiles:
+    """A TLS listener's PEM files: its certificate chain and key, and the CA it trusts.
+
+    ``cafile`` checks client certificates; with ``require_certificate`` a client without
+    one signed by it is refused during the handshake (mutual TLS). The user name and
+    password are checked as on the plain listener either way.
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyPair:
+    """A certificate and its private key (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
+class CertAuthority:
+    """A throwaway CA: an EC P-256 key and self-signed certificate made with ``openssl``.
+
+    :meth:`issue` signs server and client certificates; :meth:`server_files` gives a
+    :class:`TlsFiles` for a broker. Nothing here is fit for anything but tests.
+    """
+
+    def __init__(self, directory: Path | str, *, name: str = "orio-agent test CA") -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.cert = self.directory / "ca.pem"
+        self.key = self.directory / "ca.key"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        extensions = self._extensions_file(
+            "ca",
+            "basicConstraints = critical, CA:TRUE",
+            "keyUsage = critical, keyCertSign, cRLSign",
+            "subjectKeyIdentifier = hash",
+        )
+        _openssl(
+            "req", "-x509", "-new", *_NEW_EC_KEY, "-keyout", self.key, "-out", self.cert,
+            "-days", str(CERT_DAYS), "-subj", f"/CN={name}",
+            "-config", extensions, "-extensions", "ext",
+        )
+        self.key.chmod(0o600)
+
+    def issue(self, name: str, *, san: Sequence[str] = (), client: bool = False) -> KeyPair:
+        """A certificate for ``name`` (its CN and file names): a server's, with
+        ``san`` (``"IP:127.0.0.1"``, ``"DNS:localhost"``) as its subjectAltName, or
+        with ``client=True`` a client's."""
+        pair = KeyPair(cert=self.directory / f"{name}.pem", key=self.directory / f"{name}.key")
+        request = self.directory / f"{name}.csr"
+        lines = [
+            "basicConstraints = critical, CA:FALSE",
+            "keyUsage = critical, digitalSignature",
+            f"extendedKeyUsage = {'clientAuth' if client else 'serverAuth'}",
+            "subjectKeyIdentifier = hash",
+            "authorityKeyIdentifier = keyid",
+        ]
+        if san:
+            lines.append(f"subjectAltName = {', '.join(san)}")
+        extensions = self._extensions_file(name, *lines)
+        _openssl(
+            "req", "-new", *_NEW_EC_KEY, "-keyout", pair.key, "-out", request,
+            "-subj", f"/CN={name}", "-config", extensions,
+        )
+        pair.key.chmod(0o600)
+        _openssl(
+            "x509", "-req", "-in", request, "-CA", self.cert, "-CAkey", self.key,
+            "-set_serial", str(secrets.randbits(63)), "-days", str(CERT_DAYS),
+            "-extfile", extensions, "-extensions", "ext", "-out", pair.cert,
+        )
+        request.unlink()
+        return pair
+
+    def server_files(
+        self,
+        name: str = "server",
+        *,
+        san: Sequence[str] = SERVER_NAMES,
+        require_certificate: bool = False,
+    ) -> TlsFiles:
+        """A broker's TLS files: a new server certificate, and this CA for client ones."""
+        pair = self.issue(name, san=san)
+        return TlsFiles(
+            cafile=self.cert,
+            certfile=pair.cert,
+            keyfile=pair.key,
+            require_certificate=require_certificate,
+        )
+
+    def _extensions_file(self, name: str, *lines: str) -> Path:
+        # `req` needs a distinguished_name section even when -subj gives the name;
+        # our own file keeps the system openssl.cnf's defaults out of the certificates.
+        path = self.directory / f"{name}.cnf"
+        path.write_text("\n".join(["[req]", "distinguished_name = dn", "[dn]", "[ext]", *lines])
+                        + "\n")
+        return path
+
+    def __repr__(self) -> str:
+        return f"CertAuthority({self.name!r}, {self.directory})"
+
+
+_NEW_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+
+
+def _openssl(*args: str | Path) -> None:
+    result = subprocess.run(
+        [find_openssl(), *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=OPENSSL_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed ({result.returncode}): {result.stderr}")
+
+
+def find_openssl() -> str:
+    """The openssl command, or raise: TLS tests need it and fail, never skip."""
+    found = shutil.which("openssl")
+    if found is None:
+        raise RuntimeError("openssl is not installed; the TLS tests need it (apt install openssl)")
+    return found
+
+
 class Broker:
     """One mosquitto process, its config, password file, ACL and log in ``directory``.
 
-    ``port=None`` picks a free port once; :meth:`restart` keeps it.
+    ``port=None`` picks a free port once; :meth:`restart` keeps it. With ``tls``, a
+    second listener (MQTT over TLS) on ``tls_port``, picked the same way.
     Usable as a context manager (started on enter, stopped on exit).
     """
 
@@ -94,11 +237,16 @@ class Broker:
         app_secret: str = DEFAULT_APP_SECRET,
         extra_things: Mapping[str, str] | None = None,
         persistence: bool = False,
+        tls: TlsFiles | None = None,
+        tls_port: int | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.host = host
         self._port = port
         self._port_chosen_by_us = port is None
+        self.tls = tls
+        self._tls_port = tls_port
+        self._tls_port_chosen_by_us = tls_port is None
         self.thing_id = thing_id
         self.thing_secret = thing_secret
         self.app_id = app_id
@@ -128,6 +276,15 @@ class Broker:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port; only a broker made with ``tls`` has one."""
+        if self.tls is None:
+            raise BrokerError("this broker has no TLS listener (Broker(..., tls=TlsFiles(...)))")
+        if self._tls_port is None:
+            self._tls_port = self._free_port_besides(self.port)
+        return self._tls_port
 
     @property
     def running(self) -> bool:
@@ -162,9 +319,16 @@ class Broker:
                 self._wait_listening(timeout)
             except BrokerError:
                 address_taken = "Address already in use" in self.log_tail()
-                if not (address_taken and self._port_chosen_by_us) or attempt + 1 == _PORT_ATTEMPTS:
+                ours = self._port_chosen_by_us or (
+                    self.tls is not None and self._tls_port_chosen_by_us
+                )
+                if not (address_taken and ours) or attempt + 1 == _PORT_ATTEMPTS:
                     raise
-                self._port = free_port(self.host)  # someone else took it meanwhile
+                # Someone else took one of them meanwhile: pick again what we picked.
+                if self._port_chosen_by_us:
+                    self._port = free_port(self.host)
+                if self.tls is not None and self._tls_port_chosen_by_us:
+                    self._tls_port = self._free_port_besides(self.port)
             else:
                 return self
         raise AssertionError("unreachable")
@@ -260,6 +424,7 @@ class Broker:
             f"password_file {self.password_path}",
             f"acl_file {self.acl_path}",
             f"listener {self.port} {self.host}",
+            *self._tls_listener_lines(),
             "max_keepalive 65535",
             f"log_dest file {self.log_path}",
             "log_type all",
@@ -279,6 +444,25 @@ class Broker:
         else:
             lines.append("persistence false")
         self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _tls_listener_lines(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        # No use_identity_as_username: a thing logs in with its id and secret, as on
+        # the plain listener; the client certificate is checked on top of that.
+        return [
+            f"listener {self.tls_port} {self.host}",
+            f"cafile {tls.cafile}",
+            f"certfile {tls.certfile}",
+            f"keyfile {tls.keyfile}",
+            f"require_certificate {'true' if tls.require_certificate else 'false'}",
+        ]
+
+    def _free_port_besides(self, taken: int) -> int:
+        while (port := free_port(self.host)) == taken:
+            pass
+        return port
 
     # -- process -------------------------------------------------------------------
 
@@ -304,17 +488,24 @@ class Broker:
                     f"log tail:\n{self.log_tail()}"
                 )
             try:
-                with socket.create_connection((self.host, self.port), timeout=1.0):
-                    return
+                for port in self._listening_ports():
+                    with socket.create_connection((self.host, port), timeout=1.0):
+                        pass
             except OSError:
                 pass
+            else:
+                return
             if time.monotonic() > deadline:
                 self._end(signal.SIGKILL, STOP_TIMEOUT)
+                ports = ",".join(map(str, self._listening_ports()))
                 raise BrokerError(
-                    f"mosquitto not listening on {self.host}:{self.port} after {timeout} s; "
+                    f"mosquitto not listening on {self.host}:{ports} after {timeout} s; "
                     f"log tail:\n{self.log_tail()}"
                 )
             time.sleep(_POLL_INTERVAL)
+
+    def _listening_ports(self) -> list[int]:
+        return [self.port] if self.tls is None else [self.port, self.tls_port]
 
     def _end(self, signum: signal.Signals, timeout: float) -> None:
         process, self._process = self._process, None
