@@ -280,8 +280,12 @@ class Configurator:
         if held is not None and _same(held, wanted):
             return  # the device holds it already: nothing to write
         if previous is not None and previous["value"] == value and held is not None:
+            try:
+                device_held: JsonScalar = setting.decode(held, form=form)
+            except AgentError as exc:
+                device_held = str(exc)
             log.warning("setting_drift_corrected", group=group, setting=setting.id,
-                        expected=value, device_held=setting.decode(held, form=form))
+                        expected=value, device_held=device_held)
         await self._write(setting, wanted, value)
 
     async def _write(self, setting: Setting, wanted: list[int] | bool,

@@ -168,9 +168,12 @@ class Instrument:
     async def _streaming(self) -> None:
         loop = asyncio.get_running_loop()
         origin, tick = loop.time(), 0
+        grid = self.interval  # the interval the ticks are laid on
         while True:
             tick += 1
-            await asyncio.sleep(max(0.0, origin + tick * self.interval - loop.time()))
+            if grid != self.interval:  # a new interval: a new grid from the last tick
+                origin, tick, grid = origin + (tick - 1) * grid, 1, self.interval
+            await asyncio.sleep(max(0.0, origin + tick * grid - loop.time()))
             latest, self._latest = self._latest, {}
             self._report(latest)
 

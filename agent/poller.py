@@ -156,17 +156,20 @@ class DevicePoller:
         loop = asyncio.get_running_loop()
         origin = loop.time()
         cycle = 0
+        grid = self.interval  # the interval the schedule is laid on
         while True:
             ok = await self.poll_once()
             cycle += 1
             now = loop.time()
+            if grid != self.interval:  # a new interval: a new grid from this cycle's start
+                origin, cycle, grid = origin + (cycle - 1) * grid, 1, self.interval
             if ok:
-                due = origin + cycle * self.interval
+                due = origin + cycle * grid
                 if due < now:
-                    missed = math.ceil((now - due) / self.interval)
+                    missed = math.ceil((now - due) / grid)
                     self.stats.skipped_cycles += missed
                     cycle += missed
-                    due = origin + cycle * self.interval
+                    due = origin + cycle * grid
             else:
                 due = now + self._backoff()
                 # Re-anchor the schedule so recovery resumes on a regular grid.

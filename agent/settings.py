@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass
 
 from agent.config import SettingConfig
@@ -18,7 +19,7 @@ from agent.decode import (
     scale_value,
     unscale_value,
 )
-from agent.errors import RejectedInput
+from agent.errors import AgentError, RejectedInput
 from agent.points import ByteOrder, PointType, Table, register_count
 
 JsonScalar = bool | int | float | str
@@ -27,6 +28,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 class RejectedSetting(RejectedInput):
     """A requested value the declaration does not allow."""
+
+
+class UnreportableValue(AgentError):
+    """The device holds a value the cloud cannot be told (NaN or an infinity)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +85,7 @@ class Setting:
                 raise RejectedSetting(f"{self.id}: {value!r} does not match the pattern")
             try:
                 encode_registers(value, kind, byte_order=self.target.byte_order,
-                                 length=self.target.length)
+                                 length=self._text_length())
             except ValueError as exc:
                 raise RejectedSetting(f"{self.id}: {exc}") from None
             return value
@@ -88,7 +93,8 @@ class Setting:
         if number is None:
             raise RejectedSetting(f"{self.id}: expected a number, got {value!r}")
         scaled = self.config.scale is not None or self.config.offset is not None
-        if not kind.startswith("float") and not scaled and not float(number).is_integer():
+        if (not kind.startswith("float") and not scaled and isinstance(number, float)
+                and not number.is_integer()):
             raise RejectedSetting(f"{self.id}: expected a whole number, got {value!r}")
         self._check_bounds(number)
         self._check_choice(number)
@@ -108,7 +114,7 @@ class Setting:
             return [1 if value else 0]
         if target.type in ("string", "hex"):
             return encode_registers(str(value), target.type, byte_order=target.byte_order,
-                                    length=target.length)
+                                    length=self._text_length())
         assert isinstance(value, int | float)
         raw: int | float = value
         if self.config.scale is not None or self.config.offset is not None:
@@ -135,11 +141,23 @@ class Setting:
                                  byte_order=target.byte_order)
         if isinstance(value, bool | str):
             return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UnreportableValue(f"{self.id}: the device holds {value}, which JSON cannot carry")
+        if target.type == "float32" and isinstance(value, float):
+            value = _shortest_float32(value)
         if self.config.scale is not None or self.config.offset is not None:
             value = scale_value(value, scale=self.config.scale, offset=self.config.offset)
             if isinstance(value, float):
                 value = round(value, 10)
         return value
+
+    def _text_length(self) -> int | None:
+        """Registers a string or hex value takes: a hex value without `length` is read as
+        one register, so it is written as one register too."""
+        assert self.target is not None
+        if self.target.type == "hex":
+            return self.target.count
+        return self.target.length
 
     def _accept_agent(self, value: object) -> JsonScalar:
         if self.agent == "log.level":
@@ -150,6 +168,8 @@ class Setting:
         number = _number(value)
         if number is None:
             raise RejectedSetting(f"{self.id}: expected a number of seconds, got {value!r}")
+        if not _fits_float(number):
+            raise RejectedSetting(f"{self.id}: {number!r} is out of range")
         if self.agent is not None and self.agent.endswith(".interval") and number <= 0:
             raise RejectedSetting(f"{self.id}: an interval must be above 0")
         if number < 0:
@@ -184,6 +204,29 @@ def form_of(value: object) -> str | None:
     if isinstance(value, int):
         return "integer"
     return None
+
+
+def _shortest_float32(value: float) -> float:
+    """The shortest decimal that is the same float32: a setting of 0.1 written to a
+    float32 register reads back as 0.10000000149011612, and is reported as 0.1."""
+    packed = struct.pack(">f", value)
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if struct.pack(">f", candidate) == packed:
+                return candidate
+        except OverflowError:  # rounded past the largest float32
+            continue
+    return value
+
+
+def _fits_float(number: int | float) -> bool:
+    """False for an integer beyond float range (a 400-digit JSON number)."""
+    try:
+        float(number)
+    except OverflowError:
+        return False
+    return True
 
 
 def _number(value: object) -> int | float | None:
