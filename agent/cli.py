@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from agent import __version__, logs
+from agent import __version__, allocator, logs
 from agent.config import DEFAULT_PATH, AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.poller import plan_device
@@ -35,6 +35,7 @@ CRASH_AFTER = "ORIO_TEST_CRASH_AFTER"
 
 
 def main(argv: list[str] | None = None) -> int:
+    allocator.fix_malloc_thresholds()  # before anything allocates much (see agent/allocator.py)
     parser = argparse.ArgumentParser(
         prog="orio-agent",
         description="Polls Modbus and serial devices and publishes their readings to the "
