@@ -201,7 +201,7 @@ class QueueStore:
         except OSError as exc:
             raise _os_error(exc, "open the WAL to sync it") from exc
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)  # the frames and the size that finds them; no timestamps
         except OSError as exc:
             raise _os_error(exc, "sync the WAL") from exc
         finally:
