@@ -15,7 +15,7 @@ and a power cut once the WAL has been synced, which happens every `sync_interval
 (2 s): a power cut loses at most what was put in the last commit_interval +
 sync_interval. `synchronous = "full"` syncs every commit: at most commit_interval.
 
-Live first. The newest messages stay in memory (up to MEMORY_CACHE_BYTES) after their
+Live first. The newest messages stay in memory (up to MEMORY_CACHE_BYTES, 2 MiB) after their
 commit, and are delivered from there without reading them back. When a connection comes
 up, whatever is queued is backlog: it is read from disk in chunks and replayed at
 `replay_rate`, oldest first, while messages made after the reconnect go out at once.
@@ -63,7 +63,7 @@ __all__ = ["DiskOutbox", "QueueSettings", "unpack_payload"]
 log = structlog.get_logger("agent.queue")
 
 FETCH_CHUNK = 256  # rows read back from disk at a time
-MEMORY_CACHE_BYTES = 1024 * 1024  # committed messages kept in memory for delivery
+MEMORY_CACHE_BYTES = 2 * 1024 * 1024  # committed messages kept in memory for delivery
 AGE_CHECK_INTERVAL = 60.0  # seconds between sweeps of the file for max_age
 RETRY_MIN, RETRY_MAX = 1.0, 30.0  # seconds between tries of a disk that failed
 DROP_LOG_INTERVAL = 60.0  # seconds: drops after the first line are summed into the next
@@ -82,7 +82,7 @@ class QueueSettings:
     commit_interval: float = 0.5
     sync_interval: float = 2.0
     memory_bytes: int = 8 * 1024 * 1024  # unwritten messages held while the disk fails
-    commit_bytes: int = 1024 * 1024
+    commit_bytes: int = 512 * 1024  # a commit at once beyond this (a quarter of the cache)
     ack_batch: int = 32  # acknowledged messages that force a commit of their deletion
 
 
@@ -600,12 +600,16 @@ class DiskOutbox:
         self._sendable = self._seq
 
     async def _write(self, *, sweep: bool = False, messages: bool = True) -> None:
-        """Commit what is unwritten, in commits of at most `_commit_bytes` each."""
+        """Commit what is unwritten now, in commits of at most `_commit_bytes` each (what
+        is put meanwhile waits for the next round: the queue's task has reads to do too)."""
+        upto = self._seq
         await self._commit(sweep=sweep, messages=messages)
-        while messages and self._open and self._disk_ok and self._unwritten:
-            await self._commit()
+        while (messages and self._open and self._disk_ok and self._unwritten
+               and next(iter(self._unwritten)) <= upto):
+            await self._commit(upto=upto)
 
-    async def _commit(self, *, sweep: bool = False, messages: bool = True) -> None:
+    async def _commit(self, *, sweep: bool = False, messages: bool = True,
+                      upto: int | None = None) -> None:
         """One commit: unwritten messages in, acknowledged (and superseded) ones out; with
         `sweep`, the file's messages past max_age dropped too."""
         if messages:
@@ -618,6 +622,8 @@ class DiskOutbox:
         size = 0
         for message in self._unwritten.values() if messages else ():
             if batch and size + len(message.payload) > self._commit_bytes:
+                break
+            if upto is not None and message.seq > upto:
                 break
             batch.append(message)
             size += len(message.payload)

@@ -362,3 +362,31 @@ async def test_depth_and_bytes_follow_the_file_through_acks_drops_and_supersedes
         assert (count, size) == (stats.depth, stats.depth_bytes)
         assert 1 == reports
         assert 0 < stats.dropped_total
+
+
+async def test_delivery_keeps_up_while_messages_keep_coming_faster_than_memory_holds(
+    tmp_path: Path,
+) -> None:
+    """A producer that never pauses for long: the queue's task must still read back what
+    had to leave memory (it once kept committing what came in and never read)."""
+    count, size = 1500, 8000  # 12 MB: most of it leaves memory and is read back
+    async with running(tmp_path / "q.db", commit_interval=0.05,
+                       max_bytes=256 * 1024 * 1024) as queue:
+        queue.mark_backlog()  # connected: all of it is live
+
+        async def produce() -> None:
+            for n in range(count):
+                queue.put(TOPIC, b"%05d" % n + os.urandom(size))
+                await asyncio.sleep(0)
+
+        producer = asyncio.create_task(produce())
+        taken = []
+        async with asyncio.timeout(60):
+            while len(taken) < count:
+                message = await queue.take()
+                taken.append(int(message.payload[:5]))
+                queue.ack(message)
+        await producer
+
+    assert list(range(count)) == sorted(taken)
+    assert len(set(taken)) == count
