@@ -53,8 +53,8 @@ from agent.queuestore import (
     Opened,
     QueueStore,
     Row,
+    Unpacked,
     Written,
-    pack_payload,
     unpack_payload,
 )
 
@@ -149,6 +149,8 @@ class DiskOutbox:
         self._tokens = 0.0
         self._tokens_at = self._time()
         self._ready = asyncio.Event()  # something may be takeable
+        self._room = asyncio.Event()  # the disk keeps up: the pollers may go on
+        self._room.set()
         self._wake = asyncio.Event()  # the queue's task has something to do
         self._commit_at: float | None = None
         self._synced = True
@@ -189,6 +191,10 @@ class DiskOutbox:
         self._unwritten[message.seq] = message
         self._unwritten_bytes += size
         self._stats.queued_total += 1
+        if self._disk_ok and self._unwritten_bytes > self._settings.memory_bytes // 2:
+            self._room.clear()  # the disk is behind: the pollers wait (wait_room)
+            self._commit_at = self._time()  # and it is asked to catch up now
+            self._wake.set()
         if not self._disk_ok:
             self._sendable = message.seq  # nothing to wait for: it goes from memory
             self._ready.set()
@@ -271,6 +277,17 @@ class DiskOutbox:
         stats.disk = "ok" if self._disk_ok else f"failing: {self._disk_error}"
         return stats
 
+    async def wait_room(self) -> None:
+        """Until the disk has caught up with what was put (the pollers wait here before a
+        cycle: a disk slower than the plant slows polling rather than losing readings).
+        Never waits while the disk fails: then the oldest in memory are dropped."""
+        await self._room.wait()
+
+    def _update_room(self) -> None:
+        if not self._disk_ok or self._closed or (
+                self._unwritten_bytes <= self._settings.memory_bytes // 4):
+            self._room.set()
+
     async def run(self) -> None:
         """The queue's task: commits, syncs, reads for delivery, bounds, disk recovery."""
         while not self._closing:
@@ -313,6 +330,7 @@ class DiskOutbox:
                     self._open = False
         finally:
             self._closed = True
+            self._room.set()
             self._executor.shutdown(wait=True)
 
     # -- choosing the next message ----------------------------------------------------------
@@ -428,8 +446,8 @@ class DiskOutbox:
                 break
             head = lane[0]
             if head.seq in self._unwritten:
-                if self._unwritten_bytes <= self._settings.memory_bytes:
-                    break
+                if self._disk_ok or self._unwritten_bytes <= self._settings.memory_bytes:
+                    break  # to be written (the pollers wait meanwhile), or within bounds
                 del self._unwritten[head.seq]
                 self._unwritten_bytes -= len(head.payload)
                 dropped += 1
@@ -627,8 +645,8 @@ class DiskOutbox:
                 break
             batch.append(message)
             size += len(message.payload)
-        rows: list[Row] = [(m.seq, m.topic, *pack_payload(m.payload), m.stamp.boot_id,
-                            m.stamp.wall_ms, m.stamp.boot_ms) for m in batch]
+        rows: list[Unpacked] = [(m.seq, m.topic, m.payload, m.stamp.boot_id, m.stamp.wall_ms,
+                                 m.stamp.boot_ms) for m in batch]
         deletes = sorted(self._acked)
         supersede = list(self._supersede_due.items())
         held = set(self._in_flight) | set(self._retry)
@@ -662,13 +680,14 @@ class DiskOutbox:
             if self._supersede_due.get(topic) == seq:
                 del self._supersede_due[topic]
         self._applied(result, rows)
+        self._update_room()
         if not self._disk_ok:
             self._recovered()
         if result.after_error is not None:
             await self._write_failed(result.after_error)
         self._trim_memory()
 
-    def _applied(self, result: Written, rows: list[Row]) -> None:
+    def _applied(self, result: Written, rows: list[Unpacked]) -> None:
         if result.count is not None:  # after a failure: what the file really holds
             self._disk_count, self._disk_bytes = result.count, result.payload_bytes
         else:
@@ -738,6 +757,7 @@ class DiskOutbox:
     def _degrade(self, error: str) -> None:
         self._disk_ok = False
         self._disk_error = error
+        self._room.set()  # polling goes on; memory keeps the newest
         self._sendable = self._seq  # deliver from memory what cannot wait for the disk
         self._ready.set()
 

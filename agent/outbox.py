@@ -77,6 +77,9 @@ class Outbox(Protocol):
     async def run(self) -> None:
         """The outbox's own work (the disk's, for the durable one), as a task."""
 
+    async def wait_room(self) -> None:
+        """Until the outbox can take more without losing any (pollers wait before a cycle)."""
+
     async def flush(self) -> None:
         """Store what was put so far (commit it, for the durable one)."""
 
@@ -173,6 +176,9 @@ class MemoryOutbox:
 
     async def run(self) -> None:
         """Memory has no work of its own."""
+
+    async def wait_room(self) -> None:
+        """Memory makes room by dropping the oldest (its bound is max_bytes)."""
 
     async def flush(self) -> None:
         """Memory holds what it holds."""

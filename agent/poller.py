@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -137,8 +137,10 @@ class DevicePoller:
 
     def __init__(self, *, device: DeviceConfig, connection: ModbusConfig, bus: RegisterBus,
                  emit: Callable[[str, list[bytes]], None],
-                 wall_ms: Callable[[], int] = now_ms) -> None:
+                 wall_ms: Callable[[], int] = now_ms,
+                 room: Callable[[], Awaitable[None]] | None = None) -> None:
         self.device = device
+        self._room = room  # awaited before each cycle: the queue keeping up
         self.name = device.name
         self._bus = bus
         self._emit = emit
@@ -158,6 +160,8 @@ class DevicePoller:
         cycle = 0
         grid = self.interval  # the interval the schedule is laid on
         while True:
+            if self._room is not None:
+                await self._room()
             ok = await self.poll_once()
             cycle += 1
             now = loop.time()

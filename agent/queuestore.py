@@ -56,6 +56,9 @@ _COLUMNS = "seq, topic, payload, codec, boot_id, wall_ms, boot_ms"
 
 # A row as stored and read back: (seq, topic, packed payload, codec, boot_id, wall_ms, boot_ms)
 Row = tuple[int, str, bytes, int, str, int, int]
+# A message to store: (seq, topic, payload as put, boot_id, wall_ms, boot_ms); packed here,
+# in the I/O thread (zlib releases the GIL: compression costs the event loop nothing).
+Unpacked = tuple[int, str, bytes, str, int, int]
 
 
 def wal_limit_for(max_bytes: int) -> int:
@@ -140,7 +143,7 @@ class QueueStore:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, rows: Sequence[Row], delete: Sequence[int], *,
+    def write(self, messages: Sequence[Unpacked], delete: Sequence[int], *,
               supersede: Iterable[tuple[str, int]] = (), held: Collection[int] = (),
               age_cutoff_ms: int | None = None, recount: bool = False) -> Written:
         """Insert `rows` and delete `delete` in one transaction, then keep the bounds.
@@ -154,6 +157,8 @@ class QueueStore:
         """
         result = Written()
         supersede = list(supersede)
+        rows: list[Row] = [(seq, topic, *pack_payload(payload), boot_id, wall_ms, boot_ms)
+                           for seq, topic, payload, boot_id, wall_ms, boot_ms in messages]
         try:
             self._transaction(rows, delete, supersede, held, result)
         except QueueDiskFull:

@@ -165,7 +165,8 @@ class Agent:
         self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
         self.pollers = [
             DevicePoller(device=device, connection=conn, bus=self.lines[conn.name],
-                         emit=self.batcher.add_encoded, wall_ms=self.clock.wall_ms)
+                         emit=self.batcher.add_encoded, wall_ms=self.clock.wall_ms,
+                         room=self.outbox.wait_room)
             for conn, device in config.all_devices()
         ]
         self.instruments = [
