@@ -191,7 +191,7 @@ class DiskOutbox:
         self._unwritten[message.seq] = message
         self._unwritten_bytes += size
         self._stats.queued_total += 1
-        if self._disk_ok and self._unwritten_bytes > self._settings.memory_bytes // 2:
+        if self._disk_ok and self._unwritten_bytes > self._settings.memory_bytes * 3 // 4:
             self._room.clear()  # the disk is behind: the pollers wait (wait_room)
             self._commit_at = self._time()  # and it is asked to catch up now
             self._wake.set()
@@ -285,7 +285,7 @@ class DiskOutbox:
 
     def _update_room(self) -> None:
         if not self._disk_ok or self._closed or (
-                self._unwritten_bytes <= self._settings.memory_bytes // 4):
+                self._unwritten_bytes <= self._settings.memory_bytes // 2):
             self._room.set()
 
     async def run(self) -> None:
