@@ -27,6 +27,10 @@ again with back-off; when the disk recovers, the unsent messages are written and
 acknowledged ones deleted, so a restart resends nothing the broker had. One log line per
 change of state.
 
+Back-pressure. A healthy disk slower than the plant: beyond 3/4 of `memory_bytes`
+waiting to be written, `wait_room` holds the pollers before their next cycle until
+half of it is written; polling slows rather than readings being dropped.
+
 Bounds. `max_bytes` on disk (see agent.queuestore), `max_age` both when a message is
 handed to delivery and once a minute on disk; the oldest go first, counted and logged.
 """
