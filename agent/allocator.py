@@ -27,4 +27,5 @@ def fix_malloc_thresholds() -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )

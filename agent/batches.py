@@ -39,9 +39,16 @@ class _OpenBatch:
 class Batcher:
     """Per-bucket open batches; completed ones are handed to `sink`."""
 
-    def __init__(self, *, sink: Callable[[Batch], None], max_readings: int, max_bytes: int,
-                 max_delay: float, clock: Callable[[], float],
-                 wall: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sink: Callable[[Batch], None],
+        max_readings: int,
+        max_bytes: int,
+        max_delay: float,
+        clock: Callable[[], float],
+        wall: Clock | None = None,
+    ) -> None:
         self._sink = sink
         self._max_readings = max_readings
         self._max_bytes = max_bytes
@@ -69,9 +76,12 @@ class Batcher:
         """
         stamp = self._wall.stamp() if self._wall is not None else None
         batch = self._open.get(bucket)
-        if batch is not None and stamp is not None and batch.stamp is not None and abs(
-            stamp.offset_ms - batch.stamp.offset_ms
-        ) > STEP_TOLERANCE_MS:
+        if (
+            batch is not None
+            and stamp is not None
+            and batch.stamp is not None
+            and abs(stamp.offset_ms - batch.stamp.offset_ms) > STEP_TOLERANCE_MS
+        ):
             # The wall clock was stepped: a batch never spans a step, so that all its
             # timestamps can be corrected together.
             self._emit(bucket)

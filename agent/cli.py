@@ -39,15 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="orio-agent",
         description="Polls Modbus and serial devices and publishes their readings to the "
-                    "ORing PaaS MQTT broker.",
+        "ORing PaaS MQTT broker.",
     )
     parser.add_argument("--version", action="version", version=f"orio-agent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the agent")
-    run.add_argument("--config", type=Path, default=DEFAULT_PATH,
-                     help=f"config file (default {DEFAULT_PATH})")
-    check = commands.add_parser("check-config",
-                                help="validate a config file and print it resolved, secret masked")
+    run.add_argument(
+        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
+    )
+    check = commands.add_parser(
+        "check-config", help="validate a config file and print it resolved, secret masked"
+    )
     check.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
     args = parser.parse_args(argv)
 
@@ -76,18 +78,24 @@ def describe(config: AgentConfig, path: Path) -> str:
         total_requests += count
         total_rate += count / device.interval
         requests = f"{count} request{'s' if count != 1 else ''}"
-        lines.append(f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
-                     f"{len(device.points)} points in {requests} every "
-                     f"{device.interval:g} s")
+        lines.append(
+            f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
+            f"{len(device.points)} points in {requests} every "
+            f"{device.interval:g} s"
+        )
     if config.modbus:
         points = sum(len(device.points) for _, device in config.all_devices())
-        lines.append(f"  modbus total: {len(config.all_devices())} devices, {points} points, "
-                     f"{total_requests:g} requests per cycle, {total_rate:g} requests/s")
+        lines.append(
+            f"  modbus total: {len(config.all_devices())} devices, {points} points, "
+            f"{total_requests:g} requests per cycle, {total_rate:g} requests/s"
+        )
     for instrument in config.serial:
         mode = "polled" if instrument.request else "sampled"
-        lines.append(f"  instrument {instrument.name!r} on {instrument.device}: "
-                     f"{instrument.format}, {len(instrument.points)} points {mode} every "
-                     f"{instrument.interval:g} s")
+        lines.append(
+            f"  instrument {instrument.name!r} on {instrument.device}: "
+            f"{instrument.format}, {len(instrument.points)} points {mode} every "
+            f"{instrument.interval:g} s"
+        )
     lines.append(json.dumps(config.masked(), indent=2))
     return "\n".join(lines)
 
@@ -110,8 +118,14 @@ async def _run(config: AgentConfig, path: Path) -> int:
             if crash_after:
                 group.create_task(_crash_after(float(crash_after), stop), name="test-crash")
     except Exception as exc:  # whatever stopped the agent: said once, and a failed exit
-        log.error("agent_failed", during=during, error_type=type(primary(exc)).__name__,
-                  error=describe_error(exc), exit_status=EXIT_SOFTWARE, exc_info=primary(exc))
+        log.error(
+            "agent_failed",
+            during=during,
+            error_type=type(primary(exc)).__name__,
+            error=describe_error(exc),
+            exit_status=EXIT_SOFTWARE,
+            exc_info=primary(exc),
+        )
         return EXIT_SOFTWARE
     return EXIT_OK
 

@@ -44,13 +44,16 @@ class Stamp:
 
 
 class Clock:
-    def __init__(self, *, wall_ms: Callable[[], int] | None = None,
-                 boot_ms: Callable[[], int] | None = None, boot_id: str | None = None,
-                 floor_ms: int = FLOOR_MS) -> None:
+    def __init__(
+        self,
+        *,
+        wall_ms: Callable[[], int] | None = None,
+        boot_ms: Callable[[], int] | None = None,
+        boot_id: str | None = None,
+        floor_ms: int = FLOOR_MS,
+    ) -> None:
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
-        self._boot_ms = boot_ms or (
-            lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
-        )
+        self._boot_ms = boot_ms or (lambda: time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000)
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self.floor_ms = floor_ms
 

@@ -136,8 +136,10 @@ class RegisterRef(_Section):
         if isinstance(self.address, str) and self.table is None:
             with contextlib.suppress(ValueError):
                 self.table, self._offset = parse_classic_address(self.address)
-        elif isinstance(self.address, int) and self.table is not None and (
-            0 <= self.address <= 65535
+        elif (
+            isinstance(self.address, int)
+            and self.table is not None
+            and (0 <= self.address <= 65535)
         ):
             self._offset = self.address
         if self.type is None and self.table is not None:
@@ -159,8 +161,10 @@ class RegisterRef(_Section):
     @property
     def width(self) -> int:
         """Registers (or bits) this value occupies."""
-        return 1 if self.table is not None and self.table.is_bits else register_count(
-            self.point_type, self.length
+        return (
+            1
+            if self.table is not None and self.table.is_bits
+            else register_count(self.point_type, self.length)
         )
 
     def problems(self) -> list[tuple[str, str]]:
@@ -168,16 +172,22 @@ class RegisterRef(_Section):
         found: list[tuple[str, str]] = []
         if isinstance(self.address, str):
             if self._table_given:
-                found.append(("address", "with `table`, give a 0-based integer address; "
-                              "a string address is classic notation (\"40001\")"))
+                found.append(
+                    (
+                        "address",
+                        "with `table`, give a 0-based integer address; "
+                        'a string address is classic notation ("40001")',
+                    )
+                )
             elif self._offset < 0:
                 try:
                     parse_classic_address(self.address)
                 except ValueError as exc:
                     found.append(("address", str(exc)))
         elif self.table is None:
-            found.append(("table", "an integer address needs `table` "
-                          "(coil, discrete, input or holding)"))
+            found.append(
+                ("table", "an integer address needs `table` (coil, discrete, input or holding)")
+            )
         elif not 0 <= self.address <= 65535:
             found.append(("address", f"{self.address} is outside 0..65535"))
         if self.table is None or self._offset < 0:
@@ -186,8 +196,13 @@ class RegisterRef(_Section):
             if self.type != "bool":
                 found.append(("type", f"the {self.table} table holds bits: type must be bool"))
             if self.bit is not None:
-                found.append(("bit", f"`bit` selects a bit of a register; the {self.table} "
-                              "table already holds single bits"))
+                found.append(
+                    (
+                        "bit",
+                        f"`bit` selects a bit of a register; the {self.table} "
+                        "table already holds single bits",
+                    )
+                )
         if self.type == "string" and self.length is None:
             found.append(("length", "type string needs `length` in registers"))
         if self.type not in ("string", "hex") and self.length is not None:
@@ -205,7 +220,9 @@ class RegisterRef(_Section):
         if self.scale == 0:
             found.append(("scale", "must not be 0"))
         if (self.scale is not None or self.offset is not None) and self.type in (
-            "bool", "string", "hex"
+            "bool",
+            "string",
+            "hex",
         ):
             found.append(("scale", f"scale and offset apply to numbers, not {self.type}"))
         return found
@@ -350,8 +367,9 @@ class SettingConfig(RegisterRef):
     # or true/false.
     value_type: Literal["integer", "boolean"] | None = None
 
-    def target_problems(self, devices: set[str], sources: set[str],
-                        buckets: set[str]) -> list[tuple[str, str]]:
+    def target_problems(
+        self, devices: set[str], sources: set[str], buckets: set[str]
+    ) -> list[tuple[str, str]]:
         """(key, message) pairs for the setting's target and bounds."""
         found: list[tuple[str, str]] = []
         if self.agent is not None:
@@ -368,8 +386,12 @@ class SettingConfig(RegisterRef):
                 if name not in buckets:
                     found.append(("agent", f"no bucket named {name!r}"))
             else:
-                found.append(("agent", f"unknown agent setting {self.agent!r}; one of "
-                              + ", ".join(AGENT_TARGETS)))
+                found.append(
+                    (
+                        "agent",
+                        f"unknown agent setting {self.agent!r}; one of " + ", ".join(AGENT_TARGETS),
+                    )
+                )
             return found
         if self.device is None:
             return [("device", "a setting needs `device` and `address` (or `agent`)")]
@@ -377,11 +399,21 @@ class SettingConfig(RegisterRef):
             return [("address", "a setting on a device needs `address`")]
         found += self.problems()
         if self.device not in devices:
-            found.append(("device", f"no device named {self.device!r} "
-                          f"(devices: {', '.join(sorted(devices)) or 'none'})"))
+            found.append(
+                (
+                    "device",
+                    f"no device named {self.device!r} "
+                    f"(devices: {', '.join(sorted(devices)) or 'none'})",
+                )
+            )
         if self.table is not None and not self.table.writable:
-            found.append(("address", f"the {self.table} table is read-only; "
-                          "settings need a coil or holding register"))
+            found.append(
+                (
+                    "address",
+                    f"the {self.table} table is read-only; "
+                    "settings need a coil or holding register",
+                )
+            )
         if self.bit is not None:
             found.append(("bit", "settings write whole registers or coils, not bits"))
         if self.pattern is not None:
@@ -444,8 +476,10 @@ def load_config(path: str | Path) -> AgentConfig:
         raise ConfigError(shown, [_syntax_problem(exc)]) from None
     listed = [name for name in os.environ if name.upper().startswith(_LIST_SECTION_PREFIXES)]
     if listed:
-        message = ("arrays of tables ([[modbus]], [[config_groups]]) cannot be overridden from "
-                   f"the environment; unset {', '.join(sorted(listed))}")
+        message = (
+            "arrays of tables ([[modbus]], [[config_groups]]) cannot be overridden from "
+            f"the environment; unset {', '.join(sorted(listed))}"
+        )
         raise ConfigError(shown, [ConfigProblem("", message)])
     environment_problem = apply_environment(data, os.environ)
     if environment_problem is not None:
@@ -481,7 +515,7 @@ def apply_environment(data: dict[str, Any], environ: Mapping[str, str]) -> str |
     for name in sorted(environ):
         if not name.upper().startswith(ENV_PREFIX):
             continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
+        path = name[len(ENV_PREFIX) :].lower().split("__")
         value: Any = environ[name]
         if len(path) == 1:
             try:
@@ -526,27 +560,43 @@ def cross_check(config: AgentConfig) -> list[tuple[str, str]]:
         for d, device in enumerate(conn.devices):
             dev_key = f"{here}.devices[{d}]"
             if device.name in devices:
-                found.append((f"{dev_key}.name", f"device name {device.name!r} is already used"
-                               f" at {devices[device.name]}"))
+                found.append(
+                    (
+                        f"{dev_key}.name",
+                        f"device name {device.name!r} is already used at {devices[device.name]}",
+                    )
+                )
             devices.setdefault(device.name, dev_key)
             if device.unit in units:
-                found.append((f"{dev_key}.unit", f"unit {device.unit} appears twice on "
-                              f"connection {conn.name!r}"))
+                found.append(
+                    (
+                        f"{dev_key}.unit",
+                        f"unit {device.unit} appears twice on connection {conn.name!r}",
+                    )
+                )
             units.add(device.unit)
             found += _check_points(dev_key, device, bucket_ids)
     modbus_devices = set(devices)
     for i, instrument in enumerate(config.serial):
         found += _check_serial(f"serial[{i}]", instrument, bucket_ids)
         if instrument.name in devices:
-            found.append((f"serial[{i}].name", f"name {instrument.name!r} is already used "
-                          f"at {devices[instrument.name]}"))
+            found.append(
+                (
+                    f"serial[{i}].name",
+                    f"name {instrument.name!r} is already used at {devices[instrument.name]}",
+                )
+            )
         devices.setdefault(instrument.name, f"serial[{i}]")
     buckets = {bucket for bucket, _ in bucket_ids}
     groups: dict[str, str] = {}
     for g, group in enumerate(config.config_groups):
         if group.name in groups:
-            found.append((f"config_groups[{g}].name", f"group {group.name!r} is already "
-                          f"declared at {groups[group.name]}"))
+            found.append(
+                (
+                    f"config_groups[{g}].name",
+                    f"group {group.name!r} is already declared at {groups[group.name]}",
+                )
+            )
         groups.setdefault(group.name, f"config_groups[{g}]")
         settings: dict[str, str] = {}
         for s, setting in enumerate(group.settings):
@@ -554,14 +604,19 @@ def cross_check(config: AgentConfig) -> list[tuple[str, str]]:
             problems = setting.target_problems(modbus_devices, set(devices), buckets)
             found += [(f"{key}.{sub}", message) for sub, message in problems]
             if setting.id in settings:
-                found.append((f"{key}.id", f"setting id {setting.id!r} is already declared "
-                              f"at {settings[setting.id]}"))
+                found.append(
+                    (
+                        f"{key}.id",
+                        f"setting id {setting.id!r} is already declared at {settings[setting.id]}",
+                    )
+                )
             settings.setdefault(setting.id, key)
     return found
 
 
-def _check_serial(key: str, instrument: SerialConfig,
-                  bucket_ids: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+def _check_serial(
+    key: str, instrument: SerialConfig, bucket_ids: dict[tuple[str, str], str]
+) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     groups: set[str] = set()
     if instrument.format == "regex":
@@ -574,8 +629,9 @@ def _check_serial(key: str, instrument: SerialConfig,
                 found.append((f"{key}.pattern", f"not a regular expression: {exc}"))
             else:
                 if not groups:
-                    found.append((f"{key}.pattern", "the pattern has no named groups "
-                                  "(?P<name>...)"))
+                    found.append(
+                        (f"{key}.pattern", "the pattern has no named groups (?P<name>...)")
+                    )
     elif instrument.pattern is not None:
         found.append((f"{key}.pattern", "`pattern` applies to format regex"))
     if instrument.timestamp == "gps" and instrument.format != "nmea":
@@ -597,19 +653,30 @@ def _check_serial(key: str, instrument: SerialConfig,
         point_key = f"{key}.points[{p}]"
         known = NMEA_FIELDS if instrument.format == "nmea" else tuple(sorted(groups))
         if point.field not in known and (instrument.format == "nmea" or groups):
-            found.append((f"{point_key}.field", f"unknown field {point.field!r}; "
-                          f"one of {', '.join(known)}"))
+            found.append(
+                (f"{point_key}.field", f"unknown field {point.field!r}; one of {', '.join(known)}")
+            )
         is_coordinate = point.field == "coordinate" and instrument.format == "nmea"
         if (point.value_type == "coordinate") != is_coordinate and point.value_type:
-            found.append((f"{point_key}.value_type", "coordinate is for the NMEA "
-                          "`coordinate` field, which is always a coordinate"))
+            found.append(
+                (
+                    f"{point_key}.value_type",
+                    "coordinate is for the NMEA `coordinate` field, which is always a coordinate",
+                )
+            )
         bucket = point.bucket or instrument.bucket
         if bucket is None:
-            found.append((f"{point_key}.bucket", "no bucket: set `bucket` on the instrument "
-                          "or the point"))
+            found.append(
+                (f"{point_key}.bucket", "no bucket: set `bucket` on the instrument or the point")
+            )
         elif (bucket, point.id) in bucket_ids:
-            found.append((f"{point_key}.id", f"point id {point.id!r} is already used in "
-                          f"bucket {bucket!r} at {bucket_ids[(bucket, point.id)]}"))
+            found.append(
+                (
+                    f"{point_key}.id",
+                    f"point id {point.id!r} is already used in "
+                    f"bucket {bucket!r} at {bucket_ids[(bucket, point.id)]}",
+                )
+            )
         else:
             bucket_ids[(bucket, point.id)] = point_key
     return found
@@ -623,8 +690,9 @@ def unescape(text: str) -> str:
         raise ValueError(f"bad escape sequence: {exc.reason}") from None
 
 
-def _check_points(dev_key: str, device: DeviceConfig,
-                  bucket_ids: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+def _check_points(
+    dev_key: str, device: DeviceConfig, bucket_ids: dict[tuple[str, str], str]
+) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     claimed: dict[tuple[Table, int], tuple[str, PointConfig]] = {}
     for p, point in enumerate(device.points):
@@ -633,9 +701,14 @@ def _check_points(dev_key: str, device: DeviceConfig,
         if not own and point.value_type is not None:
             decoded = _decodes_to(point)
             if point.value_type not in _SHAPES_FOR[decoded]:
-                own.append(("value_type", f"a {point.point_type} point cannot be published as "
-                            f"{point.value_type}; it can be "
-                            f"{', '.join(sorted(_SHAPES_FOR[decoded]))}"))
+                own.append(
+                    (
+                        "value_type",
+                        f"a {point.point_type} point cannot be published as "
+                        f"{point.value_type}; it can be "
+                        f"{', '.join(sorted(_SHAPES_FOR[decoded]))}",
+                    )
+                )
         found += [(f"{key}.{sub}", message) for sub, message in own]
         bucket = point.bucket or device.bucket
         if bucket is None:
@@ -643,8 +716,12 @@ def _check_points(dev_key: str, device: DeviceConfig,
         else:
             previous = bucket_ids.get((bucket, point.id))
             if previous is not None:
-                found.append((f"{key}.id", f"point id {point.id!r} is already used in bucket "
-                              f"{bucket!r} at {previous}"))
+                found.append(
+                    (
+                        f"{key}.id",
+                        f"point id {point.id!r} is already used in bucket {bucket!r} at {previous}",
+                    )
+                )
             bucket_ids.setdefault((bucket, point.id), key)
         if own:
             continue
@@ -652,8 +729,13 @@ def _check_points(dev_key: str, device: DeviceConfig,
         for address in range(start, start + point.width):
             other = claimed.get((table, address))
             if other is not None and not _compatible(other[1], point):
-                found.append((f"{key}.address", f"overlaps {other[0]} ({other[1].id!r}) "
-                              "with a different type or byte order"))
+                found.append(
+                    (
+                        f"{key}.address",
+                        f"overlaps {other[0]} ({other[1].id!r}) "
+                        "with a different type or byte order",
+                    )
+                )
                 break
             claimed.setdefault((table, address), (key, point))
     return found
@@ -689,8 +771,10 @@ def _resolve_secret(config: AgentConfig) -> str | None:
             return f"secret file {candidate} is empty"
         thing.secret = SecretStr(text)
         return None
-    return ("no secret: set `secret`, `secret_file`, or the systemd credential "
-            f"{CREDENTIAL_NAME!r} (LoadCredential=)")
+    return (
+        "no secret: set `secret`, `secret_file`, or the systemd credential "
+        f"{CREDENTIAL_NAME!r} (LoadCredential=)"
+    )
 
 
 def _syntax_problem(exc: tomllib.TOMLDecodeError) -> ConfigProblem:

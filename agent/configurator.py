@@ -58,8 +58,9 @@ SHOWN_IDS = 5
 class Bus(Protocol):
     """What the configurator needs of a Modbus connection."""
 
-    async def read(self, unit: int, table: Table, start: int,
-                   count: int) -> list[int] | list[bool]: ...
+    async def read(
+        self, unit: int, table: Table, start: int, count: int
+    ) -> list[int] | list[bool]: ...
 
     async def write_registers(self, unit: int, start: int, values: list[int]) -> None: ...
 
@@ -112,8 +113,15 @@ class SettingsState:
 
 
 class Configurator:
-    def __init__(self, *, config: AgentConfig, routes: dict[str, DeviceRoute],
-                 knobs: AgentKnobs, outbox: Outbox, state: SettingsState) -> None:
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        routes: dict[str, DeviceRoute],
+        knobs: AgentKnobs,
+        outbox: Outbox,
+        state: SettingsState,
+    ) -> None:
         self._thing_id = config.thing.id
         self._prefix = expected_prefix(config.thing.id)
         self._max_bytes = config.mqtt.max_config_payload
@@ -124,8 +132,9 @@ class Configurator:
         byte_orders = {device.name: device.byte_order for _, device in config.all_devices()}
         self.groups: dict[str, dict[str, Setting]] = {
             group.name: {
-                s.id: Setting(group.name, s,
-                              device_byte_order=byte_orders.get(s.device or "", "ABCD"))
+                s.id: Setting(
+                    group.name, s, device_byte_order=byte_orders.get(s.device or "", "ABCD")
+                )
                 for s in group.settings
             }
             for group in config.config_groups
@@ -147,21 +156,31 @@ class Configurator:
 
     def on_message(self, topic: str, payload: bytes) -> None:
         try:
-            group, entries = parse_expected(topic, payload, thing_id=self._thing_id,
-                                            max_bytes=self._max_bytes)
+            group, entries = parse_expected(
+                topic, payload, thing_id=self._thing_id, max_bytes=self._max_bytes
+            )
         except RejectedMessage as exc:
             self.rejected += 1
             held = self._throttle.admit(("message_rejected", self._declared(topic), exc.kind))
             if held is not None:
-                log.warning("config_message_rejected", topic=topic, kind=exc.kind,
-                            reason=str(exc), **suppressed(held))
+                log.warning(
+                    "config_message_rejected",
+                    topic=topic,
+                    kind=exc.kind,
+                    reason=str(exc),
+                    **suppressed(held),
+                )
             return
         if group not in self.groups:
             self.rejected += 1
             held = self._throttle.admit(("group_unknown",))  # one key for any made-up name
             if held is not None:
-                log.warning("config_group_unknown", group=group, declared=sorted(self.groups),
-                            **suppressed(held))
+                log.warning(
+                    "config_group_unknown",
+                    group=group,
+                    declared=sorted(self.groups),
+                    **suppressed(held),
+                )
             return
         self._pending.pop(group, None)
         self._pending[group] = entries
@@ -231,8 +250,9 @@ class Configurator:
             try:
                 value = await self._current(setting, saved["form"] if saved else None)
             except AgentError as exc:
-                log.warning("config_readback_failed", group=group, setting=setting.id,
-                            error=str(exc))
+                log.warning(
+                    "config_readback_failed", group=group, setting=setting.id, error=str(exc)
+                )
                 continue
             values.append({"id": setting.id, "value": value})
         payload = json.dumps(values, separators=(",", ":"), allow_nan=False).encode()
@@ -246,18 +266,28 @@ class Configurator:
         if unknown:
             held = self._throttle.admit(("settings_unknown", group))
             if held is not None:
-                log.warning("config_settings_unknown", group=group, count=len(unknown),
-                            ids=unknown[:SHOWN_IDS], **suppressed(held))
+                log.warning(
+                    "config_settings_unknown",
+                    group=group,
+                    count=len(unknown),
+                    ids=unknown[:SHOWN_IDS],
+                    **suppressed(held),
+                )
         if refused:
             held = self._throttle.admit(("settings_rejected", group))
             if held is not None:
-                log.warning("config_settings_rejected", group=group, count=len(refused),
-                            ids=[key for key, _ in refused[:SHOWN_IDS]], reason=refused[0][1],
-                            **suppressed(held))
+                log.warning(
+                    "config_settings_rejected",
+                    group=group,
+                    count=len(refused),
+                    ids=[key for key, _ in refused[:SHOWN_IDS]],
+                    reason=refused[0][1],
+                    **suppressed(held),
+                )
 
     def _declared(self, topic: str) -> str | None:
         """The declared group a topic names, or None (one rate-limit key for all others)."""
-        group = topic[len(self._prefix):] if topic.startswith(self._prefix) else None
+        group = topic[len(self._prefix) :] if topic.startswith(self._prefix) else None
         return group if group in self.groups else None
 
     # -- applying one setting ---------------------------------------------------------------
@@ -268,8 +298,13 @@ class Configurator:
         self._state.put(group, setting.id, value, form)
         if setting.agent is not None:
             self._knobs.set(setting.agent, value)
-            log.info("agent_setting_applied", group=group, setting=setting.id,
-                     target=setting.agent, value=value)
+            log.info(
+                "agent_setting_applied",
+                group=group,
+                setting=setting.id,
+                target=setting.agent,
+                value=value,
+            )
             return
         wanted = setting.encode(value)
         try:
@@ -284,12 +319,16 @@ class Configurator:
                 device_held: JsonScalar = setting.decode(held, form=form)
             except AgentError as exc:
                 device_held = str(exc)
-            log.warning("setting_drift_corrected", group=group, setting=setting.id,
-                        expected=value, device_held=device_held)
+            log.warning(
+                "setting_drift_corrected",
+                group=group,
+                setting=setting.id,
+                expected=value,
+                device_held=device_held,
+            )
         await self._write(setting, wanted, value)
 
-    async def _write(self, setting: Setting, wanted: list[int] | bool,
-                     value: JsonScalar) -> None:
+    async def _write(self, setting: Setting, wanted: list[int] | bool, value: JsonScalar) -> None:
         target = setting.target
         assert target is not None
         route = self._routes[target.device]
@@ -299,12 +338,23 @@ class Configurator:
             else:
                 await route.bus.write_registers(route.unit, target.address, wanted)
         except (DeviceRefused, DeviceError) as exc:
-            log.warning("setting_write_failed", group=setting.group, setting=setting.id,
-                        value=value, error=str(exc))
+            log.warning(
+                "setting_write_failed",
+                group=setting.group,
+                setting=setting.id,
+                value=value,
+                error=str(exc),
+            )
             return
         self.writes += 1
-        log.info("setting_written", group=setting.group, setting=setting.id, value=value,
-                 device=target.device, address=target.address)
+        log.info(
+            "setting_written",
+            group=setting.group,
+            setting=setting.id,
+            value=value,
+            device=target.device,
+            address=target.address,
+        )
 
     async def _read(self, setting: Setting) -> list[int] | list[bool]:
         target = setting.target

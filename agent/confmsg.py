@@ -19,8 +19,9 @@ MAX_ENTRIES = 1000
 MAX_GROUP_LENGTH = 128
 MAX_ID_LENGTH = 128
 
-Fault = Literal["topic", "group", "size", "encoding", "json", "nesting", "shape", "entries",
-                "entry"]
+Fault = Literal[
+    "topic", "group", "size", "encoding", "json", "nesting", "shape", "entries", "entry"
+]
 
 
 class RejectedMessage(RejectedInput):
@@ -58,20 +59,24 @@ def latest_per_id(entries: Iterable[Entry]) -> list[Entry]:
     return list(latest.values())
 
 
-def parse_expected(topic: str, payload: bytes, *, thing_id: str,
-                   max_bytes: int) -> tuple[str, list[Entry]]:
+def parse_expected(
+    topic: str, payload: bytes, *, thing_id: str, max_bytes: int
+) -> tuple[str, list[Entry]]:
     """The group named by the topic and the entries of the payload; RejectedMessage if unfit."""
     prefix = expected_prefix(thing_id)
     if not topic.startswith(prefix):
         raise RejectedMessage("topic", f"not an expected-config topic: {_show(topic)}")
-    group = topic[len(prefix):]
-    if not group or len(group) > MAX_GROUP_LENGTH or any(
-        c in "/+#" or ord(c) < 0x20 or ord(c) == 0x7F for c in group
+    group = topic[len(prefix) :]
+    if (
+        not group
+        or len(group) > MAX_GROUP_LENGTH
+        or any(c in "/+#" or ord(c) < 0x20 or ord(c) == 0x7F for c in group)
     ):
         raise RejectedMessage("group", f"unusable group name in topic: {_show(group)}")
     if len(payload) > max_bytes:
-        raise RejectedMessage("size", f"payload of {len(payload)} bytes is over the "
-                              f"{max_bytes} limit")
+        raise RejectedMessage(
+            "size", f"payload of {len(payload)} bytes is over the {max_bytes} limit"
+        )
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -89,21 +94,23 @@ def _entries(document: Any) -> list[Entry]:
     if isinstance(document, dict):
         document = [document]  # the document allows one object where an array is usual
     if not isinstance(document, list):
-        raise RejectedMessage("shape", f"payload must be an array of {{\"id\", \"value\"}}, "
-                                       f"not {type(document).__name__}")
+        raise RejectedMessage(
+            "shape", f'payload must be an array of {{"id", "value"}}, not {type(document).__name__}'
+        )
     if len(document) > MAX_ENTRIES:
         raise RejectedMessage("entries", f"{len(document)} entries is over the {MAX_ENTRIES} limit")
     entries: list[Entry] = []
     for index, item in enumerate(document):
         if not isinstance(item, dict) or "id" not in item or "value" not in item:
-            raise RejectedMessage("entry",
-                                  f"entry {index} is not an object with \"id\" and \"value\"")
+            raise RejectedMessage("entry", f'entry {index} is not an object with "id" and "value"')
         key, value = item["id"], item.get("value")
         if not isinstance(key, str) or not key or len(key) > MAX_ID_LENGTH:
-            raise RejectedMessage("entry", f"entry {index} has no usable \"id\"")
+            raise RejectedMessage("entry", f'entry {index} has no usable "id"')
         if not isinstance(value, bool | int | float | str):
-            raise RejectedMessage("entry", f"entry {index} ({_show(key)}): value must be a "
-                                           "number, a string or a boolean")
+            raise RejectedMessage(
+                "entry",
+                f"entry {index} ({_show(key)}): value must be a number, a string or a boolean",
+            )
         entries.append(Entry(key, value))
     return entries
 

@@ -91,10 +91,14 @@ _TEXT_SWAPPED: Final = frozenset({"BADC", "DCBA"})
 
 # Point type → (struct format character, registers).
 _FIXED_WIDTH: Final = {
-    "int16": ("h", 1), "uint16": ("H", 1),
-    "int32": ("i", 2), "uint32": ("I", 2),
-    "int64": ("q", 4), "uint64": ("Q", 4),
-    "float32": ("f", 2), "float64": ("d", 4),
+    "int16": ("h", 1),
+    "uint16": ("H", 1),
+    "int32": ("i", 2),
+    "uint32": ("I", 2),
+    "int64": ("q", 4),
+    "uint64": ("Q", 4),
+    "float32": ("f", 2),
+    "float64": ("d", 4),
 }
 _INTEGER_TYPES: Final = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
 _FLOAT_TYPES: Final = frozenset({"float32", "float64"})
@@ -306,12 +310,10 @@ def _encode_string(value: RawValue, byte_order: str, length: int | None) -> list
 
 def _encode_hex(value: RawValue, byte_order: str, length: int | None) -> list[int]:
     if not isinstance(value, str) or not value or not set(value) <= _HEX_CHARACTERS:
-        raise ValueError(f"hex takes hex digits without prefix (e.g. \"BEEF\"), got {value!r}")
+        raise ValueError(f'hex takes hex digits without prefix (e.g. "BEEF"), got {value!r}')
     count = len(value) // _HEX_DIGITS_PER_REGISTER if length is None else length
     if count < 1 or len(value) != count * _HEX_DIGITS_PER_REGISTER:
-        expected = (
-            "a multiple of 4" if length is None else str(length * _HEX_DIGITS_PER_REGISTER)
-        )
+        expected = "a multiple of 4" if length is None else str(length * _HEX_DIGITS_PER_REGISTER)
         raise ValueError(f"hex needs {expected} digits (4 per register), got {len(value)}")
     return _bytes_to_registers(bytes.fromhex(value), swap=byte_order in _TEXT_SWAPPED)
 

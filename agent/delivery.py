@@ -34,13 +34,15 @@ class Publisher(Protocol):
 
     async def wait_connected(self) -> None: ...
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
-        ...
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False
+    ) -> asyncio.Future[None]: ...
 
 
 class Delivery:
-    def __init__(self, *, outbox: Outbox, publisher: Publisher, clock: Clock,
-                 window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, *, outbox: Outbox, publisher: Publisher, clock: Clock, window: int = DEFAULT_WINDOW
+    ) -> None:
         self._outbox = outbox
         self._publisher = publisher
         self._clock = clock

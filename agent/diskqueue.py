@@ -109,15 +109,18 @@ class DiskOutbox:
     """The Outbox port on SQLite. The port's methods run on the event loop and touch
     memory only; `run` (the queue's task) does all the file's work."""
 
-    def __init__(self, settings: QueueSettings, *, clock: Clock,
-                 loop_time: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, settings: QueueSettings, *, clock: Clock, loop_time: Callable[[], float] | None = None
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._time = loop_time or time.monotonic
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="queue-io")
-        self._store = QueueStore(settings.path, max_bytes=settings.max_bytes,
-                                 synchronous=settings.synchronous)
+            max_workers=1, thread_name_prefix="queue-io"
+        )
+        self._store = QueueStore(
+            settings.path, max_bytes=settings.max_bytes, synchronous=settings.synchronous
+        )
         self._stats = OutboxStats(queued_total=0)
         # A commit never takes more than a sixteenth of the budget, so that the bound
         # is kept commit by commit.
@@ -179,8 +182,9 @@ class DiskOutbox:
 
     # -- the Outbox port --------------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
-            replace: bool = False) -> None:
+    def put(
+        self, topic: str, payload: bytes, stamp: Stamp | None = None, *, replace: bool = False
+    ) -> None:
         if self._closed:
             log.error("queue_put_after_close", topic=topic, bytes=len(payload))
             return
@@ -260,8 +264,9 @@ class DiskOutbox:
         self._tokens_at = self._time()
         waiting = self._depth() - len(self._in_flight)
         if waiting > 0:
-            log.info("replay_started", messages=waiting,
-                     rate=self._settings.replay_rate or "unlimited")
+            log.info(
+                "replay_started", messages=waiting, rate=self._settings.replay_rate or "unlimited"
+            )
         self._want_rows()
         self._ready.set()
 
@@ -288,8 +293,11 @@ class DiskOutbox:
         await self._room.wait()
 
     def _update_room(self) -> None:
-        if not self._disk_ok or self._closed or (
-                self._unwritten_bytes <= self._settings.memory_bytes // 2):
+        if (
+            not self._disk_ok
+            or self._closed
+            or (self._unwritten_bytes <= self._settings.memory_bytes // 2)
+        ):
             self._room.set()
 
     async def run(self) -> None:
@@ -326,8 +334,11 @@ class DiskOutbox:
                     await self._write()
                 self._log_drops(force=True)
                 if self._unwritten:
-                    log.error("queue_unsaved_at_stop", messages=len(self._unwritten),
-                              error=self._disk_error)
+                    log.error(
+                        "queue_unsaved_at_stop",
+                        messages=len(self._unwritten),
+                        error=self._disk_error,
+                    )
                 if self._open:
                     with contextlib.suppress(QueueError):
                         await self._io(self._store.close)
@@ -355,8 +366,9 @@ class DiskOutbox:
         if backlog_first and not self._backlog.rows:
             self._want_rows()
             return None
-        if not backlog_first and not (self._mem_backlog
-                                      and self._mem_backlog[0].seq <= self._sendable):
+        if not backlog_first and not (
+            self._mem_backlog and self._mem_backlog[0].seq <= self._sendable
+        ):
             return None
         if not self._take_token():
             return None
@@ -474,14 +486,21 @@ class DiskOutbox:
     def _log_drops(self, *, force: bool = False) -> None:
         now = self._time()
         for reason, (messages, size) in list(self._drops_unlogged.items()):
-            if not messages or (not force and now < self._drops_logged_at.get(reason, -1e9)
-                                + DROP_LOG_INTERVAL):
+            if not messages or (
+                not force and now < self._drops_logged_at.get(reason, -1e9) + DROP_LOG_INTERVAL
+            ):
                 continue
             self._drops_logged_at[reason] = now
             self._drops_unlogged[reason] = [0, 0]
-            log.warning("queue_dropped_oldest", reason=reason, messages=messages, bytes=size,
-                        dropped_total=self._stats.dropped_total,
-                        max_bytes=self._settings.max_bytes, max_age=self._settings.max_age)
+            log.warning(
+                "queue_dropped_oldest",
+                reason=reason,
+                messages=messages,
+                bytes=size,
+                dropped_total=self._stats.dropped_total,
+                max_bytes=self._settings.max_bytes,
+                max_age=self._settings.max_age,
+            )
 
     def _supersede(self, topic: str) -> None:
         """Forget unsent messages on `topic`: the one being put replaces them."""
@@ -550,7 +569,7 @@ class DiskOutbox:
             self._refill_wanted = False
             await self._refill()
         failing = not self._disk_ok
-        due = (self._retry_at if failing else self._commit_at)
+        due = self._retry_at if failing else self._commit_at
         if due is not None and now >= due:
             await self._write(sweep=now >= self._age_at)
         elif now >= self._age_at:
@@ -592,8 +611,12 @@ class DiskOutbox:
 
     def _opened(self, opened: Opened) -> None:
         if opened.moved_aside is not None:
-            log.error("queue_corrupt_moved_aside", path=str(self._settings.path),
-                      moved_to=str(opened.moved_aside), error=opened.corruption)
+            log.error(
+                "queue_corrupt_moved_aside",
+                path=str(self._settings.path),
+                moved_to=str(opened.moved_aside),
+                error=opened.corruption,
+            )
         self._open = True
         if opened.max_seq >= self._seq:
             self._seq = opened.max_seq
@@ -605,17 +628,25 @@ class DiskOutbox:
         self._oldest_ms = opened.oldest_ms
         self._age_at = self._time()
         if opened.count:
-            log.info("queue_opened", path=str(self._settings.path), messages=opened.count,
-                     bytes=opened.payload_bytes)
+            log.info(
+                "queue_opened",
+                path=str(self._settings.path),
+                messages=opened.count,
+                bytes=opened.payload_bytes,
+            )
             self._ready.set()
 
     def _open_failed(self, exc: BaseException) -> None:
         self._failures += 1
         self._retry_at = self._time() + self._backoff()
         if self._disk_ok or self._failures == 1:
-            log.error("queue_open_failed", path=str(self._settings.path),
-                      error=type(exc).__name__, detail=str(exc),
-                      retry_in=round(self._retry_at - self._time(), 1))
+            log.error(
+                "queue_open_failed",
+                path=str(self._settings.path),
+                error=type(exc).__name__,
+                detail=str(exc),
+                retry_in=round(self._retry_at - self._time(), 1),
+            )
         self._degrade(str(exc))
         # Messages made now must not take the seqs of rows the file may still hold.
         self._seq = max(self._seq, time.time_ns() // 1000)
@@ -626,12 +657,18 @@ class DiskOutbox:
         is put meanwhile waits for the next round: the queue's task has reads to do too)."""
         upto = self._seq
         await self._commit(sweep=sweep, messages=messages)
-        while (messages and self._open and self._disk_ok and self._unwritten
-               and next(iter(self._unwritten)) <= upto):
+        while (
+            messages
+            and self._open
+            and self._disk_ok
+            and self._unwritten
+            and next(iter(self._unwritten)) <= upto
+        ):
             await self._commit(upto=upto)
 
-    async def _commit(self, *, sweep: bool = False, messages: bool = True,
-                      upto: int | None = None) -> None:
+    async def _commit(
+        self, *, sweep: bool = False, messages: bool = True, upto: int | None = None
+    ) -> None:
         """One commit: unwritten messages in, acknowledged (and superseded) ones out; with
         `sweep`, the file's messages past max_age dropped too."""
         if messages:
@@ -649,8 +686,10 @@ class DiskOutbox:
                 break
             batch.append(message)
             size += len(message.payload)
-        rows: list[Unpacked] = [(m.seq, m.topic, m.payload, m.stamp.boot_id, m.stamp.wall_ms,
-                                 m.stamp.boot_ms) for m in batch]
+        rows: list[Unpacked] = [
+            (m.seq, m.topic, m.payload, m.stamp.boot_id, m.stamp.wall_ms, m.stamp.boot_ms)
+            for m in batch
+        ]
         deletes = sorted(self._acked)
         supersede = list(self._supersede_due.items())
         held = set(self._in_flight) | set(self._retry)
@@ -661,9 +700,15 @@ class DiskOutbox:
         self._writing = {m.seq for m in batch}
         self._deleting = len(deletes)
         try:
-            result = await self._io(self._store.write, rows, deletes, supersede=supersede,
-                                    held=held, age_cutoff_ms=cutoff,
-                                    recount=not self._disk_ok)
+            result = await self._io(
+                self._store.write,
+                rows,
+                deletes,
+                supersede=supersede,
+                held=held,
+                age_cutoff_ms=cutoff,
+                recount=not self._disk_ok,
+            )
         except QueueError as exc:
             self._writing = set()
             if isinstance(exc.partial, Written):
@@ -708,12 +753,17 @@ class DiskOutbox:
             self._sendable = max(self._sendable, rows[-1][0])
             self._ready.set()
         if result.disk_full:
-            log.error("queue_disk_full", path=str(self._settings.path),
-                      messages_on_disk=self._disk_count, files_bytes=result.files_bytes)
+            log.error(
+                "queue_disk_full",
+                path=str(self._settings.path),
+                messages_on_disk=self._disk_count,
+                files_bytes=result.files_bytes,
+            )
         if result.dropped:
             self._discard(set(result.dropped))
-            self._count_dropped(result.dropped_for or "max_bytes", len(result.dropped),
-                                result.dropped_bytes)
+            self._count_dropped(
+                result.dropped_for or "max_bytes", len(result.dropped), result.dropped_bytes
+            )
 
     def _discard(self, seqs: set[int]) -> None:
         """Rows the bounds dropped from the file: not to be sent from anywhere."""
@@ -730,10 +780,14 @@ class DiskOutbox:
         self._failures += 1
         self._retry_at = self._time() + self._backoff()
         if self._disk_ok:
-            log.error("queue_disk_failed", path=str(self._settings.path),
-                      error=type(exc).__name__, detail=str(exc),
-                      unwritten=len(self._unwritten),
-                      action="delivering from memory; retrying the disk")
+            log.error(
+                "queue_disk_failed",
+                path=str(self._settings.path),
+                error=type(exc).__name__,
+                detail=str(exc),
+                unwritten=len(self._unwritten),
+                action="delivering from memory; retrying the disk",
+            )
         self._degrade(str(exc))
         if isinstance(exc, QueueCorrupt):
             await self._start_over()
@@ -748,8 +802,12 @@ class DiskOutbox:
         if not await self._reopen():
             return
         self._disk_count = self._disk_bytes = 0
-        for message in [*self._mem_backlog, *self._mem_live, *self._in_flight.values(),
-                        *self._retry.values()]:
+        for message in [
+            *self._mem_backlog,
+            *self._mem_live,
+            *self._in_flight.values(),
+            *self._retry.values(),
+        ]:
             if message.seq not in self._unwritten:
                 self._unwritten[message.seq] = message
                 self._unwritten_bytes += len(message.payload)
@@ -770,8 +828,13 @@ class DiskOutbox:
         self._disk_ok = True
         self._disk_error = None
         if self._failures:
-            log.info("queue_disk_recovered", path=str(self._settings.path),
-                     failures=self._failures, after_error=was, messages_on_disk=self._disk_count)
+            log.info(
+                "queue_disk_recovered",
+                path=str(self._settings.path),
+                failures=self._failures,
+                after_error=was,
+                messages_on_disk=self._disk_count,
+            )
         self._failures = 0
 
     def _backoff(self) -> float:
@@ -780,8 +843,10 @@ class DiskOutbox:
 
     async def _refill(self) -> None:
         """Read the next chunk of backlog (and of live that left memory) from disk."""
-        for lane, upto in ((self._live, self._mem_floor),
-                           (self._backlog, min(self._backlog_end, self._mem_floor))):
+        for lane, upto in (
+            (self._live, self._mem_floor),
+            (self._backlog, min(self._backlog_end, self._mem_floor)),
+        ):
             after = max(lane.read, self._backlog_end) if lane is self._live else lane.read
             if lane.rows or after >= upto:
                 continue
@@ -797,8 +862,11 @@ class DiskOutbox:
             lane.read = rows[-1][0] if len(rows) == FETCH_CHUNK else upto
             skip = self._in_flight.keys() | self._retry.keys() | self._acked | self._resident
             superseded = self._superseded
-            lane.rows.extend(r for r in rows if r[0] not in skip
-                             and not (r[1] in superseded and r[0] < superseded[r[1]]))
+            lane.rows.extend(
+                r
+                for r in rows
+                if r[0] not in skip and not (r[1] in superseded and r[0] < superseded[r[1]])
+            )
             if not lane.rows and lane.read < upto:
                 self._want_rows()
             self._ready.set()

@@ -65,8 +65,9 @@ class DeviceRefused(AgentError):
     ILLEGAL_DATA_ADDRESS = 2
     ILLEGAL_DATA_VALUE = 3
 
-    def __init__(self, code: int, *, connection: str, unit: int, function: int,
-                 address: int, count: int) -> None:
+    def __init__(
+        self, code: int, *, connection: str, unit: int, function: int, address: int, count: int
+    ) -> None:
         self.code = code
         self.connection = connection
         self.unit = unit

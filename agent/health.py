@@ -38,13 +38,19 @@ class Connection(Protocol):
     reconnects: int
 
 
-def health_readings(*, bucket: str, started: float, session: Connection, outbox: Outbox,
-                    pollers: Sequence[DevicePoller], instruments: Sequence[Instrument],
-                    wall_ms: Callable[[], int]) -> list[Reading]:
+def health_readings(
+    *,
+    bucket: str,
+    started: float,
+    session: Connection,
+    outbox: Outbox,
+    pollers: Sequence[DevicePoller],
+    instruments: Sequence[Instrument],
+    wall_ms: Callable[[], int],
+) -> list[Reading]:
     stats = outbox.stats()
     now = wall_ms()
-    oldest = 0 if stats.oldest_created is None else max(0, round(now / 1000 -
-                                                                 stats.oldest_created))
+    oldest = 0 if stats.oldest_created is None else max(0, round(now / 1000 - stats.oldest_created))
     values: dict[str, Value] = {
         "agent_uptime": round(time.monotonic() - started),
         "agent_connected": session.connected,

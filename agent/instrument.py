@@ -100,15 +100,21 @@ class _Point:
 
 
 class Instrument:
-    def __init__(self, *, config: SerialConfig, emit: Callable[[Reading], None],
-                 wall_ms: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        *,
+        config: SerialConfig,
+        emit: Callable[[Reading], None],
+        wall_ms: Callable[[], int] = now_ms,
+    ) -> None:
         self.config = config
         self.name = config.name
         self._emit = emit
         self._wall_ms = wall_ms
         self._points = [_Point(p, config) for p in config.points]
-        self._framer = LineFramer(terminator=unescape(config.terminator).encode("latin-1"),
-                                  max_line=config.max_line)
+        self._framer = LineFramer(
+            terminator=unescape(config.terminator).encode("latin-1"), max_line=config.max_line
+        )
         self._pattern = re.compile(config.pattern) if config.pattern else None
         self._request = unescape(config.request).encode(config.encoding) if config.request else None
         self._port = SerialPort(config, self._on_data)
@@ -199,8 +205,7 @@ class Instrument:
             finally:
                 self._reply = None
             if self.stats.consecutive_failures:
-                self._log.info("instrument_recovered",
-                               failed_polls=self.stats.consecutive_failures)
+                self._log.info("instrument_recovered", failed_polls=self.stats.consecutive_failures)
                 self.stats.consecutive_failures = 0
             latest, self._latest = self._latest, {}
             self._report(latest)
@@ -214,8 +219,11 @@ class Instrument:
         if self._framer.stats.overlong != self.stats.overlong:
             self.stats.overlong = self._framer.stats.overlong
             if self._throttle.allow("overlong"):
-                self._log.warning("instrument_line_too_long", max_line=self.config.max_line,
-                                  dropped=self.stats.overlong)
+                self._log.warning(
+                    "instrument_line_too_long",
+                    max_line=self.config.max_line,
+                    dropped=self.stats.overlong,
+                )
         for line in lines:
             self.stats.lines += 1
             parsed = self._parse(line.decode(self.config.encoding, errors="replace"), arrived)
@@ -281,8 +289,12 @@ class Instrument:
     def _unmatched(self, line: str, reason: str) -> None:
         self.stats.unmatched += 1
         if self._throttle.allow("unmatched"):
-            self._log.warning("instrument_line_unmatched", reason=reason, line=line[:80],
-                              unmatched_total=self.stats.unmatched)
+            self._log.warning(
+                "instrument_line_unmatched",
+                reason=reason,
+                line=line[:80],
+                unmatched_total=self.stats.unmatched,
+            )
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.config.backoff_max, self.interval * 2 ** min(attempt, 16))

@@ -38,7 +38,7 @@ class LineFramer:
             if end < 0:
                 break
             line = bytes(self._buffer[:end])
-            del self._buffer[:end + len(self._terminator)]
+            del self._buffer[: end + len(self._terminator)]
             if self._discarding:
                 self._discarding = False
                 continue
@@ -52,7 +52,7 @@ class LineFramer:
                 self.stats.overlong += 1
             self._discarding = True
             # Keep only what could be the start of the terminator.
-            del self._buffer[:len(self._buffer) - len(self._terminator) + 1]
+            del self._buffer[: len(self._buffer) - len(self._terminator) + 1]
         return lines
 
     def reset(self) -> None:

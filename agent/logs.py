@@ -23,8 +23,12 @@ from dataclasses import dataclass
 import structlog
 from structlog.typing import EventDict, Processor
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 _NOISY_LIBRARIES = ("pymodbus", "gmqtt")
 _HANDLER_NAME = "agent.logs"  # our handler on the root logger, replaced by each configure()
 
@@ -72,8 +76,7 @@ def configure(*, level: str = "info", fmt: str = "logfmt") -> None:
             timestamp,
             structlog.processors.format_exc_info,
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, escape,
-                    renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, escape, renderer],
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.set_name(_HANDLER_NAME)
@@ -141,8 +144,10 @@ def _structure(value: object, depth: int) -> object:
         if isinstance(value, list | tuple | set | frozenset):
             return [_structure(item, depth + 1) for item in value]
         if isinstance(value, dict):
-            return {escape(k) if isinstance(k, str) else k: _structure(v, depth + 1)
-                    for k, v in value.items()}
+            return {
+                escape(k) if isinstance(k, str) else k: _structure(v, depth + 1)
+                for k, v in value.items()
+            }
     return escape(repr(value))  # what the JSON renderer would print for an unknown object
 
 
@@ -154,8 +159,9 @@ def _text(value: object, depth: int) -> str:
         return repr(value)
     if depth < MAX_DEPTH:
         if isinstance(value, dict):
-            inner = ", ".join(f"{_text(k, depth + 1)}: {_text(v, depth + 1)}"
-                              for k, v in value.items())
+            inner = ", ".join(
+                f"{_text(k, depth + 1)}: {_text(v, depth + 1)}" for k, v in value.items()
+            )
             return f"{{{inner}}}"
         if isinstance(value, tuple):
             return f"({', '.join(_text(item, depth + 1) for item in value)})"
@@ -184,8 +190,9 @@ def _renderer(fmt: str) -> Processor:
         return structlog.processors.JSONRenderer(sort_keys=False)
     if fmt == "console":
         return structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
-    return structlog.processors.LogfmtRenderer(key_order=["ts", "level", "event"],
-                                               bool_as_flag=False)
+    return structlog.processors.LogfmtRenderer(
+        key_order=["ts", "level", "event"], bool_as_flag=False
+    )
 
 
 @dataclass(slots=True)
@@ -203,8 +210,13 @@ class Throttle:
     stream of new keys lets a line through for each.
     """
 
-    def __init__(self, *, interval: float, max_keys: int = DEFAULT_MAX_KEYS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        interval: float,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be at least 1, not {max_keys}")
         self._interval = interval

@@ -39,11 +39,9 @@ class ModbusLine:
         self._last_request_end = 0.0
         self._delay = config.request_delay
         if config.transport == "rtu":
-            self._delay = max(self._delay,
-                              _RTU_SILENCE_CHARS * _BITS_PER_CHAR / config.baudrate)
+            self._delay = max(self._delay, _RTU_SILENCE_CHARS * _BITS_PER_CHAR / config.baudrate)
 
-    async def read(self, unit: int, table: Table, start: int,
-                   count: int) -> list[int] | list[bool]:
+    async def read(self, unit: int, table: Table, start: int, count: int) -> list[int] | list[bool]:
         """Registers (or bits) `start` to `start+count` of `unit`; raises DeviceError."""
         function = _READ_FUNCTION[table]
 
@@ -56,21 +54,28 @@ class ModbusLine:
                 return await client.read_coils(start, count=count, device_id=unit)
             return await client.read_discrete_inputs(start, count=count, device_id=unit)
 
-        response = await self._request(call, unit=unit, function=function, address=start,
-                                       count=count)
+        response = await self._request(
+            call, unit=unit, function=function, address=start, count=count
+        )
         if table.is_bits:
             return list(response.bits[:count])
         return list(response.registers)
 
     async def write_registers(self, unit: int, start: int, values: Sequence[int]) -> None:
         """Write holding registers: function 6 for one, 16 for several."""
+
         async def call(client: Any) -> Any:
             if len(values) == 1:
                 return await client.write_register(start, values[0], device_id=unit)
             return await client.write_registers(start, list(values), device_id=unit)
 
-        await self._request(call, unit=unit, function=6 if len(values) == 1 else 16,
-                            address=start, count=len(values))
+        await self._request(
+            call,
+            unit=unit,
+            function=6 if len(values) == 1 else 16,
+            address=start,
+            count=len(values),
+        )
 
     async def write_coil(self, unit: int, address: int, value: bool) -> None:
         async def call(client: Any) -> Any:
@@ -88,8 +93,15 @@ class ModbusLine:
         async with self._lock:
             self._close()
 
-    async def _request(self, call: Callable[[Any], Awaitable[Any]], *, unit: int,
-                       function: int, address: int, count: int) -> Any:
+    async def _request(
+        self,
+        call: Callable[[Any], Awaitable[Any]],
+        *,
+        unit: int,
+        function: int,
+        address: int,
+        count: int,
+    ) -> Any:
         async with self._lock:
             client = await self._connected()
             pause = self._last_request_end + self._delay - time.monotonic()
@@ -106,23 +118,32 @@ class ModbusLine:
                 _raise_if_cancelled()
                 raise DeviceTimeout(
                     f"unit {unit} did not answer function {function} at {address}"
-                    f" within {self._config.timeout}s", connection=self.name, unit=unit,
+                    f" within {self._config.timeout}s",
+                    connection=self.name,
+                    unit=unit,
                 ) from exc
             except ConnectionException as exc:
                 _raise_if_cancelled()
                 self._close()
-                raise DeviceUnreachable(f"connection lost: {exc}", connection=self.name,
-                                        unit=unit) from exc
+                raise DeviceUnreachable(
+                    f"connection lost: {exc}", connection=self.name, unit=unit
+                ) from exc
             except ModbusException as exc:
                 _raise_if_cancelled()
-                raise DeviceTimeout(f"bad response: {exc}", connection=self.name,
-                                    unit=unit) from exc
+                raise DeviceTimeout(
+                    f"bad response: {exc}", connection=self.name, unit=unit
+                ) from exc
             finally:
                 self._last_request_end = time.monotonic()
             if response.isError():
-                raise DeviceRefused(int(getattr(response, "exception_code", 0)),
-                                    connection=self.name, unit=unit, function=function,
-                                    address=address, count=count)
+                raise DeviceRefused(
+                    int(getattr(response, "exception_code", 0)),
+                    connection=self.name,
+                    unit=unit,
+                    function=function,
+                    address=address,
+                    count=count,
+                )
             return response
 
     async def _connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -135,14 +156,26 @@ class ModbusLine:
         # decides when to try again. retries=0: a failed read is reported, not repeated.
         if config.transport == "tcp":
             assert config.host is not None
-            client = AsyncModbusTcpClient(config.host, port=config.port, timeout=config.timeout,
-                                          retries=0, reconnect_delay=0, name=config.name)
+            client = AsyncModbusTcpClient(
+                config.host,
+                port=config.port,
+                timeout=config.timeout,
+                retries=0,
+                reconnect_delay=0,
+                name=config.name,
+            )
         else:
             assert config.device is not None
             client = AsyncModbusSerialClient(
-                config.device, baudrate=config.baudrate, parity=config.parity,
-                bytesize=config.bytesize, stopbits=config.stopbits, timeout=config.timeout,
-                retries=0, reconnect_delay=0, name=config.name,
+                config.device,
+                baudrate=config.baudrate,
+                parity=config.parity,
+                bytesize=config.bytesize,
+                stopbits=config.stopbits,
+                timeout=config.timeout,
+                retries=0,
+                reconnect_delay=0,
+                name=config.name,
             )
         where = f"{config.host}:{config.port}" if config.transport == "tcp" else config.device
         try:
@@ -150,8 +183,9 @@ class ModbusLine:
                 ok = await client.connect()
         except (TimeoutError, OSError) as exc:
             client.close()
-            raise DeviceUnreachable(f"cannot connect to {where}: {exc}",
-                                    connection=self.name) from exc
+            raise DeviceUnreachable(
+                f"cannot connect to {where}: {exc}", connection=self.name
+            ) from exc
         if not ok:
             client.close()
             raise DeviceUnreachable(f"cannot connect to {where}", connection=self.name)

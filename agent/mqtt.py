@@ -83,10 +83,16 @@ MessageHandler = Callable[[str, bytes], None]
 class MqttSession:
     """The thing's connection to the broker: connect, stay connected, publish at QoS 1."""
 
-    def __init__(self, *, thing_id: str, secret: str, config: MqttConfig,
-                 subscriptions: Iterable[str] = (),
-                 on_message: MessageHandler | None = None,
-                 on_connect: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        thing_id: str,
+        secret: str,
+        config: MqttConfig,
+        subscriptions: Iterable[str] = (),
+        on_message: MessageHandler | None = None,
+        on_connect: Callable[[], None] | None = None,
+    ) -> None:
         self.client_id = f"thing:{thing_id}"
         self._username = thing_id
         self._secret = secret
@@ -139,8 +145,9 @@ class MqttSession:
                 if attempt == 1 or refused:
                     self._log.warning(event, error=_describe(exc), retry_in=round(delay, 1))
                 else:
-                    self._log.debug(event, error=_describe(exc), attempt=attempt,
-                                    retry_in=round(delay, 1))
+                    self._log.debug(
+                        event, error=_describe(exc), attempt=attempt, retry_in=round(delay, 1)
+                    )
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
@@ -165,8 +172,9 @@ class MqttSession:
     async def _connect(self) -> None:
         config = self._config
         self._lost.clear()
-        client = _Client(self.client_id, clean_session=True, persistent_storage=self._tracker,
-                         logger=None)
+        client = _Client(
+            self.client_id, clean_session=True, persistent_storage=self._tracker, logger=None
+        )
         client.set_auth_credentials(self._username, self._secret)
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
@@ -193,9 +201,16 @@ class MqttSession:
         completed on the client's side.
         """
         config = self._config
-        connecting = asyncio.create_task(client.connect(
-            config.host, config.port, ssl=self._tls_context(), keepalive=config.keepalive,
-            version=MQTTv311), name="mqtt_connect")
+        connecting = asyncio.create_task(
+            client.connect(
+                config.host,
+                config.port,
+                ssl=self._tls_context(),
+                keepalive=config.keepalive,
+                version=MQTTv311,
+            ),
+            name="mqtt_connect",
+        )
         lost = asyncio.create_task(self._lost.wait(), name="mqtt_connect_lost")
         try:
             await asyncio.wait({connecting, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -209,16 +224,16 @@ class MqttSession:
                 task.cancel()
             await asyncio.gather(connecting, lost, return_exceptions=True)
         # What the socket ended with (the alert, or a reset that overtook it) is not told.
-        raise ConnectionError("the broker closed the connection before its CONNACK" + (
-            " (over TLS: does it require a client certificate?)" if config.tls else ""))
+        raise ConnectionError(
+            "the broker closed the connection before its CONNACK"
+            + (" (over TLS: does it require a client certificate?)" if config.tls else "")
+        )
 
     def _tls_context(self) -> ssl.SSLContext | bool:
         config = self._config
         if not config.tls:
             return False
-        context = ssl.create_default_context(
-            cafile=str(config.ca_file) if config.ca_file else None
-        )
+        context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
         if config.cert_file and config.key_file:
             context.load_cert_chain(str(config.cert_file), str(config.key_file))
         return context
@@ -227,8 +242,9 @@ class MqttSession:
         if client is self._client:
             self._lost.set()
 
-    def _handle_message(self, client: Any, topic: str, payload: bytes, qos: int,
-                        properties: Any) -> int:
+    def _handle_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
         if self._on_message is not None:
             self._on_message(topic, payload)
         return 0

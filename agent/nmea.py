@@ -104,14 +104,14 @@ def _coordinate(lat: str, ns: str, lon: str, ew: str) -> list[float]:
 
 
 def _degrees(text: str, degree_digits: int) -> float:
-    """"4807.038" (ddmm.mmm) → 48.1173."""
+    """ "4807.038" (ddmm.mmm) → 48.1173."""
     if len(text) < degree_digits + 2:
         raise ValueError(f"bad coordinate {text!r}")
     return int(text[:degree_digits]) + float(text[degree_digits:]) / 60
 
 
 def _time_of_day(text: str) -> int | None:
-    """"123519.50" (hhmmss.ss) → milliseconds since midnight UTC."""
+    """ "123519.50" (hhmmss.ss) → milliseconds since midnight UTC."""
     if len(text) < 6:
         return None
     hours, minutes = int(text[0:2]), int(text[2:4])

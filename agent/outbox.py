@@ -50,8 +50,9 @@ class OutboxStats:
 
 
 class Outbox(Protocol):
-    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
-            replace: bool = False) -> None:
+    def put(
+        self, topic: str, payload: bytes, stamp: Stamp | None = None, *, replace: bool = False
+    ) -> None:
         """Store a message; never blocks, may drop the oldest to stay within bounds.
 
         `replace`: unsent messages on the same topic are superseded by this one.
@@ -102,8 +103,9 @@ class MemoryOutbox:
         self._empty.set()
         self._stats = OutboxStats()
 
-    def put(self, topic: str, payload: bytes, stamp: Stamp | None = None, *,
-            replace: bool = False) -> None:
+    def put(
+        self, topic: str, payload: bytes, stamp: Stamp | None = None, *, replace: bool = False
+    ) -> None:
         if replace:
             kept = deque(m for m in self._waiting if m.topic != topic)
             self._bytes -= sum(len(m.payload) for m in self._waiting if m.topic == topic)
@@ -120,8 +122,12 @@ class MemoryOutbox:
             dropped += 1
         if dropped:
             self._stats.dropped_total += dropped
-            log.warning("outbox_full_dropped_oldest", dropped=dropped,
-                        dropped_total=self._stats.dropped_total, max_bytes=self._max_bytes)
+            log.warning(
+                "outbox_full_dropped_oldest",
+                dropped=dropped,
+                dropped_total=self._stats.dropped_total,
+                max_bytes=self._max_bytes,
+            )
 
     async def take(self) -> Message:
         while not self._waiting:

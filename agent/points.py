@@ -9,8 +9,17 @@ from enum import StrEnum
 from typing import Literal, get_args
 
 PointType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64",
-    "float32", "float64", "bool", "string", "hex",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "bool",
+    "string",
+    "hex",
 ]
 POINT_TYPES: tuple[str, ...] = get_args(PointType)
 
@@ -23,8 +32,15 @@ MAX_READ_REGISTERS = 125  # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000  # Modbus limit for function codes 1 and 2
 
 _WIDTH = {
-    "int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4,
-    "float32": 2, "float64": 4, "bool": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+    "float64": 4,
+    "bool": 1,
 }
 
 
@@ -56,7 +72,7 @@ def parse_classic_address(text: str) -> tuple[Table, int]:
     if not text.isdigit() or len(text) not in (5, 6):
         raise ValueError(
             f"address {text!r} is not classic Modicon notation: 5 or 6 digits, "
-            "first digit 0, 1, 3 or 4 (e.g. \"40001\"), or give table and a 0-based address"
+            'first digit 0, 1, 3 or 4 (e.g. "40001"), or give table and a 0-based address'
         )
     table = _CLASSIC_PREFIX.get(text[0])
     if table is None:

@@ -48,8 +48,9 @@ class RegisterBus(Protocol):
 
     name: str
 
-    async def read(self, unit: int, table: Table, start: int,
-                   count: int) -> list[int] | list[bool]: ...
+    async def read(
+        self, unit: int, table: Table, start: int, count: int
+    ) -> list[int] | list[bool]: ...
 
     async def end_cycle(self) -> None: ...
 
@@ -70,8 +71,20 @@ class DeviceStats:
 class _PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once."""
 
-    __slots__ = ("bit", "bucket", "byte_order", "decimals", "filter", "id", "offset", "prefix",
-                 "scale", "shape", "type", "width")
+    __slots__ = (
+        "bit",
+        "bucket",
+        "byte_order",
+        "decimals",
+        "filter",
+        "id",
+        "offset",
+        "prefix",
+        "scale",
+        "shape",
+        "type",
+        "width",
+    )
 
     def __init__(self, point: PointConfig, device: DeviceConfig) -> None:
         self.id = point.id
@@ -96,8 +109,7 @@ class _PointReader:
         if raw_values and isinstance(raw_values[0], bool):
             raw: int | float | bool | str = bool(raw_values[0])
         else:
-            raw = decode_registers(raw_values, self.type,
-                                   byte_order=self.byte_order, bit=self.bit)
+            raw = decode_registers(raw_values, self.type, byte_order=self.byte_order, bit=self.bit)
             if self.decimals is not None and isinstance(raw, int | float):
                 scaled = scale_value(raw, scale=self.scale, offset=self.offset)
                 # An integer register scaled by 0.01 has two decimals, not binary noise
@@ -106,8 +118,7 @@ class _PointReader:
         return to_shape(raw, self.shape, width=self.width)
 
 
-def plan_device(connection: ModbusConfig,
-                device: DeviceConfig) -> tuple[Limits, list[ReadRequest]]:
+def plan_device(connection: ModbusConfig, device: DeviceConfig) -> tuple[Limits, list[ReadRequest]]:
     """The request limits that apply to a device, and its coalesced reads."""
     limits = Limits(
         max_gap=device.max_gap if device.max_gap is not None else connection.max_gap,
@@ -115,8 +126,7 @@ def plan_device(connection: ModbusConfig,
         max_bits=device.max_bits or connection.max_bits,
         one_per_point=device.one_request_per_point,
     )
-    spans = [Span(*point.location, point.width, index)
-             for index, point in enumerate(device.points)]
+    spans = [Span(*point.location, point.width, index) for index, point in enumerate(device.points)]
     return limits, plan_reads(spans, limits)
 
 
@@ -135,10 +145,16 @@ class DevicePoller:
     encoded as JSON objects (see agent.readings): no per-reading object on the hot path.
     """
 
-    def __init__(self, *, device: DeviceConfig, connection: ModbusConfig, bus: RegisterBus,
-                 emit: Callable[[str, list[bytes]], None],
-                 wall_ms: Callable[[], int] = now_ms,
-                 room: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        device: DeviceConfig,
+        connection: ModbusConfig,
+        bus: RegisterBus,
+        emit: Callable[[str, list[bytes]], None],
+        wall_ms: Callable[[], int] = now_ms,
+        room: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.device = device
         self._room = room  # awaited before each cycle: the queue keeping up
         self.name = device.name
@@ -198,8 +214,9 @@ class DevicePoller:
                 if self._refused_until and self._refused_until.get(request, 0) > stats.cycles:
                     continue
                 try:
-                    values = await self._bus.read(self.device.unit, request.table,
-                                                  request.start, request.count)
+                    values = await self._bus.read(
+                        self.device.unit, request.table, request.start, request.count
+                    )
                 except DeviceRefused as exc:
                     answered = True
                     stats.requests_failed += 1
@@ -224,8 +241,9 @@ class DevicePoller:
             return False
         return True
 
-    def _deliver(self, request: ReadRequest, values: list[int] | list[bool],
-                 timestamp_ms: int) -> None:
+    def _deliver(
+        self, request: ReadRequest, values: list[int] | list[bool], timestamp_ms: int
+    ) -> None:
         now = time.monotonic()
         suffix = timestamp_suffix(timestamp_ms)
         by_bucket: dict[str, list[bytes]] = {}
@@ -233,7 +251,7 @@ class DevicePoller:
             reader = self._readers[span.index]
             begin = span.start - request.start
             try:
-                value = reader.value(values[begin:begin + span.width])
+                value = reader.value(values[begin : begin + span.width])
             except ValueError as exc:
                 self.stats.decode_errors += 1
                 if self._throttle.allow(("decode", reader.id)):
@@ -241,7 +259,8 @@ class DevicePoller:
                 continue
             if reader.filter.admit(value, now):
                 by_bucket.setdefault(reader.bucket, []).append(
-                    reader.prefix + encode_value(value) + suffix)
+                    reader.prefix + encode_value(value) + suffix
+                )
         for bucket, parts in by_bucket.items():
             self.stats.readings += len(parts)
             self._emit(bucket, parts)
@@ -251,17 +270,28 @@ class DevicePoller:
         if exc.is_layout_problem and len(request.spans) > 1:
             parts = split(request, self._limits)
             index = self.requests.index(request)
-            self.requests[index:index + 1] = parts
-            self._log.info("request_split", table=str(request.table), start=request.start,
-                           count=request.count, into=[(p.start, p.count) for p in parts],
-                           code=exc.code)
+            self.requests[index : index + 1] = parts
+            self._log.info(
+                "request_split",
+                table=str(request.table),
+                start=request.start,
+                count=request.count,
+                into=[(p.start, p.count) for p in parts],
+                code=exc.code,
+            )
             return parts
         self._refused_until[request] = self.stats.cycles + REFUSED_RETRY_CYCLES
         points = [self._readers[s.index].id for s in request.spans]
         if self._throttle.allow(("refused", request)):
-            self._log.warning("read_refused", table=str(request.table), start=request.start,
-                              count=request.count, points=points, code=exc.code,
-                              retry_in_cycles=REFUSED_RETRY_CYCLES)
+            self._log.warning(
+                "read_refused",
+                table=str(request.table),
+                start=request.start,
+                count=request.count,
+                points=points,
+                code=exc.code,
+                retry_in_cycles=REFUSED_RETRY_CYCLES,
+            )
         return []
 
     def _note_failure(self, exc: DeviceError) -> None:
@@ -270,8 +300,9 @@ class DevicePoller:
         if stats.consecutive_failures == 1:
             self._log.warning("device_unreachable", error=str(exc))
         else:
-            self._log.debug("device_still_unreachable", error=str(exc),
-                            failed_cycles=stats.consecutive_failures)
+            self._log.debug(
+                "device_still_unreachable", error=str(exc), failed_cycles=stats.consecutive_failures
+            )
 
     def _backoff(self) -> float:
         failures = self.stats.consecutive_failures

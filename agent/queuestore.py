@@ -129,8 +129,9 @@ class QueueStore:
             self._connect()
         self._keep_reserve()
         with self._translated():
-            max_seq = int(self._conn.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0])
+            max_seq = int(
+                self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+            )
         count, size = self._count()
         return Opened(max_seq, count, size, self._oldest(), moved, corruption)
 
@@ -143,9 +144,16 @@ class QueueStore:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, messages: Sequence[Unpacked], delete: Sequence[int], *,
-              supersede: Iterable[tuple[str, int]] = (), held: Collection[int] = (),
-              age_cutoff_ms: int | None = None, recount: bool = False) -> Written:
+    def write(
+        self,
+        messages: Sequence[Unpacked],
+        delete: Sequence[int],
+        *,
+        supersede: Iterable[tuple[str, int]] = (),
+        held: Collection[int] = (),
+        age_cutoff_ms: int | None = None,
+        recount: bool = False,
+    ) -> Written:
         """Insert `rows` and delete `delete` in one transaction, then keep the bounds.
 
         `supersede`: (topic, seq) pairs: rows on that topic older than seq go too.
@@ -157,8 +165,10 @@ class QueueStore:
         """
         result = Written()
         supersede = list(supersede)
-        rows: list[Row] = [(seq, topic, *pack_payload(payload), boot_id, wall_ms, boot_ms)
-                           for seq, topic, payload, boot_id, wall_ms, boot_ms in messages]
+        rows: list[Row] = [
+            (seq, topic, *pack_payload(payload), boot_id, wall_ms, boot_ms)
+            for seq, topic, payload, boot_id, wall_ms, boot_ms in messages
+        ]
         try:
             self._transaction(rows, delete, supersede, held, result)
         except QueueDiskFull:
@@ -173,8 +183,9 @@ class QueueStore:
         # The commit is done: what follows keeps the bounds, and may fail without undoing it.
         try:
             if age_cutoff_ms is not None:
-                self._drop_where("wall_ms < ?", held, result, "max_age",
-                                 params=(int(age_cutoff_ms),))
+                self._drop_where(
+                    "wall_ms < ?", held, result, "max_age", params=(int(age_cutoff_ms),)
+                )
             self._keep_budget(held, result)
             if result.disk_full:
                 self._shrink_budget()
@@ -191,10 +202,14 @@ class QueueStore:
     def fetch(self, after: int, upto: int, limit: int) -> list[Row]:
         """Rows with after < seq <= upto, oldest first, at most `limit`."""
         with self._translated():
-            return [(int(r[0]), r[1], bytes(r[2]), int(r[3]), r[4], int(r[5]), int(r[6]))
-                    for r in self._conn.execute(
-                        f"SELECT {_COLUMNS} FROM messages WHERE seq > ? AND seq <= ?"
-                        " ORDER BY seq LIMIT ?", (after, upto, limit))]
+            return [
+                (int(r[0]), r[1], bytes(r[2]), int(r[3]), r[4], int(r[5]), int(r[6]))
+                for r in self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM messages WHERE seq > ? AND seq <= ?"
+                    " ORDER BY seq LIMIT ?",
+                    (after, upto, limit),
+                )
+            ]
 
     def sync(self) -> None:
         """Make every commit so far survive a power cut: fsync the WAL (and, once, the
@@ -260,7 +275,8 @@ class QueueStore:
 
     def _move_aside(self) -> Path:
         aside = self.path.with_name(
-            f"{self.path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+            f"{self.path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+        )
         for suffix in ("", "-wal", "-shm"):
             source = Path(f"{self.path}{suffix}")
             if source.exists():
@@ -270,9 +286,14 @@ class QueueStore:
                     raise _os_error(exc, f"move {source} aside") from exc
         return aside
 
-    def _transaction(self, rows: Sequence[Row], delete: Sequence[int],
-                     supersede: list[tuple[str, int]], held: Collection[int],
-                     result: Written) -> None:
+    def _transaction(
+        self,
+        rows: Sequence[Row],
+        delete: Sequence[int],
+        supersede: list[tuple[str, int]],
+        held: Collection[int],
+        result: Written,
+    ) -> None:
         db = self._conn
         inserted = deleted = deleted_bytes = 0
         with self._translated(rollback=True):
@@ -281,16 +302,21 @@ class QueueStore:
             for row in rows:
                 # OR IGNORE: a write whose outcome was lost (cancelled at shutdown) may be
                 # written again; the same seq is the same message.
-                if db.execute(f"INSERT OR IGNORE INTO messages ({_COLUMNS})"
-                              " VALUES (?, ?, ?, ?, ?, ?, ?)", row).rowcount:
+                if db.execute(
+                    f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                ).rowcount:
                     inserted += 1
                     inserted_bytes += len(row[2])
             count, size = self._delete(delete)
             deleted, deleted_bytes = deleted + count, deleted_bytes + size
             for topic, newer in supersede:
-                victims = [int(r[0]) for r in db.execute(
-                    "SELECT seq FROM messages WHERE topic = ? AND seq < ?", (topic, newer))
-                    if int(r[0]) not in held]
+                victims = [
+                    int(r[0])
+                    for r in db.execute(
+                        "SELECT seq FROM messages WHERE topic = ? AND seq < ?", (topic, newer)
+                    )
+                    if int(r[0]) not in held
+                ]
                 count, size = self._delete(victims)
                 deleted, deleted_bytes = deleted + count, deleted_bytes + size
             db.execute("COMMIT")
@@ -307,27 +333,41 @@ class QueueStore:
         in sqlite3's cache, and lists of every length made it grow for hours."""
         count = freed = 0
         for start in range(0, len(seqs), DELETE_CHUNK):
-            chunk = list(seqs[start:start + DELETE_CHUNK])
+            chunk = list(seqs[start : start + DELETE_CHUNK])
             width = 1 << max(0, len(chunk) - 1).bit_length()
             chunk += [0] * (width - len(chunk))
             marks = ",".join("?" * width)
-            freed += int(self._conn.execute(
-                f"SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages WHERE seq IN ({marks})",
-                chunk).fetchone()[0])
-            count += self._conn.execute(f"DELETE FROM messages WHERE seq IN ({marks})",
-                                        chunk).rowcount
+            freed += int(
+                self._conn.execute(
+                    "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
+                    f" WHERE seq IN ({marks})",
+                    chunk,
+                ).fetchone()[0]
+            )
+            count += self._conn.execute(
+                f"DELETE FROM messages WHERE seq IN ({marks})", chunk
+            ).rowcount
         return count, freed
 
-    def _drop_where(self, condition: str, held: Collection[int], result: Written,
-                    reason: str, *, excess: int | None = None,
-                    params: Sequence[int] = ()) -> None:
+    def _drop_where(
+        self,
+        condition: str,
+        held: Collection[int],
+        result: Written,
+        reason: str,
+        *,
+        excess: int | None = None,
+        params: Sequence[int] = (),
+    ) -> None:
         """Delete the oldest rows not held: all matching `condition`, or `excess` bytes."""
         victims: list[int] = []
         freed = 0
         with self._translated():
             for seq, size in self._conn.execute(
-                    f"SELECT seq, LENGTH(payload) + LENGTH(topic) FROM messages WHERE {condition}"
-                    " ORDER BY seq", params):
+                f"SELECT seq, LENGTH(payload) + LENGTH(topic) FROM messages WHERE {condition}"
+                " ORDER BY seq",
+                params,
+            ):
                 if excess is not None and freed >= excess:
                     break
                 if seq in held:
@@ -356,8 +396,9 @@ class QueueStore:
     def _rows_budget(self) -> int:
         """What the rows' pages may take: the budget less the WAL's and the index's share
         (for small budgets at least half of it: the index's 32 KiB is then the allowance)."""
-        return max(4 * self._page_size, self._budget // 2,
-                   self._budget - self.wal_limit - SHM_BYTES)
+        return max(
+            4 * self._page_size, self._budget // 2, self._budget - self.wal_limit - SHM_BYTES
+        )
 
     def _keep_budget(self, held: Collection[int], result: Written) -> None:
         """Drop the oldest rows while the pages in use exceed what the budget leaves them."""
@@ -366,8 +407,13 @@ class QueueStore:
             if excess <= 0:
                 return
             before = len(result.dropped)
-            self._drop_where("1", held, result, "disk_full" if self._budget < self.max_bytes
-                             else "max_bytes", excess=excess + self._page_size)
+            self._drop_where(
+                "1",
+                held,
+                result,
+                "disk_full" if self._budget < self.max_bytes else "max_bytes",
+                excess=excess + self._page_size,
+            )
             if len(result.dropped) == before:
                 return  # nothing left that may be dropped
 
@@ -376,8 +422,9 @@ class QueueStore:
         with contextlib.suppress(FileNotFoundError):
             self._reserve.unlink()
         used = self._used_bytes()
-        self._drop_where("1", held, result, "disk_full",
-                         excess=max(2 * needed, used // 8, 2 * self._page_size))
+        self._drop_where(
+            "1", held, result, "disk_full", excess=max(2 * needed, used // 8, 2 * self._page_size)
+        )
         self._checkpoint()
 
     def _checkpoint(self) -> None:
@@ -387,8 +434,10 @@ class QueueStore:
     def _shrink_budget(self) -> None:
         """After the disk filled: the queue may keep what it holds now, not grow into the
         space it just freed (that space is the margin that lets it go on writing)."""
-        self._budget = max(4 * self._page_size + self.wal_limit + SHM_BYTES,
-                           min(self._budget, self._used_bytes() + self.wal_limit + SHM_BYTES))
+        self._budget = max(
+            4 * self._page_size + self.wal_limit + SHM_BYTES,
+            min(self._budget, self._used_bytes() + self.wal_limit + SHM_BYTES),
+        )
 
     def _keep_reserve(self) -> None:
         """Re-create the reserve (and the full budget) once the disk has room again."""
@@ -430,13 +479,13 @@ class QueueStore:
     def _count(self) -> tuple[int, int]:
         with self._translated():
             count, size = self._conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
+            ).fetchone()
         return int(count), int(size)
 
     def _oldest(self) -> int | None:
         with self._translated():
-            row = self._conn.execute(
-                "SELECT wall_ms FROM messages ORDER BY seq LIMIT 1").fetchone()
+            row = self._conn.execute("SELECT wall_ms FROM messages ORDER BY seq LIMIT 1").fetchone()
         return None if row is None else int(row[0])
 
     @contextlib.contextmanager

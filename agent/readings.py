@@ -33,8 +33,7 @@ class Reading:
 
     def fragment(self) -> bytes:
         """This reading as the JSON object the platform takes: {"id","value","timestamp"}."""
-        return id_prefix(self.id) + encode_value(self.value) + timestamp_suffix(
-            self.timestamp_ms)
+        return id_prefix(self.id) + encode_value(self.value) + timestamp_suffix(self.timestamp_ms)
 
 
 def id_prefix(point_id: str) -> bytes:
@@ -125,8 +124,12 @@ class ChangeFilter:
             # A coordinate: the deadband is a distance in metres.
             return value != last and _metres(value, last) >= self.deadband
         numeric = (int, float)
-        if (isinstance(value, numeric) and isinstance(last, numeric)
-                and not isinstance(value, bool) and not isinstance(last, bool)):
+        if (
+            isinstance(value, numeric)
+            and isinstance(last, numeric)
+            and not isinstance(value, bool)
+            and not isinstance(last, bool)
+        ):
             change = abs(value - last)
             # Decimal readings: 0.3 - 0.2 is a hair under 0.1 in binary floating point.
             tolerance = 1e-9 * max(abs(value), abs(last), self.deadband)

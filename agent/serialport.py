@@ -36,12 +36,19 @@ class SerialPort:
     def open(self) -> None:
         config = self._config
         try:
-            port = serial.Serial(config.device, baudrate=config.baudrate, parity=config.parity,
-                                 bytesize=config.bytesize, stopbits=config.stopbits,
-                                 timeout=0, exclusive=True)
+            port = serial.Serial(
+                config.device,
+                baudrate=config.baudrate,
+                parity=config.parity,
+                bytesize=config.bytesize,
+                stopbits=config.stopbits,
+                timeout=0,
+                exclusive=True,
+            )
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceUnreachable(f"cannot open {config.device}: {exc}",
-                                    connection=config.name) from exc
+            raise DeviceUnreachable(
+                f"cannot open {config.device}: {exc}", connection=config.name
+            ) from exc
         fd = port.fileno()
         os.set_blocking(fd, False)
         loop = asyncio.get_running_loop()
@@ -99,8 +106,11 @@ class SerialPort:
             self._stop_reading(exc)
 
     def _fail(self, exc: BaseException) -> None:
-        self._stop_reading(DeviceUnreachable(f"{self._config.device} went away: {exc}",
-                                             connection=self._config.name))
+        self._stop_reading(
+            DeviceUnreachable(
+                f"{self._config.device} went away: {exc}", connection=self._config.name
+            )
+        )
 
     def _stop_reading(self, error: Exception) -> None:
         if self._port is not None:

@@ -55,12 +55,16 @@ def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
     """The durable SQLite queue, or memory for `path = ":memory:"` (lost on restart)."""
     if config.path == ":memory:":
         return MemoryOutbox(max_bytes=config.max_bytes, clock=clock)
-    settings = QueueSettings(path=Path(config.path), max_bytes=config.max_bytes,
-                             max_age=config.max_age, replay_rate=config.replay_rate,
-                             synchronous=config.synchronous,
-                             commit_interval=config.commit_interval,
-                             sync_interval=config.sync_interval,
-                             memory_bytes=config.memory_bytes)
+    settings = QueueSettings(
+        path=Path(config.path),
+        max_bytes=config.max_bytes,
+        max_age=config.max_age,
+        replay_rate=config.replay_rate,
+        synchronous=config.synchronous,
+        commit_interval=config.commit_interval,
+        sync_interval=config.sync_interval,
+        memory_bytes=config.memory_bytes,
+    )
     return DiskOutbox(settings, clock=clock)
 
 
@@ -115,13 +119,12 @@ class _Knobs:
             self._agent.batcher.set_delay(name, float(value))
 
     def _poller(self, name: str) -> DevicePoller | Instrument:
-        sources: list[DevicePoller | Instrument] = [*self._agent.pollers,
-                                                    *self._agent.instruments]
+        sources: list[DevicePoller | Instrument] = [*self._agent.pollers, *self._agent.instruments]
         return next(source for source in sources if source.name == name)
 
 
 def _split_target(target: str) -> tuple[str, str]:
-    """"device.meter1.interval" → ("device", "meter1"); "log.level" → ("log", "")."""
+    """ "device.meter1.interval" → ("device", "meter1"); "log.level" → ("log", "")."""
     kind, _, rest = target.partition(".")
     return kind, rest.rpartition(".")[0]
 
@@ -135,8 +138,9 @@ class Agent:
     broker session. Rebuilt on reload: batches, device connections, pollers, instruments,
     the configurator."""
 
-    def __init__(self, config: AgentConfig, *, clock: Clock | None = None,
-                 config_path: Path | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, clock: Clock | None = None, config_path: Path | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.log_level: str = config.log.level
@@ -146,8 +150,11 @@ class Agent:
         self._started = time.monotonic()
         self._flush_wake = asyncio.Event()
         self._topics: dict[str, str] = {}
-        self._state = SettingsState(None if config.queue.path == ":memory:" else (
-            Path(config.queue.path).parent / SETTINGS_STATE_FILE))
+        self._state = SettingsState(
+            None
+            if config.queue.path == ":memory:"
+            else (Path(config.queue.path).parent / SETTINGS_STATE_FILE)
+        )
         self._build_sources(config)
         self._build_link(config)
 
@@ -164,9 +171,14 @@ class Agent:
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
         self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
         self.pollers = [
-            DevicePoller(device=device, connection=conn, bus=self.lines[conn.name],
-                         emit=self.batcher.add_encoded, wall_ms=self.clock.wall_ms,
-                         room=self.outbox.wait_room)
+            DevicePoller(
+                device=device,
+                connection=conn,
+                bus=self.lines[conn.name],
+                emit=self.batcher.add_encoded,
+                wall_ms=self.clock.wall_ms,
+                room=self.outbox.wait_room,
+            )
             for conn, device in config.all_devices()
         ]
         self.instruments = [
@@ -175,8 +187,10 @@ class Agent:
         ]
         self.configurator = Configurator(
             config=config,
-            routes={device.name: DeviceRoute(self.lines[conn.name], device.unit)
-                    for conn, device in config.all_devices()},
+            routes={
+                device.name: DeviceRoute(self.lines[conn.name], device.unit)
+                for conn, device in config.all_devices()
+            },
             knobs=_Knobs(self),
             outbox=self.outbox,
             state=self._state,
@@ -186,28 +200,40 @@ class Agent:
     def _build_link(self, config: AgentConfig) -> None:
         """The broker session and delivery: replaced only when their settings change."""
         self.session = MqttSession(
-            thing_id=config.thing.id, secret=config.secret(), config=config.mqtt,
+            thing_id=config.thing.id,
+            secret=config.secret(),
+            config=config.mqtt,
             subscriptions=[expected_prefix(config.thing.id) + "#"],
             on_message=lambda topic, payload: self.configurator.on_message(topic, payload),
             on_connect=lambda: self.configurator.on_connected(),
         )
-        self.delivery = Delivery(outbox=self.outbox, publisher=self.session, clock=self.clock,
-                                 window=config.mqtt.max_inflight)
+        self.delivery = Delivery(
+            outbox=self.outbox,
+            publisher=self.session,
+            clock=self.clock,
+            window=config.mqtt.max_inflight,
+        )
 
     async def run(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
         """Run until `stop` is set, reloading the config file whenever `reload` is set."""
         reload = reload or asyncio.Event()
         self._notifier.notify("READY=1")
-        log.info("agent_started", thing=self.config.thing.id, devices=len(self.pollers),
-                 instruments=len(self.instruments),
-                 points=sum(len(p.device.points) for p in self.pollers))
+        log.info(
+            "agent_started",
+            thing=self.config.thing.id,
+            devices=len(self.pollers),
+            instruments=len(self.instruments),
+            points=sum(len(p.device.points) for p in self.pollers),
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 queue = group.create_task(self.outbox.run(), name="queue")
-                steady = [group.create_task(self._flush_timer(), name="batch-timer"),
-                          group.create_task(self._report(), name="stats-log"),
-                          group.create_task(self._keepalive(), name="systemd")]
+                steady = [
+                    group.create_task(self._flush_timer(), name="batch-timer"),
+                    group.create_task(self._report(), name="stats-log"),
+                    group.create_task(self._keepalive(), name="systemd"),
+                ]
                 link = self._start_link()
                 sources = self._start_sources()
                 while True:
@@ -234,9 +260,9 @@ class Agent:
 
     # -- reload -----------------------------------------------------------------------------
 
-    async def _reload(self, sources: list[asyncio.Task[None]],
-                      link: list[asyncio.Task[None]]
-                      ) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
+    async def _reload(
+        self, sources: list[asyncio.Task[None]], link: list[asyncio.Task[None]]
+    ) -> tuple[list[asyncio.Task[None]], list[asyncio.Task[None]]]:
         """SIGHUP: read the file again; a bad file keeps the running config."""
         self._notifier.notify("RELOADING=1")
         try:
@@ -244,14 +270,19 @@ class Agent:
                 raise ConfigError("<none>", [ConfigProblem("", "no config file to reload")])
             new = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("config_reload_failed", file=str(self.config_path),
-                      problems=[p.render(str(self.config_path)) for p in exc.problems])
+            log.error(
+                "config_reload_failed",
+                file=str(self.config_path),
+                problems=[p.render(str(self.config_path)) for p in exc.problems],
+            )
             self._notifier.notify("READY=1")
             return sources, link
         old, self.config = self.config, new
         if new.queue != old.queue:
-            log.warning("config_reload_queue_unchanged",
-                        reason="[queue] settings take effect at the next restart")
+            log.warning(
+                "config_reload_queue_unchanged",
+                reason="[queue] settings take effect at the next restart",
+            )
         await _cancel(sources)
         self.batcher.flush_all()
         for line in self.lines.values():
@@ -269,9 +300,13 @@ class Agent:
         self.log_level = new.log.level
         logs.configure(level=new.log.level, fmt=new.log.format)
         sources = self._start_sources()
-        log.info("config_reloaded", file=str(self.config_path), devices=len(self.pollers),
-                 instruments=len(self.instruments),
-                 broker_session="new" if relink else "kept")
+        log.info(
+            "config_reloaded",
+            file=str(self.config_path),
+            devices=len(self.pollers),
+            instruments=len(self.instruments),
+            broker_session="new" if relink else "kept",
+        )
         self._notifier.notify("READY=1")
         return sources, link
 
@@ -280,11 +315,15 @@ class Agent:
         traceback and the source restarted with back-off; the others never notice."""
         group = self._group
 
-        def start(name: str,
-                  factory: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        def start(
+            name: str, factory: Callable[[], Coroutine[Any, Any, None]]
+        ) -> asyncio.Task[None]:
             return group.create_task(
-                supervise(name, factory, backoff_min=SOURCE_BACKOFF_MIN,
-                          backoff_max=SOURCE_BACKOFF_MAX), name=name)
+                supervise(
+                    name, factory, backoff_min=SOURCE_BACKOFF_MIN, backoff_max=SOURCE_BACKOFF_MAX
+                ),
+                name=name,
+            )
 
         tasks = [start(f"poll[{p.name}]", p.run) for p in self.pollers]
         tasks += [start(f"serial[{i.name}]", i.run) for i in self.instruments]
@@ -295,8 +334,10 @@ class Agent:
         return tasks
 
     def _start_link(self) -> list[asyncio.Task[None]]:
-        return [self._group.create_task(self.session.run(), name="mqtt"),
-                self._group.create_task(self.delivery.run(), name="delivery")]
+        return [
+            self._group.create_task(self.session.run(), name="mqtt"),
+            self._group.create_task(self.delivery.run(), name="delivery"),
+        ]
 
     async def _stop_link(self, link: list[asyncio.Task[None]]) -> None:
         await _cancel(link)
@@ -325,23 +366,38 @@ class Agent:
         while True:
             await asyncio.sleep(STATS_INTERVAL)
             stats = self.outbox.stats()
-            age = None if stats.oldest_created is None else round(
-                time.time() - stats.oldest_created, 1)
+            age = (
+                None
+                if stats.oldest_created is None
+                else round(time.time() - stats.oldest_created, 1)
+            )
             failing = [p.name for p in self.pollers if p.stats.consecutive_failures]
-            log.info("agent_stats", connected=self.session.connected, queue_depth=stats.depth,
-                     queue_bytes=stats.depth_bytes, oldest_age_s=age, backlog=stats.backlog,
-                     sent=stats.sent_total, dropped=stats.dropped_total,
-                     readings=sum(p.stats.readings for p in self.pollers),
-                     decode_errors=sum(p.stats.decode_errors for p in self.pollers),
-                     skipped_cycles=sum(p.stats.skipped_cycles for p in self.pollers),
-                     devices_failing=failing, reconnects=self.session.reconnects)
+            log.info(
+                "agent_stats",
+                connected=self.session.connected,
+                queue_depth=stats.depth,
+                queue_bytes=stats.depth_bytes,
+                oldest_age_s=age,
+                backlog=stats.backlog,
+                sent=stats.sent_total,
+                dropped=stats.dropped_total,
+                readings=sum(p.stats.readings for p in self.pollers),
+                decode_errors=sum(p.stats.decode_errors for p in self.pollers),
+                skipped_cycles=sum(p.stats.skipped_cycles for p in self.pollers),
+                devices_failing=failing,
+                reconnects=self.session.reconnects,
+            )
 
     async def _health(self, bucket: str) -> None:
         while True:
             await asyncio.sleep(self.config.health.interval)
             for reading in health_readings(
-                bucket=bucket, started=self._started, session=self.session,
-                outbox=self.outbox, pollers=self.pollers, instruments=self.instruments,
+                bucket=bucket,
+                started=self._started,
+                session=self.session,
+                outbox=self.outbox,
+                pollers=self.pollers,
+                instruments=self.instruments,
                 wall_ms=self.clock.wall_ms,
             ):
                 self.batcher.add(reading)

@@ -51,8 +51,9 @@ class ModbusTarget:
 class Setting:
     """One declared setting of one group."""
 
-    def __init__(self, group: str, config: SettingConfig, *,
-                 device_byte_order: ByteOrder = "ABCD") -> None:
+    def __init__(
+        self, group: str, config: SettingConfig, *, device_byte_order: ByteOrder = "ABCD"
+    ) -> None:
         self.group = group
         self.id = config.id
         self.config = config
@@ -61,8 +62,14 @@ class Setting:
         if config.agent is None:
             assert config.device is not None
             table, address = config.location
-            self.target = ModbusTarget(config.device, table, address, config.point_type,
-                                       config.length, config.byte_order or device_byte_order)
+            self.target = ModbusTarget(
+                config.device,
+                table,
+                address,
+                config.point_type,
+                config.length,
+                config.byte_order or device_byte_order,
+            )
         self._pattern = re.compile(config.pattern) if config.pattern is not None else None
 
     def accept(self, value: object) -> JsonScalar:
@@ -84,8 +91,9 @@ class Setting:
             if self._pattern is not None and not self._pattern.fullmatch(value):
                 raise RejectedSetting(f"{self.id}: {value!r} does not match the pattern")
             try:
-                encode_registers(value, kind, byte_order=self.target.byte_order,
-                                 length=self._text_length())
+                encode_registers(
+                    value, kind, byte_order=self.target.byte_order, length=self._text_length()
+                )
             except ValueError as exc:
                 raise RejectedSetting(f"{self.id}: {exc}") from None
             return value
@@ -93,8 +101,12 @@ class Setting:
         if number is None:
             raise RejectedSetting(f"{self.id}: expected a number, got {value!r}")
         scaled = self.config.scale is not None or self.config.offset is not None
-        if (not kind.startswith("float") and not scaled and isinstance(number, float)
-                and not number.is_integer()):
+        if (
+            not kind.startswith("float")
+            and not scaled
+            and isinstance(number, float)
+            and not number.is_integer()
+        ):
             raise RejectedSetting(f"{self.id}: expected a whole number, got {value!r}")
         self._check_bounds(number)
         self._check_choice(number)
@@ -113,16 +125,21 @@ class Setting:
         if target.type == "bool":
             return [1 if value else 0]
         if target.type in ("string", "hex"):
-            return encode_registers(str(value), target.type, byte_order=target.byte_order,
-                                    length=self._text_length())
+            return encode_registers(
+                str(value), target.type, byte_order=target.byte_order, length=self._text_length()
+            )
         assert isinstance(value, int | float)
         raw: int | float = value
         if self.config.scale is not None or self.config.offset is not None:
             if target.type.startswith("float"):
                 raw = (value - (self.config.offset or 0.0)) / (self.config.scale or 1.0)
             else:
-                raw = unscale_value(value, scale=self.config.scale, offset=self.config.offset,
-                                    point_type=target.type)
+                raw = unscale_value(
+                    value,
+                    scale=self.config.scale,
+                    offset=self.config.offset,
+                    point_type=target.type,
+                )
         return encode_registers(raw, target.type, byte_order=target.byte_order)
 
     def decode(self, raw: list[int] | list[bool], *, form: str | None = None) -> JsonScalar:
@@ -137,8 +154,7 @@ class Setting:
             state = bool(raw[0])
             as_integer = (form or self.config.value_type or "integer") == "integer"
             return int(state) if as_integer else state
-        value = decode_registers([int(r) for r in raw], target.type,
-                                 byte_order=target.byte_order)
+        value = decode_registers([int(r) for r in raw], target.type, byte_order=target.byte_order)
         if isinstance(value, bool | str):
             return value
         if isinstance(value, float) and not math.isfinite(value):
@@ -184,8 +200,10 @@ class Setting:
             raise RejectedSetting(f"{self.id}: {number!r} is below the minimum {low:g}")
         if high is not None and number > high:
             raise RejectedSetting(f"{self.id}: {number!r} is above the maximum {high:g}")
-        if self.target is not None and self.target.type in INTEGER_RANGES and (
-            self.config.scale is None and self.config.offset is None
+        if (
+            self.target is not None
+            and self.target.type in INTEGER_RANGES
+            and (self.config.scale is None and self.config.offset is None)
         ):
             type_low, type_high = INTEGER_RANGES[self.target.type]
             if not type_low <= number <= type_high:

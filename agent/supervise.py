@@ -143,7 +143,6 @@ def failure_kind(error: BaseException) -> Kind:
         frame = leaf.__traceback__
         while frame is not None and frame.tb_next is not None:
             frame = frame.tb_next
-        where = ("", 0) if frame is None else (frame.tb_frame.f_code.co_filename,
-                                               frame.tb_lineno)
+        where = ("", 0) if frame is None else (frame.tb_frame.f_code.co_filename, frame.tb_lineno)
         kind.append((type(leaf).__qualname__, *where))
     return tuple(kind)

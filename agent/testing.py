@@ -58,6 +58,7 @@ WRITE_REGISTERS = 16
 
 # -- the register bus ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class BusRequest:
     """One request as the unit saw it; `at` (the loop's time) does not take part in ==."""
@@ -98,8 +99,7 @@ class FakeRegisterBus:
     request that touches it, as a device does. Time-outs are checked before refusals.
     """
 
-    def __init__(self, *, name: str = "fake", latency: float = 0.0,
-                 timeout: float = 0.0) -> None:
+    def __init__(self, *, name: str = "fake", latency: float = 0.0, timeout: float = 0.0) -> None:
         self.name = name
         self.latency = latency  # seconds each answered request takes (the loop's time)
         self.timeout = timeout  # seconds before a silent unit's DeviceTimeout
@@ -119,15 +119,25 @@ class FakeRegisterBus:
     def set_bits(self, unit: int, table: Table, start: int, values: Sequence[bool]) -> None:
         self.set_registers(unit, table, start, [int(bool(v)) for v in values])
 
-    def refuse(self, unit: int, table: Table | None = None, addresses: range | None = None,
-               *, code: int = DeviceRefused.ILLEGAL_DATA_ADDRESS,
-               functions: Collection[int] | None = None) -> None:
+    def refuse(
+        self,
+        unit: int,
+        table: Table | None = None,
+        addresses: range | None = None,
+        *,
+        code: int = DeviceRefused.ILLEGAL_DATA_ADDRESS,
+        functions: Collection[int] | None = None,
+    ) -> None:
         """Answer requests that touch `addresses` of `table` with exception `code`."""
-        self._faults.append(_Fault(unit, table, addresses, code,
-                                   None if functions is None else frozenset(functions)))
+        self._faults.append(
+            _Fault(
+                unit, table, addresses, code, None if functions is None else frozenset(functions)
+            )
+        )
 
-    def time_out(self, unit: int, table: Table | None = None,
-                 addresses: range | None = None) -> None:
+    def time_out(
+        self, unit: int, table: Table | None = None, addresses: range | None = None
+    ) -> None:
         """Leave requests that touch `addresses` of `table` (default: all) unanswered."""
         self._faults.append(_Fault(unit, table, addresses, None, None))
 
@@ -143,8 +153,11 @@ class FakeRegisterBus:
 
     def calls(self, unit: int | None = None) -> list[tuple[int, int, int]]:
         """(function, address, count) of every request, or of one unit's."""
-        return [(r.function, r.address, r.count) for r in self.requests
-                if unit is None or r.unit == unit]
+        return [
+            (r.function, r.address, r.count)
+            for r in self.requests
+            if unit is None or r.unit == unit
+        ]
 
     async def wait_requests(self, count: int) -> None:
         """Until at least `count` requests have been made."""
@@ -154,8 +167,7 @@ class FakeRegisterBus:
 
     # -- the port -----------------------------------------------------------------------
 
-    async def read(self, unit: int, table: Table, start: int,
-                   count: int) -> list[int] | list[bool]:
+    async def read(self, unit: int, table: Table, start: int, count: int) -> list[int] | list[bool]:
         await self._request(unit, table, READ_FUNCTION[table], start, count)
         values = self.registers(unit, table, start, count)
         if table.is_bits:
@@ -174,26 +186,49 @@ class FakeRegisterBus:
     async def end_cycle(self) -> None:
         self.cycles_ended += 1
 
-    async def _request(self, unit: int, table: Table, function: int, start: int, count: int,
-                       values: tuple[int | bool, ...] | None = None) -> None:
+    async def _request(
+        self,
+        unit: int,
+        table: Table,
+        function: int,
+        start: int,
+        count: int,
+        values: tuple[int | bool, ...] | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.requests.append(BusRequest(unit, function, start, count, values, at=loop.time()))
         self._changed.set()
-        fault = next((f for f in self._faults if f.code is None
-                      and f.matches(unit, table, function, start, count)), None)
+        fault = next(
+            (
+                f
+                for f in self._faults
+                if f.code is None and f.matches(unit, table, function, start, count)
+            ),
+            None,
+        )
         if fault is not None:
             await asyncio.sleep(self.timeout)
-            raise DeviceTimeout(f"unit {unit} did not answer function {function} at {start}",
-                                connection=self.name, unit=unit)
+            raise DeviceTimeout(
+                f"unit {unit} did not answer function {function} at {start}",
+                connection=self.name,
+                unit=unit,
+            )
         if self.latency:
             await asyncio.sleep(self.latency)
         for fault in self._faults:
             if fault.code is not None and fault.matches(unit, table, function, start, count):
-                raise DeviceRefused(fault.code, connection=self.name, unit=unit,
-                                    function=function, address=start, count=count)
+                raise DeviceRefused(
+                    fault.code,
+                    connection=self.name,
+                    unit=unit,
+                    function=function,
+                    address=start,
+                    count=count,
+                )
 
 
 # -- the publisher ------------------------------------------------------------------------
+
 
 class PublisherOffline(TransientError):
     """`publish` while not connected (what the MQTT adapter raises as NotConnected)."""
@@ -269,6 +304,7 @@ class FakePublisher:
 
 # -- the serial line ----------------------------------------------------------------------
 
+
 class SerialLine(Protocol):
     """What an instrument needs of its serial port (agent.serialport.SerialPort has it).
 
@@ -295,8 +331,9 @@ class FakeSerialLine:
     calls fail first. `on_write`, when set, sees every write (to answer a request).
     """
 
-    def __init__(self, on_data: Callable[[bytes], None], *, name: str = "serial",
-                 fail_opens: int = 0) -> None:
+    def __init__(
+        self, on_data: Callable[[bytes], None], *, name: str = "serial", fail_opens: int = 0
+    ) -> None:
         self.name = name
         self.fail_opens = fail_opens
         self.on_write: Callable[[bytes], None] | None = None
@@ -359,6 +396,7 @@ class FakeSerialLine:
 
 # -- the agent's own settings -------------------------------------------------------------
 
+
 class FakeKnobs:
     """The agent's settings as a dict; `changes` lists every `set` in order."""
 
@@ -375,6 +413,7 @@ class FakeKnobs:
 
 
 # -- time ---------------------------------------------------------------------------------
+
 
 class _VirtualSelector(selectors.BaseSelector):
     """The platform's selector, except that waiting for a timer moves the clock instead."""

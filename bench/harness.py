@@ -166,14 +166,22 @@ BACKLOG_READINGS = 1_000_000
 _DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
     # name: (layout, batch, warm-up s, duration s)
     "workload": (Layout("tcp", 20, 50, "float32", 1.0), BatchSpec(), 5.0, 60.0),
-    "ceiling": (Layout("tcp", 20, 125, "uint16", 0.001),  # back to back: as fast as it goes
-                BatchSpec(max_readings=1000, max_bytes=262144), 5.0, 30.0),
+    "ceiling": (
+        Layout("tcp", 20, 125, "uint16", 0.001),  # back to back: as fast as it goes
+        BatchSpec(max_readings=1000, max_bytes=262144),
+        5.0,
+        30.0,
+    ),
     # 0.001 s: at 0.01 s two units ask at most 200 requests/s, below what 115200 baud carries.
     "rtu": (Layout("rtu", 2, 10, "uint16", 0.001), BatchSpec(), 3.0, 20.0),
     "smoke": (Layout("tcp", 2, 10, "float32", 1.0), BatchSpec(), 2.0, 8.0),
     # The ceiling's plant fills the queue fastest; "duration" bounds the drain.
-    "backlog": (Layout("tcp", 20, 125, "uint16", 0.001),
-                BatchSpec(max_readings=1000, max_bytes=262144), 5.0, 300.0),
+    "backlog": (
+        Layout("tcp", 20, 125, "uint16", 0.001),
+        BatchSpec(max_readings=1000, max_bytes=262144),
+        5.0,
+        300.0,
+    ),
     # The workload, long, through broker restarts; the warm-up covers the first restart.
     "soak": (Layout("tcp", 20, 50, "float32", 1.0), BatchSpec(), 300.0, 1800.0),
 }
@@ -201,18 +209,28 @@ def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
     duration = args.duration if args.duration is not None else duration
     queue = _QUEUES.get(scenario, QueueSpec())
     backlog = (args.readings or BACKLOG_READINGS) if scenario == "backlog" else None
-    soaking = SoakSpec(args.restart_every, args.outage, args.sample_every) if (
-        scenario == "soak") else None
+    soaking = (
+        SoakSpec(args.restart_every, args.outage, args.sample_every)
+        if (scenario == "soak")
+        else None
+    )
     agent_env = tuple(args.agent_env)
     if layout.transport == "tcp":
-        return [RunSpec(scenario, layout, batch, warmup, duration, queue, backlog, soaking,
-                        agent_env)]
+        return [
+            RunSpec(scenario, layout, batch, warmup, duration, queue, backlog, soaking, agent_env)
+        ]
     lines = {"pty": (False,), "line": (True,), "both": (False, True)}[args.line]
     return [
-        RunSpec(f"rtu-{baud}-{'line' if emulate else 'pty'}",
-                dataclasses.replace(layout, baudrate=baud, emulate_line=emulate),
-                batch, warmup, duration, agent_env=agent_env)
-        for baud in args.baud for emulate in lines
+        RunSpec(
+            f"rtu-{baud}-{'line' if emulate else 'pty'}",
+            dataclasses.replace(layout, baudrate=baud, emulate_line=emulate),
+            batch,
+            warmup,
+            duration,
+            agent_env=agent_env,
+        )
+        for baud in args.baud
+        for emulate in lines
     ]
 
 
@@ -231,8 +249,9 @@ class QuietBroker(Broker):
     def _write_config(self) -> None:
         super()._write_config()
         text = self.config_path.read_text()
-        quiet = "".join(f"log_type {kind}\n" for kind in ("error", "warning", "notice",
-                                                            "information"))
+        quiet = "".join(
+            f"log_type {kind}\n" for kind in ("error", "warning", "notice", "information")
+        )
         text = text.replace("log_type all\n", quiet) + "max_queued_messages 1000000\n"
         self.config_path.write_text(text)
 
@@ -262,15 +281,24 @@ class Child:
         _CHILDREN[self.pid] = name
 
     @classmethod
-    async def spawn(cls, name: str, argv: Sequence[str], *, log_path: Path,
-                    pipes: bool = False, env: dict[str, str] | None = None) -> Child:
+    async def spawn(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        pipes: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> Child:
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if pipes else log_file,
                 stderr=log_file if pipes else subprocess.STDOUT,
-                start_new_session=True, cwd=REPO, env=env,
+                start_new_session=True,
+                cwd=REPO,
+                env=env,
             )
         return cls(name, process)
 
@@ -278,8 +306,9 @@ class Child:
     def returncode(self) -> int | None:
         return self.process.returncode
 
-    async def stop(self, signum: signal.Signals = signal.SIGTERM,
-                   grace: float = CHILD_STOP_TIMEOUT) -> tuple[int, bool]:
+    async def stop(
+        self, signum: signal.Signals = signal.SIGTERM, grace: float = CHILD_STOP_TIMEOUT
+    ) -> tuple[int, bool]:
         """Signal and wait; after `grace` seconds, SIGABRT then SIGKILL.
 
         SIGABRT makes a Python child started with PYTHONFAULTHANDLER=1 print every
@@ -295,8 +324,13 @@ class Child:
                     await self.process.wait()
             except TimeoutError:
                 killed = True
-                log.warning("%s did not stop within %g s after %s; aborting it (its log "
-                            "shows where it was)", self.name, grace, signum.name)
+                log.warning(
+                    "%s did not stop within %g s after %s; aborting it (its log "
+                    "shows where it was)",
+                    self.name,
+                    grace,
+                    signum.name,
+                )
                 await self._end(signal.SIGABRT)
         _CHILDREN.pop(self.pid, None)
         assert self.process.returncode is not None
@@ -349,8 +383,7 @@ class PlantProcess:
         await stdin.drain()
         answer = await self._receive("stats")
         units = answer["units"]
-        return PlantStats(float(answer["time"]), sum(u[0] for u in units),
-                          sum(u[1] for u in units))
+        return PlantStats(float(answer["time"]), sum(u[0] for u in units), sum(u[1] for u in units))
 
     async def pause(self) -> None:
         """Close the servers and their connections: the agent's polls fail from now on."""
@@ -370,8 +403,10 @@ class PlantProcess:
             async with asyncio.timeout(START_TIMEOUT):
                 raw = await stdout.readline()
         except TimeoutError:
-            raise HarnessError(f"the plant did not answer {event!r} in {START_TIMEOUT} s; "
-                               f"log tail:\n{_tail(self._log_path)}") from None
+            raise HarnessError(
+                f"the plant did not answer {event!r} in {START_TIMEOUT} s; "
+                f"log tail:\n{_tail(self._log_path)}"
+            ) from None
         if not raw:
             raise HarnessError(f"the plant exited; log tail:\n{_tail(self._log_path)}")
         message: dict[str, Any] = json.loads(raw)
@@ -390,15 +425,23 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 # -- the agent ------------------------------------------------------------------------------
 
 
-def agent_command(*args: str, profile: Path | None = None,
-                  memory: Path | None = None) -> list[str]:
+def agent_command(*args: str, profile: Path | None = None, memory: Path | None = None) -> list[str]:
     """The installed `orio-agent` next to this interpreter, else `python -m agent`; under
     cProfile (`profile`) or bench.memtrace (`memory`) if asked."""
     if profile is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "agent", *args]
     if memory is not None:
-        return [sys.executable, "-m", "bench.memtrace", str(memory), "--preload", "agent.cli",
-                "-m", "agent", *args]
+        return [
+            sys.executable,
+            "-m",
+            "bench.memtrace",
+            str(memory),
+            "--preload",
+            "agent.cli",
+            "-m",
+            "agent",
+            *args,
+        ]
     script = Path(sys.executable).with_name("orio-agent")
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "agent", *args]
 
@@ -414,8 +457,9 @@ def point_id(unit: int, point: int) -> str:
     return f"u{unit}_p{point}"
 
 
-def agent_config(spec: RunSpec, broker: Broker, *, ports: Sequence[int], device: str | None,
-                 state_dir: Path) -> str:
+def agent_config(
+    spec: RunSpec, broker: Broker, *, ports: Sequence[int], device: str | None, state_dir: Path
+) -> str:
     """The agent's TOML for this run: the bench broker, the plant, quiet logs."""
     layout, batch = spec.layout, spec.batch
     width = values.WIDTH[layout.kind]
@@ -434,8 +478,11 @@ def agent_config(spec: RunSpec, broker: Broker, *, ports: Sequence[int], device:
         "",
         "[queue]",
         f"path = {json.dumps(str(state_dir / 'queue.db'))}",
-        *([f"replay_rate = {spec.queue.replay_rate:g}  # messages/s; 0 = unlimited"]
-          if spec.queue.replay_rate is not None else []),
+        *(
+            [f"replay_rate = {spec.queue.replay_rate:g}  # messages/s; 0 = unlimited"]
+            if spec.queue.replay_rate is not None
+            else []
+        ),
         *([f"max_bytes = {spec.queue.max_bytes}"] if spec.queue.max_bytes is not None else []),
         "",
         "[batch]",
@@ -454,8 +501,8 @@ def agent_config(spec: RunSpec, broker: Broker, *, ports: Sequence[int], device:
 
     def device_block(unit_index: int, unit_id: int) -> list[str]:
         points = ",\n".join(
-            f"    {{ id = {json.dumps(point_id(unit_index, p))}, table = \"holding\", "
-            f"address = {p * width}, type = \"{layout.kind}\" }}"
+            f'    {{ id = {json.dumps(point_id(unit_index, p))}, table = "holding", '
+            f'address = {p * width}, type = "{layout.kind}" }}'
             for p in range(layout.points)
         )
         return [
@@ -472,13 +519,26 @@ def agent_config(spec: RunSpec, broker: Broker, *, ports: Sequence[int], device:
 
     if layout.transport == "tcp":
         for n, port in enumerate(ports):
-            text += ["", "[[modbus]]", f'name = "conn{n}"', 'transport = "tcp"',
-                     'host = "127.0.0.1"', f"port = {port}", "timeout = 1.0"]
+            text += [
+                "",
+                "[[modbus]]",
+                f'name = "conn{n}"',
+                'transport = "tcp"',
+                'host = "127.0.0.1"',
+                f"port = {port}",
+                "timeout = 1.0",
+            ]
             text += device_block(n, 1)
     else:
-        text += ["", "[[modbus]]", 'name = "rs485"', 'transport = "rtu"',
-                 f"device = {json.dumps(device)}", f"baudrate = {layout.baudrate}",
-                 "timeout = 0.5"]
+        text += [
+            "",
+            "[[modbus]]",
+            'name = "rs485"',
+            'transport = "rtu"',
+            f"device = {json.dumps(device)}",
+            f"baudrate = {layout.baudrate}",
+            "timeout = 0.5",
+        ]
         for n in range(layout.units):
             text += device_block(n, n + 1)
     return "\n".join(text) + "\n"
@@ -500,15 +560,21 @@ class Plan:
     requests_per_second: float
 
     def summary(self) -> str:
-        return (f"check-config: {self.devices} devices, {self.points} points, "
-                f"{self.requests_per_cycle} requests per cycle "
-                f"({self.requests_per_second:g} requests/s planned)")
+        return (
+            f"check-config: {self.devices} devices, {self.points} points, "
+            f"{self.requests_per_cycle} requests per cycle "
+            f"({self.requests_per_second:g} requests/s planned)"
+        )
 
 
 async def check_config(path: Path) -> Plan:
     process = await asyncio.create_subprocess_exec(
-        *agent_command("check-config", str(path)), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, env=agent_environment(),
+        *agent_command("check-config", str(path)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=agent_environment(),
     )
     try:
         async with asyncio.timeout(START_TIMEOUT):
@@ -546,8 +612,9 @@ class Snapshot:
 class BenchRun:
     """Start everything, measure, stop everything (also on errors and Ctrl-C)."""
 
-    def __init__(self, spec: RunSpec, directory: Path, *, profile: bool,
-                 trace_memory: bool = False) -> None:
+    def __init__(
+        self, spec: RunSpec, directory: Path, *, profile: bool, trace_memory: bool = False
+    ) -> None:
         self.spec = spec
         self.directory = directory
         self.profile_path = directory / "agent.prof" if profile else None
@@ -567,8 +634,10 @@ class BenchRun:
         (directory / "state").mkdir(parents=True)
         self.busy_before = await _machine_busy()
         if self.busy_before > BUSY_WARNING:
-            _say(f"warning: the machine is {self.busy_before:.0f} % busy before the run "
-                 "(other processes): CPU-bound figures will be low")
+            _say(
+                f"warning: the machine is {self.busy_before:.0f} % busy before the run "
+                "(other processes): CPU-bound figures will be low"
+            )
         backlog = spec.backlog is not None
         # backlog and soak stop the broker with the agent running: nothing may be lost there.
         persistent = backlog or spec.soak is not None
@@ -580,40 +649,67 @@ class BenchRun:
             broker.start()
             stack.callback(broker.stop)
             device = None
-            plant_spec = PlantSpec(spec.layout.transport, spec.layout.units, spec.layout.points,
-                                   spec.layout.kind)
+            plant_spec = PlantSpec(
+                spec.layout.transport, spec.layout.units, spec.layout.points, spec.layout.kind
+            )
             if spec.layout.transport == "rtu":
                 pair = PtyPair(directory / "line", name_a="plant", name_b="agent").start()
                 stack.callback(pair.stop)
                 device = pair.device_b
                 plant_spec = dataclasses.replace(
-                    plant_spec, device=pair.device_a, baudrate=spec.layout.baudrate,
-                    emulate_line=spec.layout.emulate_line)
+                    plant_spec,
+                    device=pair.device_a,
+                    baudrate=spec.layout.baudrate,
+                    emulate_line=spec.layout.emulate_line,
+                )
             plant = await PlantProcess.start(plant_spec, directory / "plant.log")
             stack.push_async_callback(plant.stop)
-            subscriber = Subscriber(broker, self._points(), health_bucket=HEALTH_BUCKET,
-                                    clean_session=not persistent,
-                                    late=spec.soak is not None)
+            subscriber = Subscriber(
+                broker,
+                self._points(),
+                health_bucket=HEALTH_BUCKET,
+                clean_session=not persistent,
+                late=spec.soak is not None,
+            )
             await subscriber.connect(timeout=START_TIMEOUT)
             stack.push_async_callback(_disconnect, subscriber)
 
             config_path = directory / "agent.toml"
-            config_path.write_text(agent_config(spec, broker, ports=plant.ports, device=device,
-                                                state_dir=directory / "state"))
+            config_path.write_text(
+                agent_config(
+                    spec, broker, ports=plant.ports, device=device, state_dir=directory / "state"
+                )
+            )
             plan = await check_config(config_path)
             _say(plan.summary())
-            argv = agent_command("run", "--config", str(config_path), profile=self.profile_path,
-                                 memory=self.memory_path)
-            agent = await Child.spawn("agent", argv, log_path=directory / "agent.log",
-                                      env={**agent_environment(), **dict(spec.agent_env)})
+            argv = agent_command(
+                "run",
+                "--config",
+                str(config_path),
+                profile=self.profile_path,
+                memory=self.memory_path,
+            )
+            agent = await Child.spawn(
+                "agent",
+                argv,
+                log_path=directory / "agent.log",
+                env={**agent_environment(), **dict(spec.agent_env)},
+            )
             self.started = time.monotonic()
             stack.push_async_callback(agent.stop, signal.SIGTERM, STOP_TIMEOUT)
-            _say(f"{spec.name}: agent pid {agent.pid} ({shlex.join(argv)}); "
-                 f"warming up {spec.warmup:g} s, then measuring {spec.duration:g} s")
+            _say(
+                f"{spec.name}: agent pid {agent.pid} ({shlex.join(argv)}); "
+                f"warming up {spec.warmup:g} s, then measuring {spec.duration:g} s"
+            )
 
             checker = asyncio.create_task(self._process_forever(subscriber), name="subscriber")
-            measure = (self._measure_backlog if backlog else
-                       self._measure_soak if spec.soak is not None else self._measure)
+            measure = (
+                self._measure_backlog
+                if backlog
+                else self._measure_soak
+                if spec.soak is not None
+                else self._measure
+            )
             try:
                 first, last, stop = await measure(agent, plant, broker, subscriber)
             finally:
@@ -623,8 +719,9 @@ class BenchRun:
             subscriber.process()
             return self._result(plan, subscriber, first, last, stop, agent)
 
-    async def _measure(self, agent: Child, plant: PlantProcess, broker: Broker,
-                       subscriber: Subscriber) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
+    async def _measure(
+        self, agent: Child, plant: PlantProcess, broker: Broker, subscriber: Subscriber
+    ) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
         pids = {"plant": plant.child.pid, "broker": broker.pid, "harness": os.getpid()}
         socat = procfs.children(os.getpid(), "socat")
         if socat:
@@ -639,8 +736,9 @@ class BenchRun:
         stop = await self._stop_agent(agent, plant, subscriber)
         return first, last, stop
 
-    async def _measure_soak(self, agent: Child, plant: PlantProcess, broker: Broker,
-                            subscriber: Subscriber) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
+    async def _measure_soak(
+        self, agent: Child, plant: PlantProcess, broker: Broker, subscriber: Subscriber
+    ) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
         """The workload for warm-up + duration, the broker stopped every `restart_every` s
         (counted from the agent's start) for `outage` s; the agent's memory sampled every
         `sample_every` s throughout. The window is the time after the warm-up."""
@@ -677,34 +775,52 @@ class BenchRun:
                 back_at = None
                 minutes = (time.monotonic() - self.started) / 60
                 rss = self.memory[-1].rss_kib / 1024 if self.memory else 0.0
-                _say(f"broker back ({len(restarts)} restarts) at {minutes:.1f} min; "
-                     f"agent RSS {rss:.1f} MiB")
+                _say(
+                    f"broker back ({len(restarts)} restarts) at {minutes:.1f} min; "
+                    f"agent RSS {rss:.1f} MiB"
+                )
             wake = min(next_sample, back_at or next_restart, end if first else window_start)
             await self._watch(agent, max(0.0, wake - time.monotonic()), sample=False)
         if first is None:
-            raise HarnessError("the agent exited during the warm-up; log tail:\n"
-                               f"{_tail(self.directory / 'agent.log')}")
+            raise HarnessError(
+                "the agent exited during the warm-up; log tail:\n"
+                f"{_tail(self.directory / 'agent.log')}"
+            )
         last = await self._snapshot(agent.pid, pids, plant)
-        self.soak.update(soak.summarize(self.memory, start=self.started,
-                                        window_start=window_start, restarts=restarts))
-        self.soak.update({
-            "restart_every_s": soaking.restart_every,
-            "outage_s": soaking.outage,
-            "sample_every_s": soaking.sample_every,
-            "broker_restarts": len(restarts),
-            "broker_restarts_s": [round(r - self.started, 1) for r in restarts],
-            # Seconds since the agent's start; KiB: VmRSS, private dirty, anonymous, C heap
-            # (size, resident).
-            "samples": [[round(m.at - self.started, 1), m.rss_kib, m.private_dirty_kib,
-                         m.anonymous_kib, m.heap_size_kib, m.heap_rss_kib]
-                        for m in self.memory],
-        })
+        self.soak.update(
+            soak.summarize(
+                self.memory, start=self.started, window_start=window_start, restarts=restarts
+            )
+        )
+        self.soak.update(
+            {
+                "restart_every_s": soaking.restart_every,
+                "outage_s": soaking.outage,
+                "sample_every_s": soaking.sample_every,
+                "broker_restarts": len(restarts),
+                "broker_restarts_s": [round(r - self.started, 1) for r in restarts],
+                # Seconds since the agent's start; KiB: VmRSS, private dirty, anonymous, C heap
+                # (size, resident).
+                "samples": [
+                    [
+                        round(m.at - self.started, 1),
+                        m.rss_kib,
+                        m.private_dirty_kib,
+                        m.anonymous_kib,
+                        m.heap_size_kib,
+                        m.heap_rss_kib,
+                    ]
+                    for m in self.memory
+                ],
+            }
+        )
         await self._watch(agent, self.spec.batch.max_delay + SETTLE_MARGIN, sample=False)
         stop = await self._stop_agent(agent, plant, subscriber)
         return first, last, stop
 
-    async def _measure_backlog(self, agent: Child, plant: PlantProcess, broker: Broker,
-                               subscriber: Subscriber) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
+    async def _measure_backlog(
+        self, agent: Child, plant: PlantProcess, broker: Broker, subscriber: Subscriber
+    ) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
         """Broker down until `backlog` readings are made; plant paused; broker up: the drain.
 
         The window (first, last) is the drain: from the broker's start to the moment the
@@ -717,20 +833,26 @@ class BenchRun:
         await self._watch(agent, spec.warmup, sample=False)
         subscriber.process()
         if subscriber.tally.readings == 0:
-            raise HarnessError(f"nothing delivered in the {spec.warmup:g} s warm-up; agent log "
-                               f"tail:\n{_tail(self.directory / 'agent.log')}")
+            raise HarnessError(
+                f"nothing delivered in the {spec.warmup:g} s warm-up; agent log "
+                f"tail:\n{_tail(self.directory / 'agent.log')}"
+            )
 
         # The outage: the agent queues what it reads.
         await broker.stop_async()
         outage_start = await self._snapshot(agent.pid, {}, plant)
-        _say(f"broker stopped; polling until {spec.backlog:,} readings are made "
-             f"(at most {OUTAGE_LIMIT:g} s)")
+        _say(
+            f"broker stopped; polling until {spec.backlog:,} readings are made "
+            f"(at most {OUTAGE_LIMIT:g} s)"
+        )
         target = outage_start.plant.registers + spec.backlog * width
         deadline = time.monotonic() + OUTAGE_LIMIT
         while (stats := await plant.stats()).registers < target:
             if time.monotonic() > deadline:
-                _say(f"warning: only {(stats.registers - outage_start.plant.registers) // width:,}"
-                     f" readings made in {OUTAGE_LIMIT:g} s; going on with those")
+                _say(
+                    f"warning: only {(stats.registers - outage_start.plant.registers) // width:,}"
+                    f" readings made in {OUTAGE_LIMIT:g} s; going on with those"
+                )
                 break
             await self._watch(agent, OUTAGE_POLL, sample=False)
             if agent.returncode is not None:
@@ -742,28 +864,35 @@ class BenchRun:
         made = (paused.plant.registers - outage_start.plant.registers) // width
         outage_s = paused.wall - outage_start.wall
         a, b = outage_start.agent, outage_end.agent
-        figures.update({
-            "readings_target": spec.backlog,
-            "outage_readings_made": made,
-            "outage_seconds": round(outage_s, 2),
-            "outage_readings_per_s": _rate(made, outage_s),
-            "queued_messages": queued.messages,
-            "queued_readings": queued.readings,
-            "queued_payload_bytes": queued.payload_bytes,
-            "queued_stored_bytes": queued.stored_bytes,
-            "queued_health_messages": queued.health_messages,
-            "queue_file_bytes_at_drain_start": _queue_size(state),
-            "outage_agent_cpu_percent": _cpu(a, b),
-            "outage_write_bytes": (b.write_bytes - a.write_bytes
-                                   if a and b and a.write_bytes is not None
-                                   and b.write_bytes is not None else None),
-            "rss_mib_peak_before_drain": round(b.hwm_kib / 1024, 1) if b else None,
-        })
+        figures.update(
+            {
+                "readings_target": spec.backlog,
+                "outage_readings_made": made,
+                "outage_seconds": round(outage_s, 2),
+                "outage_readings_per_s": _rate(made, outage_s),
+                "queued_messages": queued.messages,
+                "queued_readings": queued.readings,
+                "queued_payload_bytes": queued.payload_bytes,
+                "queued_stored_bytes": queued.stored_bytes,
+                "queued_health_messages": queued.health_messages,
+                "queue_file_bytes_at_drain_start": _queue_size(state),
+                "outage_agent_cpu_percent": _cpu(a, b),
+                "outage_write_bytes": (
+                    b.write_bytes - a.write_bytes
+                    if a and b and a.write_bytes is not None and b.write_bytes is not None
+                    else None
+                ),
+                "rss_mib_peak_before_drain": round(b.hwm_kib / 1024, 1) if b else None,
+            }
+        )
         if figures["outage_write_bytes"] is not None and queued.payload_bytes:
             figures["outage_write_bytes_per_payload_byte"] = round(
-                figures["outage_write_bytes"] / queued.payload_bytes, 3)
-        _say(f"{queued.readings:,} readings in {queued.messages:,} messages queued "
-             f"({made:,} made in {outage_s:.1f} s with the broker down); starting the broker")
+                figures["outage_write_bytes"] / queued.payload_bytes, 3
+            )
+        _say(
+            f"{queued.readings:,} readings in {queued.messages:,} messages queued "
+            f"({made:,} made in {outage_s:.1f} s with the broker down); starting the broker"
+        )
 
         # The drain: the broker back, the subscriber only records arrivals meanwhile (its
         # checks would take CPU from the agent on a small machine); all is checked after.
@@ -779,10 +908,16 @@ class BenchRun:
         back_wall = time.time()
         await broker.start_async()
         listening_wall = time.time()
-        first = Snapshot(wall=back_wall, agent=agent_before, machine=machine_before,
-                         plant=await plant.stats(),
-                         others={name: procfs.sample(pid) if pid else None for name, pid in
-                                 self._other_pids(plant, broker).items()})
+        first = Snapshot(
+            wall=back_wall,
+            agent=agent_before,
+            machine=machine_before,
+            plant=await plant.stats(),
+            others={
+                name: procfs.sample(pid) if pid else None
+                for name, pid in self._other_pids(plant, broker).items()
+            },
+        )
         deadline = time.monotonic() + spec.duration
         timed_out = True
         connected_wall: float | None = None
@@ -803,16 +938,25 @@ class BenchRun:
             arrived = subscriber.data_messages - messages_before
             quiet = subscriber.quiet_for() if arrived else 0.0
             if quiet >= DRAIN_GIVE_UP or (
-                    arrived >= queued.messages and quiet >= DRAIN_QUIET
-                    and (await asyncio.to_thread(read_queue, state / "queue.db",
-                                                 HEALTH_BUCKET, count_only=True)).messages == 0):
+                arrived >= queued.messages
+                and quiet >= DRAIN_QUIET
+                and (
+                    await asyncio.to_thread(
+                        read_queue, state / "queue.db", HEALTH_BUCKET, count_only=True
+                    )
+                ).messages
+                == 0
+            ):
                 timed_out = False
                 break
             await asyncio.sleep(DRAIN_POLL)
         if agent.returncode is not None and self.agent_died_at is None:
             self.agent_died_at = time.monotonic()
-            log.error("the agent exited with status %s during the drain; log tail:\n%s",
-                      agent.returncode, _tail(self.directory / "agent.log"))
+            log.error(
+                "the agent exited with status %s during the drain; log tail:\n%s",
+                agent.returncode,
+                _tail(self.directory / "agent.log"),
+            )
         last = await self._snapshot(agent.pid, self._other_pids(plant, broker), plant)
         self.hold_checks = False
         subscriber.process()
@@ -821,33 +965,42 @@ class BenchRun:
         drain_s = end - back_wall if end is not None and drained else None
         a, b = first.agent, last.agent
         cpu_s = b.cpu_seconds - a.cpu_seconds if a and b else None
-        figures.update({
-            "drain_timed_out": timed_out,
-            "broker_listening_after_s": round(listening_wall - back_wall, 3),
-            "agent_connected_after_s": (round(connected_wall - back_wall, 3)
-                                        if connected_wall is not None else None),
-            "drain_seconds_after_connect": (round(end - connected_wall, 2)
-                                            if end is not None and connected_wall is not None
-                                            and drained else None),
-            "drain_seconds": round(drain_s, 2) if drain_s is not None else None,
-            # New readings that arrived after the restart: the agent's queue, and what the
-            # broker still held for the subscriber when it stopped (the agent had those
-            # acknowledged already). The drain's rate is the agent's queue over its time.
-            "drained_readings": drained,
-            "drained_readings_per_s": _rate(queued.readings, drain_s) if drain_s else None,
-            "drained_messages": subscriber.data_messages - messages_before,
-            "drain_agent_cpu_seconds": round(cpu_s, 2) if cpu_s is not None else None,
-            "drain_agent_cpu_percent": (round(100 * cpu_s / drain_s, 1)
-                                        if cpu_s is not None and drain_s else None),
-            "drain_write_bytes": (b.write_bytes - a.write_bytes
-                                  if a and b and a.write_bytes is not None
-                                  and b.write_bytes is not None else None),
-            # Messages in flight when the broker stopped may have reached the subscriber
-            # then: sent again, their readings arrive as repeats.
-            "drained_repeated": subscriber.tally.repeated - repeated_before,
-            "drain_complete": (drained + subscriber.tally.repeated - repeated_before
-                               >= queued.readings),
-        })
+        figures.update(
+            {
+                "drain_timed_out": timed_out,
+                "broker_listening_after_s": round(listening_wall - back_wall, 3),
+                "agent_connected_after_s": (
+                    round(connected_wall - back_wall, 3) if connected_wall is not None else None
+                ),
+                "drain_seconds_after_connect": (
+                    round(end - connected_wall, 2)
+                    if end is not None and connected_wall is not None and drained
+                    else None
+                ),
+                "drain_seconds": round(drain_s, 2) if drain_s is not None else None,
+                # New readings that arrived after the restart: the agent's queue, and what the
+                # broker still held for the subscriber when it stopped (the agent had those
+                # acknowledged already). The drain's rate is the agent's queue over its time.
+                "drained_readings": drained,
+                "drained_readings_per_s": _rate(queued.readings, drain_s) if drain_s else None,
+                "drained_messages": subscriber.data_messages - messages_before,
+                "drain_agent_cpu_seconds": round(cpu_s, 2) if cpu_s is not None else None,
+                "drain_agent_cpu_percent": (
+                    round(100 * cpu_s / drain_s, 1) if cpu_s is not None and drain_s else None
+                ),
+                "drain_write_bytes": (
+                    b.write_bytes - a.write_bytes
+                    if a and b and a.write_bytes is not None and b.write_bytes is not None
+                    else None
+                ),
+                # Messages in flight when the broker stopped may have reached the subscriber
+                # then: sent again, their readings arrive as repeats.
+                "drained_repeated": subscriber.tally.repeated - repeated_before,
+                "drain_complete": (
+                    drained + subscriber.tally.repeated - repeated_before >= queued.readings
+                ),
+            }
+        )
         if drain_s:
             _say(f"drained {drained:,} readings in {drain_s:.2f} s")
         else:
@@ -856,14 +1009,17 @@ class BenchRun:
         stop = await self._stop_agent(agent, plant, subscriber)
         return first, last, stop
 
-    async def _stop_agent(self, agent: Child, plant: PlantProcess,
-                          subscriber: Subscriber) -> dict[str, Any]:
+    async def _stop_agent(
+        self, agent: Child, plant: PlantProcess, subscriber: Subscriber
+    ) -> dict[str, Any]:
         """SIGTERM the agent, note how it stopped, and wait for the tail of the data."""
         before = await plant.stats()
         stopping = time.monotonic()
         code, killed = await agent.stop(signal.SIGTERM, STOP_TIMEOUT)
         stop: dict[str, Any] = {
-            "exit_status": code, "killed": killed, "crashed": self.agent_died_at is not None,
+            "exit_status": code,
+            "killed": killed,
+            "crashed": self.agent_died_at is not None,
             "stop_seconds": round(time.monotonic() - stopping, 3),
         }
         stop["final_plant"] = final = await plant.stats()
@@ -883,7 +1039,9 @@ class BenchRun:
             contents = await asyncio.to_thread(read_queue, state / "queue.db", HEALTH_BUCKET)
             # Data only: a health message may be put between the two reads.
             same = previous is not None and (contents.messages, contents.readings) == (
-                previous.messages, previous.readings)
+                previous.messages,
+                previous.readings,
+            )
             if same or time.monotonic() > deadline:
                 return contents
             previous = contents
@@ -904,15 +1062,19 @@ class BenchRun:
             if agent.returncode is not None:
                 if self.agent_died_at is None:
                     self.agent_died_at = time.monotonic()
-                    log.error("the agent exited with status %s; log tail:\n%s",
-                              agent.returncode, _tail(self.directory / "agent.log"))
+                    log.error(
+                        "the agent exited with status %s; log tail:\n%s",
+                        agent.returncode,
+                        _tail(self.directory / "agent.log"),
+                    )
                 return
             if sample and (now := procfs.sample(agent.pid)) is not None:
                 self.rss_kib.append(now.rss_kib)
             await asyncio.sleep(min(SAMPLE_PERIOD, left))
 
-    async def _snapshot(self, agent: int, others: dict[str, int | None],
-                        plant: PlantProcess) -> Snapshot:
+    async def _snapshot(
+        self, agent: int, others: dict[str, int | None], plant: PlantProcess
+    ) -> Snapshot:
         stats = await plant.stats()
         sample = procfs.sample(agent)
         if sample is not None:
@@ -920,7 +1082,10 @@ class BenchRun:
         # The window's edges are the plant's clock when it counted: a reading's timestamp is
         # when the agent got the answer, a moment after the plant counted the request.
         return Snapshot(
-            wall=stats.time, agent=sample, machine=procfs.machine(), plant=stats,
+            wall=stats.time,
+            agent=sample,
+            machine=procfs.machine(),
+            plant=stats,
             others={name: procfs.sample(pid) if pid else None for name, pid in others.items()},
         )
 
@@ -928,11 +1093,19 @@ class BenchRun:
         layout = self.spec.layout
         return {
             point_id(u, p): PointState(u * layout.points + p, layout.kind)
-            for u in range(layout.units) for p in range(layout.points)
+            for u in range(layout.units)
+            for p in range(layout.points)
         }
 
-    def _result(self, plan: Plan, subscriber: Subscriber, first: Snapshot, last: Snapshot,
-                stop: dict[str, Any], agent: Child) -> dict[str, Any]:
+    def _result(
+        self,
+        plan: Plan,
+        subscriber: Subscriber,
+        first: Snapshot,
+        last: Snapshot,
+        stop: dict[str, Any],
+        agent: Child,
+    ) -> dict[str, Any]:
         spec, layout = self.spec, self.spec.layout
         window = last.wall - first.wall
         width = values.WIDTH[layout.kind]
@@ -944,8 +1117,11 @@ class BenchRun:
         missing = expected - tally.readings - (queued or 0)
         offered_in_window = (last.plant.registers - first.plant.registers) // width
         stamps, latencies = subscriber.timestamps, subscriber.latencies_ms
-        in_window = sorted(latency for stamp, latency in zip(stamps, latencies, strict=True)
-                           if first.wall <= stamp < last.wall)
+        in_window = sorted(
+            latency
+            for stamp, latency in zip(stamps, latencies, strict=True)
+            if first.wall <= stamp < last.wall
+        )
         allowance = layout.connections * layout.points
         result: dict[str, Any] = {
             "name": spec.name,
@@ -972,45 +1148,61 @@ class BenchRun:
             "context_cpu_percent": {
                 **{name: _cpu(sample, last.others[name]) for name, sample in first.others.items()},
                 "machine_busy_all_cores": round(
-                    procfs.machine_busy_percent(first.machine, last.machine), 1),
+                    procfs.machine_busy_percent(first.machine, last.machine), 1
+                ),
             },
             "agent_cpu_seconds_per_million_readings": None,
             "queue_file_bytes": _queue_size(self.directory / "state"),
             "commits_per_s": _commits_per_s(subscriber.health, first.wall, last.wall),
-            "agent_health_last": {name: series[-1][1]
-                                  for name, series in sorted(subscriber.health.items())},
+            "agent_health_last": {
+                name: series[-1][1] for name, series in sorted(subscriber.health.items())
+            },
             "machine_busy_before_percent": self.busy_before,
         }
         context = result["context_cpu_percent"]
-        ours = [result["agent"]["cpu_percent"],
-                *(cpu for name, cpu in context.items() if name != "machine_busy_all_cores")]
+        ours = [
+            result["agent"]["cpu_percent"],
+            *(cpu for name, cpu in context.items() if name != "machine_busy_all_cores"),
+        ]
         cores = len(os.sched_getaffinity(0))
         context["other_processes"] = round(
-            context["machine_busy_all_cores"] * cores - sum(x or 0 for x in ours), 1)
+            context["machine_busy_all_cores"] * cores - sum(x or 0 for x in ours), 1
+        )
         payload = subscriber.payload_bytes(first.wall, last.wall)
         written = result["agent"]["write_bytes_window"]
         result["payload_bytes_window"] = payload
         result["payload_bytes_per_s"] = _rate(payload, window)
         result["write_bytes_per_payload_byte"] = (
-            round(written / payload, 3) if written is not None and payload else None)
+            round(written / payload, 3) if written is not None and payload else None
+        )
         delivered_rate = result["readings_delivered_per_s"]
         if delivered_rate and result["agent"]["cpu_percent"] is not None:
             result["agent_cpu_seconds_per_million_readings"] = round(
-                result["agent"]["cpu_percent"] / 100 / delivered_rate * 1e6, 1)
+                result["agent"]["cpu_percent"] / 100 / delivered_rate * 1e6, 1
+            )
         if spec.backlog is not None:
             # The window is the drain: no readings are made in it (the plant is paused), so
             # the per-window rates of the other scenarios do not apply; the drain's do.
-            for key in ("requests_per_s", "readings_offered_per_s", "readings_delivered_per_s",
-                        "delivered_ratio_window", "latency_ms", "commits_per_s"):
+            for key in (
+                "requests_per_s",
+                "readings_offered_per_s",
+                "readings_delivered_per_s",
+                "delivered_ratio_window",
+                "latency_ms",
+                "commits_per_s",
+            ):
                 result.pop(key)
             backlog = self.backlog
             cpu_s, drained = backlog.get("drain_agent_cpu_seconds"), backlog["queued_readings"]
             result["agent_cpu_seconds_per_million_readings"] = (
-                round(cpu_s / drained * 1e6, 1) if cpu_s is not None and drained else None)
+                round(cpu_s / drained * 1e6, 1) if cpu_s is not None and drained else None
+            )
             drain_written = backlog.get("drain_write_bytes")
             backlog["drain_write_bytes_per_payload_byte"] = (
                 round(drain_written / backlog["queued_payload_bytes"], 3)
-                if drain_written is not None and backlog["queued_payload_bytes"] else None)
+                if drain_written is not None and backlog["queued_payload_bytes"]
+                else None
+            )
             result["backlog"] = backlog
         if spec.soak is not None:
             result["soak"] = self.soak
@@ -1022,7 +1214,8 @@ class BenchRun:
                 "bits_per_request": line.transaction_bits(layout.registers_per_unit),
                 "theoretical_requests_per_s": round(theory, 1),
                 "achieved_percent_of_theoretical": round(
-                    100 * (result["requests_per_s"] or 0) / theory, 1),
+                    100 * (result["requests_per_s"] or 0) / theory, 1
+                ),
             }
         if self.profile_path is not None:
             result["profile"] = _shown(self.profile_path)
@@ -1092,15 +1285,19 @@ def _percentiles(sorted_ms: list[float]) -> dict[str, float | None]:
     return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": at(1.0)}
 
 
-def _commits_per_s(health: dict[str, list[tuple[int, object]]], start: float,
-                   end: float) -> float | None:
+def _commits_per_s(
+    health: dict[str, list[tuple[int, object]]], start: float, end: float
+) -> float | None:
     """From the agent's health telemetry, once it reports a commit count (an id with
     "commit" in it): its increase between the first and last report in the window."""
     name = next((name for name in health if "commit" in name), None)
     if name is None:
         return None
-    inside = [(ms / 1000, float(value)) for ms, value in health[name]
-              if start <= ms / 1000 <= end and isinstance(value, int | float)]
+    inside = [
+        (ms / 1000, float(value))
+        for ms, value in health[name]
+        if start <= ms / 1000 <= end and isinstance(value, int | float)
+    ]
     if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
         return None
     (t0, c0), (t1, c1) = inside[0], inside[-1]
@@ -1138,8 +1335,9 @@ def read_queue(path: Path, health_bucket: str, *, count_only: bool = False) -> Q
     messages = readings = payload_bytes = stored_bytes = health = 0
     columns = "topic, NULL, NULL" if count_only else "topic, payload, codec"
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
-                                                timeout=5.0)) as db:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+        ) as db:
             rows = db.execute(f"SELECT {columns} FROM messages").fetchall()
     except sqlite3.Error as exc:
         raise HarnessError(f"cannot read the agent's queue file {path}: {exc}") from exc
@@ -1179,12 +1377,16 @@ def _say(text: str) -> None:
 def machine_info() -> dict[str, Any]:
     def first_line(argv: list[str]) -> str:
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False,
-                                  cwd=REPO)
+            done = subprocess.run(
+                argv, capture_output=True, text=True, timeout=10, check=False, cwd=REPO
+            )
         except (OSError, subprocess.TimeoutExpired):
             return "unknown"
-        return (done.stdout or done.stderr).strip().splitlines()[0] if (
-            done.stdout or done.stderr).strip() else "unknown"
+        return (
+            (done.stdout or done.stderr).strip().splitlines()[0]
+            if (done.stdout or done.stderr).strip()
+            else "unknown"
+        )
 
     import gmqtt
     import pymodbus
@@ -1229,8 +1431,7 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("latency p95 ms", ("latency_ms", "p95"), "{:,.1f}"),
     ("latency max ms", ("latency_ms", "max"), "{:,.1f}"),
     ("agent CPU % (one core)", ("agent", "cpu_percent"), "{:.2f}"),
-    ("agent CPU s per million readings", ("agent_cpu_seconds_per_million_readings",),
-     "{:,.1f}"),
+    ("agent CPU s per million readings", ("agent_cpu_seconds_per_million_readings",), "{:,.1f}"),
     ("agent RSS MiB (median)", ("agent", "rss_mib_median"), "{:.1f}"),
     ("agent RSS MiB (peak, VmHWM)", ("agent", "rss_mib_peak"), "{:.1f}"),
     ("agent bytes written/s", ("agent", "write_bytes_per_s"), "{:,.0f}"),
@@ -1246,14 +1447,19 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("backlog: stored bytes (zlib)", ("backlog", "queued_stored_bytes"), "{:,}"),
     ("backlog: queue file bytes", ("backlog", "queue_file_bytes_at_drain_start"), "{:,}"),
     ("backlog: agent CPU % while queueing", ("backlog", "outage_agent_cpu_percent"), "{:.1f}"),
-    ("backlog: written per payload byte queueing",
-     ("backlog", "outage_write_bytes_per_payload_byte"), "{:.3f}"),
-    ("backlog: agent RSS MiB peak before drain", ("backlog", "rss_mib_peak_before_drain"),
-     "{:.1f}"),
+    (
+        "backlog: written per payload byte queueing",
+        ("backlog", "outage_write_bytes_per_payload_byte"),
+        "{:.3f}",
+    ),
+    (
+        "backlog: agent RSS MiB peak before drain",
+        ("backlog", "rss_mib_peak_before_drain"),
+        "{:.1f}",
+    ),
     ("drain: agent reconnected after s", ("backlog", "agent_connected_after_s"), "{:,.3f}"),
     ("drain: seconds (broker start to last)", ("backlog", "drain_seconds"), "{:,.2f}"),
-    ("drain: seconds (reconnect to last)", ("backlog", "drain_seconds_after_connect"),
-     "{:,.2f}"),
+    ("drain: seconds (reconnect to last)", ("backlog", "drain_seconds_after_connect"), "{:,.2f}"),
     ("drain: new readings arrived", ("backlog", "drained_readings"), "{:,}"),
     ("drain: readings/s (queued / seconds)", ("backlog", "drained_readings_per_s"), "{:,.0f}"),
     ("drain: complete", ("backlog", "drain_complete"), "{}"),
@@ -1266,11 +1472,17 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("soak: window hours (samples)", (), "window"),
     ("soak: RSS MiB after warm-up / at end", (), "soak:rss:levels"),
     ("soak: RSS slope MB/h (stderr)", (), "soak:rss:slope"),
-    ("soak: RSS slope between restarts MB/h", ("soak", "rss", "slope_between_restarts_mb_per_h"),
-     "{:.3f}"),
+    (
+        "soak: RSS slope between restarts MB/h",
+        ("soak", "rss", "slope_between_restarts_mb_per_h"),
+        "{:.3f}",
+    ),
     ("soak: RSS growth MB, fitted / measured", (), "soak:rss:growth"),
-    ("soak: RSS growth over 2 h at that slope, MB", ("soak", "rss", "projected_growth_mb_2h"),
-     "{:.2f}"),
+    (
+        "soak: RSS growth over 2 h at that slope, MB",
+        ("soak", "rss", "projected_growth_mb_2h"),
+        "{:.2f}",
+    ),
     ("soak: private dirty slope MB/h (stderr)", (), "soak:private_dirty:slope"),
     ("soak: C heap resident MiB, start / end", (), "soak:heap_rss:levels"),
     ("soak: C heap resident slope MB/h (stderr)", (), "soak:heap_rss:slope"),
@@ -1282,8 +1494,7 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("broker CPU %", ("context_cpu_percent", "broker"), "{:.1f}"),
     ("socat CPU %", ("context_cpu_percent", "socat"), "{:.1f}"),
     ("harness+subscriber CPU %", ("context_cpu_percent", "harness"), "{:.1f}"),
-    ("other processes CPU % (not the bench)", ("context_cpu_percent", "other_processes"),
-     "{:.1f}"),
+    ("other processes CPU % (not the bench)", ("context_cpu_percent", "other_processes"), "{:.1f}"),
     ("machine busy % (all cores)", ("context_cpu_percent", "machine_busy_all_cores"), "{:.1f}"),
     ("machine busy % before the run", ("machine_busy_before_percent",), "{:.1f}"),
 ]
@@ -1292,8 +1503,9 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
 def _cell(result: dict[str, Any], path: tuple[str, ...], fmt: str) -> str:
     if fmt == "checks":
         tally = result["subscriber"]
-        return " / ".join(str(tally[key]) for key in ("malformed", "wrong_value", "stale",
-                                                       "repeated"))
+        return " / ".join(
+            str(tally[key]) for key in ("malformed", "wrong_value", "stale", "repeated")
+        )
     if fmt == "missing":
         return f"{result['readings_missing']:,} ({result['in_flight_allowance']:,})"
     if fmt == "late":
@@ -1314,8 +1526,10 @@ def _soak_cell(figures: dict[str, Any] | None, fmt: str) -> str:
     if figures is None:
         return "-"
     if fmt == "restarts":
-        return (f"{figures['broker_restarts']} ({figures['restart_every_s']:g}, "
-                f"{figures['outage_s']:g})")
+        return (
+            f"{figures['broker_restarts']} ({figures['restart_every_s']:g}, "
+            f"{figures['outage_s']:g})"
+        )
     if fmt == "window":
         return f"{figures.get('window_hours', 0):.2f} ({figures['samples_in_window']})"
     _, series, what = fmt.split(":")
@@ -1326,8 +1540,11 @@ def _soak_cell(figures: dict[str, Any] | None, fmt: str) -> str:
         return f"{line['start_mib']:.1f} / {line['end_mib']:.1f}"
     if what == "slope":
         stderr = line["slope_stderr_mb_per_h"]
-        return f"{line['slope_mb_per_h']:.3f} ({stderr:.3f})" if stderr is not None else (
-            f"{line['slope_mb_per_h']:.3f}")
+        return (
+            f"{line['slope_mb_per_h']:.3f} ({stderr:.3f})"
+            if stderr is not None
+            else (f"{line['slope_mb_per_h']:.3f}")
+        )
     return f"{line['fitted_growth_mb']:.2f} / {line['measured_growth_mb']:.2f}"
 
 
@@ -1338,13 +1555,20 @@ def table(results: list[dict[str, Any]]) -> str:
     label_width = max(len(label) for label, _ in rows)
     widths = [max(len(h), *(len(cells[i]) for _, cells in rows)) for i, h in enumerate(heads)]
     lines = [
-        " | ".join(["metric".ljust(label_width), *(h.rjust(w) for h, w in zip(heads, widths,
-                                                                              strict=True))]),
+        " | ".join(
+            ["metric".ljust(label_width), *(h.rjust(w) for h, w in zip(heads, widths, strict=True))]
+        ),
         "-+-".join(["-" * label_width, *("-" * w for w in widths)]),
     ]
     for label, cells in rows:
-        lines.append(" | ".join([label.ljust(label_width),
-                                 *(c.rjust(w) for c, w in zip(cells, widths, strict=True))]))
+        lines.append(
+            " | ".join(
+                [
+                    label.ljust(label_width),
+                    *(c.rjust(w) for c, w in zip(cells, widths, strict=True)),
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
@@ -1369,50 +1593,89 @@ def _env_item(text: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.harness", description=__doc__,
+        prog="python -m bench.harness",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--duration", type=float, help="measurement window, seconds")
     parser.add_argument("--warmup", type=float, help="seconds before the window opens")
-    parser.add_argument("--json", type=Path,
-                        help="result file (default bench/results/SCENARIO.json)")
+    parser.add_argument(
+        "--json", type=Path, help="result file (default bench/results/SCENARIO.json)"
+    )
     parser.add_argument("--units", type=int, help="units (TCP: one connection each)")
     parser.add_argument("--points", type=int, help="points per unit")
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of units")
     parser.add_argument("--interval", type=float, help="poll interval, seconds")
     parser.add_argument("--max-readings", type=int, help="batch.max_readings")
-    parser.add_argument("--readings", type=int,
-                        help=f"backlog: readings to queue (default {BACKLOG_READINGS:,})")
-    parser.add_argument("--baud", type=lambda text: [int(b) for b in text.split(",")],
-                        default=list(RTU_BAUDRATES), help="rtu: baud rates, comma separated")
-    parser.add_argument("--line", choices=("pty", "line", "both"), default="both",
-                        help="rtu: a bare pty, a pty answered at the line's speed, or both")
-    parser.add_argument("--restart-every", type=float, default=SOAK_RESTART_EVERY,
-                        help="soak: seconds between broker restarts (default %(default)g)")
-    parser.add_argument("--outage", type=float, default=SOAK_OUTAGE,
-                        help="soak: seconds the broker stays down each time (default "
-                             "%(default)g)")
-    parser.add_argument("--sample-every", type=float, default=SOAK_SAMPLE_EVERY,
-                        help="soak: seconds between memory samples (default %(default)g)")
-    parser.add_argument("--agent-env", type=_env_item, action="append", default=[],
-                        metavar="NAME=VALUE",
-                        help="set in the agent's environment (repeatable), e.g. "
-                             "MALLOC_MMAP_THRESHOLD_=65536")
-    parser.add_argument("--run-dir", type=Path,
-                        help="the run's files (default run/bench/SCENARIO): two runs at once "
-                             "need two")
-    parser.add_argument("--profile", action="store_true",
-                        help="run the agent under cProfile (its CPU figures are then inflated)")
-    parser.add_argument("--trace-memory", action="store_true",
-                        help="run the agent under tracemalloc (bench.memtrace): what it held "
-                             "at its highest point (its memory figures are then inflated)")
+    parser.add_argument(
+        "--readings", type=int, help=f"backlog: readings to queue (default {BACKLOG_READINGS:,})"
+    )
+    parser.add_argument(
+        "--baud",
+        type=lambda text: [int(b) for b in text.split(",")],
+        default=list(RTU_BAUDRATES),
+        help="rtu: baud rates, comma separated",
+    )
+    parser.add_argument(
+        "--line",
+        choices=("pty", "line", "both"),
+        default="both",
+        help="rtu: a bare pty, a pty answered at the line's speed, or both",
+    )
+    parser.add_argument(
+        "--restart-every",
+        type=float,
+        default=SOAK_RESTART_EVERY,
+        help="soak: seconds between broker restarts (default %(default)g)",
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=SOAK_OUTAGE,
+        help="soak: seconds the broker stays down each time (default %(default)g)",
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=float,
+        default=SOAK_SAMPLE_EVERY,
+        help="soak: seconds between memory samples (default %(default)g)",
+    )
+    parser.add_argument(
+        "--agent-env",
+        type=_env_item,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the agent's environment (repeatable), e.g. MALLOC_MMAP_THRESHOLD_=65536",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="the run's files (default run/bench/SCENARIO): two runs at once need two",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the agent under cProfile (its CPU figures are then inflated)",
+    )
+    parser.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="run the agent under tracemalloc (bench.memtrace): what it held "
+        "at its highest point (its memory figures are then inflated)",
+    )
     return parser.parse_args(argv)
 
 
-async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool,
-                  trace_memory: bool = False, run_dir: Path | None = None
-                  ) -> list[dict[str, Any]]:
+async def run_all(
+    runs: list[RunSpec],
+    scenario: str,
+    *,
+    profile: bool,
+    trace_memory: bool = False,
+    run_dir: Path | None = None,
+) -> list[dict[str, Any]]:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -1421,8 +1684,9 @@ async def run_all(runs: list[RunSpec], scenario: str, *, profile: bool,
     for spec in runs:
         base = run_dir if run_dir is not None else RUNS_DIR / scenario
         directory = base if len(runs) == 1 else base / spec.name
-        results.append(await BenchRun(spec, directory, profile=profile,
-                                      trace_memory=trace_memory).run())
+        results.append(
+            await BenchRun(spec, directory, profile=profile, trace_memory=trace_memory).run()
+        )
     return results
 
 
@@ -1433,9 +1697,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = build_runs(args.scenario, args)
     started = datetime.datetime.now(datetime.UTC)
     try:
-        results = asyncio.run(run_all(runs, args.scenario, profile=args.profile,
-                                      trace_memory=args.trace_memory,
-                                      run_dir=args.run_dir.resolve() if args.run_dir else None))
+        results = asyncio.run(
+            run_all(
+                runs,
+                args.scenario,
+                profile=args.profile,
+                trace_memory=args.trace_memory,
+                run_dir=args.run_dir.resolve() if args.run_dir else None,
+            )
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         _say("interrupted; everything started was stopped")
         return EXIT_INTERRUPTED
@@ -1444,8 +1714,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     report = {
         "scenario": args.scenario,
-        "command": shlex.join([".venv/bin/python", "-m", "bench.harness",
-                               *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(
+            [".venv/bin/python", "-m", "bench.harness", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "started": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
         "runs": results,
@@ -1457,13 +1728,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     machine = report["machine"]
-    print(f"\n{args.scenario}: {machine['nproc']} x {machine['cpu_model']}, "
-          f"Python {machine['python']}, agent {machine['git_commit']}")
+    print(
+        f"\n{args.scenario}: {machine['nproc']} x {machine['cpu_model']}, "
+        f"Python {machine['python']}, agent {machine['git_commit']}"
+    )
     print(table(results))
     print(f"\nJSON: {out}")
-    failed = [r["name"] for r in results
-              if r["agent"]["crashed"] or r["agent"]["killed"] or r["agent"]["exit_status"] != 0
-              or r["readings_delivered"] == 0]
+    failed = [
+        r["name"]
+        for r in results
+        if r["agent"]["crashed"]
+        or r["agent"]["killed"]
+        or r["agent"]["exit_status"] != 0
+        or r["readings_delivered"] == 0
+    ]
     if failed:
         _say(f"the agent crashed or delivered nothing in: {', '.join(failed)}")
         return EXIT_FAILED

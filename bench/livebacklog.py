@@ -32,12 +32,15 @@ WAIT = 60.0
 
 
 async def fill(path: Path, thing_id: str, messages: int, made_ms: int) -> None:
-    settings = QueueSettings(path=path, max_bytes=256 * 1024 * 1024, max_age=7 * 86400,
-                             replay_rate=0.0)
+    settings = QueueSettings(
+        path=path, max_bytes=256 * 1024 * 1024, max_age=7 * 86400, replay_rate=0.0
+    )
     queue = DiskOutbox(settings, clock=Clock(wall_ms=lambda: made_ms))
     for n in range(messages):
-        queue.put(f"$thing/{thing_id}/$data/{BUCKET}", json.dumps(
-            [{"id": "old", "value": n, "timestamp": str(made_ms)}]).encode())
+        queue.put(
+            f"$thing/{thing_id}/$data/{BUCKET}",
+            json.dumps([{"id": "old", "value": n, "timestamp": str(made_ms)}]).encode(),
+        )
     await queue.aclose()
 
 
@@ -81,13 +84,21 @@ async def run(backlog: int, rate: float, directory: Path) -> dict[str, object]:
     (directory / "agent.toml").write_text(config(broker, plant.port, queue, rate))
     started = time.monotonic()
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "run", "--config", str(directory / "agent.toml"),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "--config",
+        str(directory / "agent.toml"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         replay_time = backlog / rate if rate else 0
         await cloud.wait_for(
             lambda _: sum(1 for r in cloud.readings(BUCKET) if r["id"] == "old") >= backlog,
-            timeout=replay_time * 2 + WAIT)
+            timeout=replay_time * 2 + WAIT,
+        )
         replayed_in = time.monotonic() - started
     finally:
         agent.terminate()
@@ -98,15 +109,22 @@ async def run(backlog: int, rate: float, directory: Path) -> dict[str, object]:
     latencies = sorted(
         arrived - int(reading["timestamp"]) / 1000
         for message, arrived in zip(cloud.messages, cloud.arrivals, strict=True)
-        for reading in json.loads(message.payload) if reading["id"] == "n0")
+        for reading in json.loads(message.payload)
+        if reading["id"] == "n0"
+    )
 
     def at(q: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3)
 
-    return {"backlog_messages": backlog, "replay_rate": rate,
-            "replayed_in_s": round(replayed_in, 1), "live_readings": len(latencies),
-            "live_latency_p50_s": at(0.5), "live_latency_p95_s": at(0.95),
-            "live_latency_max_s": round(latencies[-1], 3)}
+    return {
+        "backlog_messages": backlog,
+        "replay_rate": rate,
+        "replayed_in_s": round(replayed_in, 1),
+        "live_readings": len(latencies),
+        "live_latency_p50_s": at(0.5),
+        "live_latency_p95_s": at(0.95),
+        "live_latency_max_s": round(latencies[-1], 3),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,20 +66,26 @@ def report(watcher: PeakWatcher, out: Path) -> None:
     if snapshot is None:
         lines.append("no snapshot: traced memory never grew by 2 MiB")
     else:
-        snapshot = snapshot.filter_traces([
-            tracemalloc.Filter(False, tracemalloc.__file__),
-            tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-        ])
+        snapshot = snapshot.filter_traces(
+            [
+                tracemalloc.Filter(False, tracemalloc.__file__),
+                tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+            ]
+        )
         by_line = snapshot.statistics("lineno")
         total = sum(stat.size for stat in by_line)
-        lines.append(f"snapshot at the highest point ({watcher.best_at:.1f} s after start): "
-                     f"{total / MIB:.1f} MiB traced")
+        lines.append(
+            f"snapshot at the highest point ({watcher.best_at:.1f} s after start): "
+            f"{total / MIB:.1f} MiB traced"
+        )
         lines.append("")
         lines.append(f"top {TOP} lines:")
         for stat in by_line[:TOP]:
             frame = stat.traceback[0]
-            lines.append(f"  {stat.size / MIB:8.2f} MiB {stat.count:8d} blocks  "
-                         f"{frame.filename}:{frame.lineno}")
+            lines.append(
+                f"  {stat.size / MIB:8.2f} MiB {stat.count:8d} blocks  "
+                f"{frame.filename}:{frame.lineno}"
+            )
         lines.append("")
         lines.append(f"top {TRACEBACKS} tracebacks:")
         for stat in snapshot.statistics("traceback")[:TRACEBACKS]:

@@ -64,11 +64,19 @@ class LineUnit(SimUnit):
         super().__init__(unit_id, max_address=max_address)
         self.baudrate = baudrate
 
-    async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      current_registers: list[int], set_values: Any) -> Any:
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current_registers: list[int],
+        set_values: Any,
+    ) -> Any:
         await asyncio.sleep(unit_turnaround(self.baudrate, count))
-        return await super()._action(function_code, start_address, address, count,
-                                     current_registers, set_values)
+        return await super()._action(
+            function_code, start_address, address, count, current_registers, set_values
+        )
 
 
 class _Counter:
@@ -81,8 +89,7 @@ class _Counter:
 
     def totals(self) -> list[int]:
         log = self.unit.requests
-        self.registers += sum(r.count for r in log[self._seen:]
-                              if r.function_code in (3, 4))
+        self.registers += sum(r.count for r in log[self._seen :] if r.function_code in (3, 4))
         self._seen = len(log)
         return [self.unit.read_count, self.registers]
 
@@ -93,8 +100,7 @@ class Plant:
         size = spec.points * values.WIDTH[spec.kind] + _SPARE_REGISTERS
         if spec.transport == "rtu" and spec.emulate_line:
             self.units: list[SimUnit] = [
-                LineUnit(n + 1, baudrate=spec.baudrate, max_address=size)
-                for n in range(spec.units)
+                LineUnit(n + 1, baudrate=spec.baudrate, max_address=size) for n in range(spec.units)
             ]
         elif spec.transport == "rtu":
             self.units = [SimUnit(n + 1, max_address=size) for n in range(spec.units)]
@@ -108,8 +114,9 @@ class Plant:
         points = self.spec.points
         for n, unit in enumerate(self.units):
             first = n * points
-            unit.set_registers("holding", 0,
-                               values.registers(self.spec.kind, tick, range(first, first + points)))
+            unit.set_registers(
+                "holding", 0, values.registers(self.spec.kind, tick, range(first, first + points))
+            )
 
     async def serve(self, stack: contextlib.AsyncExitStack) -> list[int]:
         """Start the servers; return the TCP ports in unit order (none for RTU)."""
@@ -131,8 +138,11 @@ class Plant:
             await server.stop()
 
     def stats(self) -> dict[str, Any]:
-        return {"event": "stats", "time": time.time(),
-                "units": [counter.totals() for counter in self._counters]}
+        return {
+            "event": "stats",
+            "time": time.time(),
+            "units": [counter.totals() for counter in self._counters],
+        }
 
     async def change_values(self) -> None:
         """At each wall-clock second, the values of that second."""

@@ -36,7 +36,7 @@ def sample(pid: int) -> ProcSample | None:
         status = (base / "status").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     cpu = (int(fields[_STAT_UTIME]) + int(fields[_STAT_STIME])) / CLOCK_TICKS
     values = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     try:
@@ -88,8 +88,12 @@ def tcp_connected(pid: int, port: int) -> bool:
             continue
         for line in lines:
             fields = line.split()
-            if (len(fields) > 9 and fields[3] == _TCP_ESTABLISHED and fields[9] in inodes
-                    and int(fields[2].rsplit(":", 1)[1], 16) == port):
+            if (
+                len(fields) > 9
+                and fields[3] == _TCP_ESTABLISHED
+                and fields[9] in inodes
+                and int(fields[2].rsplit(":", 1)[1], 16) == port
+            ):
                 return True
     return False
 
@@ -132,8 +136,8 @@ def children(parent: int, name: str) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         if ppid == parent and comm == name:
             found.append(int(entry.name))
     return found
@@ -184,7 +188,7 @@ def memory(pid: int) -> MemorySample | None:
     lines = smaps.splitlines()
     for index, line in enumerate(lines):
         if line.endswith("[heap]"):
-            for detail in lines[index + 1:]:
+            for detail in lines[index + 1 :]:
                 name, _, rest = detail.partition(":")
                 if name == "Size":
                     heap_size = _kib(rest)

@@ -29,15 +29,20 @@ READINGS = 50  # per batch: one device's cycle
 
 def batch(rng: random.Random, n: int) -> bytes:
     stamp = 1_800_000_000_000 + n * 1000
-    return json.dumps([{"id": f"p{i}", "value": round(rng.uniform(0, 500), 3),
-                        "timestamp": str(stamp)} for i in range(READINGS)],
-                      separators=(",", ":")).encode()
+    return json.dumps(
+        [
+            {"id": f"p{i}", "value": round(rng.uniform(0, 500), 3), "timestamp": str(stamp)}
+            for i in range(READINGS)
+        ],
+        separators=(",", ":"),
+    ).encode()
 
 
 async def measure(max_bytes: int, fill: float, directory: Path) -> dict[str, object]:
     path = directory / f"queue-{max_bytes}.db"
-    settings = QueueSettings(path=path, max_bytes=max_bytes, max_age=7 * 86400,
-                             replay_rate=0.0, commit_interval=3600)
+    settings = QueueSettings(
+        path=path, max_bytes=max_bytes, max_age=7 * 86400, replay_rate=0.0, commit_interval=3600
+    )
     queue = DiskOutbox(settings, clock=Clock())
     rng = random.Random(max_bytes)
     put = peak = messages = 0
@@ -53,17 +58,25 @@ async def measure(max_bytes: int, fill: float, directory: Path) -> dict[str, obj
     await queue.flush()
     stats = queue.stats()
     await queue.aclose()
-    return {"max_bytes": max_bytes, "peak_files_bytes": peak,
-            "peak_over_max": round(peak / max_bytes, 3), "final_files_bytes": stats.files_bytes,
-            "messages_put": messages, "kept": stats.depth, "dropped": stats.dropped_total,
-            "payload_put_bytes": put, "seconds": round(time.monotonic() - started, 1)}
+    return {
+        "max_bytes": max_bytes,
+        "peak_files_bytes": peak,
+        "peak_over_max": round(peak / max_bytes, 3),
+        "final_files_bytes": stats.files_bytes,
+        "messages_put": messages,
+        "kept": stats.depth,
+        "dropped": stats.dropped_total,
+        "payload_put_bytes": put,
+        "seconds": round(time.monotonic() - started, 1),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-bytes", type=int, nargs="+", default=[64 * 1024, 16 * 1024 * 1024])
-    parser.add_argument("--fill", type=float, default=3.0,
-                        help="how many times the budget to put (compressed)")
+    parser.add_argument(
+        "--fill", type=float, default=3.0, help="how many times the budget to put (compressed)"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="orio-queuebound-") as tmp:
         for max_bytes in args.max_bytes:

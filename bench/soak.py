@@ -67,8 +67,9 @@ def pooled_slope(segments: Sequence[tuple[Sequence[float], Sequence[float]]]) ->
     return sxy / sxx if sxx else None
 
 
-def summarize(samples: Sequence[MemorySample], *, start: float, window_start: float,
-              restarts: Sequence[float]) -> dict[str, object]:
+def summarize(
+    samples: Sequence[MemorySample], *, start: float, window_start: float, restarts: Sequence[float]
+) -> dict[str, object]:
     """Figures for the samples taken at or after `window_start` (time.monotonic(), as the
     samples' `at`); `start` is the agent's start and `restarts` the moments the broker was
     stopped, both on the same clock."""
@@ -89,8 +90,9 @@ def summarize(samples: Sequence[MemorySample], *, start: float, window_start: fl
         last = [y for s, y in zip(inside, ys, strict=True) if inside[-1].at - s.at < EDGE]
         segments = []
         for low, high in itertools.pairwise(cuts):
-            pairs = [(h, y) for s, h, y in zip(inside, hours, ys, strict=True)
-                     if low <= s.at < high]
+            pairs = [
+                (h, y) for s, h, y in zip(inside, hours, ys, strict=True) if low <= s.at < high
+            ]
             segments.append(([h for h, _ in pairs], [y for _, y in pairs]))
         within = pooled_slope(segments)
         result[name] = {

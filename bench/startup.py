@@ -26,8 +26,12 @@ def time_to_ready(config: Path, sock_path: Path) -> float:
         sock.settimeout(READY_TIMEOUT)
         env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
         started = time.monotonic()
-        agent = subprocess.Popen([".venv/bin/orio-agent", "run", "--config", str(config)],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        agent = subprocess.Popen(
+            [".venv/bin/orio-agent", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             while "READY=1" not in sock.recv(4096).decode():
                 pass
@@ -41,11 +45,14 @@ def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     state = Path(tempfile.mkdtemp())
     config = state / "agent.toml"
-    config.write_text(Path("config.example.toml").read_text()
-                      .replace("/var/lib/orio-agent", str(state)))
+    config.write_text(
+        Path("config.example.toml").read_text().replace("/var/lib/orio-agent", str(state))
+    )
     times = [time_to_ready(config, state / "notify.sock") for _ in range(runs)]
-    print(f"READY=1 after exec: median {statistics.median(times):.3f} s, "
-          f"max {max(times):.3f} s over {runs} runs")
+    print(
+        f"READY=1 after exec: median {statistics.median(times):.3f} s, "
+        f"max {max(times):.3f} s over {runs} runs"
+    )
 
 
 if __name__ == "__main__":

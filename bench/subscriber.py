@@ -62,7 +62,7 @@ class PointState:
             if recent is not None:
                 recent.append(timestamp)
                 if recent[0] < timestamp - 2 * LATE_HORIZON_MS:
-                    del recent[:bisect.bisect_left(recent, timestamp - LATE_HORIZON_MS)]
+                    del recent[: bisect.bisect_left(recent, timestamp - LATE_HORIZON_MS)]
             return True
         if recent is None or timestamp < self.last_timestamp - LATE_HORIZON_MS:
             return False
@@ -98,11 +98,22 @@ class Tally:
 class Subscriber(CloudClient):
     """Records arrival times and payloads; :meth:`process` checks and counts them."""
 
-    def __init__(self, broker: Broker, points: dict[str, PointState], *,
-                 health_bucket: str, clean_session: bool = True,
-                 late: bool = False) -> None:
-        super().__init__(host=broker.host, port=broker.port, app_id=broker.app_id,
-                         app_secret=broker.app_secret, clean_session=clean_session)
+    def __init__(
+        self,
+        broker: Broker,
+        points: dict[str, PointState],
+        *,
+        health_bucket: str,
+        clean_session: bool = True,
+        late: bool = False,
+    ) -> None:
+        super().__init__(
+            host=broker.host,
+            port=broker.port,
+            app_id=broker.app_id,
+            app_secret=broker.app_secret,
+            clean_session=clean_session,
+        )
         self.points = points
         if late:
             for point in points.values():
@@ -121,8 +132,9 @@ class Subscriber(CloudClient):
         self.data_messages = 0  # data messages received, checked or not
         self.last_new_arrival: float | None = None  # wall time
 
-    def _on_message(self, client: object, topic: str, payload: bytes, qos: int,
-                    properties: dict[str, object]) -> int:
+    def _on_message(
+        self, client: object, topic: str, payload: bytes, qos: int, properties: dict[str, object]
+    ) -> int:
         # Overrides sim.cloud's recorder: keep the arrival time and the payload, nothing more.
         self._pending.append((time.time(), topic, bytes(payload)))
         self.last_arrival = time.monotonic()
@@ -206,8 +218,11 @@ class Subscriber(CloudClient):
     def payload_bytes(self, start: float, end: float) -> int:
         """Payload bytes (data and health, as received) of the messages checked so far that
         arrived from wall time `start` to `end`."""
-        return sum(size for arrival, size in zip(self.arrivals, self.sizes, strict=True)
-                   if start <= arrival < end)
+        return sum(
+            size
+            for arrival, size in zip(self.arrivals, self.sizes, strict=True)
+            if start <= arrival < end
+        )
 
     def quiet_for(self) -> float:
         """Seconds since the last message arrived."""

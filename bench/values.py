@@ -33,7 +33,7 @@ def registers(kind: Kind, tick: int, indexes: Sequence[int]) -> list[int]:
         return [(tick + index) % _UINT16_MOD for index in indexes]
     values = [(tick % _FLOAT_MOD) * _FLOAT_MOD + index % _FLOAT_MOD for index in indexes]
     data = struct.pack(f">{len(values)}f", *values)
-    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
 def age(kind: Kind, index: int, value: object, timestamp_ms: int) -> int | None:

@@ -10,6 +10,7 @@ for tool in socat mosquitto_passwd systemd-analyze fusermount3; do
 done
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || { echo "missing mosquitto" >&2; exit 1; }
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -130,9 +130,22 @@ class CertAuthority:
             "subjectKeyIdentifier = hash",
         )
         _openssl(
-            "req", "-x509", "-new", *_NEW_EC_KEY, "-keyout", self.key, "-out", self.cert,
-            "-days", str(CERT_DAYS), "-subj", f"/CN={name}",
-            "-config", extensions, "-extensions", "ext",
+            "req",
+            "-x509",
+            "-new",
+            *_NEW_EC_KEY,
+            "-keyout",
+            self.key,
+            "-out",
+            self.cert,
+            "-days",
+            str(CERT_DAYS),
+            "-subj",
+            f"/CN={name}",
+            "-config",
+            extensions,
+            "-extensions",
+            "ext",
         )
         self.key.chmod(0o600)
 
@@ -153,14 +166,38 @@ class CertAuthority:
             lines.append(f"subjectAltName = {', '.join(san)}")
         extensions = self._extensions_file(name, *lines)
         _openssl(
-            "req", "-new", *_NEW_EC_KEY, "-keyout", pair.key, "-out", request,
-            "-subj", f"/CN={name}", "-config", extensions,
+            "req",
+            "-new",
+            *_NEW_EC_KEY,
+            "-keyout",
+            pair.key,
+            "-out",
+            request,
+            "-subj",
+            f"/CN={name}",
+            "-config",
+            extensions,
         )
         pair.key.chmod(0o600)
         _openssl(
-            "x509", "-req", "-in", request, "-CA", self.cert, "-CAkey", self.key,
-            "-set_serial", str(secrets.randbits(63)), "-days", str(CERT_DAYS),
-            "-extfile", extensions, "-extensions", "ext", "-out", pair.cert,
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            self.cert,
+            "-CAkey",
+            self.key,
+            "-set_serial",
+            str(secrets.randbits(63)),
+            "-days",
+            str(CERT_DAYS),
+            "-extfile",
+            extensions,
+            "-extensions",
+            "ext",
+            "-out",
+            pair.cert,
         )
         request.unlink()
         return pair
@@ -185,8 +222,9 @@ class CertAuthority:
         # `req` needs a distinguished_name section even when -subj gives the name;
         # our own file keeps the system openssl.cnf's defaults out of the certificates.
         path = self.directory / f"{name}.cnf"
-        path.write_text("\n".join(["[req]", "distinguished_name = dn", "[dn]", "[ext]", *lines])
-                        + "\n")
+        path.write_text(
+            "\n".join(["[req]", "distinguished_name = dn", "[dn]", "[ext]", *lines]) + "\n"
+        )
         return path
 
     def __repr__(self) -> str:

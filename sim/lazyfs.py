@@ -249,9 +249,10 @@ class LazyFs:
             raise LazyFsError("lazyfs is not running")
         fd = os.open(self.stats_path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            if os.fstat(fd).st_size < _STATS_FILE_SIZE or os.pread(
-                fd, len(_STATS_MAGIC), 0
-            ) != _STATS_MAGIC:
+            if (
+                os.fstat(fd).st_size < _STATS_FILE_SIZE
+                or os.pread(fd, len(_STATS_MAGIC), 0) != _STATS_MAGIC
+            ):
                 raise LazyFsError(f"{self.stats_path} is no lazyfs stats file of this version")
             # One write into the page cache the daemon has mapped: it sees it at once.
             if os.pwrite(fd, value, _CONTROL_OFFSET) != len(value):
@@ -308,16 +309,26 @@ class LazyFs:
             filter(None, [str(_REPO_ROOT), environment.get("PYTHONPATH")])
         )
         command = [
-            sys.executable, "-m", "sim.lazyfs", str(self.backing), str(self.mountpoint),
-            "--stats", str(self.stats_path), "--exit-on-stdin-eof",
+            sys.executable,
+            "-m",
+            "sim.lazyfs",
+            str(self.backing),
+            str(self.mountpoint),
+            "--stats",
+            str(self.stats_path),
+            "--exit-on-stdin-eof",
         ]
         # stdin stays open for the process's life: if this process dies, the
         # pipe closes and the file system unmounts itself. Its own session: a
         # Ctrl-C meant for pytest does not hit it.
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                env=environment, start_new_session=True,
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=environment,
+                start_new_session=True,
             )
         try:
             self._wait_ready(timeout)
@@ -469,7 +480,10 @@ def _unescape_mountinfo(field: str) -> str:
 def _unmount_lazily(mountpoint: Path) -> None:
     result = subprocess.run(
         [fusermount_path(), "-u", "-z", str(mountpoint)],
-        capture_output=True, text=True, timeout=UNMOUNT_TIMEOUT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=UNMOUNT_TIMEOUT,
+        check=False,
     )
     # The process's own clean-up (auto_unmount) may have won the race.
     if result.returncode != 0 and is_mounted(mountpoint):
@@ -807,8 +821,15 @@ class _LazyOperations:
         return {
             key: getattr(status, key)
             for key in (
-                "f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                "f_files", "f_ffree", "f_favail", "f_namemax",
+                "f_bsize",
+                "f_frsize",
+                "f_blocks",
+                "f_bfree",
+                "f_bavail",
+                "f_files",
+                "f_ffree",
+                "f_favail",
+                "f_namemax",
             )
         }
 
@@ -985,19 +1006,26 @@ def _exit_on_stdin_eof() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sim.lazyfs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.lazyfs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("backing", type=Path, help="the disk: a directory that holds synced data")
     parser.add_argument("mountpoint", type=Path, help="where the forgetful view is mounted")
     parser.add_argument("--stats", type=Path, help="counters file (binary, see LazyFsStats)")
-    parser.add_argument("--exit-on-stdin-eof", action="store_true",
-                        help="unmount cleanly when stdin closes (a parent process died)")
+    parser.add_argument(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="unmount cleanly when stdin closes (a parent process died)",
+    )
     parser.add_argument("--debug", action="store_true", help="libfuse's request trace on stderr")
     args = parser.parse_args(argv)
     if args.exit_on_stdin_eof:
         _exit_on_stdin_eof()
-    serve(args.backing.absolute(), args.mountpoint.absolute(), stats_path=args.stats,
-          debug=args.debug)
+    serve(
+        args.backing.absolute(), args.mountpoint.absolute(), stats_path=args.stats, debug=args.debug
+    )
 
 
 if __name__ == "__main__":

@@ -23,9 +23,16 @@ from sim.plant import PlantServer
 STOP_TIMEOUT = 30.0
 
 
-def agent_toml(broker: Broker, body: str, *, batch: str = "max_delay = 0.2",
-               queue_path: Path | str = ":memory:", queue: str = "", mqtt: str = "",
-               log_format: str = "logfmt") -> str:
+def agent_toml(
+    broker: Broker,
+    body: str,
+    *,
+    batch: str = "max_delay = 0.2",
+    queue_path: Path | str = ":memory:",
+    queue: str = "",
+    mqtt: str = "",
+    log_format: str = "logfmt",
+) -> str:
     """A whole config file: the broker's thing, plain MQTT on loopback, then `body`."""
     return f"""
 [thing]
@@ -54,8 +61,7 @@ format = "{log_format}"
 """
 
 
-def tcp_connection(plant: PlantServer, devices: str, *, name: str = "plc",
-                   extra: str = "") -> str:
+def tcp_connection(plant: PlantServer, devices: str, *, name: str = "plc", extra: str = "") -> str:
     """A `[[modbus]]` TCP connection to a simulated plant, with its devices' TOML."""
     return f"""
 [[modbus]]
@@ -69,8 +75,14 @@ timeout = 0.5
 """
 
 
-def device(*, interval: float, name: str = "meter1", bucket: str = "b",
-           points: str = '{ id = "v", address = "40001" }', extra: str = "") -> str:
+def device(
+    *,
+    interval: float,
+    name: str = "meter1",
+    bucket: str = "b",
+    points: str = '{ id = "v", address = "40001" }',
+    extra: str = "",
+) -> str:
     """One `[[modbus.devices]]` unit 1; `points` is the inside of its points array."""
     return f"""
   [[modbus.devices]]
@@ -84,8 +96,9 @@ def device(*, interval: float, name: str = "meter1", bucket: str = "b",
 
 
 @asynccontextmanager
-async def running_agent(tmp_path: Path, text: str, *,
-                        clock: Clock | None = None) -> AsyncIterator[Agent]:
+async def running_agent(
+    tmp_path: Path, text: str, *, clock: Clock | None = None
+) -> AsyncIterator[Agent]:
     """The agent running in this event loop; stopped (SIGTERM's path) on exit."""
     path = tmp_path / "agent.toml"
     path.write_text(text)
@@ -126,12 +139,26 @@ POLL_INTERVAL = 0.02  # how often conditions without an event (files, logs) are 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def durable_agent_toml(broker: Broker, body: str, *, queue_path: Path, queue: str = "",
-                       batch: str = "max_delay = 0.2", mqtt: str = "",
-                       log_format: str = "json") -> str:
+def durable_agent_toml(
+    broker: Broker,
+    body: str,
+    *,
+    queue_path: Path,
+    queue: str = "",
+    batch: str = "max_delay = 0.2",
+    mqtt: str = "",
+    log_format: str = "json",
+) -> str:
     """`agent_toml` with the durable SQLite queue at `queue_path` and JSON logs."""
-    return agent_toml(broker, body, batch=batch, queue_path=queue_path, queue=queue, mqtt=mqtt,
-                      log_format=log_format)
+    return agent_toml(
+        broker,
+        body,
+        batch=batch,
+        queue_path=queue_path,
+        queue=queue,
+        mqtt=mqtt,
+        log_format=log_format,
+    )
 
 
 class QueuedMessage(NamedTuple):
@@ -152,13 +179,16 @@ def read_queue(path: Path) -> list[QueuedMessage]:
     with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
         try:
             rows = db.execute(
-                "SELECT seq, topic, payload, codec FROM messages ORDER BY seq").fetchall()
+                "SELECT seq, topic, payload, codec FROM messages ORDER BY seq"
+            ).fetchall()
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):  # the agent is creating it right now
                 return []
             raise
-    return [QueuedMessage(int(seq), str(topic), unpack_payload(payload, codec))
-            for seq, topic, payload, codec in rows]
+    return [
+        QueuedMessage(int(seq), str(topic), unpack_payload(payload, codec))
+        for seq, topic, payload, codec in rows
+    ]
 
 
 def count_queue(path: Path) -> int:
@@ -175,7 +205,8 @@ def count_queue(path: Path) -> int:
 
 
 async def poll_until(
-    condition: Callable[[], object], *,
+    condition: Callable[[], object],
+    *,
     timeout: float,  # noqa: ASYNC109 - the deadline goes into the error message
     what: str,
     interval: float = POLL_INTERVAL,
@@ -219,14 +250,23 @@ class AgentProcess:
         if self.running:
             raise RuntimeError("the agent is already running")
         self.runs += 1
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith("ORIO_AGENT_")}
+        env = {key: value for key, value in os.environ.items() if not key.startswith("ORIO_AGENT_")}
         env["PYTHONUNBUFFERED"] = "1"
-        with self.log_path(self.runs).open("wb") as out, \
-                (self.log_dir / f"agent-{self.runs}.stderr").open("wb") as err:
+        with (
+            self.log_path(self.runs).open("wb") as out,
+            (self.log_dir / f"agent-{self.runs}.stderr").open("wb") as err,
+        ):
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "agent", "run", "--config", str(self.config_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO_ROOT,
+                sys.executable,
+                "-m",
+                "agent",
+                "run",
+                "--config",
+                str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=REPO_ROOT,
                 env=env,
             )
 
@@ -271,7 +311,9 @@ class AgentProcess:
         return found
 
     async def wait_for_event(
-        self, event: str, *,
+        self,
+        event: str,
+        *,
         timeout: float,  # noqa: ASYNC109 - the deadline goes into the error message
         match: Callable[[dict[str, Any]], bool] | None = None,
         run: int | None = None,
@@ -282,8 +324,10 @@ class AgentProcess:
 
         def seen() -> bool:
             if not self.running:
-                raise AssertionError(f"the agent exited while waiting for {event!r}: "
-                                     f"{self.returncodes}; stderr: {self.stderr_tail()}")
+                raise AssertionError(
+                    f"the agent exited while waiting for {event!r}: "
+                    f"{self.returncodes}; stderr: {self.stderr_tail()}"
+                )
             found[:] = [r for r in self.events(event, run=run) if match is None or match(r)]
             return bool(found)
 

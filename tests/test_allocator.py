@@ -35,10 +35,12 @@ else:
 
 @pytest.mark.parametrize(("mode", "expected"), [("default", "heap"), ("fixed", "mmap")])
 def test_after_a_large_free_a_socket_sized_block_stays_out_of_the_heap_once_fixed(
-    mode: str, expected: str,
+    mode: str,
+    expected: str,
 ) -> None:
     """Without the fix glibc raises its threshold at the free and carves the next large
     block from the heap (the test shows the probe can tell); with it, it maps it."""
-    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
-                            text=True, check=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, timeout=30
+    )
     assert expected == result.stdout.strip()

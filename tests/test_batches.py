@@ -34,15 +34,30 @@ def sent() -> list[Batch]:
     return []
 
 
-def batcher(sent: list[Batch], clock: FakeClock, *, max_readings: int = 100,
-            max_bytes: int = 65536, max_delay: float = 1.0) -> Batcher:
-    return Batcher(sink=sent.append, max_readings=max_readings, max_bytes=max_bytes,
-                   max_delay=max_delay, clock=clock)
+def batcher(
+    sent: list[Batch],
+    clock: FakeClock,
+    *,
+    max_readings: int = 100,
+    max_bytes: int = 65536,
+    max_delay: float = 1.0,
+) -> Batcher:
+    return Batcher(
+        sink=sent.append,
+        max_readings=max_readings,
+        max_bytes=max_bytes,
+        max_delay=max_delay,
+        clock=clock,
+    )
 
 
 def reading(n: int, bucket: str = "sensorData", value: object = None) -> Reading:
-    return Reading(bucket, f"p{n}", n if value is None else value,  # type: ignore[arg-type]
-                   1590128899000 + n)
+    return Reading(
+        bucket,
+        f"p{n}",
+        n if value is None else value,  # type: ignore[arg-type]
+        1590128899000 + n,
+    )
 
 
 def ids(batch: Batch) -> list[str]:
@@ -56,12 +71,14 @@ def test_batch_payload_is_a_json_array_of_platform_objects(sent: Sent, clock: Fa
 
     batches.flush_all()
 
-    assert sent == [Batch(
-        "sensorData",
-        b'[{"id":"temperature","value":21.5,"timestamp":"1590128899000"},'
-        b'{"id":"running","value":true,"timestamp":"1590128899001"}]',
-        2,
-    )]
+    assert sent == [
+        Batch(
+            "sensorData",
+            b'[{"id":"temperature","value":21.5,"timestamp":"1590128899000"},'
+            b'{"id":"running","value":true,"timestamp":"1590128899001"}]',
+            2,
+        )
+    ]
 
 
 def test_flushed_at_max_readings(sent: Sent, clock: FakeClock) -> None:

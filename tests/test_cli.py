@@ -82,7 +82,7 @@ def bad(tmp_path: Path) -> Path:
 
 def resolved_json(stdout: str) -> dict[str, object]:
     """The resolved config that check-config prints after its summary lines."""
-    return json.loads(stdout[stdout.index("\n{") + 1:])  # type: ignore[no-any-return]
+    return json.loads(stdout[stdout.index("\n{") + 1 :])  # type: ignore[no-any-return]
 
 
 # --- check-config on a good file ------------------------------------------------------------
@@ -117,9 +117,15 @@ def test_check_config_prints_the_resolved_config_with_defaults(
     resolved = resolved_json(out)
     assert resolved["thing"] == {"id": "gw-01", "secret": MASK}
     assert resolved["mqtt"] == {
-        "host": "broker.local", "port": 8083, "tls": True, "keepalive": 60,
-        "connect_timeout": 10.0, "backoff_min": 1.0, "backoff_max": 30.0,
-        "max_inflight": 32, "max_config_payload": 65536,
+        "host": "broker.local",
+        "port": 8083,
+        "tls": True,
+        "keepalive": 60,
+        "connect_timeout": 10.0,
+        "backoff_min": 1.0,
+        "backoff_max": 30.0,
+        "max_inflight": 32,
+        "max_config_payload": 65536,
     }
     assert resolved["batch"] == {"max_readings": 100, "max_bytes": 65536, "max_delay": 1.0}
 
@@ -148,7 +154,9 @@ def test_check_config_masks_a_secret_read_from_a_secret_file(
     assert code == 0
     assert SECRET not in out
     assert resolved_json(out)["thing"] == {
-        "id": "gw-01", "secret": MASK, "secret_file": str(secret_file)
+        "id": "gw-01",
+        "secret": MASK,
+        "secret_file": str(secret_file),
     }
 
 
@@ -220,7 +228,7 @@ def test_check_config_lists_every_problem(
 
 
 def test_check_config_without_a_path_reads_the_default_file(
-    capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     if DEFAULT_PATH.exists():
         pytest.skip(f"{DEFAULT_PATH} exists on this machine")
@@ -258,7 +266,12 @@ def run_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
-        cwd=REPO, env=environment, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -329,21 +342,32 @@ class Ended:
         self.returncode = returncode
         self.stderr = stderr.decode()
         self.records: list[dict[str, Any]] = [
-            json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+            json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")
+        ]
 
     def events(self, event: str) -> list[dict[str, Any]]:
         return [record for record in self.records if record["event"] == event]
 
 
-async def run_until_exit(config: Path, *, env: dict[str, str] | None = None,
-                         stop_after_start: bool = False) -> Ended:
+async def run_until_exit(
+    config: Path, *, env: dict[str, str] | None = None, stop_after_start: bool = False
+) -> Ended:
     """`python -m agent run --config CONFIG`; SIGTERM once it has started, if asked."""
-    environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith("ORIO_AGENT_") and k != CRASH_AFTER}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("ORIO_AGENT_") and k != CRASH_AFTER
+    }
     environment.update(env or {}, PYTHONUNBUFFERED="1")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "run", "--config", str(config), cwd=REPO,
-        env=environment, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "--config",
+        str(config),
+        cwd=REPO,
+        env=environment,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -374,14 +398,19 @@ async def test_run_exits_70_with_one_log_line_when_an_unexpected_error_stops_it(
 
     assert (EX_SOFTWARE, "") == (ended.returncode, ended.stderr)
     assert ["agent_started", "agent_failed"] == [
-        r["event"] for r in ended.records if r["event"] in ("agent_started", "agent_failed")]
+        r["event"] for r in ended.records if r["event"] in ("agent_started", "agent_failed")
+    ]
     assert 1 == sum("exception" in record for record in ended.records)  # the traceback once
     [failed] = ended.events("agent_failed")
     traceback = failed.pop("exception")
-    assert {"event": "agent_failed", "level": "error", "during": "run",
-            "error_type": "RuntimeError",
-            "error": f"RuntimeError: {CRASH_AFTER}=0.5: an injected failure",
-            "exit_status": EX_SOFTWARE} == {k: v for k, v in failed.items() if k != "ts"}
+    assert {
+        "event": "agent_failed",
+        "level": "error",
+        "during": "run",
+        "error_type": "RuntimeError",
+        "error": f"RuntimeError: {CRASH_AFTER}=0.5: an injected failure",
+        "exit_status": EX_SOFTWARE,
+    } == {k: v for k, v in failed.items() if k != "ts"}
     assert traceback.startswith("Traceback (most recent call last):")
     assert "ExceptionGroup" not in traceback  # the TaskGroup's wrapping is taken off
 

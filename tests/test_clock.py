@@ -63,15 +63,22 @@ def test_a_message_from_an_earlier_boot_with_an_unset_clock_cannot_be_timed() ->
 
 
 def test_timestamps_in_a_payload_are_shifted() -> None:
-    payload = (b'[{"id":"a","value":1,"timestamp":"1000"},'
-               b'{"id":"b","value":"timestamp","timestamp":"2000"}]')
+    payload = (
+        b'[{"id":"a","value":1,"timestamp":"1000"},'
+        b'{"id":"b","value":"timestamp","timestamp":"2000"}]'
+    )
 
-    assert (b'[{"id":"a","value":1,"timestamp":"1500"},'
-            b'{"id":"b","value":"timestamp","timestamp":"2500"}]') == shift_timestamps(payload, 500)
+    assert (
+        b'[{"id":"a","value":1,"timestamp":"1500"},'
+        b'{"id":"b","value":"timestamp","timestamp":"2500"}]'
+    ) == shift_timestamps(payload, 500)
 
 
 async def test_readings_taken_before_ntp_arrive_restamped_once_the_clock_is_set(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    tcp_plant: PlantServer,
 ) -> None:
     wall = Settable(-(time.time_ns() // 1_000_000) + 3_600_000)  # 1970-01-01T01:00
     clock = Clock(wall_ms=wall.wall_ms)

@@ -64,42 +64,55 @@ settings = [
 """
 
 
-def config_text(broker: Broker, plant: PlantServer, tmp_path: Path, *,
-                interval: float = 5.0) -> str:
+def config_text(
+    broker: Broker, plant: PlantServer, tmp_path: Path, *, interval: float = 5.0
+) -> str:
     body = DEVICE_AND_GROUPS.format(port=plant.port, interval=interval)
     return agent_toml(broker, body, queue_path=tmp_path / "state" / "queue.db")
 
 
 def reported_with(group: str, expected: dict[str, object]) -> Callable[[Message], bool]:
     """A report of `group` that carries at least these values."""
+
     def match(message: Message) -> bool:
         if message.topic != reported_topic(THING, group):
             return False
         values = {entry["id"]: entry["value"] for entry in message.json()}
         return all(key in values and values[key] == value for key, value in expected.items())
+
     return match
 
 
 async def test_the_documents_example_round_trips_to_the_registers_and_back(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
-        await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40806", "value": 0},
-                                                      {"id": "GW1_40807", "value": 600}])
+        await cloud.publish_expected(
+            "gw-1-setting", [{"id": "GW1_40806", "value": 0}, {"id": "GW1_40807", "value": 600}]
+        )
         await cloud.publish_expected("gw-1-mode", [{"id": "GW1_00800", "value": 1}])
-        await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40806": 0, "GW1_40807": 600}),
-                             timeout=WAIT)
+        await cloud.wait_for(
+            reported_with("gw-1-setting", {"GW1_40806": 0, "GW1_40807": 600}), timeout=WAIT
+        )
         await cloud.wait_for(reported_with("gw-1-mode", {"GW1_00800": 1}), timeout=WAIT)
 
     assert [0, 600] == sim_unit.get_registers("holding", 805, 2)
     assert [True] == sim_unit.get_bits("coil", 799)
     last_mode = cloud.on_topic(reported_topic(THING, "gw-1-mode"))[-1].json()
-    assert [{"id": "GW1_00800", "value": 1}] == last_mode, "1 comes back as 1, as the cloud wrote it"
+    assert [{"id": "GW1_00800", "value": 1}] == last_mode, (
+        "1 comes back as 1, as the cloud wrote it"
+    )
 
 
 async def test_a_refused_write_is_reported_with_what_the_device_holds(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     sim_unit.set_registers("holding", 806, [42])
@@ -107,37 +120,52 @@ async def test_a_refused_write_is_reported_with_what_the_device_holds(
     with capture_logs() as logs:
         async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
             await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 600}])
-            await poll_until(lambda: any(e["event"] == "setting_write_failed" for e in logs),
-                             timeout=WAIT, what="setting_write_failed logged")
+            await poll_until(
+                lambda: any(e["event"] == "setting_write_failed" for e in logs),
+                timeout=WAIT,
+                what="setting_write_failed logged",
+            )
             await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 42}), timeout=WAIT)
 
     assert [42] == sim_unit.get_registers("holding", 806)
 
 
-@pytest.mark.parametrize(("entry", "event"), [
-    ({"id": "GW1_40807", "value": 3601}, "config_settings_rejected"),
-    ({"id": "GW1_40807", "value": -1}, "config_settings_rejected"),
-    ({"id": "GW1_40807", "value": "600"}, "config_settings_rejected"),
-    ({"id": "GW1_40807", "value": 60.5}, "config_settings_rejected"),
-    ({"id": "GW1_40899", "value": 1}, "config_settings_unknown"),
-    ({"id": "GW1_00800", "value": 1}, "config_settings_unknown"),  # another group's id
-])
+@pytest.mark.parametrize(
+    ("entry", "event"),
+    [
+        ({"id": "GW1_40807", "value": 3601}, "config_settings_rejected"),
+        ({"id": "GW1_40807", "value": -1}, "config_settings_rejected"),
+        ({"id": "GW1_40807", "value": "600"}, "config_settings_rejected"),
+        ({"id": "GW1_40807", "value": 60.5}, "config_settings_rejected"),
+        ({"id": "GW1_40899", "value": 1}, "config_settings_unknown"),
+        ({"id": "GW1_00800", "value": 1}, "config_settings_unknown"),  # another group's id
+    ],
+)
 async def test_a_value_out_of_bounds_or_undeclared_leaves_the_device_untouched(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, entry: dict[str, object], event: str,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    entry: dict[str, object],
+    event: str,
 ) -> None:
     with capture_logs() as logs:
         async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)):
             await cloud.publish_expected("gw-1-setting", [entry])
-            await poll_until(lambda: any(e["event"] == event for e in logs),
-                             timeout=WAIT, what=f"{event} logged")
+            await poll_until(
+                lambda: any(e["event"] == event for e in logs), timeout=WAIT, what=f"{event} logged"
+            )
             await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 0}), timeout=WAIT)
 
     assert 0 == sim_unit.write_count
 
 
 async def test_reconnects_and_restarts_write_nothing_twice_and_drift_is_corrected(
-    tmp_path: Path, broker_factory: BrokerFactory, sim_unit: SimUnit, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
 ) -> None:
     broker = broker_factory(persistence=True)
     cloud = CloudClient.for_broker(broker)
@@ -146,15 +174,16 @@ async def test_reconnects_and_restarts_write_nothing_twice_and_drift_is_correcte
     try:
         async with running_agent(tmp_path, text) as agent:
             await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 600}])
-            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 600}),
-                                 timeout=WAIT)
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 600}), timeout=WAIT)
             assert 1 == sim_unit.write_count
             reports = len(cloud.on_topic(reported_topic(THING, "gw-1-setting")))
             await broker.restart_async()
             await cloud.wait_connected(timeout=WAIT)
             # The retained message arrives again; the agent reports and writes nothing.
-            await cloud.wait_for(lambda m: len(cloud.on_topic(
-                reported_topic(THING, "gw-1-setting"))) > reports, timeout=WAIT)
+            await cloud.wait_for(
+                lambda m: len(cloud.on_topic(reported_topic(THING, "gw-1-setting"))) > reports,
+                timeout=WAIT,
+            )
             assert agent.session.reconnects >= 1
         assert 1 == sim_unit.write_count
 
@@ -173,7 +202,10 @@ async def test_reconnects_and_restarts_write_nothing_twice_and_drift_is_correcte
 
 
 async def test_an_agent_setting_changes_the_poll_interval_seen_by_the_device(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     def polls(unit: SimUnit) -> int:
@@ -181,8 +213,7 @@ async def test_an_agent_setting_changes_the_poll_interval_seen_by_the_device(
         return sum(1 for r in unit.requests if (r.function_code, r.address) == (3, 0))
 
     loop = asyncio.get_running_loop()
-    async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path,
-                                                   interval=3.0)):
+    async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path, interval=3.0)):
         await sim_unit.wait_until(lambda u: polls(u) >= 1, timeout=WAIT)
         await cloud.publish_expected("agent", [{"id": "meter1_interval", "value": 0.1}])
         await cloud.wait_for(reported_with("agent", {"meter1_interval": 0.1}), timeout=WAIT)
@@ -215,12 +246,16 @@ HOSTILE: list[tuple[str, bytes, str]] = [  # group, payload, kind of rejection
 
 
 async def test_hostile_messages_are_rejected_logged_once_per_kind_and_never_written(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     with capture_logs() as logs:
-        async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path,
-                                                       interval=0.2)) as agent:
+        async with running_agent(
+            tmp_path, config_text(broker, tcp_plant, tmp_path, interval=0.2)
+        ) as agent:
             # Subscribed once it reports its groups; from then on every message reaches it.
             await cloud.wait_for(reported_with("agent", {}), timeout=WAIT)
             for group, payload, _ in HOSTILE:
@@ -235,14 +270,21 @@ async def test_hostile_messages_are_rejected_logged_once_per_kind_and_never_writ
     assert 1 == sim_unit.write_count
     assert [5] == sim_unit.get_registers("holding", 805)
     assert len(HOSTILE) == rejected
-    kinds = [e.get("kind", e["event"]) for e in logs if e["event"] in (
-        "config_message_rejected", "config_group_unknown", "config_settings_rejected")]
+    kinds = [
+        e.get("kind", e["event"])
+        for e in logs
+        if e["event"]
+        in ("config_message_rejected", "config_group_unknown", "config_settings_rejected")
+    ]
     # Within LOG_INTERVAL, one line per kind of rejection (repeats of a kind are held).
     assert list(dict.fromkeys(kind for _, _, kind in HOSTILE)) == kinds
 
 
 async def test_a_report_made_offline_arrives_after_the_reconnect(
-    tmp_path: Path, broker_factory: BrokerFactory, sim_unit: SimUnit, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
 ) -> None:
     broker = broker_factory(persistence=True)
     cloud = CloudClient.for_broker(broker)
@@ -250,21 +292,23 @@ async def test_a_report_made_offline_arrives_after_the_reconnect(
     try:
         await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40807", "value": 300}])
         async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)) as agent:
-            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 300}),
-                                 timeout=WAIT)
+            await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40807": 300}), timeout=WAIT)
             await broker.stop_async()
             await agent.configurator.report("gw-1-setting")  # made while offline
             assert agent.outbox.stats().depth >= 1
             before = len(cloud.on_topic(reported_topic(THING, "gw-1-setting")))
             await broker.start_async()
             await cloud.wait_connected(timeout=WAIT)
-            await cloud.wait_for(lambda m: len(cloud.on_topic(
-                reported_topic(THING, "gw-1-setting"))) > before, timeout=WAIT)
+            await cloud.wait_for(
+                lambda m: len(cloud.on_topic(reported_topic(THING, "gw-1-setting"))) > before,
+                timeout=WAIT,
+            )
     finally:
         await cloud.disconnect()
 
 
 # -- hostile input bounded in effect --------------------------------------------------------------
+
 
 @pytest.fixture
 def rendered_log(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[str], None]]:
@@ -278,7 +322,10 @@ def json_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 
 
 async def test_a_thousand_alternating_values_of_one_setting_write_the_device_once(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     entries = [{"id": "GW1_40807", "value": 7 if n % 2 == 0 else 8} for n in range(1000)]
@@ -292,8 +339,12 @@ async def test_a_thousand_alternating_values_of_one_setting_write_the_device_onc
 
 
 async def test_a_thousand_unknown_ids_make_one_log_line_however_often_they_come(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, rendered_log: Callable[[str], None],
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    rendered_log: Callable[[str], None],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     rendered_log("json")
@@ -308,15 +359,24 @@ async def test_a_thousand_unknown_ids_make_one_log_line_however_often_they_come(
             await cloud.wait_for_topic(topic, count=reports + 1, timeout=WAIT)
 
     warnings = [line for line in json_lines(capsys) if line["level"] != "info"]
-    assert [("config_settings_unknown", "gw-1-setting", 1000,
-             [f"GW1_9{n:04d}" for n in range(SHOWN_IDS)])] == [
-        (w["event"], w["group"], w["count"], w["ids"]) for w in warnings]
+    assert [
+        (
+            "config_settings_unknown",
+            "gw-1-setting",
+            1000,
+            [f"GW1_9{n:04d}" for n in range(SHOWN_IDS)],
+        )
+    ] == [(w["event"], w["group"], w["count"], w["ids"]) for w in warnings]
     assert 0 == sim_unit.write_count
 
 
 async def test_fifty_thousand_made_up_groups_make_a_bounded_number_of_log_lines(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, rendered_log: Callable[[str], None],
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    rendered_log: Callable[[str], None],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     rendered_log("json")
@@ -327,10 +387,14 @@ async def test_fifty_thousand_made_up_groups_make_a_bounded_number_of_log_lines(
         await cloud.wait_for(reported_with("agent", {}), timeout=WAIT)
         started = loop.time()
         for number in range(flood):
-            await cloud.publish(expected_topic(THING, f"made-up-{number}"), b"[]", qos=0,
-                                retain=False)
-        await poll_until(lambda: agent.configurator.rejected >= flood, timeout=4 * WAIT,
-                         what=f"{flood} made-up groups seen by the agent")
+            await cloud.publish(
+                expected_topic(THING, f"made-up-{number}"), b"[]", qos=0, retain=False
+            )
+        await poll_until(
+            lambda: agent.configurator.rejected >= flood,
+            timeout=4 * WAIT,
+            what=f"{flood} made-up groups seen by the agent",
+        )
         elapsed = loop.time() - started
         await cloud.publish_expected("gw-1-setting", [{"id": "GW1_40806", "value": 5}])
         await cloud.wait_for(reported_with("gw-1-setting", {"GW1_40806": 5}), timeout=WAIT)
@@ -346,21 +410,27 @@ async def test_fifty_thousand_made_up_groups_make_a_bounded_number_of_log_lines(
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
 async def test_a_nul_and_a_bidi_override_from_the_cloud_reach_the_log_escaped(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, rendered_log: Callable[[str], None],
-    capsys: pytest.CaptureFixture[str], fmt: str,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    rendered_log: Callable[[str], None],
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
 ) -> None:
     rendered_log(fmt)
 
     async with running_agent(tmp_path, config_text(broker, tcp_plant, tmp_path)) as agent:
         await cloud.wait_for(reported_with("gw-1-setting", {}), timeout=WAIT)
-        await cloud.publish_expected("gw-1-setting", [{"id": "evil\x00id\u202etxt.exe",
-                                                       "value": 1}])
+        await cloud.publish_expected(
+            "gw-1-setting", [{"id": "evil\x00id\u202etxt.exe", "value": 1}]
+        )
         await cloud.publish_expected("gw\u202e-evil", [{"id": "x", "value": 1}])
-        await poll_until(lambda: agent.configurator.rejected >= 2, timeout=WAIT,
-                         what="both messages rejected")
-        await cloud.wait_for_topic(reported_topic(THING, "gw-1-setting"), count=2,
-                                   timeout=WAIT)
+        await poll_until(
+            lambda: agent.configurator.rejected >= 2, timeout=WAIT, what="both messages rejected"
+        )
+        await cloud.wait_for_topic(reported_topic(THING, "gw-1-setting"), count=2, timeout=WAIT)
 
     out = capsys.readouterr().out
     assert "\x00" not in out

@@ -123,9 +123,11 @@ def test_base_config_loads_into_typed_models(write: Write) -> None:
 
     assert config.thing.id == "xY6Eie5hv"
     assert config.secret() == SECRET
-    assert (
-        config.mqtt.host, config.mqtt.port, config.mqtt.tls
-    ) == ("mqtt.paas.oringnet.cloud", 8083, True)
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == (
+        "mqtt.paas.oringnet.cloud",
+        8083,
+        True,
+    )
     assert [device.name for _, device in config.all_devices()] == ["meter1", "meter2"]
     meter1 = config.modbus[0].devices[0]
     assert [p.location for p in meter1.points] == [(Table.INPUT, 0), (Table.INPUT, 2)]
@@ -136,11 +138,16 @@ def test_sections_left_out_take_documented_defaults(write: Write) -> None:
     config = load_config(write(BASE))
 
     assert (
-        config.queue.path, config.queue.max_bytes, config.queue.max_age, config.queue.replay_rate
+        config.queue.path,
+        config.queue.max_bytes,
+        config.queue.max_age,
+        config.queue.replay_rate,
     ) == ("/var/lib/orio-agent/queue.db", 268435456, 604800.0, 50.0)
-    assert (
-        config.batch.max_readings, config.batch.max_bytes, config.batch.max_delay
-    ) == (100, 65536, 1.0)
+    assert (config.batch.max_readings, config.batch.max_bytes, config.batch.max_delay) == (
+        100,
+        65536,
+        1.0,
+    )
     assert (config.log.level, config.log.format) == ("info", "logfmt")
     assert config.modbus[0].max_gap == 8
     meter1 = config.modbus[0].devices[0]
@@ -183,7 +190,8 @@ def test_example_config_loads() -> None:
     ],
 )
 def test_classic_modicon_address_gives_table_and_zero_based_offset(
-    text: str, expected: tuple[Table, int],
+    text: str,
+    expected: tuple[Table, int],
 ) -> None:
     assert expected == parse_classic_address(text)
 
@@ -209,7 +217,9 @@ def test_malformed_classic_address_is_refused(text: str) -> None:
     ],
 )
 def test_point_address_in_classic_notation_or_table_and_offset(
-    write: Write, point: str, expected: tuple[Table, int],
+    write: Write,
+    point: str,
+    expected: tuple[Table, int],
 ) -> None:
     config = load_config(write(edit(METER1_POINTS, f"    {point},\n")))
 
@@ -228,20 +238,38 @@ def test_boolean_address_is_refused(write: Write) -> None:
 @pytest.mark.parametrize(
     ("point", "key", "message"),
     [
-        ('{ id = "p", address = "50001" }', "address",
-         "address '50001': first digit must be 0 (coil), 1 (discrete input), "
-         "3 (input register) or 4 (holding register)"),
-        ('{ id = "p", address = "40000" }', "address",
-         "address '40000': classic addresses are 1-based, the smallest is 1"),
-        ('{ id = "p", address = 806 }', "table",
-         "an integer address needs `table` (coil, discrete, input or holding)"),
-        ('{ id = "p", table = "holding", address = "40807" }', "address",
-         'with `table`, give a 0-based integer address; a string address is classic '
-         'notation ("40001")'),
-        ('{ id = "p", table = "holding", address = 65536 }', "address",
-         "65536 is outside 0..65535"),
-        ('{ id = "p", table = "holding", address = 65535, type = "uint32" }', "address",
-         "the value runs past the end of the table"),
+        (
+            '{ id = "p", address = "50001" }',
+            "address",
+            "address '50001': first digit must be 0 (coil), 1 (discrete input), "
+            "3 (input register) or 4 (holding register)",
+        ),
+        (
+            '{ id = "p", address = "40000" }',
+            "address",
+            "address '40000': classic addresses are 1-based, the smallest is 1",
+        ),
+        (
+            '{ id = "p", address = 806 }',
+            "table",
+            "an integer address needs `table` (coil, discrete, input or holding)",
+        ),
+        (
+            '{ id = "p", table = "holding", address = "40807" }',
+            "address",
+            "with `table`, give a 0-based integer address; a string address is classic "
+            'notation ("40001")',
+        ),
+        (
+            '{ id = "p", table = "holding", address = 65536 }',
+            "address",
+            "65536 is outside 0..65535",
+        ),
+        (
+            '{ id = "p", table = "holding", address = 65535, type = "uint32" }',
+            "address",
+            "the value runs past the end of the table",
+        ),
     ],
 )
 def test_bad_point_address_names_key_and_line(
@@ -277,17 +305,17 @@ def test_error_in_points_written_as_array_of_tables_names_the_line_of_the_key(
     write: Write,
 ) -> None:
     text = edit(
-        '  points = [\n'
+        "  points = [\n"
         '    { id = "m2_a", address = "40001" },\n'
         '    { id = "m2_b", address = "40002" },\n'
         '    { id = "m2_c", address = "00001" },\n'
         '    { id = "m2_d", address = "40010", type = "uint16" },\n'
-        '  ]\n',
-        '    [[modbus.devices.points]]\n'
+        "  ]\n",
+        "    [[modbus.devices.points]]\n"
         '    id = "m2_a"\n'
         '    address = "40001"\n'
-        '\n'
-        '    [[modbus.devices.points]]\n'
+        "\n"
+        "    [[modbus.devices.points]]\n"
         '    id = "m2_b"\n'
         '    address = "40002"\n'
         '    scale = "ten"\n',
@@ -301,13 +329,13 @@ def test_error_in_points_written_as_array_of_tables_names_the_line_of_the_key(
 
 
 def test_unknown_key_in_inline_point_is_refused_on_its_line(write: Write) -> None:
-    text = edit('{ id = "m2_b", address = "40002" }',
-                '{ id = "m2_b", address = "40002", typ = "uint16" }')
+    text = edit(
+        '{ id = "m2_b", address = "40002" }', '{ id = "m2_b", address = "40002", typ = "uint16" }'
+    )
     path = write(text)
 
     assert rendered(path) == [
-        "FILE:29: modbus[0].devices[1].points[1].typ: unknown key "
-        "(check its spelling and section)"
+        "FILE:29: modbus[0].devices[1].points[1].typ: unknown key (check its spelling and section)"
     ]
 
 
@@ -315,9 +343,9 @@ def test_unknown_key_in_a_table_is_refused_on_its_line(write: Write) -> None:
     text = edit("port = 8083\n", "port = 8083\nkeep_alive = 30\n")
     path = write(text)
 
-    assert (
-        rendered(path)
-    ) == ["FILE:8: mqtt.keep_alive: unknown key (check its spelling and section)"]
+    assert (rendered(path)) == [
+        "FILE:8: mqtt.keep_alive: unknown key (check its spelling and section)"
+    ]
 
 
 def test_unknown_section_is_refused(write: Write) -> None:
@@ -369,9 +397,8 @@ def test_toml_syntax_error_in_inline_point_array_names_its_line(write: Write) ->
 
 def test_every_problem_in_a_file_is_listed(write: Write) -> None:
     text = edit("port = 8083\n", 'port = "eighty"\n')
-    text = edit('  unit = 2\n', '  unit = 300\n', text)
-    text = edit('address = "40010", type = "uint16"', 'address = "40010", type = "uint17"',
-                text)
+    text = edit("  unit = 2\n", "  unit = 300\n", text)
+    text = edit('address = "40010", type = "uint16"', 'address = "40010", type = "uint17"', text)
     text = edit('name = "gw-1-setting"\n', 'name = "gw-1-setting"\ncolour = "red"\n', text)
     path = write(text)
 
@@ -386,10 +413,12 @@ def test_every_problem_in_a_file_is_listed(write: Write) -> None:
 
 def test_every_cross_check_problem_is_listed(write: Write) -> None:
     text = edit('{ id = "m2_b", address = "40002" }', '{ id = "m2_a", address = "40002" }')
-    text = edit('device = "meter1", address = "00800"', 'device = "meter9", address = "00800"',
-                text)
-    text = edit('{ id = "m2_c", address = "00001" }',
-                '{ id = "m2_c", address = "00001", bit = 3 }', text)
+    text = edit(
+        'device = "meter1", address = "00800"', 'device = "meter9", address = "00800"', text
+    )
+    text = edit(
+        '{ id = "m2_c", address = "00001" }', '{ id = "m2_c", address = "00001", bit = 3 }', text
+    )
     path = write(text)
 
     assert rendered(path) == [
@@ -423,8 +452,10 @@ def test_config_error_exits_78() -> None:
 
 
 def test_duplicate_point_id_within_a_bucket_is_refused(write: Write) -> None:
-    text = edit('{ id = "m2_d", address = "40010", type = "uint16" }',
-                '{ id = "humidity", address = "40010", type = "uint16" }')
+    text = edit(
+        '{ id = "m2_d", address = "40010", type = "uint16" }',
+        '{ id = "humidity", address = "40010", type = "uint16" }',
+    )
     path = write(text)
 
     assert rendered(path) == [
@@ -434,8 +465,10 @@ def test_duplicate_point_id_within_a_bucket_is_refused(write: Write) -> None:
 
 
 def test_same_point_id_in_different_buckets_is_accepted(write: Write) -> None:
-    text = edit('{ id = "m2_d", address = "40010", type = "uint16" }',
-                '{ id = "humidity", address = "40010", type = "uint16", bucket = "other" }')
+    text = edit(
+        '{ id = "m2_d", address = "40010", type = "uint16" }',
+        '{ id = "humidity", address = "40010", type = "uint16", bucket = "other" }',
+    )
 
     config = load_config(write(text))
 
@@ -443,8 +476,10 @@ def test_same_point_id_in_different_buckets_is_accepted(write: Write) -> None:
 
 
 def test_point_without_any_bucket_is_refused(write: Write) -> None:
-    text = edit('  bucket = "sensorData"\n  points = [\n    { id = "temperature"',
-                '  points = [\n    { id = "temperature"')
+    text = edit(
+        '  bucket = "sensorData"\n  points = [\n    { id = "temperature"',
+        '  points = [\n    { id = "temperature"',
+    )
     path = write(text)
 
     no_bucket = "no bucket: set `bucket` on the device or the point"
@@ -464,8 +499,9 @@ def test_point_without_any_bucket_is_refused(write: Write) -> None:
     ],
 )
 def test_overlapping_points_with_conflicting_types_are_refused(write: Write, second: str) -> None:
-    text = edit(METER1_POINTS,
-                f'    {{ id = "t", address = "30001", type = "float32" }},\n    {second},\n')
+    text = edit(
+        METER1_POINTS, f'    {{ id = "t", address = "30001", type = "float32" }},\n    {second},\n'
+    )
     path = write(text)
 
     assert rendered(path) == [
@@ -483,8 +519,9 @@ def test_overlapping_points_with_conflicting_types_are_refused(write: Write, sec
     ],
 )
 def test_points_sharing_registers_the_same_way_are_accepted(write: Write, second: str) -> None:
-    text = edit(METER1_POINTS,
-                f'    {{ id = "t", address = "30001", type = "float32" }},\n    {second},\n')
+    text = edit(
+        METER1_POINTS, f'    {{ id = "t", address = "30001", type = "float32" }},\n    {second},\n'
+    )
 
     config = load_config(write(text))
 
@@ -492,9 +529,11 @@ def test_points_sharing_registers_the_same_way_are_accepted(write: Write, second
 
 
 def test_separate_bits_of_one_register_are_accepted(write: Write) -> None:
-    text = edit(METER1_POINTS,
-                '    { id = "b0", address = "40001", type = "bool", bit = 0 },\n'
-                '    { id = "b1", address = "40001", type = "bool", bit = 1 },\n')
+    text = edit(
+        METER1_POINTS,
+        '    { id = "b0", address = "40001", type = "bool", bit = 0 },\n'
+        '    { id = "b1", address = "40001", type = "bool", bit = 1 },\n',
+    )
 
     config = load_config(write(text))
 
@@ -503,9 +542,11 @@ def test_separate_bits_of_one_register_are_accepted(write: Write) -> None:
 
 def test_register_and_a_bit_of_it_are_accepted(write: Write) -> None:
     """A status word and an alarm bit within it are read the same way, not a conflict."""
-    text = edit(METER1_POINTS,
-                '    { id = "status", address = "40001", type = "uint16" },\n'
-                '    { id = "alarm", address = "40001", type = "bool", bit = 3 },\n')
+    text = edit(
+        METER1_POINTS,
+        '    { id = "status", address = "40001", type = "uint16" },\n'
+        '    { id = "alarm", address = "40001", type = "bool", bit = 3 },\n',
+    )
 
     config = load_config(write(text))
 
@@ -542,8 +583,9 @@ def test_setting_id_declared_twice_is_refused(write: Write) -> None:
     ]
 
 
-@pytest.mark.parametrize("table_address", ['address = "00001"', 'address = "10001"',
-                                           'table = "coil", address = 0'])
+@pytest.mark.parametrize(
+    "table_address", ['address = "00001"', 'address = "10001"', 'table = "coil", address = 0']
+)
 def test_bit_on_a_bit_table_is_refused(write: Write, table_address: str) -> None:
     point = f'{{ id = "m2_c", {table_address}, bit = 3 }}'
     text = edit('{ id = "m2_c", address = "00001" }', point)
@@ -557,32 +599,35 @@ def test_bit_on_a_bit_table_is_refused(write: Write, table_address: str) -> None
 
 
 def test_non_bool_type_on_a_bit_table_is_refused(write: Write) -> None:
-    text = edit('{ id = "m2_c", address = "00001" }',
-                '{ id = "m2_c", address = "00001", type = "uint16" }')
+    text = edit(
+        '{ id = "m2_c", address = "00001" }', '{ id = "m2_c", address = "00001", type = "uint16" }'
+    )
     path = write(text)
 
     assert rendered(path) == [
-        "FILE:30: modbus[0].devices[1].points[2].type: the coil table holds bits: "
-        "type must be bool"
+        "FILE:30: modbus[0].devices[1].points[2].type: the coil table holds bits: type must be bool"
     ]
 
 
 def test_string_without_length_is_refused(write: Write) -> None:
-    text = edit('{ id = "m2_d", address = "40010", type = "uint16" }',
-                '{ id = "m2_d", address = "40010", type = "string" }')
+    text = edit(
+        '{ id = "m2_d", address = "40010", type = "uint16" }',
+        '{ id = "m2_d", address = "40010", type = "string" }',
+    )
     path = write(text)
 
     assert rendered(path) == [
-        "FILE:31: modbus[0].devices[1].points[3].length: type string needs `length` "
-        "in registers"
+        "FILE:31: modbus[0].devices[1].points[3].length: type string needs `length` in registers"
     ]
 
 
 def test_string_and_hex_take_their_length_in_registers(write: Write) -> None:
-    text = edit('{ id = "m2_d", address = "40010", type = "uint16" }',
-                '{ id = "m2_d", address = "40010", type = "string", length = 8 },\n'
-                '    { id = "m2_e", address = "40020", type = "hex" },\n'
-                '    { id = "m2_f", address = "40030", type = "hex", length = 3 }')
+    text = edit(
+        '{ id = "m2_d", address = "40010", type = "uint16" }',
+        '{ id = "m2_d", address = "40010", type = "string", length = 8 },\n'
+        '    { id = "m2_e", address = "40020", type = "hex" },\n'
+        '    { id = "m2_f", address = "40030", type = "hex", length = 3 }',
+    )
 
     config = load_config(write(text))
 
@@ -590,13 +635,14 @@ def test_string_and_hex_take_their_length_in_registers(write: Write) -> None:
 
 
 def test_length_on_a_number_is_refused(write: Write) -> None:
-    text = edit('{ id = "m2_d", address = "40010", type = "uint16" }',
-                '{ id = "m2_d", address = "40010", type = "uint16", length = 2 }')
+    text = edit(
+        '{ id = "m2_d", address = "40010", type = "uint16" }',
+        '{ id = "m2_d", address = "40010", type = "uint16", length = 2 }',
+    )
     path = write(text)
 
     assert rendered(path) == [
-        "FILE:31: modbus[0].devices[1].points[3].length: `length` applies to string and "
-        "hex only"
+        "FILE:31: modbus[0].devices[1].points[3].length: `length` applies to string and hex only"
     ]
 
 
@@ -622,9 +668,9 @@ def test_rtu_connection_without_device_is_refused(write: Write) -> None:
     text = edit('transport = "tcp"\nhost = "192.168.10.20"\n', 'transport = "rtu"\n')
     path = write(text)
 
-    assert (
-        rendered(path)
-    ) == ["FILE:9: modbus[0].device: an rtu connection needs `device` (e.g. /dev/ttyS1)"]
+    assert (rendered(path)) == [
+        "FILE:9: modbus[0].device: an rtu connection needs `device` (e.g. /dev/ttyS1)"
+    ]
 
 
 # --- data shape types ----------------------------------------------------------------------
@@ -660,8 +706,7 @@ def test_data_shape_type_follows_the_point_type(write: Write, point: str, shape:
 def test_bit_of_an_integer_register_is_a_boolean(write: Write, point_type: str | None) -> None:
     """A bit decodes to true or false whatever the register's type; not 0/1 integers."""
     type_key = f', type = "{point_type}"' if point_type else ""
-    text = edit(METER1_POINTS,
-                f'    {{ id = "p", address = "40001"{type_key}, bit = 3 }},\n')
+    text = edit(METER1_POINTS, f'    {{ id = "p", address = "40001"{type_key}, bit = 3 }},\n')
 
     config = load_config(write(text))
 
@@ -671,8 +716,10 @@ def test_bit_of_an_integer_register_is_a_boolean(write: Write, point_type: str |
 @pytest.mark.parametrize("point_type", ["float32", "uint32", "string", "hex"])
 def test_bit_of_a_multi_register_or_text_value_is_refused(write: Write, point_type: str) -> None:
     length = ", length = 2" if point_type == "string" else ""
-    text = edit(METER1_POINTS,
-                f'    {{ id = "p", address = "40001", type = "{point_type}"{length}, bit = 3 }},\n')
+    text = edit(
+        METER1_POINTS,
+        f'    {{ id = "p", address = "40001", type = "{point_type}"{length}, bit = 3 }},\n',
+    )
     path = write(text)
 
     keys = [problem.key for problem in problems_of(path)]
@@ -692,8 +739,10 @@ def test_bit_of_a_multi_register_or_text_value_is_refused(write: Write, point_ty
 def test_value_type_the_point_can_never_take_is_refused(
     write: Write, point: str, value_type: str
 ) -> None:
-    text = edit(METER1_POINTS,
-                f'    {{ id = "p", address = "40001", {point}, value_type = "{value_type}" }},\n')
+    text = edit(
+        METER1_POINTS,
+        f'    {{ id = "p", address = "40001", {point}, value_type = "{value_type}" }},\n',
+    )
     path = write(text)
 
     with pytest.raises(ConfigError) as caught:
@@ -707,20 +756,24 @@ def test_value_type_the_point_can_never_take_is_refused(
 
 
 def test_environment_overrides_a_scalar_in_the_file(
-    write: Write, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORIO_AGENT_MQTT__PORT", "1883")
     monkeypatch.setenv("ORIO_AGENT_MQTT__TLS", "false")
 
     config = load_config(write(BASE))
 
-    assert (
-        config.mqtt.port, config.mqtt.tls, config.mqtt.host
-    ) == (1883, False, "mqtt.paas.oringnet.cloud")
+    assert (config.mqtt.port, config.mqtt.tls, config.mqtt.host) == (
+        1883,
+        False,
+        "mqtt.paas.oringnet.cloud",
+    )
 
 
 def test_environment_overrides_a_key_of_a_section_absent_from_the_file(
-    write: Write, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORIO_AGENT_LOG__LEVEL", "debug")
     monkeypatch.setenv("ORIO_AGENT_BATCH__MAX_DELAY", "2.5")
@@ -728,12 +781,16 @@ def test_environment_overrides_a_key_of_a_section_absent_from_the_file(
     config = load_config(write(BASE))
 
     assert (
-        config.log.level, config.log.format, config.batch.max_delay, config.batch.max_readings
+        config.log.level,
+        config.log.format,
+        config.batch.max_delay,
+        config.batch.max_readings,
     ) == ("debug", "logfmt", 2.5, 100)
 
 
 def test_bad_environment_override_names_the_variable_and_the_line(
-    write: Write, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORIO_AGENT_MQTT__PORT", "eighty")
     path = write(BASE)
@@ -745,7 +802,8 @@ def test_bad_environment_override_names_the_variable_and_the_line(
 
 
 def test_bad_environment_override_of_a_section_absent_from_the_file(
-    write: Write, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORIO_AGENT_LOG__LEVEL", "verbose")
     path = write(BASE)
@@ -757,7 +815,8 @@ def test_bad_environment_override_of_a_section_absent_from_the_file(
 
 
 def test_misspelt_environment_override_is_an_unknown_key(
-    write: Write, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORIO_AGENT_MQTT__HOSTNAME", "10.0.0.5")
     path = write(BASE)
@@ -774,9 +833,7 @@ def test_section_override_that_is_not_json_is_a_config_error(
     monkeypatch.setenv("ORIO_AGENT_THING", "{not json")
     path = write(BASE)
 
-    assert rendered(path) == [
-        "FILE: environment variable ORIO_AGENT_THING is not a JSON object"
-    ]
+    assert rendered(path) == ["FILE: environment variable ORIO_AGENT_THING is not a JSON object"]
 
 
 def test_array_of_tables_cannot_be_overridden_from_the_environment(
@@ -841,7 +898,9 @@ def test_secret_from_secret_file_without_its_newline(write: Write, tmp_path: Pat
 
 
 def test_secret_from_systemd_credential(
-    write: Write, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     credentials = tmp_path / "credentials"
     credentials.mkdir()
@@ -874,8 +933,9 @@ def test_no_secret_at_all_is_refused(write: Write) -> None:
 
 
 def test_secret_and_secret_file_together_are_refused(write: Write, tmp_path: Path) -> None:
-    text = edit(f'secret = "{SECRET}"\n',
-                f'secret = "{SECRET}"\nsecret_file = "{tmp_path / "secret"}"\n')
+    text = edit(
+        f'secret = "{SECRET}"\n', f'secret = "{SECRET}"\nsecret_file = "{tmp_path / "secret"}"\n'
+    )
     path = write(text)
 
     lines = rendered(path)
@@ -894,7 +954,8 @@ def test_empty_secret_file_is_refused(write: Write, tmp_path: Path, content: str
 
 
 def test_unreadable_secret_file_is_refused_without_revealing_anything(
-    write: Write, tmp_path: Path,
+    write: Write,
+    tmp_path: Path,
 ) -> None:
     secret_dir = tmp_path / "secret.d"
     secret_dir.mkdir()
@@ -914,9 +975,7 @@ def test_secret_file_that_is_not_text_does_not_show_its_bytes(write: Write, tmp_
 
     lines = rendered(path)
 
-    assert lines == [
-        f"FILE:1: thing.secret: cannot read secret file {secret_file}: not UTF-8 text"
-    ]
+    assert lines == [f"FILE:1: thing.secret: cannot read secret file {secret_file}: not UTF-8 text"]
     assert SECRET not in "\n".join(lines)
 
 
@@ -949,7 +1008,8 @@ def test_config_errors_never_contain_the_secret(write: Write, old: str, new: str
 
 
 def test_secret_from_environment_never_in_errors(
-    write: Write, monkeypatch: pytest.MonkeyPatch,
+    write: Write,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ORIO_AGENT_THING__SECRET", SECRET + "-env")
     path = write(edit("port = 8083", 'port = "eighty"'))

@@ -46,8 +46,9 @@ def test_a_single_object_is_taken_as_an_array_of_one() -> None:
     assert ("g", [Entry("a", True)]) == parse("g", b'{"id": "a", "value": true}')
 
 
-@pytest.mark.parametrize("group", ["", "a/b", "a+", "#", "tab\there", "nul\x00", "del\x7f",
-                                   "x" * 129])
+@pytest.mark.parametrize(
+    "group", ["", "a/b", "a+", "#", "tab\there", "nul\x00", "del\x7f", "x" * 129]
+)
 def test_group_names_with_wildcards_control_characters_or_no_name_are_refused(
     group: str,
 ) -> None:
@@ -56,22 +57,27 @@ def test_group_names_with_wildcards_control_characters_or_no_name_are_refused(
     assert "group" == caught.value.kind
 
 
-@pytest.mark.parametrize(("payload", "reason", "kind"), [
-    (b"\xff", "not UTF-8", "encoding"),
-    (b"{", "not JSON", "json"),
-    (b"[NaN]", "not JSON", "json"),
-    (b'[{"id": "a", "value": -Infinity}]', "not JSON", "json"),
-    (b"[" * 100_000 + b"]" * 100_000, "over the", "size"),
-    (b"[" * 30_000 + b"]" * 30_000, "nested too deeply", "nesting"),
-    (b"42", "array", "shape"),
-    (b'[{"id": 5, "value": 1}]', "usable", "entry"),
-    (b'[{"value": 1}]', "entry 0", "entry"),
-    (b'[{"id": "a", "value": {"b": 1}}]', "value must be", "entry"),
-    (b'[{"id": "a", "value": null}]', "value must be", "entry"),
-    (json.dumps([{"id": "a", "value": 1}] * 1001).encode(), "limit", "entries"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason", "kind"),
+    [
+        (b"\xff", "not UTF-8", "encoding"),
+        (b"{", "not JSON", "json"),
+        (b"[NaN]", "not JSON", "json"),
+        (b'[{"id": "a", "value": -Infinity}]', "not JSON", "json"),
+        (b"[" * 100_000 + b"]" * 100_000, "over the", "size"),
+        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply", "nesting"),
+        (b"42", "array", "shape"),
+        (b'[{"id": 5, "value": 1}]', "usable", "entry"),
+        (b'[{"value": 1}]', "entry 0", "entry"),
+        (b'[{"id": "a", "value": {"b": 1}}]', "value must be", "entry"),
+        (b'[{"id": "a", "value": null}]', "value must be", "entry"),
+        (json.dumps([{"id": "a", "value": 1}] * 1001).encode(), "limit", "entries"),
+    ],
+)
 def test_malformed_payloads_are_refused_with_a_reason_and_a_kind(
-    payload: bytes, reason: str, kind: str,
+    payload: bytes,
+    reason: str,
+    kind: str,
 ) -> None:
     with pytest.raises(RejectedMessage, match=reason) as caught:
         parse("g", payload)
@@ -80,8 +86,7 @@ def test_malformed_payloads_are_refused_with_a_reason_and_a_kind(
 
 def test_a_topic_of_another_thing_is_refused_as_a_topic() -> None:
     with pytest.raises(RejectedMessage, match="not an expected-config topic") as caught:
-        parse_expected("$thing/other/$conf/$expected/g", b"[]", thing_id=THING,
-                       max_bytes=LIMIT)
+        parse_expected("$thing/other/$conf/$expected/g", b"[]", thing_id=THING, max_bytes=LIMIT)
     assert "topic" == caught.value.kind
 
 
@@ -128,8 +133,7 @@ class MemoryBus:
         self.coils: dict[int, bool] = {}
         self.writes: list[tuple[str, int, Any]] = []
 
-    async def read(self, unit: int, table: Table, start: int,
-                   count: int) -> list[int] | list[bool]:
+    async def read(self, unit: int, table: Table, start: int, count: int) -> list[int] | list[bool]:
         if table.is_bits:
             return [self.coils.get(start + i, False) for i in range(count)]
         return [self.registers.get(start + i, 0) for i in range(count)]
@@ -159,8 +163,13 @@ def make(tmp: Path) -> tuple[Configurator, MemoryBus, MemoryOutbox]:
     bus = MemoryBus()
     clock = Clock(wall_ms=lambda: 1_800_000_000_000, boot_ms=lambda: 0, boot_id="b")
     outbox = MemoryOutbox(max_bytes=10_000_000, clock=clock)
-    configurator = Configurator(config=config, routes={"meter1": DeviceRoute(bus, 1)},
-                                knobs=NoKnobs(), outbox=outbox, state=SettingsState(None))
+    configurator = Configurator(
+        config=config,
+        routes={"meter1": DeviceRoute(bus, 1)},
+        knobs=NoKnobs(),
+        outbox=outbox,
+        state=SettingsState(None),
+    )
     return configurator, bus, outbox
 
 
@@ -172,11 +181,13 @@ def valid_writes(group: str, payload: bytes) -> int:
         return 0
     allowed = {
         "gw-1-setting": {
-            "GW1_40807": lambda v: type(v) in (int, float) and float(v).is_integer()
-            and 0 <= v <= 3600,
+            "GW1_40807": lambda v: (
+                type(v) in (int, float) and float(v).is_integer() and 0 <= v <= 3600
+            ),
             "mode": lambda v: type(v) in (int, float) and v in (1, 2, 3),
-            "label": lambda v: isinstance(v, str) and v.isascii() and v.isalpha()
-            and v.isupper() and len(v) <= 8,
+            "label": lambda v: (
+                isinstance(v, str) and v.isascii() and v.isalpha() and v.isupper() and len(v) <= 8
+            ),
         },
         "gw-1-mode": {"GW1_00800": lambda v: v in (True, False) and type(v) in (bool, int)},
     }.get(group, {})
@@ -184,15 +195,22 @@ def valid_writes(group: str, payload: bytes) -> int:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False)
     | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 entries = st.fixed_dictionaries(
-    {"id": st.sampled_from(["GW1_40807", "mode", "label", "GW1_00800", "nope", ""]),
-     "value": json_values})
+    {
+        "id": st.sampled_from(["GW1_40807", "mode", "label", "GW1_00800", "nope", ""]),
+        "value": json_values,
+    }
+)
 payloads = (
     st.binary(max_size=200)
     | st.lists(entries, max_size=5).map(lambda e: json.dumps(e).encode())
@@ -201,11 +219,14 @@ payloads = (
 groups = st.sampled_from(["gw-1-setting", "gw-1-mode", "other", "a/b", "x\x01"])
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(group=groups, payload=payloads)
 def test_arbitrary_input_never_raises_and_writes_only_what_is_valid(
-    tmp_path: Path, group: str, payload: bytes,
+    tmp_path: Path,
+    group: str,
+    payload: bytes,
 ) -> None:
     async def scenario() -> tuple[list[tuple[str, int, Any]], int]:
         configurator, bus, _ = make(tmp_path)
@@ -238,6 +259,7 @@ async def test_a_valid_message_is_written_once_and_reported_as_the_device_holds_
 
 # -- hostile input bounded in effect --------------------------------------------------------------
 
+
 async def test_a_thousand_alternating_values_of_one_setting_write_it_once(tmp_path: Path) -> None:
     configurator, bus, _ = make(tmp_path)
     entries = [Entry("GW1_40807", 7 if n % 2 == 0 else 8) for n in range(1000)]
@@ -259,11 +281,21 @@ async def test_unknown_and_refused_entries_are_summed_up_in_one_line_each_per_me
 
     warnings = [e for e in logs if e["log_level"] == "warning"]
     assert [
-        {"event": "config_settings_unknown", "log_level": "warning", "group": "gw-1-setting",
-         "count": 1000, "ids": [f"nope{n}" for n in range(SHOWN_IDS)]},
-        {"event": "config_settings_rejected", "log_level": "warning", "group": "gw-1-setting",
-         "count": 2, "ids": ["GW1_40807", "label"],
-         "reason": "GW1_40807: 5000 is above the maximum 3600"},
+        {
+            "event": "config_settings_unknown",
+            "log_level": "warning",
+            "group": "gw-1-setting",
+            "count": 1000,
+            "ids": [f"nope{n}" for n in range(SHOWN_IDS)],
+        },
+        {
+            "event": "config_settings_rejected",
+            "log_level": "warning",
+            "group": "gw-1-setting",
+            "count": 2,
+            "ids": ["GW1_40807", "label"],
+            "reason": "GW1_40807: 5000 is above the maximum 3600",
+        },
     ] == warnings, "mode's last value, 2, is valid: only the last value per id counts"
     assert 1002 == configurator.rejected
     assert [("registers", 899, [2])] == bus.writes
@@ -279,8 +311,10 @@ async def test_summaries_are_rate_limited_per_group_and_say_how_many_were_held(
             await configurator.apply("gw-1-setting", [Entry("nope", 1)])
             await configurator.apply("gw-1-mode", [Entry("nope", 1)])
 
-    assert [("config_settings_unknown", "gw-1-setting"), ("config_settings_unknown", "gw-1-mode")
-            ] == [(e["event"], e["group"]) for e in logs if e["log_level"] == "warning"]
+    assert [
+        ("config_settings_unknown", "gw-1-setting"),
+        ("config_settings_unknown", "gw-1-mode"),
+    ] == [(e["event"], e["group"]) for e in logs if e["log_level"] == "warning"]
 
 
 def test_a_flood_of_made_up_groups_and_broken_messages_keeps_logs_and_memory_bounded(
@@ -291,8 +325,10 @@ def test_a_flood_of_made_up_groups_and_broken_messages_keeps_logs_and_memory_bou
         *[(f"{PREFIX}made-up-{n}", b"[]") for n in range(50_000)],
         *[(f"{PREFIX}gw-1-setting/{n}", b"[]") for n in range(5_000)],  # unusable names
         *[(f"{PREFIX}{'x' * (200 + n)}", b"[]") for n in range(1_000)],
-        *[(f"{PREFIX}gw-1-setting", f'[{{"id": "k{n}", "value": [{n}]}}]'.encode())
-          for n in range(5_000)],  # a different reason every time
+        *[
+            (f"{PREFIX}gw-1-setting", f'[{{"id": "k{n}", "value": [{n}]}}]'.encode())
+            for n in range(5_000)
+        ],  # a different reason every time
         *[(f"$thing/other{n}/$conf/$expected/g", b"[]") for n in range(5_000)],
     ]
 

@@ -19,7 +19,10 @@ WAIT = 30.0
 
 
 async def test_every_value_type_arrives_with_the_documented_payload_shape(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     sim_unit.set_float32("input", 0, 25.5)
@@ -46,15 +49,21 @@ async def test_every_value_type_arrives_with_the_documented_payload_shape(
   ]
 """
     async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))):
-        messages = await cloud.wait_for_topic(data_topic(broker.thing_id, "sensorData"),
-                                              timeout=WAIT)
+        messages = await cloud.wait_for_topic(
+            data_topic(broker.thing_id, "sensorData"), timeout=WAIT
+        )
 
     payload = json.loads(messages[0].payload)
     assert isinstance(payload, list)
     by_id = {reading["id"]: reading for reading in payload}
     expected_values = {
-        "temperature": 25.5, "humidity": 43.21, "energy": -70000, "running": True,
-        "serial": "ORIO-7", "alarm_word": "BEEF", "pump_fault": True,
+        "temperature": 25.5,
+        "humidity": 43.21,
+        "energy": -70000,
+        "running": True,
+        "serial": "ORIO-7",
+        "alarm_word": "BEEF",
+        "pump_fault": True,
     }
     assert expected_values == {key: r["value"] for key, r in by_id.items()}
     for reading in payload:
@@ -66,7 +75,10 @@ async def test_every_value_type_arrives_with_the_documented_payload_shape(
 
 
 async def test_coalescing_reads_each_table_with_the_fewest_requests(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     # Holding 0..9 (gap 3 ≤ max_gap 8) and 40..41 (gap 30 > 8); input 0..1; coils 0 and 7.
@@ -97,11 +109,13 @@ async def test_coalescing_reads_each_table_with_the_fewest_requests(
 
 
 async def test_batches_are_cut_at_max_readings(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
-    points = ",\n".join(f'{{ id = "p{i}", table = "holding", address = {i} }}'
-                        for i in range(7))
+    points = ",\n".join(f'{{ id = "p{i}", table = "holding", address = {i} }}' for i in range(7))
     devices = f"""
   [[modbus.devices]]
   name = "meter1"
@@ -109,18 +123,22 @@ async def test_batches_are_cut_at_max_readings(
   bucket = "b"
   points = [ {points} ]
 """
-    config = agent_toml(broker, tcp_connection(tcp_plant, devices),
-                        batch="max_readings = 3\nmax_delay = 0.3")
+    config = agent_toml(
+        broker, tcp_connection(tcp_plant, devices), batch="max_readings = 3\nmax_delay = 0.3"
+    )
     async with running_agent(tmp_path, config):
-        messages = await cloud.wait_for_topic(data_topic(broker.thing_id, "b"), count=3,
-                                              timeout=WAIT)
+        messages = await cloud.wait_for_topic(
+            data_topic(broker.thing_id, "b"), count=3, timeout=WAIT
+        )
     assert [3, 3, 1] == [len(json.loads(m.payload)) for m in messages]
     ids = [r["id"] for m in messages for r in json.loads(m.payload)]
     assert [f"p{i}" for i in range(7)] == ids
 
 
 async def test_a_dead_device_does_not_delay_a_live_one_on_another_connection(
-    tmp_path: Path, broker: Broker, cloud: CloudClient,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
 ) -> None:
     live, dead = SimUnit(1), SimUnit(1)
     dead.dead = True
@@ -133,9 +151,11 @@ async def test_a_dead_device_does_not_delay_a_live_one_on_another_connection(
   bucket = "{name}"
   points = [ {{ id = "v", address = "40001" }} ]
 """
-        body = (tcp_connection(live_plant, device.format(name="live"), name="live_line")
-                + tcp_connection(dead_plant, device.format(name="dead"), name="dead_line",
-                            extra="timeout = 1.5"))
+        body = tcp_connection(
+            live_plant, device.format(name="live"), name="live_line"
+        ) + tcp_connection(
+            dead_plant, device.format(name="dead"), name="dead_line", extra="timeout = 1.5"
+        )
         body = body.replace("timeout = 0.5\ntimeout = 1.5", "timeout = 1.5")
         async with running_agent(tmp_path, agent_toml(broker, body)):
             await live.wait_until(lambda unit: unit.read_count >= 1, timeout=WAIT)
@@ -152,7 +172,10 @@ async def test_a_dead_device_does_not_delay_a_live_one_on_another_connection(
 
 
 async def test_rtu_line_with_two_units_and_a_dead_third(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, pty_pair: PtyPair,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
 ) -> None:
     first, second, silent = SimUnit(1), SimUnit(2), SimUnit(3)
     silent.dead = True
@@ -166,14 +189,19 @@ transport = "rtu"
 device = "{pty_pair.device_a}"
 baudrate = 38400
 timeout = 0.3
-{"".join(f'''
+{
+        "".join(
+            f'''
   [[modbus.devices]]
   name = "u{unit}"
   unit = {unit}
   interval = 0.3
   bucket = "line"
   points = [ {{ id = "u{unit}", address = "40001" }} ]
-''' for unit in (1, 2, 3))}
+'''
+            for unit in (1, 2, 3)
+        )
+    }
 """
     try:
         async with running_agent(tmp_path, agent_toml(broker, body)):
@@ -191,14 +219,18 @@ timeout = 0.3
 
 
 async def test_a_refused_coalesced_read_is_split_and_the_layout_remembered(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     # Register 3 does not exist in this device: a read of 0..6 is refused as a whole.
     sim_unit.invalid["holding"].add(3)
     sim_unit.set_registers("holding", 0, [10, 11, 12, 0, 14, 15, 16])
-    points = ",\n".join(f'{{ id = "h{i}", table = "holding", address = {i} }}'
-                        for i in (0, 1, 2, 4, 5, 6))
+    points = ",\n".join(
+        f'{{ id = "h{i}", table = "holding", address = {i} }}' for i in (0, 1, 2, 4, 5, 6)
+    )
     devices = f"""
   [[modbus.devices]]
   name = "meter1"
@@ -209,8 +241,9 @@ async def test_a_refused_coalesced_read_is_split_and_the_layout_remembered(
     async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))):
         await cloud.wait_for(lambda m: len(cloud.readings("b")) >= 12, timeout=WAIT)
         reads_after_learning = len(sim_unit.requests)
-        await sim_unit.wait_until(lambda u: len(u.requests) >= reads_after_learning + 4,
-                                  timeout=WAIT)
+        await sim_unit.wait_until(
+            lambda u: len(u.requests) >= reads_after_learning + 4, timeout=WAIT
+        )
 
     first_cycle = [(r.address, r.count) for r in sim_unit.requests[:3]]
     assert [(0, 7), (0, 3), (4, 3)] == first_cycle
@@ -221,7 +254,9 @@ async def test_a_refused_coalesced_read_is_split_and_the_layout_remembered(
 
 
 async def test_readings_resume_after_the_device_connection_drops(
-    tmp_path: Path, broker: Broker, cloud: CloudClient,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
 ) -> None:
     unit = SimUnit(1)
     unit.set_registers("holding", 0, [1])
@@ -240,13 +275,17 @@ async def test_readings_resume_after_the_device_connection_drops(
         await plant.stop()
         unit.set_registers("holding", 0, [2])
         plant = await serve_tcp([unit], port=port)
-        await cloud.wait_for(lambda m: any(r["value"] == 2 for r in cloud.readings("b")),
-                             timeout=WAIT)
+        await cloud.wait_for(
+            lambda m: any(r["value"] == 2 for r in cloud.readings("b")), timeout=WAIT
+        )
     await plant.stop()
 
 
 async def test_readings_resume_after_the_broker_restarts(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     devices = """
@@ -256,18 +295,23 @@ async def test_readings_resume_after_the_broker_restarts(
   bucket = "b"
   points = [ { id = "v", address = "40001" } ]
 """
-    async with running_agent(tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))) as agent:
+    async with running_agent(
+        tmp_path, agent_toml(broker, tcp_connection(tcp_plant, devices))
+    ) as agent:
         await cloud.wait_for(lambda m: bool(cloud.readings("b")), timeout=WAIT)
         await broker.restart_async()
         await cloud.wait_connected(timeout=WAIT)
         sim_unit.set_registers("holding", 0, [77])
-        await cloud.wait_for(lambda m: any(r["value"] == 77 for r in cloud.readings("b")),
-                             timeout=WAIT)
+        await cloud.wait_for(
+            lambda m: any(r["value"] == 77 for r in cloud.readings("b")), timeout=WAIT
+        )
         assert agent.session.reconnects >= 1
 
 
 async def test_readings_resume_after_the_serial_line_vanishes_and_returns(
-    tmp_path: Path, broker: Broker, cloud: CloudClient,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
 ) -> None:
     unit = SimUnit(1)
     unit.set_registers("holding", 0, [1])
@@ -295,8 +339,9 @@ timeout = 0.3
             pair.start()  # and plugged back in: a new pty behind the same path
             unit.set_registers("holding", 0, [2])
             plant = await serve_rtu([unit], str(pair.device_b), baudrate=38400)
-            await cloud.wait_for(lambda m: any(r["value"] == 2 for r in cloud.readings("b")),
-                                 timeout=WAIT)
+            await cloud.wait_for(
+                lambda m: any(r["value"] == 2 for r in cloud.readings("b")), timeout=WAIT
+            )
     finally:
         await plant.stop()
         pair.stop()

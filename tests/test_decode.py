@@ -24,73 +24,186 @@ BYTE_ORDERS: tuple[ByteOrder, ...] = get_args(ByteOrder)
 
 # (type, value, registers per byte order), each pattern written out by hand.
 KNOWN_PATTERNS: list[tuple[PointType, int | float, dict[ByteOrder, list[int]]]] = [
-    ("uint16", 0x1234, {
-        "ABCD": [0x1234], "CDAB": [0x1234], "BADC": [0x3412], "DCBA": [0x3412],
-    }),
-    ("int16", -2, {  # 0xFFFE
-        "ABCD": [0xFFFE], "CDAB": [0xFFFE], "BADC": [0xFEFF], "DCBA": [0xFEFF],
-    }),
-    ("int16", -32768, {  # 0x8000
-        "ABCD": [0x8000], "CDAB": [0x8000], "BADC": [0x0080], "DCBA": [0x0080],
-    }),
-    ("int16", 32767, {  # 0x7FFF
-        "ABCD": [0x7FFF], "CDAB": [0x7FFF], "BADC": [0xFF7F], "DCBA": [0xFF7F],
-    }),
-    ("uint16", 65535, {
-        "ABCD": [0xFFFF], "CDAB": [0xFFFF], "BADC": [0xFFFF], "DCBA": [0xFFFF],
-    }),
-    ("uint32", 0x12345678, {
-        "ABCD": [0x1234, 0x5678], "CDAB": [0x5678, 0x1234],
-        "BADC": [0x3412, 0x7856], "DCBA": [0x7856, 0x3412],
-    }),
-    ("int32", 0x12345678, {
-        "ABCD": [0x1234, 0x5678], "CDAB": [0x5678, 0x1234],
-        "BADC": [0x3412, 0x7856], "DCBA": [0x7856, 0x3412],
-    }),
-    ("int32", -123456789, {  # 0xF8A432EB
-        "ABCD": [0xF8A4, 0x32EB], "CDAB": [0x32EB, 0xF8A4],
-        "BADC": [0xA4F8, 0xEB32], "DCBA": [0xEB32, 0xA4F8],
-    }),
-    ("uint32", 4171510507, {  # 0xF8A432EB
-        "ABCD": [0xF8A4, 0x32EB], "CDAB": [0x32EB, 0xF8A4],
-        "BADC": [0xA4F8, 0xEB32], "DCBA": [0xEB32, 0xA4F8],
-    }),
-    ("int64", 0x0102030405060708, {
-        "ABCD": [0x0102, 0x0304, 0x0506, 0x0708], "CDAB": [0x0708, 0x0506, 0x0304, 0x0102],
-        "BADC": [0x0201, 0x0403, 0x0605, 0x0807], "DCBA": [0x0807, 0x0605, 0x0403, 0x0201],
-    }),
-    ("uint64", 0x0102030405060708, {
-        "ABCD": [0x0102, 0x0304, 0x0506, 0x0708], "CDAB": [0x0708, 0x0506, 0x0304, 0x0102],
-        "BADC": [0x0201, 0x0403, 0x0605, 0x0807], "DCBA": [0x0807, 0x0605, 0x0403, 0x0201],
-    }),
-    ("int64", -2, {  # 0xFFFFFFFFFFFFFFFE
-        "ABCD": [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], "CDAB": [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
-        "BADC": [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF], "DCBA": [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
-    }),
-    ("uint64", 18446744073709551614, {  # 0xFFFFFFFFFFFFFFFE
-        "ABCD": [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], "CDAB": [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
-        "BADC": [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF], "DCBA": [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
-    }),
-    ("float32", 123.45600128173828, {  # 123.456 as float32: 0x42F6E979
-        "ABCD": [0x42F6, 0xE979], "CDAB": [0xE979, 0x42F6],
-        "BADC": [0xF642, 0x79E9], "DCBA": [0x79E9, 0xF642],
-    }),
-    ("float32", 25.5, {  # 0x41CC0000
-        "ABCD": [0x41CC, 0x0000], "CDAB": [0x0000, 0x41CC],
-        "BADC": [0xCC41, 0x0000], "DCBA": [0x0000, 0xCC41],
-    }),
-    ("float32", -1.5, {  # 0xBFC00000
-        "ABCD": [0xBFC0, 0x0000], "CDAB": [0x0000, 0xBFC0],
-        "BADC": [0xC0BF, 0x0000], "DCBA": [0x0000, 0xC0BF],
-    }),
-    ("float64", 123.456, {  # 0x405EDD2F1A9FBE77
-        "ABCD": [0x405E, 0xDD2F, 0x1A9F, 0xBE77], "CDAB": [0xBE77, 0x1A9F, 0xDD2F, 0x405E],
-        "BADC": [0x5E40, 0x2FDD, 0x9F1A, 0x77BE], "DCBA": [0x77BE, 0x9F1A, 0x2FDD, 0x5E40],
-    }),
-    ("float64", -2.5, {  # 0xC004000000000000
-        "ABCD": [0xC004, 0x0000, 0x0000, 0x0000], "CDAB": [0x0000, 0x0000, 0x0000, 0xC004],
-        "BADC": [0x04C0, 0x0000, 0x0000, 0x0000], "DCBA": [0x0000, 0x0000, 0x0000, 0x04C0],
-    }),
+    (
+        "uint16",
+        0x1234,
+        {
+            "ABCD": [0x1234],
+            "CDAB": [0x1234],
+            "BADC": [0x3412],
+            "DCBA": [0x3412],
+        },
+    ),
+    (
+        "int16",
+        -2,
+        {  # 0xFFFE
+            "ABCD": [0xFFFE],
+            "CDAB": [0xFFFE],
+            "BADC": [0xFEFF],
+            "DCBA": [0xFEFF],
+        },
+    ),
+    (
+        "int16",
+        -32768,
+        {  # 0x8000
+            "ABCD": [0x8000],
+            "CDAB": [0x8000],
+            "BADC": [0x0080],
+            "DCBA": [0x0080],
+        },
+    ),
+    (
+        "int16",
+        32767,
+        {  # 0x7FFF
+            "ABCD": [0x7FFF],
+            "CDAB": [0x7FFF],
+            "BADC": [0xFF7F],
+            "DCBA": [0xFF7F],
+        },
+    ),
+    (
+        "uint16",
+        65535,
+        {
+            "ABCD": [0xFFFF],
+            "CDAB": [0xFFFF],
+            "BADC": [0xFFFF],
+            "DCBA": [0xFFFF],
+        },
+    ),
+    (
+        "uint32",
+        0x12345678,
+        {
+            "ABCD": [0x1234, 0x5678],
+            "CDAB": [0x5678, 0x1234],
+            "BADC": [0x3412, 0x7856],
+            "DCBA": [0x7856, 0x3412],
+        },
+    ),
+    (
+        "int32",
+        0x12345678,
+        {
+            "ABCD": [0x1234, 0x5678],
+            "CDAB": [0x5678, 0x1234],
+            "BADC": [0x3412, 0x7856],
+            "DCBA": [0x7856, 0x3412],
+        },
+    ),
+    (
+        "int32",
+        -123456789,
+        {  # 0xF8A432EB
+            "ABCD": [0xF8A4, 0x32EB],
+            "CDAB": [0x32EB, 0xF8A4],
+            "BADC": [0xA4F8, 0xEB32],
+            "DCBA": [0xEB32, 0xA4F8],
+        },
+    ),
+    (
+        "uint32",
+        4171510507,
+        {  # 0xF8A432EB
+            "ABCD": [0xF8A4, 0x32EB],
+            "CDAB": [0x32EB, 0xF8A4],
+            "BADC": [0xA4F8, 0xEB32],
+            "DCBA": [0xEB32, 0xA4F8],
+        },
+    ),
+    (
+        "int64",
+        0x0102030405060708,
+        {
+            "ABCD": [0x0102, 0x0304, 0x0506, 0x0708],
+            "CDAB": [0x0708, 0x0506, 0x0304, 0x0102],
+            "BADC": [0x0201, 0x0403, 0x0605, 0x0807],
+            "DCBA": [0x0807, 0x0605, 0x0403, 0x0201],
+        },
+    ),
+    (
+        "uint64",
+        0x0102030405060708,
+        {
+            "ABCD": [0x0102, 0x0304, 0x0506, 0x0708],
+            "CDAB": [0x0708, 0x0506, 0x0304, 0x0102],
+            "BADC": [0x0201, 0x0403, 0x0605, 0x0807],
+            "DCBA": [0x0807, 0x0605, 0x0403, 0x0201],
+        },
+    ),
+    (
+        "int64",
+        -2,
+        {  # 0xFFFFFFFFFFFFFFFE
+            "ABCD": [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE],
+            "CDAB": [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
+            "BADC": [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF],
+            "DCBA": [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
+        },
+    ),
+    (
+        "uint64",
+        18446744073709551614,
+        {  # 0xFFFFFFFFFFFFFFFE
+            "ABCD": [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE],
+            "CDAB": [0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF],
+            "BADC": [0xFFFF, 0xFFFF, 0xFFFF, 0xFEFF],
+            "DCBA": [0xFEFF, 0xFFFF, 0xFFFF, 0xFFFF],
+        },
+    ),
+    (
+        "float32",
+        123.45600128173828,
+        {  # 123.456 as float32: 0x42F6E979
+            "ABCD": [0x42F6, 0xE979],
+            "CDAB": [0xE979, 0x42F6],
+            "BADC": [0xF642, 0x79E9],
+            "DCBA": [0x79E9, 0xF642],
+        },
+    ),
+    (
+        "float32",
+        25.5,
+        {  # 0x41CC0000
+            "ABCD": [0x41CC, 0x0000],
+            "CDAB": [0x0000, 0x41CC],
+            "BADC": [0xCC41, 0x0000],
+            "DCBA": [0x0000, 0xCC41],
+        },
+    ),
+    (
+        "float32",
+        -1.5,
+        {  # 0xBFC00000
+            "ABCD": [0xBFC0, 0x0000],
+            "CDAB": [0x0000, 0xBFC0],
+            "BADC": [0xC0BF, 0x0000],
+            "DCBA": [0x0000, 0xC0BF],
+        },
+    ),
+    (
+        "float64",
+        123.456,
+        {  # 0x405EDD2F1A9FBE77
+            "ABCD": [0x405E, 0xDD2F, 0x1A9F, 0xBE77],
+            "CDAB": [0xBE77, 0x1A9F, 0xDD2F, 0x405E],
+            "BADC": [0x5E40, 0x2FDD, 0x9F1A, 0x77BE],
+            "DCBA": [0x77BE, 0x9F1A, 0x2FDD, 0x5E40],
+        },
+    ),
+    (
+        "float64",
+        -2.5,
+        {  # 0xC004000000000000
+            "ABCD": [0xC004, 0x0000, 0x0000, 0x0000],
+            "CDAB": [0x0000, 0x0000, 0x0000, 0xC004],
+            "BADC": [0x04C0, 0x0000, 0x0000, 0x0000],
+            "DCBA": [0x0000, 0x0000, 0x0000, 0x04C0],
+        },
+    ),
 ]
 
 KNOWN_CASES = [
@@ -186,9 +299,12 @@ def test_bool_is_whether_the_register_is_not_zero(register: int, expected: bool)
 @pytest.mark.parametrize(
     ("register", "bit", "expected"),
     [
-        (0x0001, 0, True), (0xFFFE, 0, False),
-        (0x8000, 15, True), (0x7FFF, 15, False),
-        (0x0100, 8, True), (0x0100, 7, False),
+        (0x0001, 0, True),
+        (0xFFFE, 0, False),
+        (0x8000, 15, True),
+        (0x7FFF, 15, False),
+        (0x0100, 8, True),
+        (0x0100, 7, False),
     ],
 )
 def test_bit_reads_one_bit_of_the_register_counting_from_least_significant(
@@ -273,9 +389,18 @@ def test_bool_rejects_a_string_that_would_be_truthy() -> None:
         ([0xFF41], "ABCD", "\ufffdA"),
     ],
     ids=[
-        "plain", "trailing-nuls", "trailing-spaces", "space-then-nul", "leading-space-kept",
-        "stops-at-first-nul", "empty", "badc-swaps-bytes", "dcba-swaps-bytes",
-        "cdab-ignores-word-order", "utf8", "invalid-utf8-replaced",
+        "plain",
+        "trailing-nuls",
+        "trailing-spaces",
+        "space-then-nul",
+        "leading-space-kept",
+        "stops-at-first-nul",
+        "empty",
+        "badc-swaps-bytes",
+        "dcba-swaps-bytes",
+        "cdab-ignores-word-order",
+        "utf8",
+        "invalid-utf8-replaced",
     ],
 )
 def test_string_reads_register_bytes_in_address_order(
@@ -394,8 +519,12 @@ def test_wrong_register_count_is_rejected(
 @pytest.mark.parametrize(
     ("point_type", "registers"),
     [
-        ("uint16", [0x10000]), ("int16", [-1]), ("float32", [0, 70000]),
-        ("bool", [0x10000]), ("string", [0x4142, -1]), ("hex", [0x10000]),
+        ("uint16", [0x10000]),
+        ("int16", [-1]),
+        ("float32", [0, 70000]),
+        ("bool", [0x10000]),
+        ("string", [0x4142, -1]),
+        ("hex", [0x10000]),
     ],
 )
 def test_registers_outside_0_to_65535_are_rejected(

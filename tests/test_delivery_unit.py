@@ -37,8 +37,9 @@ def wall() -> Wall:
 
 @pytest.fixture
 def outbox(wall: Wall) -> MemoryOutbox:
-    return MemoryOutbox(max_bytes=1_000_000,
-                        clock=Clock(wall_ms=wall, boot_ms=lambda: 0, boot_id=BOOT))
+    return MemoryOutbox(
+        max_bytes=1_000_000, clock=Clock(wall_ms=wall, boot_ms=lambda: 0, boot_id=BOOT)
+    )
 
 
 @pytest.fixture
@@ -47,10 +48,15 @@ def publisher() -> FakePublisher:
 
 
 @pytest.fixture
-async def delivery(outbox: MemoryOutbox, publisher: FakePublisher,
-                   wall: Wall) -> AsyncIterator[Delivery]:
-    sender = Delivery(outbox=outbox, publisher=publisher, window=2,
-                      clock=Clock(wall_ms=wall, boot_ms=lambda: 0, boot_id=BOOT))
+async def delivery(
+    outbox: MemoryOutbox, publisher: FakePublisher, wall: Wall
+) -> AsyncIterator[Delivery]:
+    sender = Delivery(
+        outbox=outbox,
+        publisher=publisher,
+        window=2,
+        clock=Clock(wall_ms=wall, boot_ms=lambda: 0, boot_id=BOOT),
+    )
     task = asyncio.create_task(sender.run(), name="delivery")
     yield sender
     task.cancel()
@@ -64,13 +70,13 @@ def reading(value: int, timestamp_ms: int) -> bytes:
 
 @pytest.mark.usefixtures("delivery")
 async def test_a_message_leaves_the_outbox_only_when_the_broker_acknowledges_it(
-    outbox: MemoryOutbox, publisher: FakePublisher,
+    outbox: MemoryOutbox,
+    publisher: FakePublisher,
 ) -> None:
     outbox.put(TOPIC, reading(1, FLOOR_MS))
     await publisher.wait_published(1)
     await settle()
-    assert (1, 1, 0) == (outbox.stats().depth, outbox.stats().in_flight,
-                         outbox.stats().sent_total)
+    assert (1, 1, 0) == (outbox.stats().depth, outbox.stats().in_flight, outbox.stats().sent_total)
 
     publisher.ack()
     await asyncio.wait_for(outbox.wait_empty(), 5)
@@ -83,7 +89,8 @@ async def test_a_message_leaves_the_outbox_only_when_the_broker_acknowledges_it(
 
 @pytest.mark.usefixtures("delivery")
 async def test_no_more_than_the_window_is_in_flight(
-    outbox: MemoryOutbox, publisher: FakePublisher,
+    outbox: MemoryOutbox,
+    publisher: FakePublisher,
 ) -> None:
     for value in range(5):
         outbox.put(TOPIC, reading(value, FLOOR_MS))
@@ -100,7 +107,8 @@ async def test_no_more_than_the_window_is_in_flight(
 
 @pytest.mark.usefixtures("delivery")
 async def test_a_message_whose_connection_dropped_before_its_puback_is_sent_again(
-    outbox: MemoryOutbox, publisher: FakePublisher,
+    outbox: MemoryOutbox,
+    publisher: FakePublisher,
 ) -> None:
     outbox.put(TOPIC, reading(1, FLOOR_MS))
     outbox.put(TOPIC, reading(2, FLOOR_MS))
@@ -121,7 +129,9 @@ async def test_a_message_whose_connection_dropped_before_its_puback_is_sent_agai
 
 @pytest.mark.usefixtures("delivery")
 async def test_timestamps_of_a_message_made_before_a_clock_step_are_shifted_by_it(
-    outbox: MemoryOutbox, publisher: FakePublisher, wall: Wall,
+    outbox: MemoryOutbox,
+    publisher: FakePublisher,
+    wall: Wall,
 ) -> None:
     publisher.disconnect()
     made_at = wall.ms
@@ -134,7 +144,9 @@ async def test_timestamps_of_a_message_made_before_a_clock_step_are_shifted_by_i
 
 
 async def test_a_message_from_an_earlier_boot_without_a_set_clock_is_dropped_unsent(
-    outbox: MemoryOutbox, publisher: FakePublisher, delivery: Delivery,
+    outbox: MemoryOutbox,
+    publisher: FakePublisher,
+    delivery: Delivery,
 ) -> None:
     outbox.put(TOPIC, reading(1, 5_000), Stamp("earlier-boot", wall_ms=5_000, boot_ms=5_000))
     outbox.put(TOPIC, reading(2, FLOOR_MS))

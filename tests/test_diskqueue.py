@@ -32,7 +32,10 @@ CLOCK = Clock(wall_ms=lambda: Wall.ms, boot_ms=lambda: Wall.boot_ms, boot_id="bo
 
 def settings(path: Path, **overrides: object) -> QueueSettings:
     values: dict[str, object] = {
-        "path": path, "max_bytes": 10_000_000, "max_age": 3600.0, "replay_rate": 0.0,
+        "path": path,
+        "max_bytes": 10_000_000,
+        "max_age": 3600.0,
+        "replay_rate": 0.0,
         "commit_interval": 0.05,
     }
     values.update(overrides)
@@ -57,13 +60,16 @@ async def until(condition: Callable[[], bool]) -> None:
 
 def rows(path: Path) -> list[bytes]:
     with sqlite3.connect(path) as db:
-        return [unpack_payload(r[0], r[1])
-                for r in db.execute("SELECT payload, codec FROM messages ORDER BY seq")]
+        return [
+            unpack_payload(r[0], r[1])
+            for r in db.execute("SELECT payload, codec FROM messages ORDER BY seq")
+        ]
 
 
 def files_bytes(path: Path) -> int:
-    return sum(os.stat(f"{path}{s}").st_size for s in ("", "-wal", "-shm")
-               if os.path.exists(f"{path}{s}"))
+    return sum(
+        os.stat(f"{path}{s}").st_size for s in ("", "-wal", "-shm") if os.path.exists(f"{path}{s}")
+    )
 
 
 async def test_a_message_is_committed_before_it_can_be_taken(tmp_path: Path) -> None:
@@ -126,7 +132,8 @@ async def test_a_released_message_is_sent_again_before_newer_ones(tmp_path: Path
 
 @pytest.mark.parametrize("max_bytes", [64 * 1024, 1024 * 1024])
 async def test_the_files_stay_within_max_bytes_and_exactly_the_oldest_are_dropped(
-    tmp_path: Path, max_bytes: int,
+    tmp_path: Path,
+    max_bytes: int,
 ) -> None:
     path = tmp_path / "q.db"
     size = 1000
@@ -326,9 +333,14 @@ async def test_inserts_and_deletes_are_grouped_into_few_commits(tmp_path: Path) 
 
 async def test_large_payloads_are_stored_compressed_and_come_back_whole(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    payload = b"[" + b",".join(
-        b'{"id":"temperature_%d","value":21.5,"timestamp":"1800000000000"}' % n
-        for n in range(100)) + b"]"
+    payload = (
+        b"["
+        + b",".join(
+            b'{"id":"temperature_%d","value":21.5,"timestamp":"1800000000000"}' % n
+            for n in range(100)
+        )
+        + b"]"
+    )
     async with running(path) as queue:
         queue.put(TOPIC, payload)
         await queue.flush()
@@ -355,9 +367,11 @@ async def test_depth_and_bytes_follow_the_file_through_acks_drops_and_supersedes
 
         with sqlite3.connect(path) as db:
             count, size = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()
-            reports = db.execute("SELECT COUNT(*) FROM messages WHERE topic LIKE '%reported%'"
-                                 ).fetchone()[0]
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
+            ).fetchone()
+            reports = db.execute(
+                "SELECT COUNT(*) FROM messages WHERE topic LIKE '%reported%'"
+            ).fetchone()[0]
         stats = queue.stats()
         assert (count, size) == (stats.depth, stats.depth_bytes)
         assert 1 == reports
@@ -370,8 +384,9 @@ async def test_delivery_keeps_up_while_messages_keep_coming_faster_than_memory_h
     """A producer that never pauses for long: the queue's task must still read back what
     had to leave memory (it once kept committing what came in and never read)."""
     count, size = 1500, 8000  # 12 MB: most of it leaves memory and is read back
-    async with running(tmp_path / "q.db", commit_interval=0.05,
-                       max_bytes=256 * 1024 * 1024) as queue:
+    async with running(
+        tmp_path / "q.db", commit_interval=0.05, max_bytes=256 * 1024 * 1024
+    ) as queue:
         queue.mark_backlog()  # connected: all of it is live
 
         async def produce() -> None:

@@ -66,8 +66,9 @@ def broker(broker_factory: BrokerFactory) -> Broker:
 def counting_device(plant: PlantServer, *, points: int = 1, interval: float = 0.1) -> str:
     """One unit whose points `n0 .. n<points-1>` are holding registers 0.., read in one request."""
     ids = ", ".join(f'{{ id = "n{i}", table = "holding", address = {i} }}' for i in range(points))
-    return tcp_connection(plant, device(interval=interval, bucket=BUCKET, points=ids,
-                                        extra="  backoff_max = 0.5"))
+    return tcp_connection(
+        plant, device(interval=interval, bucket=BUCKET, points=ids, extra="  backoff_max = 0.5")
+    )
 
 
 def write_config(tmp_path: Path, text: str) -> Path:
@@ -112,14 +113,20 @@ def runs(values: Iterable[int]) -> list[tuple[int, int]]:
 
 def broker_drops(broker: Broker) -> list[str]:
     """Lines where mosquitto says it dropped messages (its queue for the cloud overflowed)."""
-    return [line for line in broker.log_text().splitlines()
-            if "are being dropped" in line or "too large" in line.lower()]
+    return [
+        line
+        for line in broker.log_text().splitlines()
+        if "are being dropped" in line or "too large" in line.lower()
+    ]
 
 
 def cloud_redeliveries(broker: Broker) -> int:
     """Messages mosquitto sent the cloud again (DUP set): duplicates that are not the agent's."""
-    return sum(1 for line in broker.log_text().splitlines()
-               if "Sending PUBLISH to app:" in line and "(d1," in line)
+    return sum(
+        1
+        for line in broker.log_text().splitlines()
+        if "Sending PUBLISH to app:" in line and "(d1," in line
+    )
 
 
 def report(test: str, **measured: object) -> None:
@@ -136,14 +143,17 @@ async def settle(wait: Awaitable[object]) -> None:
 
 
 async def test_a_counted_register_answers_the_number_of_the_read(
-    sim_unit: SimUnit, tcp_plant: PlantServer,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
 ) -> None:
     sim_unit.count_reads("holding", 0, 2)
     client = AsyncModbusTcpClient("127.0.0.1", port=tcp_plant.port, timeout=0.3, retries=0)
     assert await client.connect()
     try:
-        answers = [(await client.read_holding_registers(0, count=3, device_id=1)).registers
-                    for _ in range(3)]
+        answers = [
+            (await client.read_holding_registers(0, count=3, device_id=1)).registers
+            for _ in range(3)
+        ]
         beside = await client.read_holding_registers(2, count=1, device_id=1)
         await client.write_register(5, 1, device_id=1)
         sim_unit.dead = True
@@ -162,8 +172,12 @@ async def test_a_counted_register_answers_the_number_of_the_read(
 
 @pytest.mark.parametrize("outage", ["broker_restart", "broker_down_2s", "broker_hung_then_killed"])
 async def test_every_reading_polled_during_a_broker_outage_arrives(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, outage: str,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    outage: str,
 ) -> None:
     """The broker restarts, or is down for 2 s, or hangs (SIGSTOP) and is then killed.
 
@@ -172,8 +186,9 @@ async def test_every_reading_polled_during_a_broker_outage_arrives(
     """
     sim_unit.count_reads("holding", 0)
     queue_path = tmp_path / "queue.db"
-    config = durable_agent_toml(broker, counting_device(tcp_plant), queue_path=queue_path,
-                                log_format="logfmt")
+    config = durable_agent_toml(
+        broker, counting_device(tcp_plant), queue_path=queue_path, log_format="logfmt"
+    )
     in_flight_at_kill = 0
     async with running_agent(tmp_path, config) as agent:
         await cloud.wait_for(lambda _: len(received(cloud)) >= 3, timeout=WAIT)
@@ -194,8 +209,11 @@ async def test_every_reading_polled_during_a_broker_outage_arrives(
         if outage == "broker_down_2s":
             await sim_unit.wait_until(lambda u: reads(u) >= stopped_at + 20, timeout=WAIT)
             # The outage's readings wait in the file, not in memory.
-            await poll_until(lambda: stopped_at + 20 in queued_numbers(queue_path),
-                             timeout=WAIT, what="the outage's last reading committed")
+            await poll_until(
+                lambda: stopped_at + 20 in queued_numbers(queue_path),
+                timeout=WAIT,
+                what="the outage's last reading committed",
+            )
         await broker.start_async()
         await cloud.wait_connected(timeout=WAIT)
         resumed_at = reads(sim_unit)
@@ -204,8 +222,13 @@ async def test_every_reading_polled_during_a_broker_outage_arrives(
         last = reads(sim_unit)
         expected = set(range(1, last + 1))
         await settle(cloud.wait_for(lambda _: expected <= set(received(cloud)), timeout=WAIT))
-        await settle(poll_until(lambda: count_queue(queue_path) == 0, timeout=WAIT,
-                                what="acknowledged messages deleted from the file"))
+        await settle(
+            poll_until(
+                lambda: count_queue(queue_path) == 0,
+                timeout=WAIT,
+                what="acknowledged messages deleted from the file",
+            )
+        )
         reconnects = agent.session.reconnects
 
     got = received(cloud)
@@ -213,19 +236,32 @@ async def test_every_reading_polled_during_a_broker_outage_arrives(
     assert expected == set(got)
     assert [] == read_queue(queue_path), "acknowledged messages left in the queue file"
     assert reconnects >= 1
-    report("broker outage", outage=outage, reads=last, outage_reads=(stopped_at + 1, resumed_at),
-           in_flight_at_kill=in_flight_at_kill, duplicates=duplicates(got),
-           broker_redeliveries_to_cloud=cloud_redeliveries(broker))
+    report(
+        "broker outage",
+        outage=outage,
+        reads=last,
+        outage_reads=(stopped_at + 1, resumed_at),
+        in_flight_at_kill=in_flight_at_kill,
+        duplicates=duplicates(got),
+        broker_redeliveries_to_cloud=cloud_redeliveries(broker),
+    )
 
 
 # -- kill -9, agent as a process ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("faults", [("kill",), ("kill", "kill", "kill"), ("term",)],
-                         ids=["one_kill", "three_kills", "sigterm"])
+@pytest.mark.parametrize(
+    "faults",
+    [("kill",), ("kill", "kill", "kill"), ("term",)],
+    ids=["one_kill", "three_kills", "sigterm"],
+)
 async def test_nothing_committed_is_lost_when_the_agent_is_killed_while_the_broker_is_down(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, faults: tuple[str, ...],
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    faults: tuple[str, ...],
 ) -> None:
     """kill -9 loses at most the newest readings not yet committed; SIGTERM loses none.
 
@@ -235,9 +271,15 @@ async def test_nothing_committed_is_lost_when_the_agent_is_killed_while_the_brok
     """
     sim_unit.count_reads("holding", 0)
     queue_path = tmp_path / "queue.db"
-    config_path = write_config(tmp_path, durable_agent_toml(
-        broker, counting_device(tcp_plant, interval=0.1), queue_path=queue_path,
-        queue="commit_interval = 1.0"))  # SIGTERM always finds something to commit
+    config_path = write_config(
+        tmp_path,
+        durable_agent_toml(
+            broker,
+            counting_device(tcp_plant, interval=0.1),
+            queue_path=queue_path,
+            queue="commit_interval = 1.0",
+        ),
+    )  # SIGTERM always finds something to commit
     await broker.stop_async()
     committed: set[int] = set()  # in the file after a run ended
     lost: list[set[int]] = []  # per run: read, never committed
@@ -250,8 +292,11 @@ async def test_nothing_committed_is_lost_when_the_agent_is_killed_while_the_brok
             if cycle:
                 opened = await agent.wait_for_event("queue_opened", timeout=WAIT)
                 assert on_disk_before == opened["messages"]
-            await poll_until(partial(_committed_from, queue_path, first_read), timeout=WAIT,
-                             what="this run committed a reading")
+            await poll_until(
+                partial(_committed_from, queue_path, first_read),
+                timeout=WAIT,
+                what="this run committed a reading",
+            )
             # End a run 0, 2, 4 reads after its first commit: at different points of the
             # commit cycle. SIGTERM comes 3 reads (0.3 s) after it, well before the next.
             end_after = reads(sim_unit) + (2 * cycle if fault == "kill" else 3)
@@ -288,8 +333,13 @@ async def test_nothing_committed_is_lost_when_the_agent_is_killed_while_the_brok
         last = reads(sim_unit)
         expected = set(range(1, last + 1)).difference(*lost)
         await settle(cloud.wait_for(lambda _: expected <= set(received(cloud)), timeout=WAIT))
-        await settle(poll_until(lambda: count_queue(queue_path) == 0, timeout=WAIT,
-                                what="acknowledged messages deleted from the file"))
+        await settle(
+            poll_until(
+                lambda: count_queue(queue_path) == 0,
+                timeout=WAIT,
+                what="acknowledged messages deleted from the file",
+            )
+        )
         exit_status = await agent.stop()
 
     got = received(cloud)
@@ -304,15 +354,23 @@ async def test_nothing_committed_is_lost_when_the_agent_is_killed_while_the_brok
     assert [-9 if fault == "kill" else 0 for fault in faults] == agent.returncodes[:-1]
     assert 0 == exit_status
     assert [] == read_queue(queue_path)
-    report("agent ended with the broker down", faults=faults, reads=last,
-           committed_at_ends=len(committed),
-           lost_uncommitted_per_end=[len(missing) for missing in lost],
-           lost_reads=[runs(missing) for missing in lost], duplicates=duplicates(got),
-           broker_redeliveries_to_cloud=cloud_redeliveries(broker))
+    report(
+        "agent ended with the broker down",
+        faults=faults,
+        reads=last,
+        committed_at_ends=len(committed),
+        lost_uncommitted_per_end=[len(missing) for missing in lost],
+        lost_reads=[runs(missing) for missing in lost],
+        duplicates=duplicates(got),
+        broker_redeliveries_to_cloud=cloud_redeliveries(broker),
+    )
 
 
 async def test_an_unexpected_failure_still_commits_what_the_open_batches_hold(
-    tmp_path: Path, broker: Broker, sim_unit: SimUnit, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker: Broker,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """An error that stops the agent (exit 70) goes through the same teardown as SIGTERM:
@@ -321,9 +379,16 @@ async def test_an_unexpected_failure_still_commits_what_the_open_batches_hold(
     file was put there by the teardown."""
     sim_unit.count_reads("holding", 0)
     queue_path = tmp_path / "queue.db"
-    config_path = write_config(tmp_path, durable_agent_toml(
-        broker, counting_device(tcp_plant, interval=0.1), queue_path=queue_path,
-        batch="max_delay = 60\nmax_readings = 100000", queue="commit_interval = 60"))
+    config_path = write_config(
+        tmp_path,
+        durable_agent_toml(
+            broker,
+            counting_device(tcp_plant, interval=0.1),
+            queue_path=queue_path,
+            batch="max_delay = 60\nmax_readings = 100000",
+            queue="commit_interval = 60",
+        ),
+    )
     await broker.stop_async()
     monkeypatch.setenv("ORIO_TEST_CRASH_AFTER", "2")  # cli.py's test-only failure
     async with AgentProcess(config_path, log_dir=tmp_path) as agent:
@@ -336,7 +401,9 @@ async def test_an_unexpected_failure_still_commits_what_the_open_batches_hold(
     assert 70 == status
     assert "RuntimeError" == failed["error_type"]
     assert polled >= 10
-    assert set(range(1, polled)) <= kept, f"lost at the failure: {runs(set(range(1, polled)) - kept)}"
+    assert set(range(1, polled)) <= kept, (
+        f"lost at the failure: {runs(set(range(1, polled)) - kept)}"
+    )
 
 
 def _committed_from(queue_path: Path, first: int) -> bool:
@@ -352,40 +419,66 @@ def _asked_more(count: int, unit: SimUnit) -> bool:
 
 
 async def test_duplicates_after_a_kill_during_replay_stay_within_the_in_flight_window(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     points, polls = 16, 50  # 800 one-reading messages: below mosquitto's 1000 queued per client
     sim_unit.count_reads("holding", 0, points)
     queue_path = tmp_path / "queue.db"
-    config_path = write_config(tmp_path, durable_agent_toml(
-        broker, counting_device(tcp_plant, points=points, interval=0.05),
-        queue_path=queue_path, queue="replay_rate = 0",
-        batch="max_readings = 1\nmax_delay = 0.2", mqtt=f"max_inflight = {MAX_INFLIGHT}"))
+    config_path = write_config(
+        tmp_path,
+        durable_agent_toml(
+            broker,
+            counting_device(tcp_plant, points=points, interval=0.05),
+            queue_path=queue_path,
+            queue="replay_rate = 0",
+            batch="max_readings = 1\nmax_delay = 0.2",
+            mqtt=f"max_inflight = {MAX_INFLIGHT}",
+        ),
+    )
     await broker.stop_async()
     async with AgentProcess(config_path, log_dir=tmp_path) as agent:
         await agent.start()
         await sim_unit.wait_until(lambda u: reads(u) >= polls, timeout=WAIT)
         sim_unit.dead = True
         total = reads(sim_unit) * points
-        await poll_until(lambda: count_queue(queue_path) >= total, timeout=WAIT,
-                         what=f"the backlog of {total} messages committed")
+        await poll_until(
+            lambda: count_queue(queue_path) >= total,
+            timeout=WAIT,
+            what=f"the backlog of {total} messages committed",
+        )
         assert total == count_queue(queue_path)
         await broker.start_async()
         # Kill a few windows into the replay: as seen by the cloud, or by the file (as
         # acknowledged messages are deleted), whichever shows it first.
-        await poll_until(lambda: (len(cloud.messages) >= KILL_AFTER
-                                  or count_queue(queue_path) <= total - KILL_AFTER),
-                         timeout=WAIT, interval=KILL_POLL, what="the replay under way")
+        await poll_until(
+            lambda: (
+                len(cloud.messages) >= KILL_AFTER or count_queue(queue_path) <= total - KILL_AFTER
+            ),
+            timeout=WAIT,
+            interval=KILL_POLL,
+            what="the replay under way",
+        )
         at_kill = len(cloud.messages)
         await agent.kill()
         left = count_queue(queue_path)
         await agent.start()
         await cloud.wait_connected(timeout=WAIT)
-        await settle(cloud.wait_for(lambda _: len(set(map(_key, cloud.readings(BUCKET)))) >= total,
-                                    timeout=WAIT))
-        await settle(poll_until(lambda: count_queue(queue_path) == 0, timeout=WAIT,
-                                what="acknowledged messages deleted from the file"))
+        await settle(
+            cloud.wait_for(
+                lambda _: len(set(map(_key, cloud.readings(BUCKET)))) >= total, timeout=WAIT
+            )
+        )
+        await settle(
+            poll_until(
+                lambda: count_queue(queue_path) == 0,
+                timeout=WAIT,
+                what="acknowledged messages deleted from the file",
+            )
+        )
 
     got = Counter(map(_key, cloud.readings(BUCKET)))
     expected = {(f"n{i}", n) for i in range(points) for n in range(1, total // points + 1)}
@@ -394,9 +487,15 @@ async def test_duplicates_after_a_kill_during_replay_stay_within_the_in_flight_w
     assert set() == expected - set(got), "messages never arrived"
     assert expected == set(got)
     dup = duplicates(got)
-    report("kill -9 during replay", messages=total, left_in_file_at_kill=left,
-           cloud_had_at_kill=at_kill, duplicates=dup, bound=MAX_INFLIGHT + ACK_BATCH,
-           broker_redeliveries_to_cloud=cloud_redeliveries(broker))
+    report(
+        "kill -9 during replay",
+        messages=total,
+        left_in_file_at_kill=left,
+        cloud_had_at_kill=at_kill,
+        duplicates=dup,
+        bound=MAX_INFLIGHT + ACK_BATCH,
+        broker_redeliveries_to_cloud=cloud_redeliveries(broker),
+    )
     # At most a window in flight (sent, PUBACK unseen) plus the acknowledged messages whose
     # deletion was not yet committed (ACK_BATCH - 1): 63. The broker's own redeliveries to
     # the cloud are not the agent's.
@@ -411,25 +510,38 @@ def _key(reading: dict[str, Any]) -> tuple[str, int]:
 
 
 async def test_a_full_queue_drops_exactly_the_oldest_and_counts_them(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     points = 50  # one poll = one message of ~2.6 KB: 64 KiB hold about 25
     sim_unit.count_reads("holding", 0)
     queue_path = tmp_path / "queue.db"
-    config_path = write_config(tmp_path, durable_agent_toml(
-        broker, counting_device(tcp_plant, points=points, interval=0.05),
-        queue_path=queue_path, queue=f"max_bytes = {MIN_QUEUE_BYTES}",
-        batch=f"max_readings = {points}\nmax_delay = 1.0"))
+    config_path = write_config(
+        tmp_path,
+        durable_agent_toml(
+            broker,
+            counting_device(tcp_plant, points=points, interval=0.05),
+            queue_path=queue_path,
+            queue=f"max_bytes = {MIN_QUEUE_BYTES}",
+            batch=f"max_readings = {points}\nmax_delay = 1.0",
+        ),
+    )
     await broker.stop_async()
     async with AgentProcess(config_path, log_dir=tmp_path) as agent:
         await agent.start()
-        await agent.wait_for_event("queue_dropped_oldest", timeout=WAIT,
-                                   match=lambda e: e["dropped_total"] >= 20)
+        await agent.wait_for_event(
+            "queue_dropped_oldest", timeout=WAIT, match=lambda e: e["dropped_total"] >= 20
+        )
         sim_unit.dead = True
         last = reads(sim_unit)
-        await poll_until(lambda: last in queued_numbers(queue_path), timeout=WAIT,
-                         what="the last reading committed")
+        await poll_until(
+            lambda: last in queued_numbers(queue_path),
+            timeout=WAIT,
+            what="the last reading committed",
+        )
         on_disk = read_queue(queue_path)
         stored = stored_bytes(queue_path)
         drops = agent.events("queue_dropped_oldest")
@@ -437,10 +549,16 @@ async def test_a_full_queue_drops_exactly_the_oldest_and_counts_them(
 
         await broker.start_async()
         await cloud.wait_connected(timeout=WAIT)
-        await settle(cloud.wait_for(lambda _: len(set(received(cloud))) >= last - dropped,
-                                    timeout=WAIT))
-        await settle(poll_until(lambda: count_queue(queue_path) == 0, timeout=WAIT,
-                                what="acknowledged messages deleted from the file"))
+        await settle(
+            cloud.wait_for(lambda _: len(set(received(cloud))) >= last - dropped, timeout=WAIT)
+        )
+        await settle(
+            poll_until(
+                lambda: count_queue(queue_path) == 0,
+                timeout=WAIT,
+                what="acknowledged messages deleted from the file",
+            )
+        )
         final_drops = agent.events("queue_dropped_oldest")
 
     # The file: exactly the newest messages, one poll each, within max_bytes.
@@ -456,8 +574,15 @@ async def test_a_full_queue_drops_exactly_the_oldest_and_counts_them(
     never_arrived = set(range(1, last + 1)) - set(got)
     assert [(1, dropped)] == runs(never_arrived)
     assert set(range(dropped + 1, last + 1)) == set(got)
-    report("queue full", reads=last, dropped_logged=dropped, never_arrived=len(never_arrived),
-           kept=len(on_disk), drop_events=len(drops), duplicates=duplicates(got))
+    report(
+        "queue full",
+        reads=last,
+        dropped_logged=dropped,
+        never_arrived=len(never_arrived),
+        kept=len(on_disk),
+        drop_events=len(drops),
+        duplicates=duplicates(got),
+    )
 
 
 # -- a corrupt file ----------------------------------------------------------------------------
@@ -466,8 +591,9 @@ async def test_a_full_queue_drops_exactly_the_oldest_and_counts_them(
 def stored_bytes(path: Path) -> int:
     """Payload bytes as stored in the file (compressed where it saved space)."""
     with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
-        return int(db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages")
-                   .fetchone()[0])
+        return int(
+            db.execute("SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM messages").fetchone()[0]
+        )
 
 
 def _overwritten_page_queue(path: Path) -> None:
@@ -475,19 +601,25 @@ def _overwritten_page_queue(path: Path) -> None:
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE messages (seq INTEGER PRIMARY KEY, topic TEXT, payload BLOB)")
-        db.executemany("INSERT INTO messages VALUES (?, ?, ?)",
-                       [(seq, "t", b"x" * 500) for seq in range(1, 200)])
+        db.executemany(
+            "INSERT INTO messages VALUES (?, ?, ?)",
+            [(seq, "t", b"x" * 500) for seq in range(1, 200)],
+        )
         db.commit()
     data = bytearray(path.read_bytes())
     page = 4096
-    data[2 * page:3 * page] = os.urandom(page)
+    data[2 * page : 3 * page] = os.urandom(page)
     path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("damage", ["garbage", "overwritten_page"])
 async def test_a_corrupt_queue_file_is_moved_aside_and_publishing_goes_on(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, damage: str,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    damage: str,
 ) -> None:
     queue_path = tmp_path / "queue.db"
     if damage == "garbage":
@@ -496,8 +628,9 @@ async def test_a_corrupt_queue_file_is_moved_aside_and_publishing_goes_on(
         _overwritten_page_queue(queue_path)
     corrupt = queue_path.read_bytes()
     sim_unit.set_registers("holding", 0, [7])
-    config_path = write_config(tmp_path, durable_agent_toml(
-        broker, counting_device(tcp_plant), queue_path=queue_path))
+    config_path = write_config(
+        tmp_path, durable_agent_toml(broker, counting_device(tcp_plant), queue_path=queue_path)
+    )
     async with AgentProcess(config_path, log_dir=tmp_path) as agent:
         await agent.start()
         await cloud.wait_for(lambda _: bool(received(cloud)), timeout=WAIT)
@@ -510,9 +643,16 @@ async def test_a_corrupt_queue_file_is_moved_aside_and_publishing_goes_on(
     assert corrupt == asides[0].read_bytes()
     assert 1 == len(moved)
     assert ("error", str(queue_path), str(asides[0])) == (
-        moved[0]["level"], moved[0]["path"], moved[0]["moved_to"])
+        moved[0]["level"],
+        moved[0]["path"],
+        moved[0]["moved_to"],
+    )
     assert {7} == set(received(cloud))
     assert 0 == exit_status
     read_queue(queue_path)  # the new file is a sound SQLite database
-    report("corrupt file", damage=damage, moved_to=asides[0].name,
-           error=json.dumps(moved[0].get("error")))
+    report(
+        "corrupt file",
+        damage=damage,
+        moved_to=asides[0].name,
+        error=json.dumps(moved[0].get("error")),
+    )

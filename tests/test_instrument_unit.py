@@ -56,11 +56,18 @@ class Emitted:
 
 
 def make(**options: Any) -> tuple[Instrument, Emitted]:
-    config = SerialConfig.model_validate({
-        "name": "inst", "device": "/dev/ttyFAKE", "bucket": "s", "format": "regex",
-        "pattern": PATTERN, "interval": 1.0,
-        "points": [{"id": "temperature", "field": "t"}], **options,
-    })
+    config = SerialConfig.model_validate(
+        {
+            "name": "inst",
+            "device": "/dev/ttyFAKE",
+            "bucket": "s",
+            "format": "regex",
+            "pattern": PATTERN,
+            "interval": 1.0,
+            "points": [{"id": "temperature", "field": "t"}],
+            **options,
+        }
+    )
     emitted = Emitted()
     return Instrument(config=config, emit=emitted, wall_ms=lambda: 0), emitted
 
@@ -69,8 +76,7 @@ def events(logs: list[Event], name: str) -> list[Event]:
     return [e for e in logs if e["event"] == name]
 
 
-async def running(source: Instrument,
-                  body: Callable[[], Awaitable[object]]) -> None:
+async def running(source: Instrument, body: Callable[[], Awaitable[object]]) -> None:
     """Run the instrument while `body` runs, then stop it."""
     task = asyncio.create_task(source.run(), name=f"serial[{source.name}]")
     await source.open.wait()
@@ -131,8 +137,10 @@ def test_a_field_that_cannot_take_its_shape_is_logged_and_not_reported(
 ) -> None:
     async def main() -> tuple[list[Event], list[tuple[float, Any]]]:
         with captured_logs() as logs:
-            source, emitted = make(pattern=r"^S=(?P<s>\w+)$",
-                                   points=[{"id": "status", "field": "s", "value_type": "hex"}])
+            source, emitted = make(
+                pattern=r"^S=(?P<s>\w+)$",
+                points=[{"id": "status", "field": "s", "value_type": "hex"}],
+            )
 
             async def talk() -> None:
                 lines[0].feed(b"S=zz\n")
@@ -179,7 +187,8 @@ def test_a_polled_instrument_is_asked_every_interval_and_backed_off_when_silent(
     assert [0.0, asked[2], asked[3]] == [at for at, _ in values]
     assert 1 == no_reply
     assert [("instrument_no_reply", "warning"), ("instrument_recovered", "info")] == [
-        (e["event"], e["log_level"]) for e in logs
+        (e["event"], e["log_level"])
+        for e in logs
         if e["event"] in ("instrument_no_reply", "instrument_recovered")
     ]
 

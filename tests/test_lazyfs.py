@@ -24,7 +24,9 @@ import pytest
 from sim.lazyfs import PAGE_SIZE, LazyFs, LazyFsError, WriteKind, is_mounted
 
 DB = "queue.db"
-FSYNC_READ_ONLY = "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.close(fd)"
+FSYNC_READ_ONLY = (
+    "import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.fsync(fd); os.close(fd)"
+)
 COUNT_ROWS = "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM t').fetchone()[0])"
 SUBPROCESS_TIMEOUT = 30.0
 
@@ -50,8 +52,9 @@ def read_direct(path: Path) -> bytes:
 
 
 def fsync_read_only_in_another_process(path: Path) -> None:
-    subprocess.run([sys.executable, "-c", FSYNC_READ_ONLY, str(path)], check=True,
-                   timeout=SUBPROCESS_TIMEOUT)
+    subprocess.run(
+        [sys.executable, "-c", FSYNC_READ_ONLY, str(path)], check=True, timeout=SUBPROCESS_TIMEOUT
+    )
 
 
 def open_db(path: Path, *, synchronous: str) -> sqlite3.Connection:
@@ -245,13 +248,17 @@ def test_wal_with_synchronous_full_keeps_every_commit_and_only_commits(lazyfs: L
     insert(db, range(1, 21))
     reader = subprocess.run(  # another process, through the mmapped -shm
         [sys.executable, "-c", COUNT_ROWS, str(lazyfs.mountpoint / DB)],
-        capture_output=True, text=True, check=True, timeout=SUBPROCESS_TIMEOUT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUBPROCESS_TIMEOUT,
     )
     assert "20" == reader.stdout.strip()
     db.execute("PRAGMA cache_size=2")  # the open transaction spills pages into the WAL
     db.execute("BEGIN")
-    db.executemany("INSERT INTO t (n, pad) VALUES (?, ?)",
-                   ((n, bytes(1000)) for n in range(1000, 1100)))
+    db.executemany(
+        "INSERT INTO t (n, pad) VALUES (?, ?)", ((n, bytes(1000)) for n in range(1000, 1100))
+    )
 
     lazyfs.power_cut()
     db.close()
@@ -441,7 +448,9 @@ def test_a_clean_stop_while_the_disk_fails_writes_nothing_and_a_new_mount_starts
     ids=["EIO", "EROFS", "ENOSPC"],
 )
 def test_wal_commits_fail_while_the_disk_fails_and_succeed_after_it_without_a_reopen(
-    lazyfs: LazyFs, errno_value: int, sqlite_error: str,
+    lazyfs: LazyFs,
+    errno_value: int,
+    sqlite_error: str,
 ) -> None:
     db = open_db(lazyfs.mountpoint / DB, synchronous="FULL")
     db.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")

@@ -18,8 +18,24 @@ import structlog
 from agent import logs
 from agent.logs import MAX_STRING, EscapeStrings, Throttle, escape
 
-UNSAFE = ["\x00", "\x07", "\x1b", "\x7f", "\x85", "\x9f", "\u061c", "\u200e", "\u200f",
-          "\u2028", "\u2029", "\u202a", "\u202e", "\u2066", "\u2069", "\ud800"]
+UNSAFE = [
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\x9f",
+    "\u061c",
+    "\u200e",
+    "\u200f",
+    "\u2028",
+    "\u2029",
+    "\u202a",
+    "\u202e",
+    "\u2066",
+    "\u2069",
+    "\ud800",
+]
 
 
 @contextmanager
@@ -53,6 +69,7 @@ def lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 # -- escape -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("character", UNSAFE)
 def test_control_characters_bidi_controls_and_surrogates_become_visible_escapes(
     character: str,
@@ -68,7 +85,7 @@ def test_tab_newline_and_carriage_return_are_escaped_by_name() -> None:
 
 
 def test_ordinary_text_is_returned_as_it_is_without_a_copy() -> None:
-    text = "Zürich 温度 \\x00 already-escaped text, quotes \" and spaces"
+    text = 'Zürich 温度 \\x00 already-escaped text, quotes " and spaces'
 
     assert text is escape(text)
 
@@ -79,19 +96,36 @@ def test_a_long_string_is_cut_with_a_marker_before_escaping() -> None:
 
 
 def test_the_processor_escapes_nested_strings_and_dict_keys_for_json() -> None:
-    event = {"event": "e", "ids": ["a\x00", ("b\u202e", 1)], "map": {"k\x1b": {"v": "\x7f"}},
-             "n": 3, "f": 1.5, "flag": True, "none": None}
+    event = {
+        "event": "e",
+        "ids": ["a\x00", ("b\u202e", 1)],
+        "map": {"k\x1b": {"v": "\x7f"}},
+        "n": 3,
+        "f": 1.5,
+        "flag": True,
+        "none": None,
+    }
 
-    assert {"event": "e", "ids": ["a\\x00", ["b\\u202e", 1]], "map": {"k\\x1b": {"v": "\\x7f"}},
-            "n": 3, "f": 1.5, "flag": True, "none": None} == EscapeStrings(flatten=False)(
-                None, "warning", event)
+    assert {
+        "event": "e",
+        "ids": ["a\\x00", ["b\\u202e", 1]],
+        "map": {"k\\x1b": {"v": "\\x7f"}},
+        "n": 3,
+        "f": 1.5,
+        "flag": True,
+        "none": None,
+    } == EscapeStrings(flatten=False)(None, "warning", event)
 
 
 def test_the_processor_flattens_containers_to_one_escaped_text_for_logfmt() -> None:
     event = {"event": "e", "ids": ["a\x00", "b"], "map": {"k": ("\u202e", None)}, "n": 3}
 
-    assert {"event": "e", "ids": "['a\\x00', 'b']", "map": "{'k': ('\\u202e', None)}",
-            "n": 3} == EscapeStrings(flatten=True)(None, "warning", event)
+    assert {
+        "event": "e",
+        "ids": "['a\\x00', 'b']",
+        "map": "{'k': ('\\u202e', None)}",
+        "n": 3,
+    } == EscapeStrings(flatten=True)(None, "warning", event)
 
 
 def test_objects_become_their_escaped_text_and_deep_nesting_one_text() -> None:
@@ -119,25 +153,29 @@ HOSTILE_ID = "bad\x00id\u202e"
 
 
 def test_logfmt_lines_carry_hostile_text_escaped_on_one_line(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure(level="info", fmt="logfmt")
 
-    structlog.get_logger("t").warning("config_settings_unknown", group="g\u2066",
-                                      ids=[HOSTILE_ID], note="two\nlines")
+    structlog.get_logger("t").warning(
+        "config_settings_unknown", group="g\u2066", ids=[HOSTILE_ID], note="two\nlines"
+    )
 
     [line] = lines(capsys)
-    assert line.endswith(" level=warning event=config_settings_unknown group=g\\u2066 "
-                         "ids=['bad\\x00id\\u202e'] note=two\\nlines")
+    assert line.endswith(
+        " level=warning event=config_settings_unknown group=g\\u2066 "
+        "ids=['bad\\x00id\\u202e'] note=two\\nlines"
+    )
 
 
 def test_json_lines_carry_hostile_text_escaped(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure(level="info", fmt="json")
 
-    structlog.get_logger("t").warning("config_settings_unknown", ids=[HOSTILE_ID],
-                                      reason="x" * 500)
+    structlog.get_logger("t").warning("config_settings_unknown", ids=[HOSTILE_ID], reason="x" * 500)
 
     [line] = lines(capsys)
     record = json.loads(line)
@@ -147,7 +185,9 @@ def test_json_lines_carry_hostile_text_escaped(
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json", "console"])
 def test_no_unsafe_character_reaches_stdout_in_any_format(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str], fmt: str,
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
 ) -> None:
     configure(level="info", fmt=fmt)
     hostile = "".join(UNSAFE)
@@ -161,7 +201,8 @@ def test_no_unsafe_character_reaches_stdout_in_any_format(
 
 
 def test_standard_library_records_are_rendered_like_the_agents_own(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure(level="info", fmt="json")
 
@@ -171,12 +212,14 @@ def test_standard_library_records_are_rendered_like_the_agents_own(
     own, library = (json.loads(line) for line in lines(capsys))
     assert {"event", "level", "ts"} == set(own)
     assert {"event": "slow callback x\\x00", "level": "warning", "logger": "asyncio"} == {
-        key: library[key] for key in ("event", "level", "logger")}
+        key: library[key] for key in ("event", "level", "logger")
+    }
     assert set(own) | {"logger"} == set(library)
 
 
 async def test_asyncio_errors_come_out_as_logfmt_lines_with_their_logger(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure(level="info", fmt="logfmt")
 
@@ -188,7 +231,8 @@ async def test_asyncio_errors_come_out_as_logfmt_lines_with_their_logger(
 
 
 def test_a_library_traceback_stays_one_line(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure(level="info", fmt="logfmt")
 
@@ -198,13 +242,15 @@ def test_a_library_traceback_stays_one_line(
         logging.getLogger("asyncio").exception("callback failed")
 
     [line] = lines(capsys)
-    assert "level=error event=\"callback failed\" logger=asyncio exception=" in line
+    assert 'level=error event="callback failed" logger=asyncio exception=' in line
     assert "ValueError: bad\\\\x1b[2J" in line
 
 
 @pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
 def test_library_chatter_is_shown_only_when_debugging(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str], level: str,
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    level: str,
     shown: bool,
 ) -> None:
     configure(level=level, fmt="logfmt")
@@ -218,7 +264,8 @@ def test_library_chatter_is_shown_only_when_debugging(
 
 
 def test_configuring_again_changes_the_level_without_doubling_library_lines(
-    configure: Callable[..., None], capsys: pytest.CaptureFixture[str],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     configure(level="info", fmt="logfmt")
     configure(level="warning", fmt="logfmt")
@@ -228,10 +275,12 @@ def test_configuring_again_changes_the_level_without_doubling_library_lines(
     logging.getLogger("asyncio").warning("once")
 
     assert ["event=shown", "event=once logger=asyncio"] == [
-        line.split(" ", 2)[2] for line in lines(capsys)]
+        line.split(" ", 2)[2] for line in lines(capsys)
+    ]
 
 
 # -- Throttle -----------------------------------------------------------------------------------
+
 
 class FakeClock:
     def __init__(self) -> None:

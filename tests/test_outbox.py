@@ -54,7 +54,9 @@ async def test_messages_are_taken_oldest_first() -> None:
     taken = await take_all(outbox)
 
     assert [(m.topic, m.payload, m.created) for m in taken] == [
-        (TOPIC, payload(0), 100.0), (TOPIC, payload(1), 101.0), (TOPIC, payload(2), 102.0),
+        (TOPIC, payload(0), 100.0),
+        (TOPIC, payload(1), 101.0),
+        (TOPIC, payload(2), 102.0),
     ]
     assert [m.seq for m in taken] == sorted(m.seq for m in taken)
 
@@ -80,7 +82,10 @@ async def test_a_taken_message_stays_counted_until_acknowledged() -> None:
 
     stats = outbox.stats()
     assert (stats.depth, stats.depth_bytes, stats.in_flight, stats.oldest_created) == (
-        1, 10, 1, 100.0
+        1,
+        10,
+        1,
+        100.0,
     )
 
 
@@ -143,7 +148,10 @@ async def test_beyond_max_bytes_the_oldest_are_dropped_and_counted() -> None:
 
     stats = outbox.stats()
     assert (stats.depth, stats.depth_bytes, stats.queued_total, stats.dropped_total) == (
-        3, 30, 6, 3
+        3,
+        30,
+        6,
+        3,
     )
     assert [m.payload for m in await take_all(outbox)] == [payload(3), payload(4), payload(5)]
     assert [(e["event"], e["log_level"], e["dropped_total"]) for e in logs] == [

@@ -16,8 +16,9 @@ Shape = tuple[Table, int, int]  # (table, start, count) of one request
 
 
 def spans(table: Table, *starts_and_widths: tuple[int, int]) -> list[Span]:
-    return [Span(table, start, width, index)
-            for index, (start, width) in enumerate(starts_and_widths)]
+    return [
+        Span(table, start, width, index) for index, (start, width) in enumerate(starts_and_widths)
+    ]
 
 
 def shapes(requests: Sequence[ReadRequest]) -> list[Shape]:
@@ -70,8 +71,7 @@ def test_points_listed_out_of_order_are_planned_in_address_order() -> None:
 
     plan = plan_reads(points, DEFAULT)
 
-    assert shapes(plan) == [(Table.HOLDING, 0, 3), (Table.HOLDING, 20, 2),
-                            (Table.HOLDING, 40, 1)]
+    assert shapes(plan) == [(Table.HOLDING, 0, 3), (Table.HOLDING, 20, 2), (Table.HOLDING, 40, 1)]
     assert [[s.index for s in r.spans] for r in plan] == [[1, 3], [2], [0]]
 
 
@@ -131,12 +131,16 @@ def test_bit_tables_are_not_held_to_the_register_limit() -> None:
 def test_configured_smaller_request_size_is_respected() -> None:
     limits = Limits(max_gap=8, max_registers=10, max_bits=16)
 
-    plan = plan_reads(registers(*range(25)) + spans(Table.COIL, *((n, 1) for n in range(20))),
-                      limits)
+    plan = plan_reads(
+        registers(*range(25)) + spans(Table.COIL, *((n, 1) for n in range(20))), limits
+    )
 
     assert shapes(plan) == [
-        (Table.COIL, 0, 16), (Table.COIL, 16, 4),
-        (Table.HOLDING, 0, 10), (Table.HOLDING, 10, 10), (Table.HOLDING, 20, 5),
+        (Table.COIL, 0, 16),
+        (Table.COIL, 16, 4),
+        (Table.HOLDING, 0, 10),
+        (Table.HOLDING, 10, 10),
+        (Table.HOLDING, 20, 5),
     ]
 
 
@@ -181,7 +185,10 @@ def test_tables_are_never_mixed_and_come_in_table_order() -> None:
     plan = plan_reads(points, DEFAULT)
 
     assert shapes(plan) == [
-        (Table.COIL, 0, 9), (Table.DISCRETE, 0, 1), (Table.INPUT, 0, 2), (Table.HOLDING, 0, 2),
+        (Table.COIL, 0, 9),
+        (Table.DISCRETE, 0, 1),
+        (Table.INPUT, 0, 2),
+        (Table.HOLDING, 0, 2),
     ]
 
 
@@ -252,7 +259,7 @@ def partitions(items: list[Span]) -> Iterator[list[list[Span]]]:
     for partition in partitions(rest):
         yield [[first], *partition]
         for n, group in enumerate(partition):
-            yield [*partition[:n], [first, *group], *partition[n + 1:]]
+            yield [*partition[:n], [first, *group], *partition[n + 1 :]]
 
 
 def fewest_requests(points: list[Span], limits: Limits) -> int:
@@ -261,8 +268,11 @@ def fewest_requests(points: list[Span], limits: Limits) -> int:
     for table in Table:
         of_table = [s for s in points if s.table is table]
         if of_table:
-            total += min(len(p) for p in partitions(of_table)
-                         if all(valid_group(group, limits) for group in p))
+            total += min(
+                len(p)
+                for p in partitions(of_table)
+                if all(valid_group(group, limits) for group in p)
+            )
     return total
 
 
@@ -323,7 +333,8 @@ def test_split_keeps_every_span_within_the_refused_request(
     for request in plan_reads(points, limits):
         pieces = split(request, limits)
         assert sorted(s.index for p in pieces for s in p.spans) == sorted(
-            s.index for s in request.spans)
+            s.index for s in request.spans
+        )
         if len(request.spans) == 1:
             assert pieces == [request]
         else:

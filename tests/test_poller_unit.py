@@ -48,16 +48,34 @@ class Emitted:
         return values
 
 
-def make_poller(bus: FakeRegisterBus, points: Sequence[dict[str, Any]], *,
-                interval: float = 1.0, **device: Any) -> tuple[DevicePoller, Emitted]:
-    connection = ModbusConfig.model_validate({
-        "name": bus.name, "transport": "tcp", "host": "127.0.0.1",
-        "devices": [{"name": "meter1", "unit": UNIT, "interval": interval, "bucket": "b",
-                     "points": list(points), **device}],
-    })
+def make_poller(
+    bus: FakeRegisterBus, points: Sequence[dict[str, Any]], *, interval: float = 1.0, **device: Any
+) -> tuple[DevicePoller, Emitted]:
+    connection = ModbusConfig.model_validate(
+        {
+            "name": bus.name,
+            "transport": "tcp",
+            "host": "127.0.0.1",
+            "devices": [
+                {
+                    "name": "meter1",
+                    "unit": UNIT,
+                    "interval": interval,
+                    "bucket": "b",
+                    "points": list(points),
+                    **device,
+                }
+            ],
+        }
+    )
     emitted = Emitted()
-    poller = DevicePoller(device=connection.devices[0], connection=connection, bus=bus,
-                          emit=emitted, wall_ms=lambda: WALL_MS)
+    poller = DevicePoller(
+        device=connection.devices[0],
+        connection=connection,
+        bus=bus,
+        emit=emitted,
+        wall_ms=lambda: WALL_MS,
+    )
     return poller, emitted
 
 
@@ -78,6 +96,7 @@ async def cycle(poller: DevicePoller, bus: FakeRegisterBus) -> list[tuple[int, i
 
 # -- refused reads: split, parked, retried --------------------------------------------------
 
+
 async def test_a_refused_read_is_split_recursively_down_to_the_point_the_unit_lacks() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [100, 101, 102, 103, 104, 0, 106, 107])
@@ -95,15 +114,33 @@ async def test_a_refused_read_is_split_recursively_down_to_the_point_the_unit_la
         (HOLDING, 5, 1),  # refused alone: parked
         (HOLDING, 6, 2),
     ] == first
-    assert {"p0": 100, "p1": 101, "p2": 102, "p3": 103, "p4": 104, "p6": 106,
-            "p7": 107} == emitted.values()
+    assert {
+        "p0": 100,
+        "p1": 101,
+        "p2": 102,
+        "p3": 103,
+        "p4": 104,
+        "p6": 106,
+        "p7": 107,
+    } == emitted.values()
     assert [(0, 8, [(0, 4), (4, 4)]), (4, 4, [(4, 2), (6, 2)]), (4, 2, [(4, 1), (5, 1)])] == [
         (e["start"], e["count"], e["into"]) for e in events(logs, "request_split")
     ]
-    assert [{"event": "read_refused", "log_level": "warning", "device": "meter1",
-             "connection": "fake", "unit": UNIT, "table": "holding", "start": 5, "count": 1,
-             "points": ["p5"], "code": DeviceRefused.ILLEGAL_DATA_ADDRESS,
-             "retry_in_cycles": REFUSED_RETRY_CYCLES}] == events(logs, "read_refused")
+    assert [
+        {
+            "event": "read_refused",
+            "log_level": "warning",
+            "device": "meter1",
+            "connection": "fake",
+            "unit": UNIT,
+            "table": "holding",
+            "start": 5,
+            "count": 1,
+            "points": ["p5"],
+            "code": DeviceRefused.ILLEGAL_DATA_ADDRESS,
+            "retry_in_cycles": REFUSED_RETRY_CYCLES,
+        }
+    ] == events(logs, "read_refused")
     assert (4, 3) == (poller.stats.refused, poller.stats.requests_ok)
 
 
@@ -124,8 +161,11 @@ async def test_a_refused_point_is_asked_again_every_retry_cycles_and_logged_once
     bus.refuse(UNIT, Table.HOLDING, range(1, 2))
     with captured_logs() as logs:
         poller, _ = make_poller(bus, holding(0, 1))
-        asked = [c for c in range(1, 2 * REFUSED_RETRY_CYCLES + 2)
-                 if (HOLDING, 1, 1) in await cycle(poller, bus)]
+        asked = [
+            c
+            for c in range(1, 2 * REFUSED_RETRY_CYCLES + 2)
+            if (HOLDING, 1, 1) in await cycle(poller, bus)
+        ]
 
     assert [1, 1 + REFUSED_RETRY_CYCLES, 1 + 2 * REFUSED_RETRY_CYCLES] == asked
     assert 1 == len(events(logs, "read_refused"))  # the repeats are within the rate limit
@@ -145,15 +185,17 @@ async def test_a_parked_point_the_unit_now_has_is_read_from_its_retry_cycle_on()
         if "p1" in emitted.take():
             seen.append(number)
 
-    assert [1 + REFUSED_RETRY_CYCLES, 2 + REFUSED_RETRY_CYCLES,
-            3 + REFUSED_RETRY_CYCLES] == seen
+    assert [1 + REFUSED_RETRY_CYCLES, 2 + REFUSED_RETRY_CYCLES, 3 + REFUSED_RETRY_CYCLES] == seen
 
 
 async def test_an_illegal_function_parks_the_whole_request_without_splitting_it() -> None:
     bus = FakeRegisterBus()
     bus.refuse(UNIT, Table.INPUT, code=DeviceRefused.ILLEGAL_FUNCTION)  # no input table
-    points = [{"id": "i0", "table": "input", "address": 0},
-              {"id": "i1", "table": "input", "address": 1}, *holding(0)]
+    points = [
+        {"id": "i0", "table": "input", "address": 0},
+        {"id": "i1", "table": "input", "address": 1},
+        *holding(0),
+    ]
     with captured_logs() as logs:
         poller, emitted = make_poller(bus, points)
         first = await cycle(poller, bus)
@@ -182,8 +224,8 @@ async def test_a_unit_that_refuses_everything_is_not_unreachable() -> None:
 
 # -- units that do not answer ---------------------------------------------------------------
 
-async def test_a_silent_unit_is_asked_once_per_cycle_logged_once_and_its_recovery_noted(
-) -> None:
+
+async def test_a_silent_unit_is_asked_once_per_cycle_logged_once_and_its_recovery_noted() -> None:
     bus = FakeRegisterBus()
     bus.time_out(UNIT)
     points = [{"id": "c", "table": "coil", "address": 0}, *holding(0, 100)]
@@ -199,22 +241,30 @@ async def test_a_silent_unit_is_asked_once_per_cycle_logged_once_and_its_recover
     assert recovered is True
     assert 5 == poller.stats.timeouts
     assert 6 == bus.cycles_ended  # end_cycle after every cycle, failed ones too
-    unreachable = [(e["event"], e["log_level"], e.get("failed_cycles"))
-                   for e in logs if "unreachable" in e["event"] or "recovered" in e["event"]]
-    assert [("device_unreachable", "warning", None),
-            ("device_still_unreachable", "debug", 2),
-            ("device_still_unreachable", "debug", 3),
-            ("device_still_unreachable", "debug", 4),
-            ("device_still_unreachable", "debug", 5),
-            ("device_recovered", "info", 5)] == unreachable
+    unreachable = [
+        (e["event"], e["log_level"], e.get("failed_cycles"))
+        for e in logs
+        if "unreachable" in e["event"] or "recovered" in e["event"]
+    ]
+    assert [
+        ("device_unreachable", "warning", None),
+        ("device_still_unreachable", "debug", 2),
+        ("device_still_unreachable", "debug", 3),
+        ("device_still_unreachable", "debug", 4),
+        ("device_still_unreachable", "debug", 5),
+        ("device_recovered", "info", 5),
+    ] == unreachable
     assert {"c": False, "p0": 0, "p100": 0} == emitted.values()
 
 
 async def test_a_time_out_after_an_answer_ends_the_cycle_without_counting_a_failure() -> None:
     bus = FakeRegisterBus()
     bus.time_out(UNIT, Table.INPUT)
-    points = [{"id": "c", "table": "coil", "address": 0},
-              {"id": "i", "table": "input", "address": 0}, *holding(0)]
+    points = [
+        {"id": "c", "table": "coil", "address": 0},
+        {"id": "i", "table": "input", "address": 0},
+        *holding(0),
+    ]
     poller, emitted = make_poller(bus, points)
 
     calls = await cycle(poller, bus)
@@ -226,8 +276,15 @@ async def test_a_time_out_after_an_answer_ends_the_cycle_without_counting_a_fail
 
 # -- the schedule, in virtual time ----------------------------------------------------------
 
-async def _starts(poller: DevicePoller, bus: FakeRegisterBus, count: int, *,
-                  first_latency: float = 0.0, then: float = 0.0) -> list[float]:
+
+async def _starts(
+    poller: DevicePoller,
+    bus: FakeRegisterBus,
+    count: int,
+    *,
+    first_latency: float = 0.0,
+    then: float = 0.0,
+) -> list[float]:
     """When the first `count` cycles began, the first taking `first_latency` seconds."""
     bus.latency = first_latency
     task = asyncio.create_task(poller.run(), name="poll[meter1]")
@@ -252,7 +309,9 @@ async def _starts(poller: DevicePoller, bus: FakeRegisterBus, count: int, *,
     ],
 )
 def test_a_cycle_that_overruns_skips_the_slots_it_missed_and_keeps_the_grid(
-    overrun: float, expected_starts: list[float], skipped: int,
+    overrun: float,
+    expected_starts: list[float],
+    skipped: int,
 ) -> None:
     async def main() -> tuple[list[float], int]:
         bus = FakeRegisterBus()
@@ -308,7 +367,9 @@ INTERVAL_CHANGES = [
 
 @pytest.mark.parametrize(("before", "after", "expected"), INTERVAL_CHANGES)
 def test_a_new_interval_takes_effect_from_the_next_cycle(
-    before: float, after: float, expected: list[float],
+    before: float,
+    after: float,
+    expected: list[float],
 ) -> None:
     async def main() -> tuple[list[float], int]:
         bus = FakeRegisterBus()
@@ -327,6 +388,7 @@ def test_a_new_interval_takes_effect_from_the_next_cycle(
 
 # -- values that cannot be decoded ----------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("point_type", "registers", "error"),
     [
@@ -340,13 +402,17 @@ def test_a_new_interval_takes_effect_from_the_next_cycle(
     ],
 )
 async def test_a_value_that_cannot_be_decoded_is_counted_logged_and_not_published(
-    point_type: str, registers: list[int], error: str,
+    point_type: str,
+    registers: list[int],
+    error: str,
 ) -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, registers)
     bus.set_registers(UNIT, Table.HOLDING, 4, [42])
-    points = [{"id": "bad", "table": "holding", "address": 0, "type": point_type},
-              {"id": "good", "table": "holding", "address": 4}]
+    points = [
+        {"id": "bad", "table": "holding", "address": 0, "type": point_type},
+        {"id": "good", "table": "holding", "address": 4},
+    ]
     with captured_logs() as logs:
         poller, emitted = make_poller(bus, points)
         calls = await cycle(poller, bus)
@@ -354,16 +420,26 @@ async def test_a_value_that_cannot_be_decoded_is_counted_logged_and_not_publishe
     assert [(HOLDING, 0, 5)] == calls  # one request: the good point still arrives
     assert {"good": 42} == emitted.values()
     assert 1 == poller.stats.decode_errors
-    assert [{"event": "point_decode_failed", "log_level": "warning", "device": "meter1",
-             "connection": "fake", "unit": UNIT, "point": "bad",
-             "error": error}] == events(logs, "point_decode_failed")
+    assert [
+        {
+            "event": "point_decode_failed",
+            "log_level": "warning",
+            "device": "meter1",
+            "connection": "fake",
+            "unit": UNIT,
+            "point": "bad",
+            "error": error,
+        }
+    ] == events(logs, "point_decode_failed")
 
 
 async def test_a_non_finite_float_shown_as_integer_is_a_decode_error_too() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [0x7F80, 0x0000])
-    poller, emitted = make_poller(bus, [{"id": "f", "table": "holding", "address": 0,
-                                         "type": "float32", "value_type": "integer"}])
+    poller, emitted = make_poller(
+        bus,
+        [{"id": "f", "table": "holding", "address": 0, "type": "float32", "value_type": "integer"}],
+    )
 
     await poller.poll_once()
 
@@ -374,8 +450,9 @@ async def test_repeated_decode_errors_are_all_counted_and_logged_once() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [0x7FC0, 0x0000])
     with captured_logs() as logs:
-        poller, emitted = make_poller(bus, [{"id": "f", "table": "holding", "address": 0,
-                                             "type": "float32"}])
+        poller, emitted = make_poller(
+            bus, [{"id": "f", "table": "holding", "address": 0, "type": "float32"}]
+        )
         for _ in range(5):
             await poller.poll_once()
 
@@ -387,8 +464,9 @@ async def test_repeated_decode_errors_are_all_counted_and_logged_once() -> None:
 async def test_a_string_with_invalid_utf8_is_published_with_replacement_characters() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [0x41FF, 0xC328, 0x4200])  # A \xff \xc3( B
-    poller, emitted = make_poller(bus, [{"id": "s", "table": "holding", "address": 0,
-                                         "type": "string", "length": 3}])
+    poller, emitted = make_poller(
+        bus, [{"id": "s", "table": "holding", "address": 0, "type": "string", "length": 3}]
+    )
 
     await poller.poll_once()
 
@@ -399,10 +477,12 @@ async def test_a_string_with_invalid_utf8_is_published_with_replacement_characte
 async def test_readings_carry_the_bucket_and_the_time_of_the_response() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [5448])
-    poller, emitted = make_poller(bus, [{"id": "v", "table": "holding", "address": 0,
-                                         "scale": 0.01, "bucket": "power"}])
+    poller, emitted = make_poller(
+        bus, [{"id": "v", "table": "holding", "address": 0, "scale": 0.01, "bucket": "power"}]
+    )
 
     await poller.poll_once()
 
-    assert [{"bucket": "power", "id": "v", "value": 54.48,
-             "timestamp": str(WALL_MS)}] == emitted.readings
+    assert [
+        {"bucket": "power", "id": "v", "value": 54.48, "timestamp": str(WALL_MS)}
+    ] == emitted.readings

@@ -60,18 +60,27 @@ def stored_readings(path: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
 async def test_a_power_cut_loses_only_readings_younger_than_the_documented_window(
-    tmp_path: Path, broker: Broker, sim_unit: SimUnit, tcp_plant: PlantServer,
-    lazyfs: LazyFs, synchronous: str,
+    tmp_path: Path,
+    broker: Broker,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    lazyfs: LazyFs,
+    synchronous: str,
 ) -> None:
     sim_unit.count_reads("holding", 0)
     queue_path = lazyfs.mountpoint / "queue.db"
     points = f'{{ id = "{COUNTER}", table = "holding", address = 0 }}'
     config = tmp_path / "agent.toml"
-    config.write_text(durable_agent_toml(
-        broker, tcp_connection(tcp_plant, device(interval=0.05, bucket=BUCKET, points=points)),
-        queue_path=queue_path, batch=f"max_delay = {MAX_DELAY}",
-        queue=f'synchronous = "{synchronous}"\ncommit_interval = {COMMIT_INTERVAL}\n'
-              f"sync_interval = {SYNC_INTERVAL}"))
+    config.write_text(
+        durable_agent_toml(
+            broker,
+            tcp_connection(tcp_plant, device(interval=0.05, bucket=BUCKET, points=points)),
+            queue_path=queue_path,
+            batch=f"max_delay = {MAX_DELAY}",
+            queue=f'synchronous = "{synchronous}"\ncommit_interval = {COMMIT_INTERVAL}\n'
+            f"sync_interval = {SYNC_INTERVAL}",
+        )
+    )
     await broker.stop_async()  # an outage: the readings stay in the queue
     window = COMMIT_INTERVAL + MAX_DELAY + SLACK + (SYNC_INTERVAL if synchronous == "normal" else 0)
     measured = []
@@ -82,8 +91,9 @@ async def test_a_power_cut_loses_only_readings_younger_than_the_documented_windo
             await agent.wait_for_event("agent_started", timeout=WAIT)
             start = sim_unit.get_registers("holding", 0)[0]
             # A few seconds of readings, several syncs' worth, then the cut.
-            await sim_unit.wait_until(lambda u, s=start: u.get_registers("holding", 0)[0] >= s + 60,
-                                      timeout=WAIT)
+            await sim_unit.wait_until(
+                lambda u, s=start: u.get_registers("holding", 0)[0] >= s + 60, timeout=WAIT
+            )
             await agent.kill()
             cut_ms = time.time() * 1000
             stats = lazyfs.power_cut()
@@ -94,17 +104,25 @@ async def test_a_power_cut_loses_only_readings_younger_than_the_documented_windo
             times = {int(r["value"]): int(r["timestamp"]) for r in readings if r["id"] == COUNTER}
             last = sim_unit.get_registers("holding", 0)[0]
             newest_kept = max(kept, default=0)
-            missing_old = sorted(n for n in range(1, newest_kept + 1)
-                                 if n not in kept and n not in lost_earlier)
+            missing_old = sorted(
+                n for n in range(1, newest_kept + 1) if n not in kept and n not in lost_earlier
+            )
             lost_earlier |= set(range(newest_kept + 1, last + 1))
             lost = last - newest_kept
             age_of_newest = (cut_ms - times[newest_kept]) / 1000 if kept else None
-            measured.append({"cut": cut + 1, "reads": last, "lost_newest": lost,
-                             "newest_kept_age_s": round(age_of_newest, 2) if age_of_newest else None,
-                             "unsynced_bytes_dropped": stats.unsynced_bytes})
+            measured.append(
+                {
+                    "cut": cut + 1,
+                    "reads": last,
+                    "lost_newest": lost,
+                    "newest_kept_age_s": round(age_of_newest, 2) if age_of_newest else None,
+                    "unsynced_bytes_dropped": stats.unsynced_bytes,
+                }
+            )
             assert [] == missing_old, "a power cut lost readings older than others it kept"
             assert age_of_newest is not None, "nothing queued survived the cut"
             assert age_of_newest <= window, (
                 f"the newest reading that survived the cut was {age_of_newest:.2f} s old;"
-                f" the window for synchronous={synchronous} is {window} s")
+                f" the window for synchronous={synchronous} is {window} s"
+            )
     print(f"\n[power cut] synchronous={synchronous}: window={window}s {measured}")

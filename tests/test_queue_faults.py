@@ -65,8 +65,10 @@ class SmallDisk:
 
     def mount(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs",
-                        str(self.path)], check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path)],
+            check=True,
+        )
 
     def unmount(self) -> None:
         subprocess.run(["umount", "-l", str(self.path)], check=False)
@@ -88,7 +90,6 @@ class SmallDisk:
         self._filler.unlink()
 
 
-
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     disk = SmallDisk(tmp_path / "disk", 2 * 1024 * 1024)
@@ -102,8 +103,9 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
 def counting_device(plant: PlantServer, *, interval: float, points: int = 1) -> str:
     """One unit whose points n0.. are holding registers 0..; n0 counts the unit's reads."""
     ids = ", ".join(f'{{ id = "n{i}", table = "holding", address = {i} }}' for i in range(points))
-    return tcp_connection(plant, device(interval=interval, bucket=BUCKET, points=ids,
-                                        extra="  backoff_max = 0.5"))
+    return tcp_connection(
+        plant, device(interval=interval, bucket=BUCKET, points=ids, extra="  backoff_max = 0.5")
+    )
 
 
 def reads(unit: SimUnit) -> int:
@@ -130,8 +132,12 @@ def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 
 async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flowing(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
-    tcp_plant: PlantServer, small_disk: SmallDisk,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    small_disk: SmallDisk,
 ) -> None:
     """The disk fills while the broker is away: the agent stays up, drops the oldest,
     delivers what is made after it filled, and once space returns, a restart resends
@@ -139,37 +145,53 @@ async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flo
     sim_unit.count_reads("holding", 0)
     queue_path = small_disk.path / "queue.db"
     config = durable_agent_toml(
-        broker, counting_device(tcp_plant, interval=0.02, points=40), queue_path=queue_path,
-        batch="max_delay = 0.1", log_format="logfmt")
+        broker,
+        counting_device(tcp_plant, interval=0.02, points=40),
+        queue_path=queue_path,
+        batch="max_delay = 0.1",
+        log_format="logfmt",
+    )
     with capture_logs() as logs:
         async with running_agent(tmp_path, config) as agent:
             await cloud.wait_for(lambda _: len(received(cloud)) >= 3, timeout=WAIT)
             await broker.stop_async()
-            await poll_until(lambda: agent.outbox.stats().depth >= 50, timeout=WAIT,
-                             what="an outage's worth of messages queued")
+            await poll_until(
+                lambda: agent.outbox.stats().depth >= 50,
+                timeout=WAIT,
+                what="an outage's worth of messages queued",
+            )
             filled = await asyncio.to_thread(small_disk.fill)
-            await poll_until(lambda: events(logs, "queue_disk_full")
-                             or events(logs, "queue_disk_failed"), timeout=WAIT,
-                             what="the agent noticing the full disk")
+            await poll_until(
+                lambda: events(logs, "queue_disk_full") or events(logs, "queue_disk_failed"),
+                timeout=WAIT,
+                what="the agent noticing the full disk",
+            )
             full_at = reads(sim_unit)
             # Two more seconds of readings on the full disk, then the broker returns.
             await sim_unit.wait_until(lambda u: reads(u) >= full_at + 100, timeout=WAIT)
             await broker.start_async()
             await cloud.wait_connected(timeout=WAIT)
             back_at = reads(sim_unit)
-            await cloud.wait_for(lambda _: max(received(cloud), default=0) >= back_at + 50,
-                                 timeout=WAIT)
+            await cloud.wait_for(
+                lambda _: max(received(cloud), default=0) >= back_at + 50, timeout=WAIT
+            )
             await asyncio.to_thread(small_disk.free)
-            await poll_until(lambda: agent.outbox.stats().disk == "ok"
-                             and agent.outbox.stats().backlog == 0, timeout=WAIT,
-                             what="the queue drained with the disk back")
+            await poll_until(
+                lambda: agent.outbox.stats().disk == "ok" and agent.outbox.stats().backlog == 0,
+                timeout=WAIT,
+                what="the queue drained with the disk back",
+            )
             sim_unit.dead = True
             last = reads(sim_unit)
             with contextlib.suppress(TimeoutError):  # the assertions say what is missing
                 await cloud.wait_for(
-                    lambda _: set(range(full_at, last + 1)) <= set(received(cloud)), timeout=WAIT)
-            await poll_until(lambda: agent.outbox.stats().depth == 0, timeout=WAIT,
-                             what="every message acknowledged")
+                    lambda _: set(range(full_at, last + 1)) <= set(received(cloud)), timeout=WAIT
+                )
+            await poll_until(
+                lambda: agent.outbox.stats().depth == 0,
+                timeout=WAIT,
+                what="every message acknowledged",
+            )
             stats = agent.outbox.stats()
         first_run = received(cloud)
         live_from_full = set(range(full_at, last + 1)) - set(first_run)
@@ -189,18 +211,30 @@ async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flo
     assert [] == left_on_disk, "acknowledged messages left in the file"
     assert 0 == resent
     assert len(queue_lines) < 50, f"{len(queue_lines)} queue log lines: one per change of state"
-    report("full disk", filler_bytes=filled, reads=reads(sim_unit), delivered=len(first_run),
-           dropped=stats.dropped_total, duplicates=duplicates(first_run), resent_after_restart=resent,
-           queue_log_lines=len(queue_lines),
-           log_events=dict(Counter(e["event"] for e in queue_lines)))
+    report(
+        "full disk",
+        filler_bytes=filled,
+        reads=reads(sim_unit),
+        delivered=len(first_run),
+        dropped=stats.dropped_total,
+        duplicates=duplicates(first_run),
+        resent_after_restart=resent,
+        queue_log_lines=len(queue_lines),
+        log_events=dict(Counter(e["event"] for e in queue_lines)),
+    )
 
 
 # -- a disk that stops taking writes --------------------------------------------------------------
 
 
 def queue_settings(path: Path, **overrides: Any) -> QueueSettings:
-    values: dict[str, Any] = {"path": path, "max_bytes": 1024 * 1024, "max_age": 3600.0,
-                              "replay_rate": 0.0, "commit_interval": 0.05}
+    values: dict[str, Any] = {
+        "path": path,
+        "max_bytes": 1024 * 1024,
+        "max_age": 3600.0,
+        "replay_rate": 0.0,
+        "commit_interval": 0.05,
+    }
     values.update(overrides)
     return QueueSettings(**values)
 
@@ -215,7 +249,8 @@ async def take(queue: DiskOutbox) -> Message:
 
 @pytest.mark.parametrize("error", [errno.EIO, errno.EROFS], ids=["io_error", "read_only"])
 async def test_a_disk_that_stops_taking_writes_delivers_from_memory_and_resends_nothing_after(
-    lazyfs: LazyFs, error: int,
+    lazyfs: LazyFs,
+    error: int,
 ) -> None:
     """The disk fails every write while the queue runs (a dying SD card, a file system
     remounted read-only): delivery goes on from memory, and once the disk takes writes
@@ -232,23 +267,34 @@ async def test_a_disk_that_stops_taking_writes_delivers_from_memory_and_resends_
             lazyfs.fail_writes(error)
             for n in range(5):
                 queue.put(TOPIC, b"during-%d" % n)
-            await poll_until(lambda: queue.stats().disk != "ok", timeout=WAIT,
-                             what="the write failing")
+            await poll_until(
+                lambda: queue.stats().disk != "ok", timeout=WAIT, what="the write failing"
+            )
             during = [await take(queue) for _ in range(8)]  # 3 from the file, 5 from memory
             for message in during[:6]:
                 queue.ack(message)
             lazyfs.fail_writes(None)
-            await poll_until(lambda: queue.stats().disk == "ok", timeout=WAIT,
-                             what="the disk recovered")
+            await poll_until(
+                lambda: queue.stats().disk == "ok", timeout=WAIT, what="the disk recovered"
+            )
             await queue.flush()
             depth = queue.stats().depth
 
     left = [m.payload for m in read_queue(path)]
     assert [b"before-0", b"before-1"] == [m.payload for m in sent]
-    assert {b"before-2", b"before-3", b"before-4", b"during-0", b"during-1",
-            b"during-2", b"during-3", b"during-4"} == {m.payload for m in during}
-    assert sorted(m.payload for m in during[6:]) == sorted(left), \
+    assert {
+        b"before-2",
+        b"before-3",
+        b"before-4",
+        b"during-0",
+        b"during-1",
+        b"during-2",
+        b"during-3",
+        b"during-4",
+    } == {m.payload for m in during}
+    assert sorted(m.payload for m in during[6:]) == sorted(left), (
         "only what was never acknowledged stays in the file"
+    )
     assert 2 == depth
     failed, recovered = events(logs, "queue_disk_failed"), events(logs, "queue_disk_recovered")
     assert (1, 1) == (len(failed), len(recovered)), "one line per change of state"
@@ -283,24 +329,33 @@ def backlog_file(path: Path, thing_id: str, messages: int, *, made_ms: int) -> N
     async def fill() -> None:
         queue = DiskOutbox(db_settings, clock=Clock(wall_ms=lambda: made_ms))
         for n in range(messages):
-            queue.put(f"$thing/{thing_id}/$data/{BUCKET}", json.dumps(
-                [{"id": "old", "value": n, "timestamp": str(made_ms)}]).encode())
+            queue.put(
+                f"$thing/{thing_id}/$data/{BUCKET}",
+                json.dumps([{"id": "old", "value": n, "timestamp": str(made_ms)}]).encode(),
+            )
         await queue.aclose()
 
     asyncio.run(fill())
 
 
 async def test_live_readings_arrive_at_once_behind_a_backlog_of_6000_messages(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     sim_unit.count_reads("holding", 0)
     queue_path = tmp_path / "queue.db"
     made_ms = int(time.time() * 1000) - 600_000  # a ten-minute outage ago
     await asyncio.to_thread(backlog_file, queue_path, broker.thing_id, 6000, made_ms=made_ms)
-    config = durable_agent_toml(broker, counting_device(tcp_plant, interval=0.1),
-                                queue_path=queue_path, queue="replay_rate = 50",
-                                log_format="logfmt")
+    config = durable_agent_toml(
+        broker,
+        counting_device(tcp_plant, interval=0.1),
+        queue_path=queue_path,
+        queue="replay_rate = 50",
+        log_format="logfmt",
+    )
     async with running_agent(tmp_path, config) as agent:
         await cloud.wait_for(lambda _: len(received(cloud)) >= 50, timeout=WAIT)
         backlog_left = agent.outbox.stats().backlog
@@ -315,22 +370,34 @@ async def test_live_readings_arrive_at_once_behind_a_backlog_of_6000_messages(
     assert max(latencies) < 2.0, f"live readings waited up to {max(latencies):.2f} s"
     assert old < 6000, "the backlog fills in behind, at its rate"
     assert backlog_left > 4000
-    report("live behind a backlog", backlog=6000, live_readings=len(latencies),
-           latency_p50_s=round(latencies[len(latencies) // 2], 3),
-           latency_max_s=round(latencies[-1], 3), backlog_sent=old)
+    report(
+        "live behind a backlog",
+        backlog=6000,
+        live_readings=len(latencies),
+        latency_p50_s=round(latencies[len(latencies) // 2], 3),
+        latency_max_s=round(latencies[-1], 3),
+        backlog_sent=old,
+    )
 
 
 # -- max_age at the reconnect ------------------------------------------------------------------------
 
 
 async def test_readings_older_than_max_age_at_the_reconnect_are_not_delivered(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     sim_unit.count_reads("holding", 0)
-    config = durable_agent_toml(broker, counting_device(tcp_plant, interval=0.1),
-                                queue_path=tmp_path / "queue.db", queue="max_age = 2",
-                                log_format="logfmt")
+    config = durable_agent_toml(
+        broker,
+        counting_device(tcp_plant, interval=0.1),
+        queue_path=tmp_path / "queue.db",
+        queue="max_age = 2",
+        log_format="logfmt",
+    )
     with capture_logs() as logs:
         async with running_agent(tmp_path, config):
             await cloud.wait_for(lambda _: len(received(cloud)) >= 3, timeout=WAIT)
@@ -341,12 +408,17 @@ async def test_readings_older_than_max_age_at_the_reconnect_are_not_delivered(
             reconnected = time.time()
             await cloud.wait_connected(timeout=WAIT)
             back_at = reads(sim_unit)
-            await cloud.wait_for(lambda _: max(received(cloud), default=0) >= back_at + 10,
-                                 timeout=WAIT)
-    stale = [r for r in cloud.readings(BUCKET)
-             if int(r["timestamp"]) / 1000 < reconnected - 2 - 1.0 and int(r["value"]) > down_at]
-    dropped = sum(e["messages"] for e in events(logs, "queue_dropped_oldest")
-                  if e["reason"] == "max_age")
+            await cloud.wait_for(
+                lambda _: max(received(cloud), default=0) >= back_at + 10, timeout=WAIT
+            )
+    stale = [
+        r
+        for r in cloud.readings(BUCKET)
+        if int(r["timestamp"]) / 1000 < reconnected - 2 - 1.0 and int(r["value"]) > down_at
+    ]
+    dropped = sum(
+        e["messages"] for e in events(logs, "queue_dropped_oldest") if e["reason"] == "max_age"
+    )
 
     assert [] == stale, "readings older than max_age when they were handed to delivery"
     assert dropped > 0
@@ -361,4 +433,3 @@ def _no_stray_mounts(tmp_path: Path) -> Iterator[None]:
         for line in Path("/proc/mounts").read_text().splitlines():
             if str(tmp_path) in line.split()[1]:
                 subprocess.run(["umount", "-l", line.split()[1]], check=False)
-

@@ -18,9 +18,7 @@ from agent.readings import ChangeFilter, Reading, now_ms, to_shape
 def test_fragment_is_the_platform_object_with_a_string_timestamp() -> None:
     reading = Reading("sensorData", "temperature", 21.5, 1590128899000)
 
-    assert reading.fragment() == (
-        b'{"id":"temperature","value":21.5,"timestamp":"1590128899000"}'
-    )
+    assert reading.fragment() == (b'{"id":"temperature","value":21.5,"timestamp":"1590128899000"}')
 
 
 @pytest.mark.parametrize(
@@ -159,7 +157,10 @@ def test_without_deadband_every_value_is_reported() -> None:
     changes = ChangeFilter(deadband=None, max_silence=None)
 
     assert admitted(changes, [(0, 20.0), (1, 20.0), (2, 20.0), (3, 20.1)]) == [
-        20.0, 20.0, 20.0, 20.1
+        20.0,
+        20.0,
+        20.0,
+        20.1,
     ]
 
 

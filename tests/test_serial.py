@@ -40,7 +40,8 @@ GGA_NORTH_EAST = nmea_sentence("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545
 GGA_SOUTH_WEST = nmea_sentence("GNGGA,092750.000,3352.0000,S,15112.5000,W,2,11,0.8,12.5,M,,M,,")
 GGA_NO_FIX = nmea_sentence("GPGGA,123520,,,,,0,03,,,M,,M,,")
 RMC_SOUTH_WEST = nmea_sentence(
-    "GPRMC,225446.25,A,3352.0000,S,15112.5000,W,10.0,054.7,191194,020.3,E")
+    "GPRMC,225446.25,A,3352.0000,S,15112.5000,W,10.0,054.7,191194,020.3,E"
+)
 RMC_VOID = nmea_sentence("GPRMC,225446,V,,,,,,,191194,,")
 
 
@@ -48,8 +49,12 @@ def test_gga_gives_position_altitude_fix_and_satellites() -> None:
     fix = nmea.parse(GGA_NORTH_EAST)
 
     assert fix is not None
-    assert {"coordinate": [48.1173, 11.5166667], "altitude": 545.4, "fix_quality": 1,
-            "satellites": 8} == fix.values
+    assert {
+        "coordinate": [48.1173, 11.5166667],
+        "altitude": 545.4,
+        "fix_quality": 1,
+        "satellites": 8,
+    } == fix.values
 
 
 def test_southern_and_western_hemispheres_are_negative() -> None:
@@ -97,8 +102,9 @@ def instrument_end(pair: PtyPair) -> Iterator[int]:
 
 
 async def logged(logs: Sequence[MutableMapping[str, Any]], event: str) -> None:
-    await poll_until(lambda: any(e["event"] == event for e in logs), timeout=WAIT,
-                     what=f"the log line {event}")
+    await poll_until(
+        lambda: any(e["event"] == event for e in logs), timeout=WAIT, what=f"the log line {event}"
+    )
 
 
 async def port_open(agent: Agent) -> None:
@@ -118,7 +124,10 @@ bucket = "s"
 
 
 async def test_regex_lines_give_every_value_type(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, pty_pair: PtyPair,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
 ) -> None:
     body = r"""
 format = "regex"
@@ -134,18 +143,29 @@ points = [
 ]
 """
     with instrument_end(pty_pair) as fd:
-        async with running_agent(tmp_path, agent_toml(broker, serial_block(pty_pair, body))) as agent:
+        async with running_agent(
+            tmp_path, agent_toml(broker, serial_block(pty_pair, body))
+        ) as agent:
             await port_open(agent)
             os.write(fd, b"garbage line\r\nT=-12.5 N=42 OK=true ID=st7 ST=be0f H=655\r\n")
             await cloud.wait_for(lambda m: len(cloud.readings("s")) >= 6, timeout=WAIT)
 
     values = {r["id"]: r["value"] for r in cloud.readings("s")}
-    assert {"temperature": -12.5, "count": 42, "ok": True, "name": "st7", "status": "BE0F",
-            "humidity": 65.5} == values
+    assert {
+        "temperature": -12.5,
+        "count": 42,
+        "ok": True,
+        "name": "st7",
+        "status": "BE0F",
+        "humidity": 65.5,
+    } == values
 
 
 async def test_a_polled_instrument_answers_then_falls_silent_and_is_backed_off(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, pty_pair: PtyPair,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
 ) -> None:
     body = r"""
 format = "regex"
@@ -176,8 +196,9 @@ points = [ { id = "weight", field = "w" } ]
                 await logged(logs, "instrument_no_reply")
                 answered = len(cloud.readings("s"))
                 answering = True
-                await cloud.wait_for(lambda m: len(cloud.readings("s")) > answered + 2,
-                                     timeout=WAIT)
+                await cloud.wait_for(
+                    lambda m: len(cloud.readings("s")) > answered + 2, timeout=WAIT
+                )
         finally:
             loop.remove_reader(fd)
 
@@ -188,7 +209,10 @@ points = [ { id = "weight", field = "w" } ]
 
 
 async def test_nmea_gps_gives_exact_coordinates_and_its_own_time(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, pty_pair: PtyPair,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
 ) -> None:
     body = """
 format = "nmea"
@@ -202,11 +226,14 @@ points = [
 """
     lines = [GGA_NO_FIX, GGA_NORTH_EAST[:-1] + "0", RMC_SOUTH_WEST, GGA_SOUTH_WEST]
     with instrument_end(pty_pair) as fd:
-        async with running_agent(tmp_path, agent_toml(broker, serial_block(pty_pair, body))) as agent:
+        async with running_agent(
+            tmp_path, agent_toml(broker, serial_block(pty_pair, body))
+        ) as agent:
             await port_open(agent)
             os.write(fd, "".join(line + "\r\n" for line in lines).encode())
-            await cloud.wait_for(lambda m: any(r["id"] == "location"
-                                               for r in cloud.readings("s")), timeout=WAIT)
+            await cloud.wait_for(
+                lambda m: any(r["id"] == "location" for r in cloud.readings("s")), timeout=WAIT
+            )
 
     readings = cloud.readings("s")
     locations = [r for r in readings if r["id"] == "location"]
@@ -216,7 +243,10 @@ points = [
 
 
 async def test_a_10_hz_stream_is_sampled_at_the_interval(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, pty_pair: PtyPair,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
 ) -> None:
     body = r"""
 format = "regex"
@@ -225,7 +255,9 @@ interval = 1.0
 points = [ { id = "v", field = "v", value_type = "integer" } ]
 """
     with instrument_end(pty_pair) as fd:
-        async with running_agent(tmp_path, agent_toml(broker, serial_block(pty_pair, body))) as agent:
+        async with running_agent(
+            tmp_path, agent_toml(broker, serial_block(pty_pair, body))
+        ) as agent:
             await port_open(agent)
             for n in range(1, 41):  # 4 s at 10 Hz
                 os.write(fd, b"V=%d\n" % n)
@@ -239,7 +271,10 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
 
 
 async def test_a_megabyte_without_a_newline_does_not_grow_memory(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, pty_pair: PtyPair,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
 ) -> None:
     body = r"""
 format = "regex"
@@ -249,7 +284,9 @@ max_line = 256
 points = [ { id = "v", field = "v", value_type = "integer" } ]
 """
     with instrument_end(pty_pair) as fd:
-        async with running_agent(tmp_path, agent_toml(broker, serial_block(pty_pair, body))) as agent:
+        async with running_agent(
+            tmp_path, agent_toml(broker, serial_block(pty_pair, body))
+        ) as agent:
             await port_open(agent)
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             chunk = b"x" * 4096
@@ -265,7 +302,9 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
 
 
 async def test_an_unplugged_device_is_reopened(
-    tmp_path: Path, broker: Broker, cloud: CloudClient,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
 ) -> None:
     body = r"""
 format = "regex"
@@ -277,7 +316,9 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
     pair = PtyPair(tmp_path / "pty").start()
     try:
         with capture_logs() as logs:
-            async with running_agent(tmp_path, agent_toml(broker, serial_block(pair, body))) as agent:
+            async with running_agent(
+                tmp_path, agent_toml(broker, serial_block(pair, body))
+            ) as agent:
                 with instrument_end(pair) as fd:
                     await port_open(agent)
                     os.write(fd, b"V=1\n")
@@ -289,9 +330,9 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
                 with instrument_end(pair) as fd:
                     await port_open(agent)
                     os.write(fd, b"V=2\n")
-                    await cloud.wait_for(lambda m: any(r["value"] == 2
-                                                       for r in cloud.readings("s")),
-                                         timeout=WAIT)
+                    await cloud.wait_for(
+                        lambda m: any(r["value"] == 2 for r in cloud.readings("s")), timeout=WAIT
+                    )
     finally:
         pair.stop()
 
@@ -301,11 +342,17 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
 
 def counter_instrument(name: str, device: str) -> SerialConfig:
     """Lines `V=<n>`, sampled every 0.1 s."""
-    return SerialConfig.model_validate({
-        "name": name, "device": device, "bucket": "s", "format": "regex",
-        "pattern": r"^V=(?P<v>\d+)$", "interval": 0.1,
-        "points": [{"id": "v", "field": "v", "value_type": "integer"}],
-    })
+    return SerialConfig.model_validate(
+        {
+            "name": name,
+            "device": device,
+            "bucket": "s",
+            "format": "regex",
+            "pattern": r"^V=(?P<v>\d+)$",
+            "interval": 0.1,
+            "points": [{"id": "v", "field": "v", "value_type": "integer"}],
+        }
+    )
 
 
 async def count_lines(fd: int) -> None:
@@ -342,22 +389,31 @@ class HandOff:
 
 
 async def test_a_raising_hand_off_is_logged_and_the_instrument_restarted_the_other_unaffected(
-    tmp_path: Path, pty_pair: PtyPair,
+    tmp_path: Path,
+    pty_pair: PtyPair,
 ) -> None:
     failing, steady = HandOff(), HandOff()
     gps = Instrument(config=counter_instrument("gps", pty_pair.device_b), emit=failing.emit)
-    with PtyPair(tmp_path / "pty-other") as other_pair, \
-            instrument_end(pty_pair) as gps_end, instrument_end(other_pair) as other_end, \
-            capture_logs() as logs:
-        other = Instrument(config=counter_instrument("scale", other_pair.device_b),
-                           emit=steady.emit)
+    with (
+        PtyPair(tmp_path / "pty-other") as other_pair,
+        instrument_end(pty_pair) as gps_end,
+        instrument_end(other_pair) as other_end,
+        capture_logs() as logs,
+    ):
+        other = Instrument(
+            config=counter_instrument("scale", other_pair.device_b), emit=steady.emit
+        )
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(count_lines(gps_end), name="line[gps]"),
                 group.create_task(count_lines(other_end), name="line[scale]"),
-                *(group.create_task(supervise(f"serial[{i.name}]", i.run, backoff_min=0.1,
-                                              backoff_max=0.5), name=f"serial[{i.name}]")
-                  for i in (gps, other)),
+                *(
+                    group.create_task(
+                        supervise(f"serial[{i.name}]", i.run, backoff_min=0.1, backoff_max=0.5),
+                        name=f"serial[{i.name}]",
+                    )
+                    for i in (gps, other)
+                ),
             ]
             await failing.more_than(0)
             await steady.more_than(0)
@@ -371,7 +427,11 @@ async def test_a_raising_hand_off_is_logged_and_the_instrument_restarted_the_oth
 
     [failed] = [e for e in logs if e["event"] == "source_failed"]
     assert ("error", "serial[gps]", 1, "RuntimeError: hand-off failed") == (
-        failed["log_level"], failed["source"], failed["restarts"], failed["error"])
+        failed["log_level"],
+        failed["source"],
+        failed["restarts"],
+        failed["error"],
+    )
     assert isinstance(failed["exc_info"], RuntimeError)
     assert [] == [e for e in logs if e["event"] == "instrument_lost"]
     assert failing.values[before_restart] > failing.values[before_restart - 1]
@@ -382,11 +442,15 @@ async def test_an_error_while_framing_a_line_ends_run_with_it_and_closes_the_por
     pty_pair: PtyPair,
 ) -> None:
     """The reader callback's failure is not left to the loop's exception handler."""
+
     def broken_clock() -> int:
         raise OverflowError("clock broke")
 
-    instrument = Instrument(config=counter_instrument("inst", pty_pair.device_b),
-                            emit=lambda reading: None, wall_ms=broken_clock)
+    instrument = Instrument(
+        config=counter_instrument("inst", pty_pair.device_b),
+        emit=lambda reading: None,
+        wall_ms=broken_clock,
+    )
     with instrument_end(pty_pair) as fd:
         task = asyncio.create_task(instrument.run(), name="serial[inst]")
         await asyncio.wait_for(instrument.open.wait(), WAIT)

@@ -62,8 +62,9 @@ class NotifySocket:
 
 
 @contextmanager
-def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                  watchdog_usec: int) -> Iterator[NotifySocket]:
+def notify_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, watchdog_usec: int
+) -> Iterator[NotifySocket]:
     receiver = NotifySocket(tmp_path / "notify.sock")
     monkeypatch.setenv("NOTIFY_SOCKET", str(receiver.path))
     monkeypatch.setenv("WATCHDOG_USEC", str(watchdog_usec))
@@ -74,11 +75,11 @@ def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         receiver.close()
 
 
-def device_config(broker: Broker, plant: PlantServer, tmp_path: Path, *,
-                  interval: float, extra: str = "") -> str:
+def device_config(
+    broker: Broker, plant: PlantServer, tmp_path: Path, *, interval: float, extra: str = ""
+) -> str:
     body = tcp_connection(plant, device(interval=interval)) + extra
-    return agent_toml(broker, body, queue_path=tmp_path / "state" / "queue.db",
-                      log_format="json")
+    return agent_toml(broker, body, queue_path=tmp_path / "state" / "queue.db", log_format="json")
 
 
 def polls(unit: SimUnit) -> int:
@@ -86,7 +87,10 @@ def polls(unit: SimUnit) -> int:
 
 
 async def test_notify_protocol_ready_watchdog_status_stopping(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker: Broker, sim_unit: SimUnit,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broker: Broker,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     config = tmp_path / "agent.toml"
@@ -94,11 +98,18 @@ async def test_notify_protocol_ready_watchdog_status_stopping(
     with notify_socket(tmp_path, monkeypatch, watchdog_usec=400_000) as systemd:
         agent = AgentProcess(config, log_dir=tmp_path)
         await agent.start()
-        await poll_until(lambda: len(systemd.seen("WATCHDOG=1")) >= 4, timeout=WAIT,
-                         what="four watchdog pings")
-        await poll_until(lambda: any("connected; queue" in m for _, m in systemd.seen("STATUS=")
-                                     if "not connected" not in m),
-                         timeout=WAIT, what="STATUS saying connected")
+        await poll_until(
+            lambda: len(systemd.seen("WATCHDOG=1")) >= 4, timeout=WAIT, what="four watchdog pings"
+        )
+        await poll_until(
+            lambda: any(
+                "connected; queue" in m
+                for _, m in systemd.seen("STATUS=")
+                if "not connected" not in m
+            ),
+            timeout=WAIT,
+            what="STATUS saying connected",
+        )
         assert 0 == await agent.stop()
 
     messages = [m for _, m in systemd.messages]
@@ -110,25 +121,36 @@ async def test_notify_protocol_ready_watchdog_status_stopping(
 
 
 async def test_a_blocked_event_loop_stops_the_watchdog_pings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker: Broker, tcp_plant: PlantServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broker: Broker,
+    tcp_plant: PlantServer,
 ) -> None:
     with notify_socket(tmp_path, monkeypatch, watchdog_usec=200_000) as systemd:
-        async with running_agent(tmp_path, device_config(broker, tcp_plant, tmp_path,
-                                                         interval=1.0)):
-            await poll_until(lambda: len(systemd.seen("WATCHDOG=1")) >= 3, timeout=WAIT,
-                             what="watchdog pings")
+        async with running_agent(
+            tmp_path, device_config(broker, tcp_plant, tmp_path, interval=1.0)
+        ):
+            await poll_until(
+                lambda: len(systemd.seen("WATCHDOG=1")) >= 3, timeout=WAIT, what="watchdog pings"
+            )
             blocked_at = time.monotonic()
             time.sleep(1.5)  # noqa: ASYNC251 - blocking the loop is the point of this test
             unblocked_at = time.monotonic()
-            await poll_until(lambda: any(t > unblocked_at for t, _ in systemd.seen("WATCHDOG")),
-                             timeout=WAIT, what="pings after the block")
+            await poll_until(
+                lambda: any(t > unblocked_at for t, _ in systemd.seen("WATCHDOG")),
+                timeout=WAIT,
+                what="pings after the block",
+            )
 
     during = [t for t, _ in systemd.seen("WATCHDOG=1") if blocked_at + 0.05 < t < unblocked_at]
     assert [] == during
 
 
 async def test_sigterm_exits_0_and_loses_no_reading(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     sim_unit.count_reads("holding", 0)
@@ -141,13 +163,18 @@ async def test_sigterm_exits_0_and_loses_no_reading(
     answered = polls(sim_unit)
 
     await agent.start()  # whatever SIGTERM left queued goes out now
-    await cloud.wait_for(lambda m: set(range(1, answered + 1)) <= {
-        r["value"] for r in cloud.readings("b")}, timeout=WAIT)
+    await cloud.wait_for(
+        lambda m: set(range(1, answered + 1)) <= {r["value"] for r in cloud.readings("b")},
+        timeout=WAIT,
+    )
     await agent.stop()
 
 
 async def test_sighup_reloads_the_poll_interval_and_keeps_the_broker_session(
-    tmp_path: Path, broker: Broker, sim_unit: SimUnit, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker: Broker,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(device_config(broker, tcp_plant, tmp_path, interval=5.0))
@@ -173,7 +200,10 @@ async def test_sighup_reloads_the_poll_interval_and_keeps_the_broker_session(
 
 
 async def test_a_bad_reload_keeps_the_running_config(
-    tmp_path: Path, broker: Broker, sim_unit: SimUnit, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker: Broker,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
 ) -> None:
     config = tmp_path / "agent.toml"
     good = device_config(broker, tcp_plant, tmp_path, interval=0.2)
@@ -197,18 +227,32 @@ async def test_a_bad_reload_keeps_the_running_config(
 
 
 async def test_health_readings_arrive_in_their_bucket(
-    tmp_path: Path, broker: Broker, cloud: CloudClient, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     extra = '\n[health]\nbucket = "gateway"\ninterval = 0.5\n'
-    async with running_agent(tmp_path, device_config(broker, tcp_plant, tmp_path,
-                                                     interval=0.2, extra=extra)):
-        await cloud.wait_for(lambda m: len({r["id"] for r in cloud.readings("gateway")}) >= 12,
-                             timeout=WAIT)
+    async with running_agent(
+        tmp_path, device_config(broker, tcp_plant, tmp_path, interval=0.2, extra=extra)
+    ):
+        await cloud.wait_for(
+            lambda m: len({r["id"] for r in cloud.readings("gateway")}) >= 12, timeout=WAIT
+        )
 
     ids = {r["id"] for r in cloud.readings("gateway")}
-    assert {"agent_uptime", "agent_connected", "agent_reconnects", "agent_queue_depth",
-            "agent_queue_bytes", "agent_queue_oldest_age", "agent_readings",
-            "agent_messages_sent", "agent_messages_dropped", "agent_queue_commits",
-            "agent_devices_failing",
-            "agent_read_errors_meter1"} == ids
+    assert {
+        "agent_uptime",
+        "agent_connected",
+        "agent_reconnects",
+        "agent_queue_depth",
+        "agent_queue_bytes",
+        "agent_queue_oldest_age",
+        "agent_readings",
+        "agent_messages_sent",
+        "agent_messages_dropped",
+        "agent_queue_commits",
+        "agent_devices_failing",
+        "agent_read_errors_meter1",
+    } == ids

@@ -28,8 +28,11 @@ BEYOND_FLOAT = 10**400  # JSON integers have no size limit; float() overflows on
 def setting(*, device_byte_order: ByteOrder = "ABCD", **declared: Any) -> Setting:
     if "agent" not in declared:
         declared = {"device": "meter1", "address": "40001", **declared}
-    return Setting("gw-1-setting", SettingConfig.model_validate({"id": "sp", **declared}),
-                   device_byte_order=device_byte_order)
+    return Setting(
+        "gw-1-setting",
+        SettingConfig.model_validate({"id": "sp", **declared}),
+        device_byte_order=device_byte_order,
+    )
 
 
 def rejection(target: Setting, value: object) -> str:
@@ -40,6 +43,7 @@ def rejection(target: Setting, value: object) -> str:
 
 # -- agent targets --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("level", ["debug", "info", "warning", "error"])
 def test_a_log_level_is_one_of_four_words(level: str) -> None:
     assert level == setting(agent="log.level").accept(level)
@@ -48,7 +52,8 @@ def test_a_log_level_is_one_of_four_words(level: str) -> None:
 @pytest.mark.parametrize("value", ["verbose", "INFO", 3, True, ""])
 def test_any_other_log_level_is_rejected_with_the_choices(value: object) -> None:
     assert "sp: expected one of debug, info, warning, error" == rejection(
-        setting(agent="log.level"), value)
+        setting(agent="log.level"), value
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,7 +70,8 @@ def test_any_other_log_level_is_rejected_with_the_choices(value: object) -> None
     ],
 )
 def test_a_poll_interval_is_a_positive_number_of_seconds_within_bounds(
-    value: object, message: str,
+    value: object,
+    message: str,
 ) -> None:
     interval = setting(agent="device.meter1.interval", min=0.05, max=3600)
 
@@ -95,9 +101,11 @@ def test_an_agent_interval_beyond_float_range_is_rejected() -> None:
 
 # -- coils and bool registers ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("address", ["00001", "40001"])
-@pytest.mark.parametrize(("value", "accepted"), [(True, True), (False, False), (1, True),
-                                                 (0, False)])
+@pytest.mark.parametrize(
+    ("value", "accepted"), [(True, True), (False, False), (1, True), (0, False)]
+)
 def test_a_bool_takes_true_false_1_and_0(address: str, value: object, accepted: bool) -> None:
     target = setting(address=address, type="bool")
 
@@ -107,7 +115,8 @@ def test_a_bool_takes_true_false_1_and_0(address: str, value: object, accepted: 
 @pytest.mark.parametrize("value", [2, -1, 1.0, 0.0, "true", "1"])
 def test_a_bool_takes_nothing_else(value: object) -> None:
     assert f"sp: expected true/false or 1/0, got {value!r}" == rejection(
-        setting(address="00001"), value)
+        setting(address="00001"), value
+    )
 
 
 def test_a_coil_is_written_as_a_state_and_a_bool_register_as_1_or_0() -> None:
@@ -132,7 +141,10 @@ def test_a_coil_is_written_as_a_state_and_a_bool_register_as_1_or_0() -> None:
     ],
 )
 def test_a_bool_is_reported_in_the_form_the_cloud_wrote_it(
-    address: str, value_type: str | None, form: str | None, reported: JsonScalar,
+    address: str,
+    value_type: str | None,
+    form: str | None,
+    reported: JsonScalar,
 ) -> None:
     declared: dict[str, Any] = {"address": address, "type": "bool"}
     if value_type is not None:
@@ -144,9 +156,17 @@ def test_a_bool_is_reported_in_the_form_the_cloud_wrote_it(
     assert (not reported) == target.decode([False], form=form)
 
 
-@pytest.mark.parametrize(("value", "form"), [(True, "boolean"), (False, "boolean"),
-                                             (1, "integer"), (0, "integer"),
-                                             (1.5, None), ("on", None)])
+@pytest.mark.parametrize(
+    ("value", "form"),
+    [
+        (True, "boolean"),
+        (False, "boolean"),
+        (1, "integer"),
+        (0, "integer"),
+        (1.5, None),
+        ("on", None),
+    ],
+)
 def test_form_of_tells_how_the_cloud_wrote_a_value(value: object, form: str | None) -> None:
     assert form == form_of(value)
 
@@ -163,6 +183,7 @@ def test_a_coil_written_in_either_form_is_reported_back_equal(value: bool | int)
 
 # -- strings and hex ------------------------------------------------------------------------
 
+
 def test_a_string_setting_takes_text_that_fits_its_registers_and_matches_its_pattern() -> None:
     name = setting(type="string", length=2, pattern="[a-z]+")
 
@@ -170,8 +191,9 @@ def test_a_string_setting_takes_text_that_fits_its_registers_and_matches_its_pat
     assert "sp: expected a string, got 3" == rejection(name, 3)
     assert "sp: 'ab1' does not match the pattern" == rejection(name, "ab1")
     assert "sp: 'xabcd1' does not match the pattern" == rejection(name, "xabcd1")  # fullmatch
-    assert ("sp: string of 5 UTF-8 bytes does not fit in 2 registers (4 bytes)"
-            == rejection(name, "abcde"))
+    assert "sp: string of 5 UTF-8 bytes does not fit in 2 registers (4 bytes)" == rejection(
+        name, "abcde"
+    )
 
 
 def test_a_string_with_an_enum_takes_only_its_values() -> None:
@@ -198,15 +220,14 @@ def test_a_string_in_a_byte_swapped_device_has_its_bytes_swapped_per_register() 
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("0xBEEF", 'sp: hex takes hex digits without prefix (e.g. "BEEF"), got \'0xBEEF\''),
+        ("0xBEEF", "sp: hex takes hex digits without prefix (e.g. \"BEEF\"), got '0xBEEF'"),
         ("BEEFBEEF", "sp: hex needs 4 digits (4 per register), got 8"),
         ("BEE", "sp: hex needs 4 digits (4 per register), got 3"),
-        ("WXYZ", 'sp: hex takes hex digits without prefix (e.g. "BEEF"), got \'WXYZ\''),
+        ("WXYZ", "sp: hex takes hex digits without prefix (e.g. \"BEEF\"), got 'WXYZ'"),
         (48879, "sp: expected a string, got 48879"),
     ],
 )
-def test_a_hex_setting_takes_exactly_four_digits_per_register(value: object,
-                                                              message: str) -> None:
+def test_a_hex_setting_takes_exactly_four_digits_per_register(value: object, message: str) -> None:
     status = setting(type="hex", length=1)
 
     assert message == rejection(status, value)
@@ -224,6 +245,7 @@ def test_a_hex_setting_without_length_takes_one_register() -> None:
 
 # -- numbers --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [
@@ -238,7 +260,8 @@ def test_a_hex_setting_without_length_takes_one_register() -> None:
     ],
 )
 def test_an_integer_setting_takes_whole_numbers_within_its_bounds(
-    value: object, message: str,
+    value: object,
+    message: str,
 ) -> None:
     level = setting(type="int16", min=-5, max=5)
 
@@ -260,7 +283,8 @@ def test_an_integer_setting_takes_exactly_its_types_range(point_type: str) -> No
 @pytest.mark.parametrize("point_type", ["uint16", "int64"])
 def test_an_integer_beyond_float_range_is_rejected(point_type: str) -> None:
     assert f"sp: {BEYOND_FLOAT} does not fit {point_type}" == rejection(
-        setting(type=point_type), BEYOND_FLOAT)
+        setting(type=point_type), BEYOND_FLOAT
+    )
 
 
 def test_a_numeric_enum_takes_only_its_values() -> None:
@@ -273,14 +297,19 @@ def test_a_numeric_enum_takes_only_its_values() -> None:
 @pytest.mark.parametrize(
     ("point_type", "value", "message"),
     [
-        ("float32", 1e39, "sp: float32 holds -3.4028234663852886e+38..3.4028234663852886e+38,"
-                          " got 1e+39"),
+        (
+            "float32",
+            1e39,
+            "sp: float32 holds -3.4028234663852886e+38..3.4028234663852886e+38, got 1e+39",
+        ),
         ("float32", BEYOND_FLOAT, None),
         ("float64", BEYOND_FLOAT, None),
     ],
 )
 def test_a_float_setting_rejects_what_its_type_cannot_hold(
-    point_type: str, value: object, message: str | None,
+    point_type: str,
+    value: object,
+    message: str | None,
 ) -> None:
     shown = rejection(setting(type=point_type), value)
 
@@ -320,23 +349,49 @@ def test_a_scaled_float_is_written_unscaled() -> None:
 
 # -- byte orders ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("point_type", "value", "registers"),
     [
-        ("int16", -2, {"ABCD": [0xFFFE], "CDAB": [0xFFFE], "BADC": [0xFEFF],
-                       "DCBA": [0xFEFF]}),
-        ("uint32", 0x12345678, {"ABCD": [0x1234, 0x5678], "CDAB": [0x5678, 0x1234],
-                                "BADC": [0x3412, 0x7856], "DCBA": [0x7856, 0x3412]}),
-        ("float32", 1.0, {"ABCD": [0x3F80, 0x0000], "CDAB": [0x0000, 0x3F80],
-                          "BADC": [0x803F, 0x0000], "DCBA": [0x0000, 0x803F]}),
-        ("int64", 0x0102030405060708, {
-            "ABCD": [0x0102, 0x0304, 0x0506, 0x0708], "CDAB": [0x0708, 0x0506, 0x0304, 0x0102],
-            "BADC": [0x0201, 0x0403, 0x0605, 0x0807], "DCBA": [0x0807, 0x0605, 0x0403, 0x0201]}),
+        ("int16", -2, {"ABCD": [0xFFFE], "CDAB": [0xFFFE], "BADC": [0xFEFF], "DCBA": [0xFEFF]}),
+        (
+            "uint32",
+            0x12345678,
+            {
+                "ABCD": [0x1234, 0x5678],
+                "CDAB": [0x5678, 0x1234],
+                "BADC": [0x3412, 0x7856],
+                "DCBA": [0x7856, 0x3412],
+            },
+        ),
+        (
+            "float32",
+            1.0,
+            {
+                "ABCD": [0x3F80, 0x0000],
+                "CDAB": [0x0000, 0x3F80],
+                "BADC": [0x803F, 0x0000],
+                "DCBA": [0x0000, 0x803F],
+            },
+        ),
+        (
+            "int64",
+            0x0102030405060708,
+            {
+                "ABCD": [0x0102, 0x0304, 0x0506, 0x0708],
+                "CDAB": [0x0708, 0x0506, 0x0304, 0x0102],
+                "BADC": [0x0201, 0x0403, 0x0605, 0x0807],
+                "DCBA": [0x0807, 0x0605, 0x0403, 0x0201],
+            },
+        ),
     ],
 )
 @pytest.mark.parametrize("byte_order", BYTE_ORDERS)
 def test_a_setting_is_written_in_its_devices_byte_order_unless_it_has_its_own(
-    point_type: str, value: int | float, registers: dict[str, list[int]], byte_order: ByteOrder,
+    point_type: str,
+    value: int | float,
+    registers: dict[str, list[int]],
+    byte_order: ByteOrder,
 ) -> None:
     from_device = setting(type=point_type, device_byte_order=byte_order)
     own = setting(type=point_type, byte_order=byte_order, device_byte_order="CDAB")
@@ -367,7 +422,8 @@ def integer_values(draw: st.DrawFn) -> tuple[str, int]:
 
 @given(integer_values(), byte_orders)
 def test_every_integer_in_range_is_accepted_and_reported_back_unchanged(
-    typed: tuple[str, int], byte_order: ByteOrder,
+    typed: tuple[str, int],
+    byte_order: ByteOrder,
 ) -> None:
     point_type, value = typed
     target = setting(type=point_type, byte_order=byte_order)
@@ -382,8 +438,9 @@ def test_every_integer_in_range_is_accepted_and_reported_back_unchanged(
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False), byte_orders)
-def test_every_finite_float64_is_reported_back_unchanged(value: float,
-                                                         byte_order: ByteOrder) -> None:
+def test_every_finite_float64_is_reported_back_unchanged(
+    value: float, byte_order: ByteOrder
+) -> None:
     target = setting(type="float64", byte_order=byte_order)
 
     registers = target.encode(target.accept(value))
@@ -394,7 +451,8 @@ def test_every_finite_float64_is_reported_back_unchanged(value: float,
 
 @given(st.floats(width=32, allow_nan=False, allow_infinity=False), byte_orders)
 def test_every_float32_value_is_reported_back_as_the_same_float32(
-        value: float, byte_order: ByteOrder) -> None:
+    value: float, byte_order: ByteOrder
+) -> None:
     """Reported as the shortest decimal that is the same float32 (0.1, not 0.100000001)."""
     target = setting(type="float32", byte_order=byte_order)
 
@@ -418,7 +476,8 @@ def held_registers(draw: st.DrawFn) -> tuple[str, list[int]]:
 
 @given(held_registers(), byte_orders)
 def test_what_a_device_holds_written_back_as_reported_writes_the_same_registers(
-    held: tuple[str, list[int]], byte_order: ByteOrder,
+    held: tuple[str, list[int]],
+    byte_order: ByteOrder,
 ) -> None:
     """The report of a value, sent back by the cloud, changes nothing on the device."""
     point_type, registers = held
@@ -432,10 +491,17 @@ def test_what_a_device_holds_written_back_as_reported_writes_the_same_registers(
     assert registers == target.encode(target.accept(reported))
 
 
-@given(st.sampled_from(["uint16", "int16", "uint32", "int32"]),
-       st.sampled_from([0.1, 0.01, 0.5, 2.0]), st.integers(0, 0x7FFF), byte_orders)
+@given(
+    st.sampled_from(["uint16", "int16", "uint32", "int32"]),
+    st.sampled_from([0.1, 0.01, 0.5, 2.0]),
+    st.integers(0, 0x7FFF),
+    byte_orders,
+)
 def test_a_scaled_reading_written_back_gives_the_same_raw_value(
-    point_type: str, scale: float, raw: int, byte_order: ByteOrder,
+    point_type: str,
+    scale: float,
+    raw: int,
+    byte_order: ByteOrder,
 ) -> None:
     target = setting(type=point_type, scale=scale, byte_order=byte_order)
     registers = setting(type=point_type, byte_order=byte_order).encode(raw)
@@ -444,13 +510,15 @@ def test_a_scaled_reading_written_back_gives_the_same_raw_value(
     assert registers == target.encode(target.accept(target.decode(registers)))
 
 
-text_without_nul = st.text(st.characters(exclude_categories=["Cs"],
-                                         exclude_characters="\x00"), max_size=8)
+text_without_nul = st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=8
+)
 
 
 @given(text_without_nul, byte_orders)
-def test_every_string_that_fits_is_reported_back_unchanged(text: str,
-                                                           byte_order: ByteOrder) -> None:
+def test_every_string_that_fits_is_reported_back_unchanged(
+    text: str, byte_order: ByteOrder
+) -> None:
     length = 8
     target = setting(type="string", length=length, byte_order=byte_order)
     fits = len(text.encode()) <= 2 * length
@@ -467,7 +535,9 @@ def test_every_string_that_fits_is_reported_back_unchanged(text: str,
 
 @given(st.binary(min_size=4, max_size=4), byte_orders, st.booleans())
 def test_every_hex_value_of_its_length_is_reported_back_in_capitals(
-    data: bytes, byte_order: ByteOrder, lower: bool,
+    data: bytes,
+    byte_order: ByteOrder,
+    lower: bool,
 ) -> None:
     target = setting(type="hex", length=2, byte_order=byte_order)
     digits = data.hex() if lower else data.hex().upper()

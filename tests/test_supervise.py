@@ -56,16 +56,21 @@ async def stopped(task: asyncio.Task[None]) -> None:
 async def test_a_failing_source_is_logged_once_with_its_traceback_and_restarted() -> None:
     source = Source(RuntimeError("hand-off failed"))
     with capture_logs() as logs:
-        task = asyncio.create_task(supervise("serial[gps]", source.run, **FAST,
-                                             jitter=ceiling))
+        task = asyncio.create_task(supervise("serial[gps]", source.run, **FAST, jitter=ceiling))
         await asyncio.wait_for(source.running.wait(), WAIT)
         await stopped(task)
 
     assert 2 == source.runs
     [failed] = failures(logs)
     error = failed.pop("exc_info")
-    assert {"event": "source_failed", "log_level": "error", "source": "serial[gps]",
-            "restarts": 1, "retry_in": 0.01, "error": "RuntimeError: hand-off failed"} == failed
+    assert {
+        "event": "source_failed",
+        "log_level": "error",
+        "source": "serial[gps]",
+        "restarts": 1,
+        "retry_in": 0.01,
+        "error": "RuntimeError: hand-off failed",
+    } == failed
     assert isinstance(error, RuntimeError)
     assert error.__traceback__ is not None
 
@@ -87,20 +92,26 @@ async def test_a_repeated_failure_logs_its_traceback_once_then_one_short_line_ea
         await asyncio.wait_for(source.running.wait(), WAIT)
         await stopped(task)
 
-    shown = [(e["log_level"], e["error"], e.get("repeats"), "exc_info" in e)
-             for e in failures(logs)]
-    assert [("error", "ValueError: bad value 1", None, True),
-            ("warning", "ValueError: bad value 2", 1, False),
-            ("warning", "ValueError: bad value 3", 2, False),
-            ("error", "KeyError: 'other'", None, True)] == shown
+    shown = [
+        (e["log_level"], e["error"], e.get("repeats"), "exc_info" in e) for e in failures(logs)
+    ]
+    assert [
+        ("error", "ValueError: bad value 1", None, True),
+        ("warning", "ValueError: bad value 2", 1, False),
+        ("warning", "ValueError: bad value 3", 2, False),
+        ("error", "KeyError: 'other'", None, True),
+    ] == shown
     assert [1, 2, 3, 4] == [e["restarts"] for e in failures(logs)]
 
 
 async def test_the_back_off_doubles_up_to_its_cap() -> None:
     source = Source(*[RuntimeError("again")] * 5)
     with capture_logs() as logs:
-        task = asyncio.create_task(supervise("poll[meter1]", source.run, backoff_min=0.01,
-                                             backoff_max=0.05, jitter=ceiling))
+        task = asyncio.create_task(
+            supervise(
+                "poll[meter1]", source.run, backoff_min=0.01, backoff_max=0.05, jitter=ceiling
+            )
+        )
         await asyncio.wait_for(source.running.wait(), WAIT)
         await stopped(task)
 
@@ -115,8 +126,9 @@ async def test_the_jitter_is_drawn_from_zero_to_the_ceiling() -> None:
         return low
 
     source = Source(RuntimeError("once"))
-    task = asyncio.create_task(supervise("configurator", source.run, backoff_min=2.0,
-                                         backoff_max=30.0, jitter=jitter))
+    task = asyncio.create_task(
+        supervise("configurator", source.run, backoff_min=2.0, backoff_max=30.0, jitter=jitter)
+    )
     await asyncio.wait_for(source.running.wait(), WAIT)
     await stopped(task)
 
@@ -136,9 +148,16 @@ async def test_the_back_off_starts_again_after_a_healthy_run() -> None:
 
     source = HealthyThenFailing()
     with capture_logs() as logs:
-        task = asyncio.create_task(supervise("health", source.run, backoff_min=0.01,
-                                             backoff_max=1.0, healthy_after=1.0,
-                                             jitter=ceiling))
+        task = asyncio.create_task(
+            supervise(
+                "health",
+                source.run,
+                backoff_min=0.01,
+                backoff_max=1.0,
+                healthy_after=1.0,
+                jitter=ceiling,
+            )
+        )
         await asyncio.wait_for(source.running.wait(), WAIT)
         await stopped(task)
 
@@ -157,8 +176,11 @@ async def test_cancelling_during_the_back_off_stops_at_once() -> None:
 
     source = SaysWhenItFails(RuntimeError("fails"))
     with capture_logs() as logs:
-        task = asyncio.create_task(supervise("poll[meter1]", source.run, backoff_min=3600.0,
-                                             backoff_max=3600.0, jitter=ceiling))
+        task = asyncio.create_task(
+            supervise(
+                "poll[meter1]", source.run, backoff_min=3600.0, backoff_max=3600.0, jitter=ceiling
+            )
+        )
         await asyncio.wait_for(source.failed.wait(), WAIT)
         await stopped(task)
 
@@ -196,7 +218,10 @@ async def test_a_source_that_fails_while_being_cancelled_is_logged_and_not_resta
     assert 1 == source.runs
     [failed] = failures(logs)
     assert ("RuntimeError: cleanup failed", True, 0) == (
-        failed["error"], failed["stopping"], failed["restarts"])
+        failed["error"],
+        failed["stopping"],
+        failed["restarts"],
+    )
     assert "retry_in" not in failed
 
 
@@ -262,6 +287,7 @@ async def test_an_error_from_a_sources_task_group_is_shown_unwrapped() -> None:
 async def test_a_task_group_child_failing_after_the_body_ended_is_restarted_each_time() -> None:
     """Before Python 3.13 the TaskGroup then leaves its task's cancellation count raised:
     that must not make the supervisor think it is being cancelled."""
+
     async def talker() -> None:
         await asyncio.sleep(0)
         raise ZeroDivisionError("division by zero")

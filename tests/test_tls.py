@@ -30,15 +30,25 @@ BACKOFF_MAX = 1.0  # ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** n)
 Logs = list[dict[str, Any]]
 
 
-def tls_agent_toml(broker: Broker, plant: PlantServer, *, ca_file: Path,
-                   host: str | None = None, client: KeyPair | None = None,
-                   secret: str | None = None) -> str:
+def tls_agent_toml(
+    broker: Broker,
+    plant: PlantServer,
+    *,
+    ca_file: Path,
+    host: str | None = None,
+    client: KeyPair | None = None,
+    secret: str | None = None,
+) -> str:
     """`agent_toml` for one device, its `[mqtt]` pointed at the broker's TLS listener."""
     text = agent_toml(broker, tcp_connection(plant, device(interval=0.2, bucket=BUCKET)))
     plain = f'host = "{broker.host}"\nport = {broker.port}\ntls = false\n'
     assert plain in text, "agent_toml's [mqtt] lines changed"
-    lines = [f'host = "{host or broker.host}"', f"port = {broker.tls_port}", "tls = true",
-             f'ca_file = "{ca_file}"']
+    lines = [
+        f'host = "{host or broker.host}"',
+        f"port = {broker.tls_port}",
+        "tls = true",
+        f'ca_file = "{ca_file}"',
+    ]
     if client is not None:
         lines += [f'cert_file = "{client.cert}"', f'key_file = "{client.key}"']
     text = text.replace(plain, "\n".join(lines) + "\n")
@@ -56,23 +66,30 @@ def thing_logged_in(broker: Broker) -> bool:
 
 
 async def wait_for_event(logs: Logs, event: str, *, count: int = 1) -> Logs:
-    await poll_until(lambda: len(events(logs, event)) >= count, timeout=WAIT,
-                     what=f"{count} x {event} logged")
+    await poll_until(
+        lambda: len(events(logs, event)) >= count, timeout=WAIT, what=f"{count} x {event} logged"
+    )
     return events(logs, event)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 async def test_with_the_ca_file_the_agent_connects_over_tls_and_the_cloud_gets_readings(
-    tmp_path: Path, broker_factory: BrokerFactory, tls_pki: Pki, sim_unit: SimUnit,
-    tcp_plant: PlantServer, host: str,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    tls_pki: Pki,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    host: str,
 ) -> None:
     """The server certificate names IP:127.0.0.1 and DNS:localhost: either host works."""
     broker = broker_factory(tls=tls_pki.server)
     sim_unit.set_registers("holding", 0, [VALUE])
     config = tls_agent_toml(broker, tcp_plant, ca_file=tls_pki.ca_file, host=host)
     with capture_logs() as logs:
-        async with CloudClient.for_broker(broker) as cloud, \
-                running_agent(tmp_path, config) as agent:
+        async with (
+            CloudClient.for_broker(broker) as cloud,
+            running_agent(tmp_path, config) as agent,
+        ):
             await cloud.wait_for(lambda _: bool(cloud.readings(BUCKET)), timeout=WAIT)
             assert agent.session.connected
 
@@ -82,7 +99,10 @@ async def test_with_the_ca_file_the_agent_connects_over_tls_and_the_cloud_gets_r
 
 
 async def test_a_server_certificate_from_another_ca_is_refused_and_retried_with_back_off(
-    tmp_path: Path, broker_factory: BrokerFactory, tls_pki: Pki, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    tls_pki: Pki,
+    tcp_plant: PlantServer,
 ) -> None:
     broker = broker_factory(tls=tls_pki.server)
     config = tls_agent_toml(broker, tcp_plant, ca_file=tls_pki.other_ca.cert)
@@ -103,7 +123,10 @@ async def test_a_server_certificate_from_another_ca_is_refused_and_retried_with_
 
 
 async def test_a_server_certificate_for_another_name_is_refused(
-    tmp_path: Path, broker_factory: BrokerFactory, tls_pki: Pki, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    tls_pki: Pki,
+    tcp_plant: PlantServer,
 ) -> None:
     """Signed by the trusted CA, but for DNS:other.invalid: the agent dials 127.0.0.1."""
     broker = broker_factory(tls=tls_pki.wrong_name)
@@ -119,10 +142,14 @@ async def test_a_server_certificate_for_another_name_is_refused(
     assert not thing_logged_in(broker)
 
 
-@pytest.mark.parametrize("client", [None, "other_client"], ids=["no-certificate",
-                                                                 "certificate-from-another-ca"])
+@pytest.mark.parametrize(
+    "client", [None, "other_client"], ids=["no-certificate", "certificate-from-another-ca"]
+)
 async def test_mutual_tls_refuses_an_agent_without_a_client_certificate_the_broker_trusts(
-    tmp_path: Path, broker_factory: BrokerFactory, tls_pki: Pki, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    tls_pki: Pki,
+    tcp_plant: PlantServer,
     client: str | None,
 ) -> None:
     """With TLS 1.3 the broker refuses after the client's side of the handshake is done:
@@ -131,15 +158,19 @@ async def test_mutual_tls_refuses_an_agent_without_a_client_certificate_the_brok
     broker = broker_factory(tls=tls_pki.mutual)
     pair = None if client is None else getattr(tls_pki, client)
     config = tls_agent_toml(broker, tcp_plant, ca_file=tls_pki.ca_file, client=pair)
-    broker_says = ("peer did not return a certificate" if client is None
-                   else "certificate verify failed")
+    broker_says = (
+        "peer did not return a certificate" if client is None else "certificate verify failed"
+    )
     with capture_logs() as logs:
         async with running_agent(tmp_path, config) as agent:
             # Two attempts within WAIT: neither waited for connect_timeout (10 s).
             failed = await wait_for_event(logs, "mqtt_connect_failed", count=2)
             assert not agent.session.connected
-            await poll_until(lambda: broker_says in broker.log_text(), timeout=WAIT,
-                             what=f"broker log: {broker_says}")
+            await poll_until(
+                lambda: broker_says in broker.log_text(),
+                timeout=WAIT,
+                what=f"broker log: {broker_says}",
+            )
 
     assert "the broker closed the connection before its CONNACK" in failed[0]["error"]
     assert "client certificate" in failed[0]["error"]
@@ -148,7 +179,10 @@ async def test_mutual_tls_refuses_an_agent_without_a_client_certificate_the_brok
 
 
 async def test_mutual_tls_accepts_an_agent_with_a_client_certificate_from_the_ca(
-    tmp_path: Path, broker_factory: BrokerFactory, tls_pki: Pki, sim_unit: SimUnit,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    tls_pki: Pki,
+    sim_unit: SimUnit,
     tcp_plant: PlantServer,
 ) -> None:
     broker = broker_factory(tls=tls_pki.mutual)
@@ -163,12 +197,16 @@ async def test_mutual_tls_accepts_an_agent_with_a_client_certificate_from_the_ca
 
 
 async def test_mutual_tls_still_checks_the_thing_secret(
-    tmp_path: Path, broker_factory: BrokerFactory, tls_pki: Pki, tcp_plant: PlantServer,
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    tls_pki: Pki,
+    tcp_plant: PlantServer,
 ) -> None:
     """A trusted client certificate is not a login: user = thing id, password = secret."""
     broker = broker_factory(tls=tls_pki.mutual)
-    config = tls_agent_toml(broker, tcp_plant, ca_file=tls_pki.ca_file, client=tls_pki.client,
-                            secret="not-the-secret")
+    config = tls_agent_toml(
+        broker, tcp_plant, ca_file=tls_pki.ca_file, client=tls_pki.client, secret="not-the-secret"
+    )
     with capture_logs() as logs:
         async with running_agent(tmp_path, config) as agent:
             refused = await wait_for_event(logs, "mqtt_auth_refused")

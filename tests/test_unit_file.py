@@ -59,14 +59,20 @@ def testable_unit(tmp_path: Path) -> Path:
     assert f"ExecStart={INSTALLED_EXEC} " in text
     copy = tmp_path / "units" / "orio-agent.service"
     copy.parent.mkdir()
-    copy.write_text(text.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={stub} "),
-                    encoding="utf-8")
+    copy.write_text(
+        text.replace(f"ExecStart={INSTALLED_EXEC} ", f"ExecStart={stub} "), encoding="utf-8"
+    )
     return copy
 
 
 def test_systemd_analyze_verify_reports_nothing(testable_unit: Path) -> None:
-    result = subprocess.run([systemd_analyze(), "verify", str(testable_unit)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [systemd_analyze(), "verify", str(testable_unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert (0, "", "") == (result.returncode, result.stdout, result.stderr)
 
 
@@ -74,10 +80,12 @@ def test_security_exposure_is_at_most_2(testable_unit: Path) -> None:
     """`systemd-analyze security --offline=true`: the issue's bar is 2.0 or lower."""
     result = subprocess.run(
         [systemd_analyze(), "security", "--offline=true", "--no-pager", str(testable_unit)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    match = re.search(r"Overall exposure level for orio-agent\.service: (\d+\.\d+)",
-                      result.stdout)
+    match = re.search(r"Overall exposure level for orio-agent\.service: (\d+\.\d+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     exposure = float(match.group(1))
     assert exposure <= MAX_EXPOSURE, result.stdout
@@ -85,7 +93,10 @@ def test_security_exposure_is_at_most_2(testable_unit: Path) -> None:
 
 def test_runs_as_type_notify_with_a_watchdog(unit: dict[str, list[str]]) -> None:
     assert (["notify"], ["main"], ["30s"]) == (
-        unit["Type"], unit["NotifyAccess"], unit["WatchdogSec"])
+        unit["Type"],
+        unit["NotifyAccess"],
+        unit["WatchdogSec"],
+    )
 
 
 def test_runs_the_installed_agent_on_the_installed_config(unit: dict[str, list[str]]) -> None:
@@ -98,8 +109,7 @@ def test_reload_sends_sighup(unit: dict[str, list[str]]) -> None:
 
 def test_a_bad_config_does_not_restart_loop(unit: dict[str, list[str]]) -> None:
     """The agent exits 78 (EX_CONFIG) on a bad config; any other failure is restarted."""
-    assert (["on-failure"], [str(EX_CONFIG)]) == (
-        unit["Restart"], unit["RestartPreventExitStatus"])
+    assert (["on-failure"], [str(EX_CONFIG)]) == (unit["Restart"], unit["RestartPreventExitStatus"])
 
 
 def test_stop_leaves_time_to_flush(unit: dict[str, list[str]]) -> None:
@@ -108,13 +118,18 @@ def test_stop_leaves_time_to_flush(unit: dict[str, list[str]]) -> None:
 
 def test_runs_as_the_package_user_with_serial_port_access(unit: dict[str, list[str]]) -> None:
     assert (["orio-agent"], ["orio-agent"], ["dialout"]) == (
-        unit["User"], unit["Group"], unit["SupplementaryGroups"])
+        unit["User"],
+        unit["Group"],
+        unit["SupplementaryGroups"],
+    )
 
 
 def test_state_and_config_directories(unit: dict[str, list[str]]) -> None:
     """Queue and settings in /var/lib/orio-agent; the config in /etc/orio-agent."""
     assert (["orio-agent"], ["orio-agent"]) == (
-        unit["StateDirectory"], unit["ConfigurationDirectory"])
+        unit["StateDirectory"],
+        unit["ConfigurationDirectory"],
+    )
 
 
 def test_the_secret_may_come_as_the_thing_secret_credential(unit: dict[str, list[str]]) -> None:
@@ -133,8 +148,11 @@ def test_serial_ports_are_allowed_and_nothing_else(unit: dict[str, list[str]]) -
 
 def test_usb_and_acm_serial_drivers_are_loaded_at_boot() -> None:
     """DeviceAllow=char-ttyUSB only takes effect if the driver is registered at start."""
-    modules = [line for line in MODULES_LOAD.read_text(encoding="utf-8").splitlines()
-               if line and not line.startswith("#")]
+    modules = [
+        line
+        for line in MODULES_LOAD.read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
     assert ["usbserial", "cdc_acm"] == modules
 
 
