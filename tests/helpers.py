@@ -8,7 +8,8 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,7 +19,7 @@ from agent.config import load_config
 from agent.diskqueue import DiskOutbox, QueueSettings, unpack_payload
 from agent.service import Agent
 from sim.broker import Broker
-from sim.plant import PlantServer
+from sim.plant import PlantServer, SimUnit
 
 STOP_TIMEOUT = 30.0
 
@@ -116,6 +117,47 @@ async def running_agent(
             task.cancel()
             raise AssertionError(f"the agent did not stop within {STOP_TIMEOUT} s")
         task.result()
+
+
+# -- a unit that counts its reads ------------------------------------------------------------
+
+COUNTED_BUCKET = "b"
+COUNTER = "n0"  # the point on holding register 0, which counts the unit's reads
+
+
+def counting_device(plant: PlantServer, *, interval: float = 0.1, points: int = 1) -> str:
+    """One unit whose points `n0 .. n<points-1>` are holding registers 0.., read in one
+    request; with `SimUnit.count_reads`, n0 carries the number of the read it came from."""
+    ids = ", ".join(f'{{ id = "n{i}", table = "holding", address = {i} }}' for i in range(points))
+    return tcp_connection(
+        plant,
+        device(interval=interval, bucket=COUNTED_BUCKET, points=ids, extra="  backoff_max = 0.5"),
+    )
+
+
+def reads(unit: SimUnit) -> int:
+    """How many reads the unit has answered (its counting register)."""
+    return unit.get_registers("holding", 0)[0]
+
+
+def numbers(readings: Iterable[dict[str, Any]], point: str = COUNTER) -> Counter[int]:
+    """The read numbers carried by `point`'s readings, with how often each was seen."""
+    return Counter(int(r["value"]) for r in readings if r["id"] == point)
+
+
+def duplicates(counts: Counter[Any]) -> int:
+    return sum(count - 1 for count in counts.values())
+
+
+def runs(values: Iterable[int]) -> list[tuple[int, int]]:
+    """`{1, 2, 3, 7, 8}` as `[(1, 3), (7, 8)]`: readable sets in failure messages."""
+    spans: list[tuple[int, int]] = []
+    for value in sorted(values):
+        if spans and value == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], value)
+        else:
+            spans.append((value, value))
+    return spans
 
 
 # -- the durable queue and the agent as a real process ------------------------------------

@@ -21,7 +21,7 @@ import re
 import signal
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,19 +34,22 @@ from sim.broker import Broker, BrokerFactory
 from sim.cloud import CloudClient
 from sim.plant import PlantServer, SimUnit
 from tests.helpers import (
+    COUNTED_BUCKET,
     AgentProcess,
     count_queue,
-    device,
+    counting_device,
+    duplicates,
     durable_agent_toml,
+    numbers,
     poll_until,
     read_queue,
+    reads,
     running_agent,
-    tcp_connection,
+    runs,
 )
 
 WAIT = 30.0  # generous: every wait ends on an event or a condition well before
-BUCKET = "b"
-COUNTER = "n0"  # the point on holding register 0, which counts the unit's reads
+BUCKET = COUNTED_BUCKET
 MIN_QUEUE_BYTES = 64 * 1024  # the smallest queue.max_bytes the config accepts
 MAX_INFLIGHT = 32  # mqtt.max_inflight
 ACK_BATCH = 32  # acknowledged messages whose deletion forces a commit (agent.diskqueue)
@@ -63,28 +66,10 @@ def broker(broker_factory: BrokerFactory) -> Broker:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def counting_device(plant: PlantServer, *, points: int = 1, interval: float = 0.1) -> str:
-    """One unit whose points `n0 .. n<points-1>` are holding registers 0.., read in one request."""
-    ids = ", ".join(f'{{ id = "n{i}", table = "holding", address = {i} }}' for i in range(points))
-    return tcp_connection(
-        plant, device(interval=interval, bucket=BUCKET, points=ids, extra="  backoff_max = 0.5")
-    )
-
-
 def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "agent.toml"
     path.write_text(text)
     return path
-
-
-def reads(unit: SimUnit) -> int:
-    """How many reads the unit has answered (its counting register)."""
-    return unit.get_registers("holding", 0)[0]
-
-
-def numbers(readings: Iterable[dict[str, Any]], point: str = COUNTER) -> Counter[int]:
-    """The read numbers carried by `point`'s readings, with how often each was seen."""
-    return Counter(int(r["value"]) for r in readings if r["id"] == point)
 
 
 def received(cloud: CloudClient) -> Counter[int]:
@@ -94,21 +79,6 @@ def received(cloud: CloudClient) -> Counter[int]:
 def queued_numbers(path: Path) -> set[int]:
     """The read numbers committed in the queue file."""
     return {n for message in read_queue(path) for n in numbers(message.readings())}
-
-
-def duplicates(counts: Counter[Any]) -> int:
-    return sum(count - 1 for count in counts.values())
-
-
-def runs(values: Iterable[int]) -> list[tuple[int, int]]:
-    """`{1, 2, 3, 7, 8}` as `[(1, 3), (7, 8)]`: readable sets in failure messages."""
-    spans: list[tuple[int, int]] = []
-    for value in sorted(values):
-        if spans and value == spans[-1][1] + 1:
-            spans[-1] = (spans[-1][0], value)
-        else:
-            spans.append((value, value))
-    return spans
 
 
 def broker_drops(broker: Broker) -> list[str]:

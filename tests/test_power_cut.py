@@ -12,28 +12,28 @@ they are put); with "full", commit_interval + max_delay.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.queuestore import unpack_payload
 from sim.broker import Broker, BrokerFactory
 from sim.lazyfs import LazyFs
 from sim.plant import PlantServer, SimUnit
 from tests.helpers import (
+    COUNTER,
     AgentProcess,
-    device,
+    counting_device,
     durable_agent_toml,
+    numbers,
     poll_until,
-    tcp_connection,
+    read_queue,
+    reads,
 )
 
 WAIT = 30.0
-BUCKET = "b"
-COUNTER = "n0"
 COMMIT_INTERVAL = 0.5
 SYNC_INTERVAL = 2.0
 MAX_DELAY = 0.2
@@ -46,16 +46,12 @@ def broker(broker_factory: BrokerFactory) -> Broker:
     return broker_factory()
 
 
-def stored_readings(path: Path) -> list[dict[str, object]]:
-    """Every reading the queue file holds (its WAL applied), after an integrity check."""
+def stored_readings(path: Path) -> list[dict[str, Any]]:
+    """Every reading the queue file holds (its WAL applied), after an integrity check; none
+    when the cut took even the table (nothing had been synced)."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert "ok" == db.execute("PRAGMA integrity_check").fetchone()[0]
-        if db.execute("SELECT name FROM sqlite_master WHERE name = 'messages'").fetchone() is None:
-            return []  # the cut took even the table: nothing had been synced
-        found: list[dict[str, object]] = []
-        for payload, codec in db.execute("SELECT payload, codec FROM messages ORDER BY seq"):
-            found.extend(json.loads(unpack_payload(payload, codec)))
-    return found
+    return [reading for message in read_queue(path) for reading in message.readings()]
 
 
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
@@ -69,12 +65,11 @@ async def test_a_power_cut_loses_only_readings_younger_than_the_documented_windo
 ) -> None:
     sim_unit.count_reads("holding", 0)
     queue_path = lazyfs.mountpoint / "queue.db"
-    points = f'{{ id = "{COUNTER}", table = "holding", address = 0 }}'
     config = tmp_path / "agent.toml"
     config.write_text(
         durable_agent_toml(
             broker,
-            tcp_connection(tcp_plant, device(interval=0.05, bucket=BUCKET, points=points)),
+            counting_device(tcp_plant, interval=0.05),
             queue_path=queue_path,
             batch=f"max_delay = {MAX_DELAY}",
             queue=f'synchronous = "{synchronous}"\ncommit_interval = {COMMIT_INTERVAL}\n'
@@ -89,20 +84,18 @@ async def test_a_power_cut_loses_only_readings_younger_than_the_documented_windo
         for cut in range(CUTS):
             await agent.start()
             await agent.wait_for_event("agent_started", timeout=WAIT)
-            start = sim_unit.get_registers("holding", 0)[0]
+            start = reads(sim_unit)
             # A few seconds of readings, several syncs' worth, then the cut.
-            await sim_unit.wait_until(
-                lambda u, s=start: u.get_registers("holding", 0)[0] >= s + 60, timeout=WAIT
-            )
+            await sim_unit.wait_until(lambda u, s=start: reads(u) >= s + 60, timeout=WAIT)
             await agent.kill()
             cut_ms = time.time() * 1000
             stats = lazyfs.power_cut()
             lazyfs.start()
             await poll_until(queue_path.exists, timeout=WAIT, what="the queue file after the cut")
             readings = stored_readings(queue_path)
-            kept = {int(r["value"]) for r in readings if r["id"] == COUNTER}
+            kept = set(numbers(readings))
             times = {int(r["value"]): int(r["timestamp"]) for r in readings if r["id"] == COUNTER}
-            last = sim_unit.get_registers("holding", 0)[0]
+            last = reads(sim_unit)
             newest_kept = max(kept, default=0)
             missing_old = sorted(
                 n for n in range(1, newest_kept + 1) if n not in kept and n not in lost_earlier

@@ -34,18 +34,21 @@ from sim.cloud import CloudClient
 from sim.lazyfs import LazyFs
 from sim.plant import PlantServer, SimUnit
 from tests.helpers import (
-    device,
+    COUNTED_BUCKET,
+    COUNTER,
+    counting_device,
+    duplicates,
     durable_agent_toml,
+    numbers,
     poll_until,
     read_queue,
+    reads,
     running_agent,
     running_queue,
-    tcp_connection,
 )
 
 WAIT = 30.0  # generous: every wait ends on an event or a condition well before
-BUCKET = "b"
-COUNTER = "n0"
+BUCKET = COUNTED_BUCKET
 TOPIC = "$thing/xY6Eie5hv/$data/b"
 
 
@@ -100,24 +103,8 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         disk.unmount()
 
 
-def counting_device(plant: PlantServer, *, interval: float, points: int = 1) -> str:
-    """One unit whose points n0.. are holding registers 0..; n0 counts the unit's reads."""
-    ids = ", ".join(f'{{ id = "n{i}", table = "holding", address = {i} }}' for i in range(points))
-    return tcp_connection(
-        plant, device(interval=interval, bucket=BUCKET, points=ids, extra="  backoff_max = 0.5")
-    )
-
-
-def reads(unit: SimUnit) -> int:
-    return unit.get_registers("holding", 0)[0]
-
-
 def received(cloud: CloudClient) -> Counter[int]:
-    return Counter(int(r["value"]) for r in cloud.readings(BUCKET) if r["id"] == COUNTER)
-
-
-def duplicates(counts: Counter[int]) -> int:
-    return sum(count - 1 for count in counts.values())
+    return numbers(cloud.readings(BUCKET))
 
 
 def report(test: str, **measured: object) -> None:
