@@ -377,6 +377,8 @@ class Agent:
                 connected=self.session.connected,
                 queue_depth=stats.depth,
                 queue_bytes=stats.depth_bytes,
+                queue_files_bytes=stats.files_bytes,
+                queue_disk=stats.disk,
                 oldest_age_s=age,
                 backlog=stats.backlog,
                 sent=stats.sent_total,
@@ -420,6 +422,8 @@ class Agent:
         text = f"{state}; queue {stats.depth} messages"
         if stats.backlog:
             text += f" ({stats.backlog} to replay)"
+        if stats.disk != "ok":
+            text += f"; queue disk {stats.disk}"
         return text + (f"; not answering: {', '.join(failing)}" if failing else "")
 
     async def _drain(self, limit: float) -> None:

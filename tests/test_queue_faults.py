@@ -288,6 +288,46 @@ async def test_a_disk_that_stops_taking_writes_delivers_from_memory_and_resends_
     assert "QueueIOError" == failed[0]["error"]  # SQLite says SQLITE_IOERR_WRITE for both
 
 
+async def test_the_status_line_says_while_the_queue_disk_fails(
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+    lazyfs: LazyFs,
+) -> None:
+    """systemctl status shows a failing queue disk, and stops showing it once it recovers;
+    the readings flow throughout."""
+    sim_unit.count_reads("holding", 0)
+    config = durable_agent_toml(
+        broker,
+        counting_device(tcp_plant, interval=0.1),
+        queue_path=lazyfs.mountpoint / "queue.db",
+        log_format="logfmt",
+    )
+    async with running_agent(tmp_path, config) as agent:
+        await cloud.wait_for(lambda _: len(received(cloud)) >= 3, timeout=WAIT)
+        lazyfs.fail_writes(errno.EIO)
+        await poll_until(
+            lambda: "queue disk failing" in agent.status_line(),
+            timeout=WAIT,
+            what="STATUS= showing the failing disk",
+        )
+        failing = agent.status_line()
+        during = reads(sim_unit)
+        await cloud.wait_for(lambda _: max(received(cloud)) >= during + 5, timeout=WAIT)
+        lazyfs.fail_writes(None)
+        await poll_until(
+            lambda: "queue disk" not in agent.status_line(),
+            timeout=WAIT,
+            what="STATUS= back to normal",
+        )
+
+    assert failing.startswith("connected; queue ")
+    assert "QueueIOError" not in failing  # the error's text, not its type
+    assert "SQLITE_IOERR" in failing
+
+
 async def test_a_disk_full_from_the_start_still_delivers_and_keeps_what_fits(
     small_disk: SmallDisk,
 ) -> None:
