@@ -146,8 +146,9 @@ class DiskOutbox:
         self._in_flight: dict[int, Message] = {}
         self._retry: dict[int, Message] = {}  # released: sent again first
         self._acked: set[int] = set()  # on disk, acknowledged, deletion not yet committed
-        self._superseded: dict[str, int] = {}  # topic → the seq that replaced older ones
-        self._supersede_due: dict[str, int] = {}  # not yet deleted from disk
+        # topic → the seq that replaced older unsent ones, until the file has deleted them
+        # (reads from the file skip them meanwhile)
+        self._supersede_due: dict[str, int] = {}
         self._backlog_end = 0  # seqs up to this one are backlog, replayed at replay_rate
         self._backlog = _Lane(0)
         self._live = _Lane(0)  # live messages that had to leave memory
@@ -505,7 +506,6 @@ class DiskOutbox:
     def _supersede(self, topic: str) -> None:
         """Forget unsent messages on `topic`: the one being put replaces them."""
         newer = self._seq + 1
-        self._superseded[topic] = newer
         self._supersede_due[topic] = newer
         for lane in (self._mem_backlog, self._mem_live):
             for message in [m for m in lane if m.topic == topic]:
@@ -860,16 +860,23 @@ class DiskOutbox:
                 self._want_rows()  # a reconnect started the backlog over meanwhile
                 return
             lane.read = rows[-1][0] if len(rows) == FETCH_CHUNK else upto
-            skip = self._in_flight.keys() | self._retry.keys() | self._acked | self._resident
-            superseded = self._superseded
-            lane.rows.extend(
-                r
-                for r in rows
-                if r[0] not in skip and not (r[1] in superseded and r[0] < superseded[r[1]])
-            )
+            lane.rows.extend(row for row in rows if not self._elsewhere(row))
             if not lane.rows and lane.read < upto:
                 self._want_rows()
             self._ready.set()
+
+    def _elsewhere(self, row: Row) -> bool:
+        """A row read back that must not be sent from the file: it is in flight, waiting
+        to be sent again, acknowledged, in memory, or replaced by a newer report."""
+        seq, topic = row[0], row[1]
+        newer = self._supersede_due.get(topic)
+        return (
+            seq in self._in_flight
+            or seq in self._retry
+            or seq in self._acked
+            or seq in self._resident
+            or (newer is not None and seq < newer)
+        )
 
     async def _sync(self) -> None:
         self._synced = True
