@@ -505,23 +505,13 @@ class DiskOutbox:
 
     def _supersede(self, topic: str) -> None:
         """Forget unsent messages on `topic`: the one being put replaces them."""
-        newer = self._seq + 1
-        self._supersede_due[topic] = newer
-        for lane in (self._mem_backlog, self._mem_live):
-            for message in [m for m in lane if m.topic == topic]:
-                lane.remove(message)
-                self._resident.discard(message.seq)
-                self._mem_bytes -= len(message.payload)
-        for seq, message in list(self._unwritten.items()):
-            if message.topic == topic and seq not in self._in_flight:
-                del self._unwritten[seq]
-                self._unwritten_bytes -= len(message.payload)
-                if seq in self._writing or seq <= self._suspect_upto:
-                    self._acked.add(seq)
+        self._supersede_due[topic] = self._seq + 1  # the file's copies: at the next commit
+        self._discard(lambda _seq, other: other == topic)
+        for message in [m for m in self._unwritten.values() if m.topic == topic]:
+            if message.seq not in self._in_flight:
+                self._forget(message)
         for seq in [s for s, m in self._retry.items() if m.topic == topic]:
             self._forget(self._retry.pop(seq))
-        for disk_lane in (self._backlog, self._live):
-            disk_lane.rows = deque(r for r in disk_lane.rows if r[1] != topic)
 
     def _depth(self) -> int:
         """Messages not yet acknowledged (on disk or in memory)."""
@@ -760,17 +750,19 @@ class DiskOutbox:
                 files_bytes=result.files_bytes,
             )
         if result.dropped:
-            self._discard(set(result.dropped))
+            dropped = set(result.dropped)
+            self._discard(lambda seq, _topic: seq in dropped)
             self._count_dropped(
                 result.dropped_for or "max_bytes", len(result.dropped), result.dropped_bytes
             )
 
-    def _discard(self, seqs: set[int]) -> None:
-        """Rows the bounds dropped from the file: not to be sent from anywhere."""
+    def _discard(self, doomed: Callable[[int, str], bool]) -> None:
+        """Take the unsent messages `doomed(seq, topic)` picks out of memory and out of
+        the rows read back (the file's copies are the caller's business)."""
         for lane in (self._backlog, self._live):
-            lane.rows = deque(r for r in lane.rows if r[0] not in seqs)
+            lane.rows = deque(r for r in lane.rows if not doomed(r[0], r[1]))
         for mem in (self._mem_backlog, self._mem_live):
-            for message in [m for m in mem if m.seq in seqs]:
+            for message in [m for m in mem if doomed(m.seq, m.topic)]:
                 mem.remove(message)
                 self._resident.discard(message.seq)
                 self._mem_bytes -= len(message.payload)
