@@ -460,3 +460,25 @@ def _no_stray_mounts(tmp_path: Path) -> Iterator[None]:
         for line in Path("/proc/mounts").read_text().splitlines():
             if str(tmp_path) in line.split()[1]:
                 subprocess.run(["umount", "-l", line.split()[1]], check=False)
+
+
+async def test_stopping_while_the_disk_fails_says_what_is_lost_and_does_not_hang(
+    lazyfs: LazyFs,
+) -> None:
+    """The agent stopped while every write fails: the messages only memory holds are
+    counted in one error line, and closing the file returns."""
+    path = lazyfs.mountpoint / "queue.db"
+    with capture_logs() as logs:
+        async with queue_running(path) as queue:
+            queue.put(TOPIC, b"kept")
+            await queue.flush()
+            lazyfs.fail_writes(errno.EIO)
+            for n in range(3):
+                queue.put(TOPIC, b"only-in-memory-%d" % n)
+            async with asyncio.timeout(WAIT):
+                await queue.aclose()
+        lazyfs.fail_writes(None)
+
+    [unsaved] = events(logs, "queue_unsaved_at_stop")
+    assert 3 == unsaved["messages"]
+    assert [b"kept"] == [m.payload for m in read_queue(path)]
