@@ -3,16 +3,18 @@
 Each fake satisfies the port it stands in for (checked by mypy, see `_conformance` at
 the end) and does no more than a test needs to say what happened:
 
-- `FakeRegisterBus`: the register bus of the pollers (`agent.poller.RegisterBus`) and of
-  the configurator (`agent.configurator.Bus`). Tables per unit, zeroed until set; a unit
-  can refuse chosen address ranges with a Modbus exception code or not answer at all;
-  every request is recorded as (unit, function, address, count).
-- `FakePublisher`: the MQTT side of delivery (`agent.delivery.Publisher`). A connected
+- `FakeRegisterBus`: the register bus of the pollers
+  (`agent.sources.modbus.poller.RegisterBus`) and of the configurator
+  (`agent.cloud.configurator.Bus`). Tables per unit, zeroed until set; a unit can refuse
+  chosen address ranges with a Modbus exception code or not answer at all; every request
+  is recorded as (unit, function, address, count).
+- `FakePublisher`: the MQTT side of delivery (`agent.cloud.delivery.Publisher`). A connected
   flag with an event; `publish` records the message and returns a future that the test
   resolves (`ack`, the PUBACK) or fails (`fail`, `disconnect`).
-- `FakeSerialLine`: a serial port as `agent.instrument` uses one (`SerialLine` below).
-  The test is the instrument: `feed` is what it says, `written` what it was told.
-- `FakeKnobs`: the agent's own settings (`agent.configurator.AgentKnobs`), a dict.
+- `FakeSerialLine`: a serial port as `agent.sources.serial.instrument` uses one
+  (`SerialLine` below). The test is the instrument: `feed` is what it says, `written`
+  what it was told.
+- `FakeKnobs`: the agent's own settings (`agent.cloud.configurator.AgentKnobs`), a dict.
 - `captured_logs`: structlog's events, whatever an earlier `configure` left behind.
 - `VirtualTimeLoop`: an event loop whose clock moves only when every task waits for a
   timer, and then straight to the next one: schedules and time-outs run in no time
@@ -41,12 +43,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 from structlog.testing import capture_logs
 
+from agent.cloud.settings import JsonScalar
 from agent.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable, TransientError
-from agent.points import Table
-from agent.settings import JsonScalar
+from agent.sources.modbus.points import Table
 
 if TYPE_CHECKING:
-    from agent.config import SerialConfig
+    from agent.config.model import SerialConfig
 
 T = TypeVar("T")
 
@@ -306,7 +308,7 @@ class FakePublisher:
 
 
 class SerialLine(Protocol):
-    """What an instrument needs of its serial port (agent.serialport.SerialPort has it).
+    """What an instrument needs of its serial port (agent.sources.serial.port.SerialPort has it).
 
     The port hands what it reads to the `on_data` callback it was made with.
     """
@@ -497,10 +499,10 @@ async def settle(rounds: int = 10) -> None:
 # -- each fake satisfies its port: mypy checks this block, nothing runs it ---------------
 
 if TYPE_CHECKING:
-    from agent.configurator import AgentKnobs, Bus
-    from agent.delivery import Publisher
-    from agent.poller import RegisterBus
-    from agent.serialport import SerialPort
+    from agent.cloud.configurator import AgentKnobs, Bus
+    from agent.cloud.delivery import Publisher
+    from agent.sources.modbus.poller import RegisterBus
+    from agent.sources.serial.port import SerialPort
 
     def _conformance(config: SerialConfig) -> None:
         register_bus: RegisterBus = FakeRegisterBus()

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.diskqueue import unpack_payload
+from agent.outbox.disk import unpack_payload
 from bench import line, procfs, soak, values
 from bench.plant import PlantSpec
 from bench.subscriber import PointState, Subscriber
@@ -437,7 +437,7 @@ def agent_command(*args: str, profile: Path | None = None, memory: Path | None =
             "bench.memtrace",
             str(memory),
             "--preload",
-            "agent.cli",
+            "agent.service.cli",
             "-m",
             "agent",
             *args,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.clock import Clock
-from agent.diskqueue import DiskOutbox, QueueSettings
+from agent.outbox.disk import DiskOutbox, QueueSettings
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.plant import SimUnit, serve_tcp

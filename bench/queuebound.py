@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.clock import Clock
-from agent.diskqueue import DiskOutbox, QueueSettings
+from agent.outbox.disk import DiskOutbox, QueueSettings
 
 TOPIC = "$thing/bench/$data/b"
 READINGS = 50  # per batch: one device's cycle

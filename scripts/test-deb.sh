@@ -91,8 +91,8 @@ check "the venv holds exactly requirements.lock + orio-agent" bash -c "
 for x in d(): print(x.metadata[\"Name\"].lower().replace(\"_\", \"-\") + \"==\" + x.version)' | sort) \
          <( (grep -v '^#' /usr/share/doc/orio-agent/requirements.lock; echo orio-agent==$upstream) | sort)"
 check "byte-code names the installed path" test "$($VENV/bin/python -I -c \
-    'import agent.cli; print(agent.cli.main.__code__.co_filename)')" = \
-    "$(ls -d $VENV/lib/python3*/site-packages)/agent/cli.py"
+    'import agent.service.cli; print(agent.service.cli.main.__code__.co_filename)')" = \
+    "$(ls -d $VENV/lib/python3*/site-packages)/agent/service/cli.py"
 check "conffile registered: $CONFIG" bash -c \
     "dpkg-query -W -f='\${Conffiles}' orio-agent | grep -q '^ $CONFIG '"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agent.clock import Clock
-from agent.config import load_config
-from agent.diskqueue import DiskOutbox, QueueSettings, unpack_payload
-from agent.service import Agent
+from agent.config.model import load_config
+from agent.outbox.disk import DiskOutbox, QueueSettings, unpack_payload
+from agent.service.agent import Agent
 from sim.broker import Broker
 from sim.plant import PlantServer, SimUnit
 

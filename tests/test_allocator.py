@@ -1,4 +1,4 @@
-"""agent.allocator: glibc's mmap threshold stays fixed, so large socket buffers never
+"""agent.service.allocator: glibc's mmap threshold stays fixed, so large socket buffers never
 fragment the heap (the cause of RSS growing 13 MB an hour; bench/README.md, soak).
 
 Run in a fresh interpreter each: what a test process allocated before would decide
@@ -15,7 +15,7 @@ PROBE = """
 import ctypes, sys
 from pathlib import Path
 if sys.argv[1] == "fixed":
-    from agent.allocator import fix_malloc_thresholds
+    from agent.service.allocator import fix_malloc_thresholds
     assert fix_malloc_thresholds()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

@@ -1,4 +1,4 @@
-"""agent.batches: per-bucket JSON arrays flushed at max_readings, max_bytes or max_delay."""
+"""agent.pipeline.batches: per-bucket JSON arrays flushed at max_readings, max_bytes or max_delay."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.batches import Batch, Batcher
-from agent.readings import Reading
+from agent.pipeline.batches import Batch, Batcher
+from agent.pipeline.readings import Reading
 
 Sent = list[Batch]
 

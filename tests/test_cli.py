@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agent import __version__
-from agent.cli import CRASH_AFTER, main
-from agent.config import DEFAULT_PATH, MASK
+from agent.config.model import DEFAULT_PATH, MASK
+from agent.service.cli import CRASH_AFTER, main
 from sim.broker import free_port
 
 REPO = Path(__file__).parents[1]
@@ -393,7 +393,7 @@ async def run_until_exit(
 async def test_run_exits_70_with_one_log_line_when_an_unexpected_error_stops_it(
     tmp_path: Path,
 ) -> None:
-    """The error comes from the test-only hook ORIO_TEST_CRASH_AFTER (see agent/cli.py)."""
+    """The error comes from the test-only hook ORIO_TEST_CRASH_AFTER (see agent/service/cli.py)."""
     ended = await run_until_exit(no_broker_config(tmp_path), env={CRASH_AFTER: "0.5"})
 
     assert (EX_SOFTWARE, "") == (ended.returncode, ended.stderr)

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent import logs
-from agent.configurator import LOG_INTERVAL, SHOWN_IDS
+from agent.cloud.configurator import LOG_INTERVAL, SHOWN_IDS
+from agent.service import logs
 from sim.broker import Broker, BrokerFactory
 from sim.cloud import CloudClient, Message, expected_topic, reported_topic
 from sim.plant import PlantServer, SimUnit
@@ -428,7 +428,9 @@ async def test_a_nul_and_a_bidi_override_from_the_cloud_reach_the_log_escaped(
         )
         await cloud.publish_expected("gw\u202e-evil", [{"id": "x", "value": 1}])
         await poll_until(
-            lambda: agent.configurator.rejected >= 2, timeout=WAIT, what="both messages rejected"
+            lambda: agent.configurator.rejected >= 2,
+            timeout=WAIT,
+            what="both messages rejected",
         )
         await cloud.wait_for_topic(reported_topic(THING, "gw-1-setting"), count=2, timeout=WAIT)
 

@@ -1,4 +1,4 @@
-"""agent.config: the TOML file as typed models, every problem named by file, key and line."""
+"""agent.config.model: the TOML file as typed models, every problem named by file, key and line."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import MASK, load_config
+from agent.config.model import MASK, load_config
 from agent.errors import ConfigError, ConfigProblem
-from agent.points import Table, parse_classic_address
+from agent.sources.modbus.points import Table, parse_classic_address
 
 SECRET = "vjn6u1.~EQrKuOP4"
 

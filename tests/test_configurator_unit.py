@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from agent.clock import Clock
-from agent.config import AgentConfig
-from agent.configurator import Configurator, DeviceRoute, SettingsState
-from agent.confmsg import Entry
+from agent.cloud.configurator import Configurator, DeviceRoute, SettingsState
+from agent.cloud.messages import Entry
+from agent.config.model import AgentConfig
 from agent.errors import DeviceRefused
-from agent.outbox import MemoryOutbox
-from agent.points import Table
+from agent.outbox.port import MemoryOutbox
+from agent.sources.modbus.points import Table
 from agent.testing import (
     WRITE_COIL,
     WRITE_REGISTER,

@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
-from agent.config import load_config
-from agent.configurator import SHOWN_IDS, Configurator, DeviceRoute, SettingsState
-from agent.confmsg import Entry, RejectedMessage, latest_per_id, parse_expected
+from agent.cloud.configurator import SHOWN_IDS, Configurator, DeviceRoute, SettingsState
+from agent.cloud.messages import Entry, RejectedMessage, latest_per_id, parse_expected
+from agent.cloud.settings import JsonScalar
+from agent.config.model import load_config
 from agent.errors import RejectedInput
-from agent.outbox import MemoryOutbox
-from agent.points import Table
-from agent.settings import JsonScalar
+from agent.outbox.port import MemoryOutbox
+from agent.sources.modbus.points import Table
 
 THING = "gw"
 PREFIX = f"$thing/{THING}/$conf/$expected/"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.decode import (
+from agent.sources.modbus.decode import (
     FLOAT32_MAX,
     INTEGER_RANGES,
     RawValue,
@@ -18,7 +18,7 @@ from agent.decode import (
     scale_value,
     unscale_value,
 )
-from agent.points import ByteOrder, PointType
+from agent.sources.modbus.points import ByteOrder, PointType
 
 BYTE_ORDERS: tuple[ByteOrder, ...] = get_args(ByteOrder)
 

@@ -1,6 +1,6 @@
 """Delivery through a fake publisher: a message leaves the outbox only at its PUBACK.
 
-The publisher is the port `agent.delivery.Publisher`; the outbox is the real in-memory
+The publisher is the port `agent.cloud.delivery.Publisher`; the outbox is the real in-memory
 one; the test plays the broker (acknowledges, drops the connection).
 """
 
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agent.clock import FLOOR_MS, Clock, Stamp
-from agent.delivery import Delivery
-from agent.outbox import MemoryOutbox
+from agent.cloud.delivery import Delivery
+from agent.outbox.port import MemoryOutbox
 from agent.testing import FakePublisher, settle
 
 TOPIC = "$thing/gw/$data/b"

@@ -1,4 +1,4 @@
-"""agent.diskqueue.DiskOutbox against a real SQLite file: order, ack, bounds, replay, recovery."""
+"""agent.outbox.disk.DiskOutbox against a real SQLite file: order, ack, bounds, replay, recovery."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
-from agent.diskqueue import DiskOutbox, QueueSettings, unpack_payload
-from agent.outbox import Message
-from agent.queuestore import SHM_BYTES, wal_limit_for
+from agent.outbox.disk import DiskOutbox, QueueSettings, unpack_payload
+from agent.outbox.port import Message
+from agent.outbox.store import SHM_BYTES, wal_limit_for
 from tests.helpers import running_queue
 
 TOPIC = "$thing/xY6Eie5hv/$data/b"

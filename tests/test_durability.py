@@ -52,7 +52,7 @@ WAIT = 30.0  # generous: every wait ends on an event or a condition well before
 BUCKET = COUNTED_BUCKET
 MIN_QUEUE_BYTES = 64 * 1024  # the smallest queue.max_bytes the config accepts
 MAX_INFLIGHT = 32  # mqtt.max_inflight
-ACK_BATCH = 32  # acknowledged messages whose deletion forces a commit (agent.diskqueue)
+ACK_BATCH = 32  # acknowledged messages whose deletion forces a commit (agent.outbox.disk)
 KILL_AFTER = 3 * MAX_INFLIGHT  # messages into the replay when the agent is killed
 KILL_POLL = 0.002  # how often the replay's progress is checked to time the kill
 

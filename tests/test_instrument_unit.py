@@ -2,7 +2,7 @@
 
 `Instrument` makes its own `SerialPort`; until it takes a `SerialLine` (the Protocol in
 agent.testing) as a keyword argument, the fixture below puts `FakeSerialLine` in its
-place in agent.instrument's namespace. Everything else is the real instrument.
+place in agent.sources.serial.instrument's namespace. Everything else is the real instrument.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from agent import instrument
-from agent.config import SerialConfig
-from agent.instrument import Instrument
-from agent.readings import Reading
+from agent.config.model import SerialConfig
+from agent.pipeline.readings import Reading
+from agent.sources.serial import instrument
+from agent.sources.serial.instrument import Instrument
 from agent.testing import FakeSerialLine, captured_logs, run_in_virtual_time
 
 Event = MutableMapping[str, Any]

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import pytest
 import structlog
 
-from agent import logs
-from agent.logs import MAX_STRING, EscapeStrings, Throttle, escape
+from agent.service import logs
+from agent.service.logs import MAX_STRING, EscapeStrings, Throttle, escape
 
 UNSAFE = [
     "\x00",

@@ -1,4 +1,4 @@
-"""agent.outbox.MemoryOutbox: oldest first, at least once, bounded by bytes."""
+"""agent.outbox.port.MemoryOutbox: oldest first, at least once, bounded by bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
-from agent.outbox import MemoryOutbox, Message, Outbox
+from agent.outbox.port import MemoryOutbox, Message, Outbox
 
 TOPIC = "$thing/xY6Eie5hv/$data/sensorData"
 GENEROUS = 5.0  # seconds; only reached when the behaviour under test is broken

@@ -1,4 +1,4 @@
-"""agent.plan: the points of one unit coalesced into the fewest Modbus read requests."""
+"""agent.sources.modbus.plan: the points of one unit coalesced into the fewest Modbus read requests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Iterator, Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.plan import Limits, ReadRequest, Span, plan_reads, split
-from agent.points import MAX_READ_BITS, MAX_READ_REGISTERS, Table
+from agent.sources.modbus.plan import Limits, ReadRequest, Span, plan_reads, split
+from agent.sources.modbus.points import MAX_READ_BITS, MAX_READ_REGISTERS, Table
 
 DEFAULT = Limits(max_gap=8, max_registers=MAX_READ_REGISTERS, max_bits=MAX_READ_BITS)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import ModbusConfig
+from agent.config.model import ModbusConfig
 from agent.errors import DeviceRefused
-from agent.points import Table
-from agent.poller import REFUSED_RETRY_CYCLES, DevicePoller
+from agent.sources.modbus.points import Table
+from agent.sources.modbus.poller import REFUSED_RETRY_CYCLES, DevicePoller
 from agent.testing import FakeRegisterBus, captured_logs, run_in_virtual_time
 
 UNIT = 1

@@ -27,8 +27,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
-from agent.diskqueue import DiskOutbox, QueueSettings
-from agent.outbox import Message
+from agent.outbox.disk import DiskOutbox, QueueSettings
+from agent.outbox.port import Message
 from sim.broker import Broker, BrokerFactory
 from sim.cloud import CloudClient
 from sim.lazyfs import LazyFs

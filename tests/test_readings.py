@@ -1,4 +1,4 @@
-"""agent.readings: JSON fragments, data shape typing and report-by-exception."""
+"""agent.pipeline.readings: JSON fragments, data shape typing and report-by-exception."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.readings import ChangeFilter, Reading, now_ms, to_shape
+from agent.pipeline.readings import ChangeFilter, Reading, now_ms, to_shape
 
 # --- the JSON the platform receives ----------------------------------------------------------
 

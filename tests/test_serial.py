@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent import nmea
-from agent.config import SerialConfig
-from agent.instrument import Instrument
-from agent.lines import LineFramer
-from agent.readings import Reading
-from agent.service import Agent
-from agent.supervise import supervise
+from agent.config.model import SerialConfig
+from agent.pipeline.readings import Reading
+from agent.service.agent import Agent
+from agent.service.supervise import supervise
+from agent.sources.serial import nmea
+from agent.sources.serial.instrument import Instrument
+from agent.sources.serial.lines import LineFramer
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.gps import sentence

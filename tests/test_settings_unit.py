@@ -16,10 +16,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from agent.config import SettingConfig
-from agent.decode import BYTE_ORDERS, INTEGER_RANGES
-from agent.points import ByteOrder, Table
-from agent.settings import JsonScalar, RejectedSetting, Setting, UnreportableValue, form_of
+from agent.cloud.settings import JsonScalar, RejectedSetting, Setting, UnreportableValue, form_of
+from agent.config.model import SettingConfig
+from agent.sources.modbus.decode import BYTE_ORDERS, INTEGER_RANGES
+from agent.sources.modbus.points import ByteOrder, Table
 
 INTEGER_TYPES = sorted(INTEGER_RANGES)
 BEYOND_FLOAT = 10**400  # JSON integers have no size limit; float() overflows on this

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.supervise import describe_error, failure_kind, primary, supervise
+from agent.service.supervise import describe_error, failure_kind, primary, supervise
 
 WAIT = 10.0
 FAST: dict[str, Any] = {"backoff_min": 0.01, "backoff_max": 0.04}

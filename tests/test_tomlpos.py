@@ -1,4 +1,4 @@
-"""agent.tomlpos: the TOML line behind a pydantic key path."""
+"""agent.config.tomlpos: the TOML line behind a pydantic key path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.tomlpos import locate
+from agent.config.tomlpos import locate
 
 # The example configuration from SPEC.md, verbatim.
 SPEC_EXAMPLE = """\

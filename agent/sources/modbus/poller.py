@@ -22,13 +22,9 @@ from typing import Protocol
 
 import structlog
 
-from agent.config import DeviceConfig, ModbusConfig, PointConfig
-from agent.decode import decode_registers, scale_value
+from agent.config.model import DeviceConfig, ModbusConfig, PointConfig
 from agent.errors import DeviceError, DeviceRefused
-from agent.logs import Throttle
-from agent.plan import Limits, ReadRequest, Span, plan_reads, split
-from agent.points import Table
-from agent.readings import (
+from agent.pipeline.readings import (
     ChangeFilter,
     Value,
     encode_value,
@@ -37,6 +33,10 @@ from agent.readings import (
     timestamp_suffix,
     to_shape,
 )
+from agent.service.logs import Throttle
+from agent.sources.modbus.decode import decode_registers, scale_value
+from agent.sources.modbus.plan import Limits, ReadRequest, Span, plan_reads, split
+from agent.sources.modbus.points import Table
 
 log = structlog.get_logger("agent.poller")
 
@@ -142,7 +142,7 @@ class DevicePoller:
     """Polls one unit on its own schedule and hands its readings to `emit`.
 
     `emit(bucket, fragments)` receives each response's readings of one bucket, already
-    encoded as JSON objects (see agent.readings): no per-reading object on the hot path.
+    encoded as JSON objects (see agent.pipeline.readings): no per-reading object on the hot path.
     """
 
     def __init__(

@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from agent.instrument import Instrument
-from agent.outbox import Outbox
-from agent.poller import DevicePoller
-from agent.readings import Reading, Value
+from agent.outbox.port import Outbox
+from agent.pipeline.readings import Reading, Value
+from agent.sources.modbus.poller import DevicePoller
+from agent.sources.serial.instrument import Instrument
 
 
 class Connection(Protocol):

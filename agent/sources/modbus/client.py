@@ -17,9 +17,9 @@ import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from agent.config import ModbusConfig
+from agent.config.model import ModbusConfig
 from agent.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable
-from agent.points import Table
+from agent.sources.modbus.points import Table
 
 log = structlog.get_logger("agent.modbus")
 

@@ -28,14 +28,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent import nmea
-from agent.config import SerialConfig, SerialPointConfig, unescape
+from agent.config.model import SerialConfig, SerialPointConfig, unescape
 from agent.errors import DeviceUnreachable
-from agent.lines import LineFramer, regex_fields
-from agent.logs import Throttle
-from agent.points import ValueType
-from agent.readings import ChangeFilter, Reading, Value, now_ms
-from agent.serialport import SerialPort
+from agent.pipeline.readings import ChangeFilter, Reading, Value, ValueType, now_ms
+from agent.service.logs import Throttle
+from agent.sources.serial import nmea
+from agent.sources.serial.lines import LineFramer, regex_fields
+from agent.sources.serial.port import SerialPort
 
 log = structlog.get_logger("agent.instrument")
 

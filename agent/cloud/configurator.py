@@ -32,8 +32,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.config import AgentConfig
-from agent.confmsg import (
+from agent.cloud.messages import (
     Entry,
     RejectedMessage,
     expected_prefix,
@@ -41,11 +40,12 @@ from agent.confmsg import (
     parse_expected,
     reported_topic,
 )
+from agent.cloud.settings import JsonScalar, RejectedSetting, Setting, form_of
+from agent.config.model import AgentConfig
 from agent.errors import AgentError, DeviceError, DeviceRefused
-from agent.logs import Throttle, suppressed
-from agent.outbox import Outbox
-from agent.points import Table
-from agent.settings import JsonScalar, RejectedSetting, Setting, form_of
+from agent.outbox.port import Outbox
+from agent.service.logs import Throttle, suppressed
+from agent.sources.modbus.points import Table
 
 log = structlog.get_logger("agent.config")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal, get_args
 
+from agent.pipeline.readings import ValueType
+
 PointType = Literal[
     "int16",
     "uint16",
@@ -24,9 +26,6 @@ PointType = Literal[
 POINT_TYPES: tuple[str, ...] = get_args(PointType)
 
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
-
-# What the ORing PaaS calls a data shape's type.
-ValueType = Literal["string", "integer", "float", "hex", "boolean", "coordinate"]
 
 MAX_READ_REGISTERS = 125  # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000  # Modbus limit for function codes 1 and 2

@@ -11,10 +11,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-
-from agent.points import ValueType
+from typing import Literal
 
 Value = int | float | bool | str | list[float]
+
+# What the ORing PaaS calls a data shape's type.
+ValueType = Literal["string", "integer", "float", "hex", "boolean", "coordinate"]
 
 _encode_str = json.JSONEncoder(ensure_ascii=False).encode
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.clock import STEP_TOLERANCE_MS, Clock, Stamp
-from agent.readings import Reading
+from agent.pipeline.readings import Reading
 
 _OVERHEAD = 2  # "[" and "]"
 

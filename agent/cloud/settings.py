@@ -11,16 +11,16 @@ import re
 import struct
 from dataclasses import dataclass
 
-from agent.config import SettingConfig
-from agent.decode import (
+from agent.config.model import SettingConfig
+from agent.errors import AgentError, RejectedInput
+from agent.sources.modbus.decode import (
     INTEGER_RANGES,
     decode_registers,
     encode_registers,
     scale_value,
     unscale_value,
 )
-from agent.errors import AgentError, RejectedInput
-from agent.points import ByteOrder, PointType, Table, register_count
+from agent.sources.modbus.points import ByteOrder, PointType, Table, register_count
 
 JsonScalar = bool | int | float | str
 LOG_LEVELS = ("debug", "info", "warning", "error")

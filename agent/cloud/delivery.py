@@ -20,7 +20,7 @@ import structlog
 
 from agent.clock import Clock, shift_timestamps
 from agent.errors import TransientError
-from agent.outbox import Message, Outbox
+from agent.outbox.port import Message, Outbox
 
 DEFAULT_WINDOW = 32  # messages in flight at once
 CLOCK_CHECK_INTERVAL = 1.0

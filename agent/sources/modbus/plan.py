@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.points import Table
+from agent.sources.modbus.points import Table
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final, NamedTuple
 
-from agent.points import ByteOrder, PointType
+from agent.sources.modbus.points import ByteOrder, PointType
 
 RawValue = int | float | bool | str
 

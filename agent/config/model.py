@@ -36,15 +36,15 @@ from pydantic import (
     model_validator,
 )
 
-from agent import tomlpos
+from agent.config import tomlpos
 from agent.errors import ConfigError, ConfigProblem
-from agent.points import (
+from agent.pipeline.readings import ValueType
+from agent.sources.modbus.points import (
     MAX_READ_BITS,
     MAX_READ_REGISTERS,
     ByteOrder,
     PointType,
     Table,
-    ValueType,
     natural_value_type,
     parse_classic_address,
     register_count,

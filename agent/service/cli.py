@@ -18,11 +18,12 @@ from pathlib import Path
 
 import structlog
 
-from agent import __version__, allocator, logs
-from agent.config import DEFAULT_PATH, AgentConfig, load_config
+from agent import __version__
+from agent.config.model import DEFAULT_PATH, AgentConfig, load_config
 from agent.errors import ConfigError
-from agent.poller import plan_device
-from agent.supervise import describe_error, primary
+from agent.service import allocator, logs
+from agent.service.supervise import describe_error, primary
+from agent.sources.modbus.poller import plan_device
 
 log = structlog.get_logger("agent.cli")
 
@@ -35,7 +36,7 @@ CRASH_AFTER = "ORIO_TEST_CRASH_AFTER"
 
 
 def main(argv: list[str] | None = None) -> int:
-    allocator.fix_malloc_thresholds()  # before anything allocates much (see agent/allocator.py)
+    allocator.fix_malloc_thresholds()  # before anything allocates much (see allocator.py)
     parser = argparse.ArgumentParser(
         prog="orio-agent",
         description="Polls Modbus and serial devices and publishes their readings to the "
@@ -101,7 +102,7 @@ def describe(config: AgentConfig, path: Path) -> str:
 
 
 async def _run(config: AgentConfig, path: Path) -> int:
-    from agent.service import Agent  # deferred: check-config need not import the adapters
+    from agent.service.agent import Agent  # deferred: check-config need not import the adapters
 
     stop, reload = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""The durable outbox: unsent messages in SQLite (agent.queuestore), delivered from memory.
+"""The durable outbox: unsent messages in SQLite (agent.outbox.store), delivered from memory.
 
 One task owns the file. `DiskOutbox.run` is the queue's task in the service's TaskGroup;
 every SQLite call it makes runs in the outbox's one I/O thread, so a slow or failing disk
@@ -31,7 +31,7 @@ Back-pressure. A healthy disk slower than the plant: beyond 3/4 of `memory_bytes
 waiting to be written, `wait_room` holds the pollers before their next cycle until
 half of it is written; polling slows rather than readings being dropped.
 
-Bounds. `max_bytes` on disk (see agent.queuestore), `max_age` both when a message is
+Bounds. `max_bytes` on disk (see agent.outbox.store), `max_age` both when a message is
 handed to delivery and once a minute on disk; the oldest go first, counted and logged.
 """
 
@@ -52,8 +52,8 @@ import structlog
 
 from agent.clock import Clock, Stamp
 from agent.errors import QueueCorrupt, QueueError
-from agent.outbox import Message, OutboxStats
-from agent.queuestore import (
+from agent.outbox.port import Message, OutboxStats
+from agent.outbox.store import (
     Opened,
     QueueStore,
     Row,

@@ -1,6 +1,6 @@
 """The queue's file: every SQLite call of the durable outbox, and nothing else.
 
-`QueueStore` runs in the outbox's I/O thread only (agent.diskqueue owns that thread and
+`QueueStore` runs in the outbox's I/O thread only (agent.outbox.disk owns that thread and
 is the only caller). SQLite's errors are translated here, by their result codes, into
 the outbox's own error types; nothing above this module sees `sqlite3`.
 

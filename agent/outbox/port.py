@@ -1,7 +1,7 @@
 """The outbox: messages between the batcher and the broker.
 
 `Outbox` is the port; `MemoryOutbox` is the bounded in-memory implementation (what
-`queue.path = ":memory:"` means: lost on restart); `agent.diskqueue.DiskOutbox` is the
+`queue.path = ":memory:"` means: lost on restart); `agent.outbox.disk.DiskOutbox` is the
 durable one. A message leaves the outbox only
 when the broker acknowledged it (`ack`); one whose connection dropped first goes back
 to the front (`release`), so the cloud sees messages oldest first and at least once.

@@ -20,24 +20,24 @@ from typing import Any
 
 import structlog
 
-from agent import logs
-from agent.batches import Batch, Batcher
 from agent.clock import Clock
-from agent.config import AgentConfig, QueueConfig, load_config
-from agent.configurator import Configurator, DeviceRoute, SettingsState
-from agent.confmsg import expected_prefix
-from agent.delivery import Delivery
-from agent.diskqueue import DiskOutbox, QueueSettings
+from agent.cloud.configurator import Configurator, DeviceRoute, SettingsState
+from agent.cloud.delivery import Delivery
+from agent.cloud.messages import expected_prefix
+from agent.cloud.mqtt import MqttSession
+from agent.cloud.settings import JsonScalar
+from agent.config.model import AgentConfig, QueueConfig, load_config
 from agent.errors import ConfigError, ConfigProblem
-from agent.health import health_readings
-from agent.instrument import Instrument
-from agent.modbus import ModbusLine
-from agent.mqtt import MqttSession
-from agent.outbox import MemoryOutbox, Outbox
-from agent.poller import DevicePoller
-from agent.settings import JsonScalar
-from agent.supervise import supervise
-from agent.systemd import Notifier
+from agent.outbox.disk import DiskOutbox, QueueSettings
+from agent.outbox.port import MemoryOutbox, Outbox
+from agent.pipeline.batches import Batch, Batcher
+from agent.service import logs
+from agent.service.health import health_readings
+from agent.service.supervise import supervise
+from agent.service.systemd import Notifier
+from agent.sources.modbus.client import ModbusLine
+from agent.sources.modbus.poller import DevicePoller
+from agent.sources.serial.instrument import Instrument
 
 log = structlog.get_logger("agent.service")
 

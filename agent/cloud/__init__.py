@@ -1,0 +1,3 @@
+"""The ORing PaaS side: the MQTT adapter, delivery, cloud config messages, settings
+and the configurator.
+"""

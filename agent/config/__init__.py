@@ -1,0 +1,1 @@
+"""The config file: its schema, loading and the problems it can have."""

@@ -1,0 +1,1 @@
+"""Readings on their way out: typed and timestamped, then joined into batches."""

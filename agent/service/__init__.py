@@ -1,0 +1,1 @@
+"""The agent around it all: wiring, lifecycle, systemd, health, logs and the command line."""

@@ -1,0 +1,1 @@
+"""Where readings come from: field devices polled or listened to."""

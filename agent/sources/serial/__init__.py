@@ -1,0 +1,1 @@
+"""Plain serial instruments: line framing, NMEA, the instrument and the pyserial adapter."""
