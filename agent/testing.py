@@ -44,11 +44,12 @@ import structlog
 from structlog.testing import capture_logs
 
 from agent.cloud.settings import JsonScalar
+from agent.config.model import AgentTarget
 from agent.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable, TransientError
 from agent.sources.modbus.points import Table
 
 if TYPE_CHECKING:
-    from agent.config.model import SerialConfig
+    from agent.config.schema import SerialConfig
 
 T = TypeVar("T")
 
@@ -406,12 +407,12 @@ class FakeKnobs:
         self.values = dict(values or {})
         self.changes: list[tuple[str, JsonScalar]] = []
 
-    def get(self, target: str) -> JsonScalar:
-        return self.values[target]
+    def get(self, target: AgentTarget) -> JsonScalar:
+        return self.values[str(target)]
 
-    def set(self, target: str, value: JsonScalar) -> None:
-        self.values[target] = value
-        self.changes.append((target, value))
+    def set(self, target: AgentTarget, value: JsonScalar) -> None:
+        self.values[str(target)] = value
+        self.changes.append((str(target), value))
 
 
 # -- time ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agent.clock import Clock
-from agent.config.model import load_config
+from agent.config import load_config
 from agent.outbox.disk import DiskOutbox, QueueSettings, unpack_payload
 from agent.service.agent import Agent
 from sim.broker import Broker

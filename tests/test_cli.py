@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent import __version__
-from agent.config.model import DEFAULT_PATH, MASK
+from agent.config import DEFAULT_PATH, MASK
 from agent.service.cli import CRASH_AFTER, main
 from sim.broker import free_port
 

@@ -1,4 +1,4 @@
-"""agent.config.model: the TOML file as typed models, every problem named by file, key and line."""
+"""agent.config: the TOML file as typed models, every problem named by file, key and line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.model import MASK, load_config
+from agent.config import MASK, AgentTarget, RegisterTarget, load_config
 from agent.errors import ConfigError, ConfigProblem
 from agent.sources.modbus.points import Table, parse_classic_address
 
@@ -121,15 +121,15 @@ def rendered(path: Path) -> list[str]:
 def test_base_config_loads_into_typed_models(write: Write) -> None:
     config = load_config(write(BASE))
 
-    assert config.thing.id == "xY6Eie5hv"
-    assert config.secret() == SECRET
+    assert config.thing_id == "xY6Eie5hv"
+    assert config.secret.get_secret_value() == SECRET
     assert (config.mqtt.host, config.mqtt.port, config.mqtt.tls) == (
         "mqtt.paas.oringnet.cloud",
         8083,
         True,
     )
     assert [device.name for _, device in config.all_devices()] == ["meter1", "meter2"]
-    meter1 = config.modbus[0].devices[0]
+    meter1 = config.connections[0].devices[0]
     assert [p.location for p in meter1.points] == [(Table.INPUT, 0), (Table.INPUT, 2)]
     assert [p.width for p in meter1.points] == [2, 1]
 
@@ -149,15 +149,15 @@ def test_sections_left_out_take_documented_defaults(write: Write) -> None:
         1.0,
     )
     assert (config.log.level, config.log.format) == ("info", "logfmt")
-    assert config.modbus[0].max_gap == 8
-    meter1 = config.modbus[0].devices[0]
+    assert config.connections[0].endpoint.max_gap == 8
+    meter1 = config.connections[0].devices[0]
     assert (meter1.byte_order, meter1.interval) == ("ABCD", 1.0)
 
 
 def test_type_defaults_to_bool_in_bit_tables_and_uint16_in_register_tables(write: Write) -> None:
     config = load_config(write(BASE))
 
-    types = [p.type for p in config.modbus[0].devices[1].points]
+    types = [p.type for p in config.connections[0].devices[1].points]
     assert types == ["uint16", "uint16", "bool", "uint16"]
 
 
@@ -167,7 +167,7 @@ def test_example_config_loads() -> None:
 
     config = load_config(example)
 
-    assert config.thing.id == "xY6Eie5hv"
+    assert config.thing_id == "xY6Eie5hv"
     assert [device.name for _, device in config.all_devices()] == ["meter1", "flowmeter"]
 
 
@@ -223,7 +223,7 @@ def test_point_address_in_classic_notation_or_table_and_offset(
 ) -> None:
     config = load_config(write(edit(METER1_POINTS, f"    {point},\n")))
 
-    assert expected == config.modbus[0].devices[0].points[0].location
+    assert expected == config.connections[0].devices[0].points[0].location
 
 
 def test_boolean_address_is_refused(write: Write) -> None:
@@ -472,7 +472,7 @@ def test_same_point_id_in_different_buckets_is_accepted(write: Write) -> None:
 
     config = load_config(write(text))
 
-    assert config.modbus[0].devices[1].points[3].bucket == "other"
+    assert config.connections[0].devices[1].points[3].bucket == "other"
 
 
 def test_point_without_any_bucket_is_refused(write: Write) -> None:
@@ -525,7 +525,7 @@ def test_points_sharing_registers_the_same_way_are_accepted(write: Write, second
 
     config = load_config(write(text))
 
-    assert len(config.modbus[0].devices[0].points) == 2
+    assert len(config.connections[0].devices[0].points) == 2
 
 
 def test_separate_bits_of_one_register_are_accepted(write: Write) -> None:
@@ -537,7 +537,7 @@ def test_separate_bits_of_one_register_are_accepted(write: Write) -> None:
 
     config = load_config(write(text))
 
-    assert [p.bit for p in config.modbus[0].devices[0].points] == [0, 1]
+    assert [p.bit for p in config.connections[0].devices[0].points] == [0, 1]
 
 
 def test_register_and_a_bit_of_it_are_accepted(write: Write) -> None:
@@ -550,7 +550,7 @@ def test_register_and_a_bit_of_it_are_accepted(write: Write) -> None:
 
     config = load_config(write(text))
 
-    assert [p.id for p in config.modbus[0].devices[0].points] == ["status", "alarm"]
+    assert [p.id for p in config.connections[0].devices[0].points] == ["status", "alarm"]
 
 
 def test_config_group_naming_an_unknown_device_is_refused(write: Write) -> None:
@@ -631,7 +631,7 @@ def test_string_and_hex_take_their_length_in_registers(write: Write) -> None:
 
     config = load_config(write(text))
 
-    assert [p.width for p in config.modbus[0].devices[1].points[3:]] == [8, 1, 3]
+    assert [p.width for p in config.connections[0].devices[1].points[3:]] == [8, 1, 3]
 
 
 def test_length_on_a_number_is_refused(write: Write) -> None:
@@ -699,7 +699,7 @@ def test_data_shape_type_follows_the_point_type(write: Write, point: str, shape:
 
     config = load_config(write(text))
 
-    assert shape == config.modbus[0].devices[0].points[0].shape_type
+    assert shape == config.connections[0].devices[0].points[0].shape
 
 
 @pytest.mark.parametrize("point_type", ["uint16", "int16", None])
@@ -710,7 +710,7 @@ def test_bit_of_an_integer_register_is_a_boolean(write: Write, point_type: str |
 
     config = load_config(write(text))
 
-    assert config.modbus[0].devices[0].points[0].shape_type == "boolean"
+    assert config.connections[0].devices[0].points[0].shape == "boolean"
 
 
 @pytest.mark.parametrize("point_type", ["float32", "uint32", "string", "hex"])
@@ -843,7 +843,7 @@ def test_array_of_tables_cannot_be_overridden_from_the_environment(
     path = write(BASE)
 
     assert rendered(path) == [
-        "FILE: arrays of tables ([[modbus]], [[config_groups]]) cannot be overridden from the "
+        "FILE: arrays of tables ([[modbus]], [[serial]], [[config_groups]]) cannot be overridden from the "
         "environment; unset ORIO_AGENT_MODBUS"
     ]
 
@@ -883,7 +883,7 @@ def test_masked_config_replaces_the_secret(write: Write) -> None:
     assert masked["thing"] == {"id": "xY6Eie5hv", "secret": MASK}
     assert SECRET not in repr(masked)
     assert SECRET not in repr(config)
-    assert SECRET not in str(config.thing)
+    assert SECRET not in str(config.secret)
 
 
 def test_secret_from_secret_file_without_its_newline(write: Write, tmp_path: Path) -> None:
@@ -893,7 +893,7 @@ def test_secret_from_secret_file_without_its_newline(write: Write, tmp_path: Pat
 
     config = load_config(write(text))
 
-    assert config.secret() == SECRET
+    assert config.secret.get_secret_value() == SECRET
     assert config.masked()["thing"]["secret"] == MASK
 
 
@@ -910,7 +910,7 @@ def test_secret_from_systemd_credential(
 
     config = load_config(write(text))
 
-    assert config.secret() == SECRET
+    assert config.secret.get_secret_value() == SECRET
 
 
 def test_secret_from_environment_is_masked(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -918,7 +918,7 @@ def test_secret_from_environment_is_masked(write: Write, monkeypatch: pytest.Mon
 
     config = load_config(write(BASE))
 
-    assert config.secret() == "from-the-environment"
+    assert config.secret.get_secret_value() == "from-the-environment"
     assert config.masked()["thing"]["secret"] == MASK
 
 
@@ -1018,3 +1018,149 @@ def test_secret_from_environment_never_in_errors(
         load_config(path)
 
     assert SECRET not in str(caught.value)
+
+
+# --- one run reports the whole file ---------------------------------------------------------
+
+
+def test_a_type_error_does_not_hide_the_cross_check_problems_elsewhere(write: Write) -> None:
+    text = edit("port = 8083", 'port = "eighty"')
+    text = edit(
+        'device = "meter1", address = "00800"', 'device = "meter9", address = "00800"', text
+    )
+    path = write(text)
+
+    assert rendered(path) == [
+        "FILE:7: mqtt.port: Input should be a valid integer, unable to parse string as an "
+        "integer (got 'eighty')",
+        "FILE:38: config_groups[0].settings[1].device: no device named 'meter9' "
+        "(devices: meter1, meter2)",
+    ]
+
+
+def test_a_connection_that_fails_validation_still_names_its_devices(write: Write) -> None:
+    path = write(edit("  unit = 1\n", '  unit = "one"\n'))
+
+    # The settings on meter1 are not also "no device named 'meter1'".
+    assert [(16, "modbus[0].devices[0].unit")] == [(p.line, p.key) for p in problems_of(path)]
+
+
+def test_cross_checks_run_on_the_connections_that_validate(write: Write) -> None:
+    second = """
+[[modbus]]
+name = "plc"
+transport = "tcp"
+
+  [[modbus.devices]]
+  name = "meter3"
+  unit = "three"
+  bucket = "sensorData"
+  points = [{ id = "x", address = "40001" }]
+
+[[modbus]]
+name = "plc"
+transport = "rtu"
+device = "/dev/ttyS1"
+
+  [[modbus.devices]]
+  name = "meter4"
+  bucket = "sensorData"
+  points = [{ id = "temperature", address = "40001" }]
+"""
+    text = edit("[[config_groups]]", second.lstrip() + "\n[[config_groups]]")
+    path = write(text)
+
+    assert [
+        "modbus[1].devices[0].unit",  # the type error of the first added connection
+        "modbus[2].name",  # the second is checked: its name is taken
+        "modbus[2].devices[0].points[0].id",  # and its point id is used in the bucket
+    ] == [p.key for p in problems_of(path)]
+
+
+def test_an_instrument_cannot_be_addressed_from_the_environment(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORIO_AGENT_SERIAL__0__DEVICE", "/dev/ttyUSB1")
+
+    assert rendered(write(BASE)) == [
+        "FILE: arrays of tables ([[modbus]], [[serial]], [[config_groups]]) cannot be "
+        "overridden from the environment; unset ORIO_AGENT_SERIAL__0__DEVICE"
+    ]
+
+
+def test_environment_names_are_case_insensitive(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("orio_agent_mqtt__port", "1883")
+
+    assert 1883 == load_config(write(BASE)).mqtt.port
+
+
+# --- resolved once -------------------------------------------------------------------------
+
+
+def test_a_point_takes_what_it_does_not_say_from_its_device(write: Write) -> None:
+    text = edit(
+        '  name = "meter2"\n  unit = 2\n',
+        '  name = "meter2"\n  unit = 2\n  byte_order = "CDAB"\n  deadband = 0.5\n'
+        "  max_silence = 300\n",
+    )
+    text = edit(
+        '{ id = "m2_d", address = "40010", type = "uint16" }',
+        '{ id = "m2_d", '
+        'address = "40010", type = "int32", byte_order = "ABCD", deadband = 0, '
+        'bucket = "other" }',
+        text,
+    )
+    config = load_config(write(text))
+
+    points = {p.id: p for p in config.connections[0].devices[1].points}
+    assert ("sensorData", "CDAB", 0.5, 300.0) == (
+        points["m2_a"].bucket,
+        points["m2_a"].byte_order,
+        points["m2_a"].deadband,
+        points["m2_a"].max_silence,
+    )
+    assert ("other", "ABCD", 0.0, 300.0) == (
+        points["m2_d"].bucket,
+        points["m2_d"].byte_order,
+        points["m2_d"].deadband,
+        points["m2_d"].max_silence,
+    )
+    assert (Table.HOLDING, 9, 2) == (
+        points["m2_d"].table,
+        points["m2_d"].address,
+        points["m2_d"].width,
+    )
+
+
+def test_a_setting_knows_its_target_and_the_device_byte_order(write: Write) -> None:
+    text = edit(
+        '  name = "meter1"\n  unit = 1\n', '  name = "meter1"\n  unit = 1\n  byte_order = "DCBA"\n'
+    )
+    text += (
+        '\n[[config_groups]]\nname = "agent"\nsettings = [\n'
+        '  { id = "poll", agent = "device.meter2.interval", min = 1 },\n'
+        '  { id = "level", agent = "log.level" },\n]\n'
+    )
+    config = load_config(write(text))
+
+    targets = {s.id: s.target for s in config.settings}
+    assert (
+        RegisterTarget("meter1", Table.HOLDING, 806, "uint16", None, "DCBA") == targets["GW1_40807"]
+    )
+    assert AgentTarget("device.interval", "meter2") == targets["poll"]
+    assert "device.meter2.interval" == str(targets["poll"])
+    assert AgentTarget("log.level", "") == targets["level"]
+    assert {"gw-1-setting": ["GW1_40807", "GW1_00800"], "agent": ["poll", "level"]} == {
+        group: [s.id for s in settings] for group, settings in config.groups().items()
+    }
+
+
+def test_the_resolved_config_cannot_be_changed(write: Write) -> None:
+    config = load_config(write(BASE))
+
+    with pytest.raises(AttributeError):
+        config.connections[0].devices[0].points[0].bucket = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="frozen"):
+        config.mqtt.port = 1  # type: ignore[misc]

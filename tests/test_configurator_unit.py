@@ -14,7 +14,8 @@ import pytest
 from agent.clock import Clock
 from agent.cloud.configurator import Configurator, DeviceRoute, SettingsState
 from agent.cloud.messages import Entry
-from agent.config.model import AgentConfig
+from agent.config import resolve
+from agent.config.schema import AgentSettings
 from agent.errors import DeviceRefused
 from agent.outbox.port import MemoryOutbox
 from agent.sources.modbus.points import Table
@@ -81,28 +82,30 @@ class Rig:
     """A configurator wired to fakes: the unit's registers, the agent's knobs, the outbox."""
 
     def __init__(self, *, byte_order: str = "ABCD") -> None:
-        config = AgentConfig.model_validate(
-            {
-                "thing": {"id": THING, "secret": "s"},
-                "mqtt": {"host": "broker"},
-                "modbus": [
-                    {
-                        "name": "plc",
-                        "transport": "tcp",
-                        "host": "127.0.0.1",
-                        "devices": [
-                            {
-                                "name": "meter1",
-                                "unit": UNIT,
-                                "bucket": "b",
-                                "byte_order": byte_order,
-                                "points": [{"id": "v", "address": "40001"}],
-                            }
-                        ],
-                    }
-                ],
-                "config_groups": GROUPS,
-            }
+        config = resolve.resolve(
+            AgentSettings.model_validate(
+                {
+                    "thing": {"id": THING, "secret": "s"},
+                    "mqtt": {"host": "broker"},
+                    "modbus": [
+                        {
+                            "name": "plc",
+                            "transport": "tcp",
+                            "host": "127.0.0.1",
+                            "devices": [
+                                {
+                                    "name": "meter1",
+                                    "unit": UNIT,
+                                    "bucket": "b",
+                                    "byte_order": byte_order,
+                                    "points": [{"id": "v", "address": "40001"}],
+                                }
+                            ],
+                        }
+                    ],
+                    "config_groups": GROUPS,
+                }
+            )
         )
         self.bus = FakeRegisterBus(name="plc")
         self.knobs = FakeKnobs({"device.meter1.interval": 5.0})

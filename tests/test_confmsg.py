@@ -22,7 +22,7 @@ from agent.clock import Clock
 from agent.cloud.configurator import SHOWN_IDS, Configurator, DeviceRoute, SettingsState
 from agent.cloud.messages import Entry, RejectedMessage, latest_per_id, parse_expected
 from agent.cloud.settings import JsonScalar
-from agent.config.model import load_config
+from agent.config import load_config
 from agent.errors import RejectedInput
 from agent.outbox.port import MemoryOutbox
 from agent.sources.modbus.points import Table

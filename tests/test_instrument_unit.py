@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.config.model import SerialConfig
+from agent.config import resolve
+from agent.config.schema import SerialConfig
 from agent.pipeline.readings import Reading
 from agent.sources.serial import instrument
 from agent.sources.serial.instrument import Instrument
@@ -69,7 +70,7 @@ def make(**options: Any) -> tuple[Instrument, Emitted]:
         }
     )
     emitted = Emitted()
-    return Instrument(config=config, emit=emitted, wall_ms=lambda: 0), emitted
+    return Instrument(config=resolve.instrument(config), emit=emitted, wall_ms=lambda: 0), emitted
 
 
 def events(logs: list[Event], name: str) -> list[Event]:

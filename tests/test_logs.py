@@ -11,10 +11,12 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import structlog
 
+from agent.config import load_config
 from agent.service import logs
 from agent.service.logs import MAX_STRING, EscapeStrings, Throttle, escape
 
@@ -333,3 +335,21 @@ def test_the_default_bound_holds_for_callers_that_give_only_an_interval() -> Non
         throttle.allow(number)
 
     assert logs.DEFAULT_MAX_KEYS == len(throttle)
+
+
+def test_pydantic_settings_debug_output_never_shows_the_secret(
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "vjn6u1.~EQrKuOP4"
+    path = tmp_path / "config.toml"
+    path.write_text(f'[thing]\nid = "gw"\nsecret = "{secret}"\n[mqtt]\nhost = "broker"\n')
+    monkeypatch.setenv("PYDANTIC_SETTINGS_DEBUG", "1")  # it logs every source's values
+    configure(level="debug", fmt="logfmt")
+
+    load_config(path)
+
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from agent.config.model import ModbusConfig
+from agent.config import resolve
+from agent.config.schema import ModbusConfig
 from agent.errors import DeviceRefused
 from agent.sources.modbus.points import Table
 from agent.sources.modbus.poller import REFUSED_RETRY_CYCLES, DevicePoller
@@ -51,27 +52,28 @@ class Emitted:
 def make_poller(
     bus: FakeRegisterBus, points: Sequence[dict[str, Any]], *, interval: float = 1.0, **device: Any
 ) -> tuple[DevicePoller, Emitted]:
-    connection = ModbusConfig.model_validate(
-        {
-            "name": bus.name,
-            "transport": "tcp",
-            "host": "127.0.0.1",
-            "devices": [
-                {
-                    "name": "meter1",
-                    "unit": UNIT,
-                    "interval": interval,
-                    "bucket": "b",
-                    "points": list(points),
-                    **device,
-                }
-            ],
-        }
+    connection = resolve.connection(
+        ModbusConfig.model_validate(
+            {
+                "name": bus.name,
+                "transport": "tcp",
+                "host": "127.0.0.1",
+                "devices": [
+                    {
+                        "name": "meter1",
+                        "unit": UNIT,
+                        "interval": interval,
+                        "bucket": "b",
+                        "points": list(points),
+                        **device,
+                    }
+                ],
+            }
+        )
     )
     emitted = Emitted()
     poller = DevicePoller(
         device=connection.devices[0],
-        connection=connection,
         bus=bus,
         emit=emitted,
         wall_ms=lambda: WALL_MS,

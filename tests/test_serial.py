@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.config.model import SerialConfig
+from agent.config import model, resolve
+from agent.config.schema import SerialConfig
 from agent.pipeline.readings import Reading
 from agent.service.agent import Agent
 from agent.service.supervise import supervise
@@ -340,9 +341,9 @@ points = [ { id = "v", field = "v", value_type = "integer" } ]
 # -- failures inside an instrument: structural, logged, restarted --------------------------
 
 
-def counter_instrument(name: str, device: str) -> SerialConfig:
+def counter_instrument(name: str, device: str) -> model.Instrument:
     """Lines `V=<n>`, sampled every 0.1 s."""
-    return SerialConfig.model_validate(
+    config = SerialConfig.model_validate(
         {
             "name": name,
             "device": device,
@@ -353,6 +354,7 @@ def counter_instrument(name: str, device: str) -> SerialConfig:
             "points": [{"id": "v", "field": "v", "value_type": "integer"}],
         }
     )
+    return resolve.instrument(config)
 
 
 async def count_lines(fd: int) -> None:

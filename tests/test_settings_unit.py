@@ -16,8 +16,16 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from agent.cloud.settings import JsonScalar, RejectedSetting, Setting, UnreportableValue, form_of
-from agent.config.model import SettingConfig
+from agent.cloud.settings import (
+    JsonScalar,
+    RejectedSetting,
+    Setting,
+    UnreportableValue,
+    form_of,
+    setting_for,
+)
+from agent.config import resolve
+from agent.config.schema import SettingConfig
 from agent.sources.modbus.decode import BYTE_ORDERS, INTEGER_RANGES
 from agent.sources.modbus.points import ByteOrder, Table
 
@@ -28,10 +36,12 @@ BEYOND_FLOAT = 10**400  # JSON integers have no size limit; float() overflows on
 def setting(*, device_byte_order: ByteOrder = "ABCD", **declared: Any) -> Setting:
     if "agent" not in declared:
         declared = {"device": "meter1", "address": "40001", **declared}
-    return Setting(
-        "gw-1-setting",
-        SettingConfig.model_validate({"id": "sp", **declared}),
-        device_byte_order=device_byte_order,
+    return setting_for(
+        resolve.setting(
+            "gw-1-setting",
+            SettingConfig.model_validate({"id": "sp", **declared}),
+            {"meter1": device_byte_order},
+        )
     )
 
 
@@ -125,7 +135,7 @@ def test_a_coil_is_written_as_a_state_and_a_bool_register_as_1_or_0() -> None:
     assert (True, False) == (coil.encode(True), coil.encode(False))
     assert ([1], [0]) == (register.encode(True), register.encode(False))
     assert coil.target is not None
-    assert (Table.COIL, 1) == (coil.target.table, coil.target.count)
+    assert (Table.COIL, 1) == (coil.target.table, coil.count)
 
 
 @pytest.mark.parametrize("address", ["00001", "40001"])
@@ -239,7 +249,7 @@ def test_a_hex_setting_without_length_takes_one_register() -> None:
     status = setting(type="hex")
     assert status.target is not None
 
-    assert 1 == status.target.count
+    assert 1 == status.count
     assert "sp: hex needs 4 digits (4 per register), got 8" == rejection(status, "BEEFBEEF")
 
 
@@ -432,7 +442,7 @@ def test_every_integer_in_range_is_accepted_and_reported_back_unchanged(
     registers = target.encode(target.accept(value))
 
     assert isinstance(registers, list)
-    assert target.target.count == len(registers)
+    assert target.count == len(registers)
     assert all(0 <= r <= 0xFFFF for r in registers)
     assert value == target.decode(registers)
 

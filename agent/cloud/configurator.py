@@ -40,8 +40,16 @@ from agent.cloud.messages import (
     parse_expected,
     reported_topic,
 )
-from agent.cloud.settings import JsonScalar, RejectedSetting, Setting, form_of
-from agent.config.model import AgentConfig
+from agent.cloud.settings import (
+    AgentSetting,
+    JsonScalar,
+    RegisterSetting,
+    RejectedSetting,
+    Setting,
+    form_of,
+    setting_for,
+)
+from agent.config.model import AgentTarget, Config
 from agent.errors import AgentError, DeviceError, DeviceRefused
 from agent.outbox.port import Outbox
 from agent.service.logs import Throttle, suppressed
@@ -70,9 +78,9 @@ class Bus(Protocol):
 class AgentKnobs(Protocol):
     """The agent's own settings the cloud may change."""
 
-    def get(self, target: str) -> JsonScalar: ...
+    def get(self, target: AgentTarget) -> JsonScalar: ...
 
-    def set(self, target: str, value: JsonScalar) -> None: ...
+    def set(self, target: AgentTarget, value: JsonScalar) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,28 +124,22 @@ class Configurator:
     def __init__(
         self,
         *,
-        config: AgentConfig,
+        config: Config,
         routes: dict[str, DeviceRoute],
         knobs: AgentKnobs,
         outbox: Outbox,
         state: SettingsState,
     ) -> None:
-        self._thing_id = config.thing.id
-        self._prefix = expected_prefix(config.thing.id)
+        self._thing_id = config.thing_id
+        self._prefix = expected_prefix(config.thing_id)
         self._max_bytes = config.mqtt.max_config_payload
         self._routes = routes
         self._knobs = knobs
         self._outbox = outbox
         self._state = state
-        byte_orders = {device.name: device.byte_order for _, device in config.all_devices()}
         self.groups: dict[str, dict[str, Setting]] = {
-            group.name: {
-                s.id: Setting(
-                    group.name, s, device_byte_order=byte_orders.get(s.device or "", "ABCD")
-                )
-                for s in group.settings
-            }
-            for group in config.config_groups
+            group: {s.id: setting_for(s) for s in settings}
+            for group, settings in config.groups().items()
         }
         # Work waiting, per group: entries to apply, or None for "report only". The newest
         # message for a group replaces one still waiting, so a flood cannot pile up.
@@ -197,10 +199,10 @@ class Configurator:
         for group, settings in self.groups.items():
             for setting in settings.values():
                 saved = self._state.get(group, setting.id)
-                if setting.agent is None or saved is None:
+                if not isinstance(setting, AgentSetting) or saved is None:
                     continue
                 with contextlib.suppress(RejectedSetting):
-                    self._knobs.set(setting.agent, setting.accept(saved["value"]))
+                    self._knobs.set(setting.target, setting.accept(saved["value"]))
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -296,13 +298,13 @@ class Configurator:
         group = setting.group
         previous = self._state.get(group, setting.id)
         self._state.put(group, setting.id, value, form)
-        if setting.agent is not None:
-            self._knobs.set(setting.agent, value)
+        if isinstance(setting, AgentSetting):
+            self._knobs.set(setting.target, value)
             log.info(
                 "agent_setting_applied",
                 group=group,
                 setting=setting.id,
-                target=setting.agent,
+                target=str(setting.target),
                 value=value,
             )
             return
@@ -328,9 +330,10 @@ class Configurator:
             )
         await self._write(setting, wanted, value)
 
-    async def _write(self, setting: Setting, wanted: list[int] | bool, value: JsonScalar) -> None:
+    async def _write(
+        self, setting: RegisterSetting, wanted: list[int] | bool, value: JsonScalar
+    ) -> None:
         target = setting.target
-        assert target is not None
         route = self._routes[target.device]
         try:
             if isinstance(wanted, bool):
@@ -356,15 +359,14 @@ class Configurator:
             address=target.address,
         )
 
-    async def _read(self, setting: Setting) -> list[int] | list[bool]:
+    async def _read(self, setting: RegisterSetting) -> list[int] | list[bool]:
         target = setting.target
-        assert target is not None
         route = self._routes[target.device]
-        return await route.bus.read(route.unit, target.table, target.address, target.count)
+        return await route.bus.read(route.unit, target.table, target.address, setting.count)
 
     async def _current(self, setting: Setting, form: str | None) -> JsonScalar:
-        if setting.agent is not None:
-            return self._knobs.get(setting.agent)
+        if isinstance(setting, AgentSetting):
+            return self._knobs.get(setting.target)
         return setting.decode(await self._read(setting), form=form)
 
 

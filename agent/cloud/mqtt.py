@@ -23,7 +23,7 @@ from gmqtt.mqtt.constants import MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError
 from gmqtt.storage import PersistentStorage
 
-from agent.config.model import MqttConfig
+from agent.config.schema import MqttConfig
 from agent.errors import TransientError
 
 log = structlog.get_logger("agent.mqtt")

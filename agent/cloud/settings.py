@@ -7,11 +7,10 @@ device. A value that fails `Setting.accept` is never written anywhere.
 from __future__ import annotations
 
 import math
-import re
 import struct
-from dataclasses import dataclass
 
-from agent.config.model import SettingConfig
+from agent.config.model import AgentTarget, RegisterTarget
+from agent.config.model import Setting as Declared
 from agent.errors import AgentError, RejectedInput
 from agent.sources.modbus.decode import (
     INTEGER_RANGES,
@@ -20,7 +19,7 @@ from agent.sources.modbus.decode import (
     scale_value,
     unscale_value,
 )
-from agent.sources.modbus.points import ByteOrder, PointType, Table, register_count
+from agent.sources.modbus.points import register_count
 
 JsonScalar = bool | int | float | str
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,49 +33,19 @@ class UnreportableValue(AgentError):
     """The device holds a value the cloud cannot be told (NaN or an infinity)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ModbusTarget:
-    device: str
-    table: Table
-    address: int
-    type: PointType
-    length: int | None
-    byte_order: ByteOrder
+class RegisterSetting:
+    """A declared setting written to a device's coil or holding registers."""
 
-    @property
-    def count(self) -> int:
-        return 1 if self.table.is_bits else register_count(self.type, self.length)
-
-
-class Setting:
-    """One declared setting of one group."""
-
-    def __init__(
-        self, group: str, config: SettingConfig, *, device_byte_order: ByteOrder = "ABCD"
-    ) -> None:
-        self.group = group
-        self.id = config.id
-        self.config = config
-        self.agent = config.agent
-        self.target: ModbusTarget | None = None
-        if config.agent is None:
-            assert config.device is not None
-            table, address = config.location
-            self.target = ModbusTarget(
-                config.device,
-                table,
-                address,
-                config.point_type,
-                config.length,
-                config.byte_order or device_byte_order,
-            )
-        self._pattern = re.compile(config.pattern) if config.pattern is not None else None
+    def __init__(self, declared: Declared, target: RegisterTarget) -> None:
+        self.group = declared.group
+        self.id = declared.id
+        self.declared = declared
+        self.target = target
+        self.count = 1 if target.table.is_bits else register_count(target.type, target.length)
+        self._scaled = declared.scale is not None or declared.offset is not None
 
     def accept(self, value: object) -> JsonScalar:
         """The value to apply, normalised; RejectedSetting with the reason otherwise."""
-        if self.agent is not None:
-            return self._accept_agent(value)
-        assert self.target is not None
         kind = self.target.type
         if kind == "bool":
             if value is True or value is False:
@@ -85,40 +54,49 @@ class Setting:
                 return bool(value)
             raise RejectedSetting(f"{self.id}: expected true/false or 1/0, got {value!r}")
         if kind in ("string", "hex"):
-            if not isinstance(value, str):
-                raise RejectedSetting(f"{self.id}: expected a string, got {value!r}")
-            self._check_choice(value)
-            if self._pattern is not None and not self._pattern.fullmatch(value):
-                raise RejectedSetting(f"{self.id}: {value!r} does not match the pattern")
-            try:
-                encode_registers(
-                    value, kind, byte_order=self.target.byte_order, length=self._text_length()
-                )
-            except ValueError as exc:
-                raise RejectedSetting(f"{self.id}: {exc}") from None
-            return value
+            return self._accept_text(value)
         number = _number(value)
         if number is None:
             raise RejectedSetting(f"{self.id}: expected a number, got {value!r}")
-        scaled = self.config.scale is not None or self.config.offset is not None
         if (
             not kind.startswith("float")
-            and not scaled
+            and not self._scaled
             and isinstance(number, float)
             and not number.is_integer()
         ):
             raise RejectedSetting(f"{self.id}: expected a whole number, got {value!r}")
-        self._check_bounds(number)
-        self._check_choice(number)
+        _check_bounds(self.declared, number)
+        if kind in INTEGER_RANGES and not self._scaled:
+            low, high = INTEGER_RANGES[kind]
+            if not low <= number <= high:
+                raise RejectedSetting(f"{self.id}: {number!r} does not fit {kind}")
+        _check_choice(self.declared, number)
         try:
             self.encode(number)
         except ValueError as exc:
             raise RejectedSetting(f"{self.id}: {exc}") from None
         return number
 
+    def _accept_text(self, value: object) -> JsonScalar:
+        if not isinstance(value, str):
+            raise RejectedSetting(f"{self.id}: expected a string, got {value!r}")
+        _check_choice(self.declared, value)
+        pattern = self.declared.pattern
+        if pattern is not None and not pattern.fullmatch(value):
+            raise RejectedSetting(f"{self.id}: {value!r} does not match the pattern")
+        try:
+            encode_registers(
+                value,
+                self.target.type,
+                byte_order=self.target.byte_order,
+                length=self._text_length(),
+            )
+        except ValueError as exc:
+            raise RejectedSetting(f"{self.id}: {exc}") from None
+        return value
+
     def encode(self, value: JsonScalar) -> list[int] | bool:
         """Registers to write (or the coil state) for an accepted value."""
-        assert self.target is not None
         target = self.target
         if target.table.is_bits:
             return bool(value)
@@ -128,18 +106,15 @@ class Setting:
             return encode_registers(
                 str(value), target.type, byte_order=target.byte_order, length=self._text_length()
             )
-        assert isinstance(value, int | float)
+        if not isinstance(value, int | float):
+            raise ValueError(f"{self.id}: a number is needed, got {value!r}")
         raw: int | float = value
-        if self.config.scale is not None or self.config.offset is not None:
+        scale, offset = self.declared.scale, self.declared.offset
+        if self._scaled:
             if target.type.startswith("float"):
-                raw = (value - (self.config.offset or 0.0)) / (self.config.scale or 1.0)
+                raw = (value - (offset or 0.0)) / (scale or 1.0)
             else:
-                raw = unscale_value(
-                    value,
-                    scale=self.config.scale,
-                    offset=self.config.offset,
-                    point_type=target.type,
-                )
+                raw = unscale_value(value, scale=scale, offset=offset, point_type=target.type)
         return encode_registers(raw, target.type, byte_order=target.byte_order)
 
     def decode(self, raw: list[int] | list[bool], *, form: str | None = None) -> JsonScalar:
@@ -148,11 +123,10 @@ class Setting:
         `form` is how the cloud wrote the expected value ("integer" for 1/0 coils),
         so that expected and reported compare equal in the cloud.
         """
-        assert self.target is not None
         target = self.target
         if target.table.is_bits or target.type == "bool":
             state = bool(raw[0])
-            as_integer = (form or self.config.value_type or "integer") == "integer"
+            as_integer = (form or self.declared.value_type or "integer") == "integer"
             return int(state) if as_integer else state
         value = decode_registers([int(r) for r in raw], target.type, byte_order=target.byte_order)
         if isinstance(value, bool | str):
@@ -161,8 +135,8 @@ class Setting:
             raise UnreportableValue(f"{self.id}: the device holds {value}, which JSON cannot carry")
         if target.type == "float32" and isinstance(value, float):
             value = _shortest_float32(value)
-        if self.config.scale is not None or self.config.offset is not None:
-            value = scale_value(value, scale=self.config.scale, offset=self.config.offset)
+        if self._scaled:
+            value = scale_value(value, scale=self.declared.scale, offset=self.declared.offset)
             if isinstance(value, float):
                 value = round(value, 10)
         return value
@@ -170,49 +144,60 @@ class Setting:
     def _text_length(self) -> int | None:
         """Registers a string or hex value takes: a hex value without `length` is read as
         one register, so it is written as one register too."""
-        assert self.target is not None
-        if self.target.type == "hex":
-            return self.target.count
-        return self.target.length
+        return self.count if self.target.type == "hex" else self.target.length
 
-    def _accept_agent(self, value: object) -> JsonScalar:
-        if self.agent == "log.level":
-            if value not in LOG_LEVELS:
+
+class AgentSetting:
+    """A declared setting of the agent itself: a device's interval, a bucket's delay, the
+    log level."""
+
+    def __init__(self, declared: Declared, target: AgentTarget) -> None:
+        self.group = declared.group
+        self.id = declared.id
+        self.declared = declared
+        self.target = target
+
+    def accept(self, value: object) -> JsonScalar:
+        """The value to apply, normalised; RejectedSetting with the reason otherwise."""
+        if self.target.knob == "log.level":
+            if not isinstance(value, str) or value not in LOG_LEVELS:
                 raise RejectedSetting(f"{self.id}: expected one of {', '.join(LOG_LEVELS)}")
-            assert isinstance(value, str)
             return value
         number = _number(value)
         if number is None:
             raise RejectedSetting(f"{self.id}: expected a number of seconds, got {value!r}")
         if not _fits_float(number):
             raise RejectedSetting(f"{self.id}: {number!r} is out of range")
-        if self.agent is not None and self.agent.endswith(".interval") and number <= 0:
+        if self.target.knob == "device.interval" and number <= 0:
             raise RejectedSetting(f"{self.id}: an interval must be above 0")
         if number < 0:
             raise RejectedSetting(f"{self.id}: must not be negative")
-        self._check_bounds(number)
-        self._check_choice(number)
+        _check_bounds(self.declared, number)
+        _check_choice(self.declared, number)
         return number
 
-    def _check_bounds(self, number: int | float) -> None:
-        low, high = self.config.min, self.config.max
-        if low is not None and number < low:
-            raise RejectedSetting(f"{self.id}: {number!r} is below the minimum {low:g}")
-        if high is not None and number > high:
-            raise RejectedSetting(f"{self.id}: {number!r} is above the maximum {high:g}")
-        if (
-            self.target is not None
-            and self.target.type in INTEGER_RANGES
-            and (self.config.scale is None and self.config.offset is None)
-        ):
-            type_low, type_high = INTEGER_RANGES[self.target.type]
-            if not type_low <= number <= type_high:
-                raise RejectedSetting(f"{self.id}: {number!r} does not fit {self.target.type}")
 
-    def _check_choice(self, value: JsonScalar) -> None:
-        allowed = self.config.enum
-        if allowed is not None and value not in allowed:
-            raise RejectedSetting(f"{self.id}: {value!r} is not one of {allowed!r}")
+Setting = RegisterSetting | AgentSetting
+
+
+def setting_for(declared: Declared) -> Setting:
+    if isinstance(declared.target, AgentTarget):
+        return AgentSetting(declared, declared.target)
+    return RegisterSetting(declared, declared.target)
+
+
+def _check_bounds(declared: Declared, number: int | float) -> None:
+    low, high = declared.min, declared.max
+    if low is not None and number < low:
+        raise RejectedSetting(f"{declared.id}: {number!r} is below the minimum {low:g}")
+    if high is not None and number > high:
+        raise RejectedSetting(f"{declared.id}: {number!r} is above the maximum {high:g}")
+
+
+def _check_choice(declared: Declared, value: JsonScalar) -> None:
+    allowed = declared.enum
+    if allowed is not None and value not in allowed:
+        raise RejectedSetting(f"{declared.id}: {value!r} is not one of {list(allowed)!r}")
 
 
 def form_of(value: object) -> str | None:

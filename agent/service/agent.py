@@ -26,7 +26,8 @@ from agent.cloud.delivery import Delivery
 from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
 from agent.cloud.settings import JsonScalar
-from agent.config.model import AgentConfig, QueueConfig, load_config
+from agent.config import AgentTarget, Config, load_config
+from agent.config.schema import QueueConfig
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
 from agent.outbox.port import MemoryOutbox, Outbox
@@ -94,39 +95,30 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 
 class _Knobs:
-    """The agent's own settings, as the cloud may set them (see SettingConfig.agent)."""
+    """The agent's own settings, as the cloud may set them (see agent.config.AgentTarget)."""
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
 
-    def get(self, target: str) -> JsonScalar:
-        kind, name = _split_target(target)
-        if kind == "log":
+    def get(self, target: AgentTarget) -> JsonScalar:
+        if target.knob == "log.level":
             return self._agent.log_level
-        if kind == "device":
-            return self._poller(name).interval
-        return self._agent.batcher.delay_for(name)
+        if target.knob == "device.interval":
+            return self._poller(target.name).interval
+        return self._agent.batcher.delay_for(target.name)
 
-    def set(self, target: str, value: JsonScalar) -> None:
-        kind, name = _split_target(target)
-        if kind == "log":
-            assert isinstance(value, str)
-            self._agent.log_level = value
-            logs.configure(level=value, fmt=self._agent.config.log.format)
-        elif kind == "device":
-            self._poller(name).set_interval(float(value))
+    def set(self, target: AgentTarget, value: JsonScalar) -> None:
+        if target.knob == "log.level":
+            self._agent.log_level = str(value)
+            logs.configure(level=str(value), fmt=self._agent.config.log.format)
+        elif target.knob == "device.interval":
+            self._poller(target.name).set_interval(float(value))
         else:
-            self._agent.batcher.set_delay(name, float(value))
+            self._agent.batcher.set_delay(target.name, float(value))
 
     def _poller(self, name: str) -> DevicePoller | Instrument:
         sources: list[DevicePoller | Instrument] = [*self._agent.pollers, *self._agent.instruments]
         return next(source for source in sources if source.name == name)
-
-
-def _split_target(target: str) -> tuple[str, str]:
-    """ "device.meter1.interval" → ("device", "meter1"); "log.level" → ("log", "")."""
-    kind, _, rest = target.partition(".")
-    return kind, rest.rpartition(".")[0]
 
 
 def data_topic(thing_id: str, bucket: str) -> str:
@@ -139,7 +131,7 @@ class Agent:
     the configurator."""
 
     def __init__(
-        self, config: AgentConfig, *, clock: Clock | None = None, config_path: Path | None = None
+        self, config: Config, *, clock: Clock | None = None, config_path: Path | None = None
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -158,7 +150,7 @@ class Agent:
         self._build_sources(config)
         self._build_link(config)
 
-    def _build_sources(self, config: AgentConfig) -> None:
+    def _build_sources(self, config: Config) -> None:
         """Everything a reload replaces: batches, devices, instruments, the configurator."""
         self.batcher = Batcher(
             sink=self._queue_batch,
@@ -169,11 +161,10 @@ class Agent:
             wall=self.clock,
         )
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
-        self.lines = {conn.name: ModbusLine(conn) for conn in config.modbus}
+        self.lines = {conn.name: ModbusLine(conn.endpoint) for conn in config.connections}
         self.pollers = [
             DevicePoller(
                 device=device,
-                connection=conn,
                 bus=self.lines[conn.name],
                 emit=self.batcher.add_encoded,
                 wall_ms=self.clock.wall_ms,
@@ -183,7 +174,7 @@ class Agent:
         ]
         self.instruments = [
             Instrument(config=instrument, emit=self.batcher.add, wall_ms=self.clock.wall_ms)
-            for instrument in config.serial
+            for instrument in config.instruments
         ]
         self.configurator = Configurator(
             config=config,
@@ -197,13 +188,13 @@ class Agent:
         )
         self.configurator.restore_agent_settings()
 
-    def _build_link(self, config: AgentConfig) -> None:
+    def _build_link(self, config: Config) -> None:
         """The broker session and delivery: replaced only when their settings change."""
         self.session = MqttSession(
-            thing_id=config.thing.id,
-            secret=config.secret(),
+            thing_id=config.thing_id,
+            secret=config.secret.get_secret_value(),
             config=config.mqtt,
-            subscriptions=[expected_prefix(config.thing.id) + "#"],
+            subscriptions=[expected_prefix(config.thing_id) + "#"],
             on_message=lambda topic, payload: self.configurator.on_message(topic, payload),
             on_connect=lambda: self.configurator.on_connected(),
         )
@@ -220,7 +211,7 @@ class Agent:
         self._notifier.notify("READY=1")
         log.info(
             "agent_started",
-            thing=self.config.thing.id,
+            thing=self.config.thing_id,
             devices=len(self.pollers),
             instruments=len(self.instruments),
             points=sum(len(p.device.points) for p in self.pollers),
@@ -287,7 +278,7 @@ class Agent:
         self.batcher.flush_all()
         for line in self.lines.values():
             await line.close()
-        relink = (new.thing, new.mqtt) != (old.thing, old.mqtt)
+        relink = (new.thing_id, new.secret, new.mqtt) != (old.thing_id, old.secret, old.mqtt)
         if relink:
             await self._stop_link(link)
             self._build_sources(new)
@@ -348,7 +339,7 @@ class Agent:
     def _queue_batch(self, batch: Batch) -> None:
         topic = self._topics.get(batch.bucket)
         if topic is None:
-            topic = self._topics[batch.bucket] = data_topic(self.config.thing.id, batch.bucket)
+            topic = self._topics[batch.bucket] = data_topic(self.config.thing_id, batch.bucket)
         self.outbox.put(topic, batch.payload, batch.stamp)
 
     async def _flush_timer(self) -> None:

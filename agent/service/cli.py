@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from agent import __version__
-from agent.config.model import DEFAULT_PATH, AgentConfig, load_config
+from agent.config import DEFAULT_PATH, Config, load_config
 from agent.errors import ConfigError
 from agent.service import allocator, logs
 from agent.service.supervise import describe_error, primary
@@ -70,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(config, path))
 
 
-def describe(config: AgentConfig, path: Path) -> str:
+def describe(config: Config, path: Path) -> str:
     """check-config's report: the plan per device, then the resolved config as JSON."""
     lines = [f"{path}: OK"]
     total_requests = total_rate = 0.0
     for conn, device in config.all_devices():
-        count = len(plan_device(conn, device)[1])
+        count = len(plan_device(device))
         total_requests += count
         total_rate += count / device.interval
         requests = f"{count} request{'s' if count != 1 else ''}"
@@ -84,24 +84,24 @@ def describe(config: AgentConfig, path: Path) -> str:
             f"{len(device.points)} points in {requests} every "
             f"{device.interval:g} s"
         )
-    if config.modbus:
+    if config.connections:
         points = sum(len(device.points) for _, device in config.all_devices())
         lines.append(
             f"  modbus total: {len(config.all_devices())} devices, {points} points, "
             f"{total_requests:g} requests per cycle, {total_rate:g} requests/s"
         )
-    for instrument in config.serial:
+    for instrument in config.instruments:
         mode = "polled" if instrument.request else "sampled"
+        line = instrument.line
         lines.append(
-            f"  instrument {instrument.name!r} on {instrument.device}: "
-            f"{instrument.format}, {len(instrument.points)} points {mode} every "
-            f"{instrument.interval:g} s"
+            f"  instrument {instrument.name!r} on {line.device}: "
+            f"{line.format}, {len(instrument.points)} points {mode} every {line.interval:g} s"
         )
     lines.append(json.dumps(config.masked(), indent=2))
     return "\n".join(lines)
 
 
-async def _run(config: AgentConfig, path: Path) -> int:
+async def _run(config: Config, path: Path) -> int:
     from agent.service.agent import Agent  # deferred: check-config need not import the adapters
 
     stop, reload = asyncio.Event(), asyncio.Event()

@@ -29,7 +29,9 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-_NOISY_LIBRARIES = ("pymodbus", "gmqtt")
+# pydantic_settings: its debug lines (PYDANTIC_SETTINGS_DEBUG=1) show every source's values,
+# the secret too, so they never pass.
+_NOISY_LIBRARIES = ("pymodbus", "gmqtt", "pydantic_settings")
 _HANDLER_NAME = "agent.logs"  # our handler on the root logger, replaced by each configure()
 
 MAX_STRING = 200

@@ -17,7 +17,7 @@ import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from agent.config.model import ModbusConfig
+from agent.config.schema import ModbusConfig
 from agent.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable
 from agent.sources.modbus.points import Table
 

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import structlog
 
-from agent.config.model import DeviceConfig, ModbusConfig, PointConfig
+from agent.config.model import Device, Point
 from agent.errors import DeviceError, DeviceRefused
 from agent.pipeline.readings import (
     ChangeFilter,
@@ -35,7 +35,7 @@ from agent.pipeline.readings import (
 )
 from agent.service.logs import Throttle
 from agent.sources.modbus.decode import decode_registers, scale_value
-from agent.sources.modbus.plan import Limits, ReadRequest, Span, plan_reads, split
+from agent.sources.modbus.plan import ReadRequest, Span, plan_reads, split
 from agent.sources.modbus.points import Table
 
 log = structlog.get_logger("agent.poller")
@@ -86,23 +86,19 @@ class _PointReader:
         "width",
     )
 
-    def __init__(self, point: PointConfig, device: DeviceConfig) -> None:
+    def __init__(self, point: Point) -> None:
         self.id = point.id
         self.prefix = id_prefix(point.id)
-        bucket = point.bucket or device.bucket
-        assert bucket is not None
-        self.bucket = bucket
-        self.type = point.point_type
-        self.byte_order = point.byte_order or device.byte_order
+        self.bucket = point.bucket
+        self.type = point.type
+        self.byte_order = point.byte_order
         self.bit = point.bit
         self.scale = point.scale
         self.offset = point.offset
         self.decimals = _decimals(point.scale, point.offset)
-        self.shape = point.shape_type
+        self.shape = point.shape
         self.width = point.width
-        deadband = point.deadband if point.deadband is not None else device.deadband
-        silence = point.max_silence if point.max_silence is not None else device.max_silence
-        self.filter = ChangeFilter(deadband, silence)
+        self.filter = ChangeFilter(point.deadband, point.max_silence)
 
     def value(self, raw_values: list[int] | list[bool]) -> Value:
         """The point's value from its registers, typed to its data shape."""
@@ -118,16 +114,10 @@ class _PointReader:
         return to_shape(raw, self.shape, width=self.width)
 
 
-def plan_device(connection: ModbusConfig, device: DeviceConfig) -> tuple[Limits, list[ReadRequest]]:
-    """The request limits that apply to a device, and its coalesced reads."""
-    limits = Limits(
-        max_gap=device.max_gap if device.max_gap is not None else connection.max_gap,
-        max_registers=device.max_registers or connection.max_registers,
-        max_bits=device.max_bits or connection.max_bits,
-        one_per_point=device.one_request_per_point,
-    )
+def plan_device(device: Device) -> list[ReadRequest]:
+    """A device's coalesced reads."""
     spans = [Span(*point.location, point.width, index) for index, point in enumerate(device.points)]
-    return limits, plan_reads(spans, limits)
+    return plan_reads(spans, device.limits)
 
 
 def _decimals(scale: float | None, offset: float | None) -> int | None:
@@ -148,8 +138,7 @@ class DevicePoller:
     def __init__(
         self,
         *,
-        device: DeviceConfig,
-        connection: ModbusConfig,
+        device: Device,
         bus: RegisterBus,
         emit: Callable[[str, list[bytes]], None],
         wall_ms: Callable[[], int] = now_ms,
@@ -161,8 +150,8 @@ class DevicePoller:
         self._bus = bus
         self._emit = emit
         self._wall_ms = wall_ms
-        self._readers = [_PointReader(point, device) for point in device.points]
-        self._limits, self.requests = plan_device(connection, device)
+        self._readers = [_PointReader(point) for point in device.points]
+        self._limits, self.requests = device.limits, plan_device(device)
         self._refused_until: dict[ReadRequest, int] = {}
         self.stats = DeviceStats()
         self._throttle = Throttle(interval=60.0)

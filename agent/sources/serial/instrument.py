@@ -22,13 +22,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from agent.config.model import SerialConfig, SerialPointConfig, unescape
+from agent.config import model
 from agent.errors import DeviceUnreachable
 from agent.pipeline.readings import ChangeFilter, Reading, Value, ValueType, now_ms
 from agent.service.logs import Throttle
@@ -57,16 +56,11 @@ class InstrumentStats:
 class _Point:
     __slots__ = ("bucket", "field", "filter", "id", "offset", "scale", "shape")
 
-    def __init__(self, point: SerialPointConfig, config: SerialConfig) -> None:
+    def __init__(self, point: model.InstrumentPoint) -> None:
         self.id = point.id
-        bucket = point.bucket or config.bucket
-        assert bucket is not None
-        self.bucket = bucket
+        self.bucket = point.bucket
         self.field = point.field
-        coordinate = config.format == "nmea" and point.field == "coordinate"
-        self.shape: ValueType = point.value_type or ("coordinate" if coordinate else "float")
-        if config.format == "nmea" and point.field in ("satellites", "fix_quality"):
-            self.shape = point.value_type or "integer"
+        self.shape: ValueType = point.shape
         self.scale = point.scale
         self.offset = point.offset
         self.filter = ChangeFilter(point.deadband, point.max_silence)
@@ -102,28 +96,26 @@ class Instrument:
     def __init__(
         self,
         *,
-        config: SerialConfig,
+        config: model.Instrument,
         emit: Callable[[Reading], None],
         wall_ms: Callable[[], int] = now_ms,
     ) -> None:
-        self.config = config
+        self.config = config.line
         self.name = config.name
         self._emit = emit
         self._wall_ms = wall_ms
-        self._points = [_Point(p, config) for p in config.points]
-        self._framer = LineFramer(
-            terminator=unescape(config.terminator).encode("latin-1"), max_line=config.max_line
-        )
-        self._pattern = re.compile(config.pattern) if config.pattern else None
-        self._request = unescape(config.request).encode(config.encoding) if config.request else None
-        self._port = SerialPort(config, self._on_data)
+        self._points = [_Point(p) for p in config.points]
+        self._framer = LineFramer(terminator=config.terminator, max_line=config.line.max_line)
+        self._pattern = config.pattern
+        self._request = config.request
+        self._port = SerialPort(config.line, self._on_data)
         self._latest: dict[str, tuple[Field, int]] = {}
         self._reply: asyncio.Future[None] | None = None
         self._throttle = Throttle(interval=60.0)
         self.stats = InstrumentStats()
-        self.interval = config.interval
+        self.interval = config.line.interval
         self.open = asyncio.Event()  # the port is open and being read
-        self._log = log.bind(instrument=config.name, device=config.device)
+        self._log = log.bind(instrument=config.name, device=config.line.device)
 
     async def run(self) -> None:
         """Read the instrument until cancelled, reopening a lost device with back-off.

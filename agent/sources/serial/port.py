@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import serial
 
-from agent.config.model import SerialConfig
+from agent.config.schema import SerialConfig
 from agent.errors import DeviceUnreachable
 
 READ_CHUNK = 4096

@@ -1,0 +1,194 @@
+"""From the file's models to the agent's: every default, inheritance and target resolved.
+
+Run once by `load_config`, and only on sections that passed `agent.config.checks`, so
+nothing here reports a problem: what it narrows was checked there. The unit tests use
+these functions to build a source from a section written inline.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import SecretStr
+
+from agent.config import checks, registers
+from agent.config.model import (
+    MASK,
+    AgentTarget,
+    Config,
+    Connection,
+    Device,
+    Instrument,
+    InstrumentPoint,
+    Point,
+    RegisterTarget,
+    Setting,
+)
+from agent.config.schema import (
+    AgentSettings,
+    DeviceConfig,
+    ModbusConfig,
+    PointConfig,
+    SerialConfig,
+    SerialPointConfig,
+    SettingConfig,
+)
+from agent.pipeline.readings import ValueType
+from agent.sources.modbus.plan import Limits
+from agent.sources.modbus.points import ByteOrder, natural_value_type
+
+
+def resolve(settings: AgentSettings) -> Config:
+    """The agent's config from a checked file; its secret was filled by SecretSource."""
+    assert settings.thing.secret is not None, "SecretSource fills it or reports why not"
+    connections = tuple(connection(conn) for conn in settings.modbus)
+    byte_orders = {device.name: device.byte_order for c in connections for device in c.devices}
+    shown = settings.model_dump(mode="json", exclude_none=True)
+    shown["thing"]["secret"] = MASK
+    return Config(
+        thing_id=settings.thing.id,
+        secret=SecretStr(settings.thing.secret.get_secret_value()),
+        mqtt=settings.mqtt,
+        queue=settings.queue,
+        batch=settings.batch,
+        log=settings.log,
+        health=settings.health,
+        connections=connections,
+        instruments=tuple(instrument(i) for i in settings.serial),
+        settings=tuple(
+            setting(group.name, s, byte_orders)
+            for group in settings.config_groups
+            for s in group.settings
+        ),
+        shown=shown,
+    )
+
+
+def connection(conn: ModbusConfig) -> Connection:
+    return Connection(
+        name=conn.name,
+        endpoint=conn,
+        devices=tuple(_device(device, conn) for device in conn.devices),
+    )
+
+
+def _device(device: DeviceConfig, conn: ModbusConfig) -> Device:
+    limits = Limits(
+        max_gap=device.max_gap if device.max_gap is not None else conn.max_gap,
+        max_registers=device.max_registers or conn.max_registers,
+        max_bits=device.max_bits or conn.max_bits,
+        one_per_point=device.one_request_per_point,
+    )
+    return Device(
+        name=device.name,
+        unit=device.unit,
+        interval=device.interval,
+        byte_order=device.byte_order,
+        limits=limits,
+        backoff_max=device.backoff_max,
+        points=tuple(_point(point, device) for point in device.points),
+    )
+
+
+def _point(point: PointConfig, device: DeviceConfig) -> Point:
+    where = registers.location(point)
+    bucket = point.bucket or device.bucket
+    assert where is not None, "checked by agent.config.checks"
+    assert bucket is not None, "checked by agent.config.checks"
+    table, address = where
+    kind = registers.point_type(point, table)
+    if point.value_type is not None:
+        shape: ValueType = point.value_type
+    elif point.bit is not None:
+        shape = "boolean"
+    else:
+        scaled = point.scale is not None or point.offset is not None
+        shape = natural_value_type(kind, scaled=scaled)
+    return Point(
+        id=point.id,
+        bucket=bucket,
+        table=table,
+        address=address,
+        type=kind,
+        length=point.length,
+        width=registers.width(point, table),
+        bit=point.bit,
+        byte_order=point.byte_order or device.byte_order,
+        scale=point.scale,
+        offset=point.offset,
+        shape=shape,
+        deadband=point.deadband if point.deadband is not None else device.deadband,
+        max_silence=point.max_silence if point.max_silence is not None else device.max_silence,
+    )
+
+
+def instrument(config: SerialConfig) -> Instrument:
+    return Instrument(
+        name=config.name,
+        line=config,
+        pattern=re.compile(config.pattern) if config.pattern else None,
+        request=checks.unescape(config.request).encode(config.encoding) if config.request else None,
+        terminator=checks.unescape(config.terminator).encode("latin-1"),
+        points=tuple(_instrument_point(point, config) for point in config.points),
+    )
+
+
+def _instrument_point(point: SerialPointConfig, config: SerialConfig) -> InstrumentPoint:
+    bucket = point.bucket or config.bucket
+    assert bucket is not None, "checked by agent.config.checks"
+    nmea = config.format == "nmea"
+    if point.value_type is not None:
+        shape: ValueType = point.value_type
+    elif nmea and point.field == "coordinate":
+        shape = "coordinate"
+    elif nmea and point.field in ("satellites", "fix_quality"):
+        shape = "integer"
+    else:
+        shape = "float"
+    return InstrumentPoint(
+        id=point.id,
+        bucket=bucket,
+        field=point.field,
+        shape=shape,
+        scale=point.scale,
+        offset=point.offset,
+        deadband=point.deadband,
+        max_silence=point.max_silence,
+    )
+
+
+def setting(group: str, config: SettingConfig, byte_orders: dict[str, ByteOrder]) -> Setting:
+    """`byte_orders`: each device's, for a setting that does not give its own."""
+    return Setting(
+        group=group,
+        id=config.id,
+        target=_target(config, byte_orders),
+        min=config.min,
+        max=config.max,
+        enum=tuple(config.enum) if config.enum is not None else None,
+        pattern=re.compile(config.pattern) if config.pattern is not None else None,
+        scale=config.scale,
+        offset=config.offset,
+        value_type=config.value_type,
+    )
+
+
+def _target(
+    config: SettingConfig, byte_orders: dict[str, ByteOrder]
+) -> RegisterTarget | AgentTarget:
+    if config.agent is not None:
+        knob = checks.agent_target(config.agent)
+        assert knob is not None, "checked by agent.config.checks"
+        return AgentTarget(*knob)
+    where = registers.location(config)
+    assert config.device is not None, "checked by agent.config.checks"
+    assert where is not None, "checked by agent.config.checks"
+    table, address = where
+    return RegisterTarget(
+        device=config.device,
+        table=table,
+        address=address,
+        type=registers.point_type(config, table),
+        length=config.length,
+        byte_order=config.byte_order or byte_orders.get(config.device, "ABCD"),
+    )
