@@ -49,7 +49,7 @@ sed -e "s|@MQTT_PORT@|$mqtt_port|" -e "s|@MODBUS_PORT@|$modbus_port|" \
 head -4 "$run/check-config.txt"
 
 echo "demo: broker 127.0.0.1:$mqtt_port, Modbus TCP 127.0.0.1:$modbus_port, RTU $run/ttyAgent"
-echo "demo: set a value from the cloud side, in another terminal:"
+echo "demo: set a value from the cloud side, in another terminal (the \$conf/\$reported line then shows 750):"
 # A client id of its own: the broker disconnects a client whose id another one takes.
 echo "  mosquitto_pub -h 127.0.0.1 -p $mqtt_port -i app:miWll0Grv-you -u miWll0Grv -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r \\"
 echo "    -t '\$thing/xY6Eie5hv/\$conf/\$expected/gw-1-setting' -m '[{\"id\":\"GW1_40807\",\"value\":750}]'"
