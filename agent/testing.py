@@ -14,7 +14,8 @@ the end) and does no more than a test needs to say what happened:
 - `FakeSerialLine`: a serial port as `agent.sources.serial.instrument` uses one
   (`SerialLine` below). The test is the instrument: `feed` is what it says, `written`
   what it was told.
-- `FakeKnobs`: the agent's own settings (`agent.cloud.configurator.AgentKnobs`), a dict.
+- `FakeTunable`, `FakeDelays`, `FakeLogLevel`: what the configurator may change in the
+  agent itself (`agent.cloud.configurator.Tunable`, `Delays`, `LogLevel`).
 - `captured_logs`: structlog's events, whatever an earlier `configure` left behind.
 - `VirtualTimeLoop`: an event loop whose clock moves only when every task waits for a
   timer, and then straight to the next one: schedules and time-outs run in no time
@@ -43,8 +44,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 from structlog.testing import capture_logs
 
-from agent.cloud.settings import JsonScalar
-from agent.config.model import AgentTarget
 from agent.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable, TransientError
 from agent.sources.modbus.points import Table
 
@@ -400,19 +399,38 @@ class FakeSerialLine:
 # -- the agent's own settings -------------------------------------------------------------
 
 
-class FakeKnobs:
-    """The agent's settings as a dict; `changes` lists every `set` in order."""
+class FakeTunable:
+    """A source's interval, as the configurator sets it; `changes` lists every change."""
 
-    def __init__(self, values: dict[str, JsonScalar] | None = None) -> None:
-        self.values = dict(values or {})
-        self.changes: list[tuple[str, JsonScalar]] = []
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.changes: list[float] = []
 
-    def get(self, target: AgentTarget) -> JsonScalar:
-        return self.values[str(target)]
+    def set_interval(self, interval: float) -> None:
+        self.interval = interval
+        self.changes.append(interval)
 
-    def set(self, target: AgentTarget, value: JsonScalar) -> None:
-        self.values[str(target)] = value
-        self.changes.append((str(target), value))
+
+class FakeDelays:
+    """The batcher's per-bucket max_delay: `default` until set."""
+
+    def __init__(self, default: float = 1.0) -> None:
+        self.default = default
+        self.delays: dict[str, float] = {}
+
+    def delay_for(self, bucket: str) -> float:
+        return self.delays.get(bucket, self.default)
+
+    def set_delay(self, bucket: str, delay: float) -> None:
+        self.delays[bucket] = delay
+
+
+class FakeLogLevel:
+    def __init__(self, level: str = "info") -> None:
+        self.level = level
+
+    def set_level(self, level: str) -> None:
+        self.level = level
 
 
 # -- time ---------------------------------------------------------------------------------
@@ -500,7 +518,7 @@ async def settle(rounds: int = 10) -> None:
 # -- each fake satisfies its port: mypy checks this block, nothing runs it ---------------
 
 if TYPE_CHECKING:
-    from agent.cloud.configurator import AgentKnobs, Bus
+    from agent.cloud.configurator import Bus, Delays, LogLevel, Tunable
     from agent.cloud.delivery import Publisher
     from agent.sources.modbus.poller import RegisterBus
     from agent.sources.serial.port import SerialPort
@@ -511,8 +529,10 @@ if TYPE_CHECKING:
         publisher: Publisher = FakePublisher()
         fake_line: SerialLine = FakeSerialLine(print)
         real_line: SerialLine = SerialPort(config, print)
-        knobs: AgentKnobs = FakeKnobs()
-        del register_bus, settings_bus, publisher, fake_line, real_line, knobs
+        tunable: Tunable = FakeTunable(1.0)
+        delays: Delays = FakeDelays()
+        log_level: LogLevel = FakeLogLevel()
+        del register_bus, settings_bus, publisher, fake_line, real_line, tunable, delays, log_level
 
 
 __all__ = [
@@ -521,10 +541,12 @@ __all__ = [
     "WRITE_REGISTER",
     "WRITE_REGISTERS",
     "BusRequest",
-    "FakeKnobs",
+    "FakeDelays",
+    "FakeLogLevel",
     "FakePublisher",
     "FakeRegisterBus",
     "FakeSerialLine",
+    "FakeTunable",
     "PublishLost",
     "Published",
     "PublisherOffline",

@@ -24,8 +24,10 @@ from agent.testing import (
     WRITE_REGISTER,
     WRITE_REGISTERS,
     BusRequest,
-    FakeKnobs,
+    FakeDelays,
+    FakeLogLevel,
     FakeRegisterBus,
+    FakeTunable,
     captured_logs,
 )
 
@@ -108,13 +110,15 @@ class Rig:
             )
         )
         self.bus = FakeRegisterBus(name="plc")
-        self.knobs = FakeKnobs({"device.meter1.interval": 5.0})
+        self.meter1 = FakeTunable(interval=5.0)
         clock = Clock(wall_ms=lambda: 1_800_000_000_000, boot_ms=lambda: 0, boot_id="b")
         self.outbox = MemoryOutbox(max_bytes=10_000_000, clock=clock)
         self.configurator = Configurator(
             config=config,
             routes={"meter1": DeviceRoute(self.bus, UNIT)},
-            knobs=self.knobs,
+            sources={"meter1": self.meter1},
+            batcher=FakeDelays(),
+            log_level=FakeLogLevel(),
             outbox=self.outbox,
             state=SettingsState(None),
         )
@@ -257,12 +261,12 @@ async def test_unknown_and_rejected_entries_write_nothing_and_are_summed_up_in_o
     assert 1 == len(await rig.reports())  # the group is reported all the same
 
 
-async def test_an_agent_setting_goes_to_the_knobs_and_is_reported_from_them() -> None:
+async def test_an_agent_setting_goes_to_its_source_and_is_reported_from_it() -> None:
     rig = Rig()
 
     await rig.apply("agent", meter1_interval=0.5)
 
-    assert [("device.meter1.interval", 0.5)] == rig.knobs.changes
+    assert [0.5] == rig.meter1.changes
     assert [] == rig.bus.requests
     assert [("agent", [{"id": "meter1_interval", "value": 0.5}])] == await rig.reports()
 

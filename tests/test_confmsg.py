@@ -21,11 +21,11 @@ from structlog.testing import capture_logs
 from agent.clock import Clock
 from agent.cloud.configurator import SHOWN_IDS, Configurator, DeviceRoute, SettingsState
 from agent.cloud.messages import Entry, RejectedMessage, latest_per_id, parse_expected
-from agent.cloud.settings import JsonScalar
 from agent.config import load_config
 from agent.errors import RejectedInput
 from agent.outbox.port import MemoryOutbox
 from agent.sources.modbus.points import Table
+from agent.testing import FakeDelays, FakeLogLevel
 
 THING = "gw"
 PREFIX = f"$thing/{THING}/$conf/$expected/"
@@ -148,14 +148,6 @@ class MemoryBus:
         self.coils[address] = value
 
 
-class NoKnobs:
-    def get(self, target: str) -> JsonScalar:
-        raise AssertionError("no agent settings in this config")
-
-    def set(self, target: str, value: JsonScalar) -> None:
-        raise AssertionError("no agent settings in this config")
-
-
 def make(tmp: Path) -> tuple[Configurator, MemoryBus, MemoryOutbox]:
     path = tmp / "agent.toml"
     path.write_text(CONFIG)
@@ -166,7 +158,9 @@ def make(tmp: Path) -> tuple[Configurator, MemoryBus, MemoryOutbox]:
     configurator = Configurator(
         config=config,
         routes={"meter1": DeviceRoute(bus, 1)},
-        knobs=NoKnobs(),
+        sources={},  # no agent settings in this config
+        batcher=FakeDelays(),
+        log_level=FakeLogLevel(),
         outbox=outbox,
         state=SettingsState(None),
     )

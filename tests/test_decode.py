@@ -15,7 +15,6 @@ from agent.sources.modbus.decode import (
     RawValue,
     decode_registers,
     encode_registers,
-    scale_value,
     unscale_value,
 )
 from agent.sources.modbus.points import ByteOrder, PointType
@@ -587,33 +586,6 @@ def test_length_is_ignored_for_fixed_width_types() -> None:
 
 
 # scale and offset ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("raw", [7, 2.5, -3])
-def test_scale_value_without_scale_or_offset_returns_raw_unchanged(raw: float) -> None:
-    scaled = scale_value(raw, scale=None, offset=None)
-
-    assert raw == scaled
-    assert type(raw) is type(scaled)
-
-
-@pytest.mark.parametrize(
-    ("raw", "scale", "offset", "expected"),
-    [
-        (2550, 0.01, None, 25.5),
-        (1000, 0.5, -10.0, 490.0),
-        (5, None, 1.5, 6.5),
-        (3, 2.0, None, 6.0),
-        (-4, -0.25, 0.0, 1.0),
-    ],
-)
-def test_scale_value_is_raw_times_scale_plus_offset_as_float(
-    raw: int, scale: float | None, offset: float | None, expected: float
-) -> None:
-    scaled = scale_value(raw, scale=scale, offset=offset)
-
-    assert expected == scaled
-    assert type(scaled) is float
 
 
 @pytest.mark.parametrize(

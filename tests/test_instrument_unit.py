@@ -178,7 +178,7 @@ def test_a_polled_instrument_is_asked_every_interval_and_backed_off_when_silent(
             await running(source, lambda: emitted.wait(3))
             assert {b"READ\r\n"} == set(line.written)
             assert len(line.written) == line.discards  # stale input dropped before each
-        return logs, asked, emitted.values(), source.stats.no_reply
+        return logs, asked, emitted.values(), source.stats.read_errors
 
     logs, asked, values, no_reply = run_in_virtual_time(main())
 
@@ -187,10 +187,10 @@ def test_a_polled_instrument_is_asked_every_interval_and_backed_off_when_silent(
     assert pytest.approx(asked[2] + 1.0) == asked[3]
     assert [0.0, asked[2], asked[3]] == [at for at, _ in values]
     assert 1 == no_reply
-    assert [("instrument_no_reply", "warning"), ("instrument_recovered", "info")] == [
+    assert [("instrument_unreachable", "warning"), ("instrument_recovered", "info")] == [
         (e["event"], e["log_level"])
         for e in logs
-        if e["event"] in ("instrument_no_reply", "instrument_recovered")
+        if e["event"] in ("instrument_unreachable", "instrument_recovered")
     ]
 
 

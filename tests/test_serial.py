@@ -194,7 +194,7 @@ points = [ { id = "weight", field = "w" } ]
             async with running_agent(tmp_path, agent_toml(broker, serial_block(pty_pair, body))):
                 await cloud.wait_for(lambda m: len(cloud.readings("s")) >= 3, timeout=WAIT)
                 answering = False
-                await logged(logs, "instrument_no_reply")
+                await logged(logs, "instrument_unreachable")
                 answered = len(cloud.readings("s"))
                 answering = True
                 await cloud.wait_for(

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,12 +76,28 @@ class Bus(Protocol):
     async def write_coil(self, unit: int, address: int, value: bool) -> None: ...
 
 
-class AgentKnobs(Protocol):
-    """The agent's own settings the cloud may change."""
+class Tunable(Protocol):
+    """A source whose interval the cloud may set (a device or an instrument)."""
 
-    def get(self, target: AgentTarget) -> JsonScalar: ...
+    @property
+    def interval(self) -> float: ...
 
-    def set(self, target: AgentTarget, value: JsonScalar) -> None: ...
+    def set_interval(self, interval: float) -> None: ...
+
+
+class Delays(Protocol):
+    """The batcher's per-bucket max_delay."""
+
+    def delay_for(self, bucket: str) -> float: ...
+
+    def set_delay(self, bucket: str, delay: float) -> None: ...
+
+
+class LogLevel(Protocol):
+    @property
+    def level(self) -> str: ...
+
+    def set_level(self, level: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +143,9 @@ class Configurator:
         *,
         config: Config,
         routes: dict[str, DeviceRoute],
-        knobs: AgentKnobs,
+        sources: Mapping[str, Tunable],
+        batcher: Delays,
+        log_level: LogLevel,
         outbox: Outbox,
         state: SettingsState,
     ) -> None:
@@ -134,7 +153,9 @@ class Configurator:
         self._prefix = expected_prefix(config.thing_id)
         self._max_bytes = config.mqtt.max_config_payload
         self._routes = routes
-        self._knobs = knobs
+        self._sources = sources
+        self._batcher = batcher
+        self._log_level = log_level
         self._outbox = outbox
         self._state = state
         self.groups: dict[str, dict[str, Setting]] = {
@@ -202,7 +223,7 @@ class Configurator:
                 if not isinstance(setting, AgentSetting) or saved is None:
                     continue
                 with contextlib.suppress(RejectedSetting):
-                    self._knobs.set(setting.target, setting.accept(saved["value"]))
+                    self._set_agent(setting.target, setting.accept(saved["value"]))
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -299,7 +320,7 @@ class Configurator:
         previous = self._state.get(group, setting.id)
         self._state.put(group, setting.id, value, form)
         if isinstance(setting, AgentSetting):
-            self._knobs.set(setting.target, value)
+            self._set_agent(setting.target, value)
             log.info(
                 "agent_setting_applied",
                 group=group,
@@ -366,8 +387,26 @@ class Configurator:
 
     async def _current(self, setting: Setting, form: str | None) -> JsonScalar:
         if isinstance(setting, AgentSetting):
-            return self._knobs.get(setting.target)
+            return self._agent_value(setting.target)
         return setting.decode(await self._read(setting), form=form)
+
+    # -- the agent's own settings -----------------------------------------------------------
+
+    def _agent_value(self, target: AgentTarget) -> JsonScalar:
+        if target.knob == "device.interval":
+            return self._sources[target.name].interval
+        if target.knob == "bucket.max_delay":
+            return self._batcher.delay_for(target.name)
+        return self._log_level.level
+
+    def _set_agent(self, target: AgentTarget, value: JsonScalar) -> None:
+        """`value` was accepted by the setting: a number of seconds, or a log level."""
+        if target.knob == "device.interval":
+            self._sources[target.name].set_interval(float(value))
+        elif target.knob == "bucket.max_delay":
+            self._batcher.set_delay(target.name, float(value))
+        else:
+            self._log_level.set_level(str(value))
 
 
 def _same(held: list[int] | list[bool], wanted: list[int] | bool) -> bool:

@@ -16,10 +16,10 @@ from agent.sources.modbus.decode import (
     INTEGER_RANGES,
     decode_registers,
     encode_registers,
-    scale_value,
     unscale_value,
 )
 from agent.sources.modbus.points import register_count
+from agent.sources.source import places, scale
 
 JsonScalar = bool | int | float | str
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -135,11 +135,13 @@ class RegisterSetting:
             raise UnreportableValue(f"{self.id}: the device holds {value}, which JSON cannot carry")
         if target.type == "float32" and isinstance(value, float):
             value = _shortest_float32(value)
-        if self._scaled:
-            value = scale_value(value, scale=self.declared.scale, offset=self.declared.offset)
-            if isinstance(value, float):
-                value = round(value, 10)
-        return value
+        # A float read back has the places of its shortest decimal (float32: see above).
+        return scale(
+            value,
+            scale=self.declared.scale,
+            offset=self.declared.offset,
+            raw_places=places(value) if isinstance(value, float) else 0,
+        )
 
     def _text_length(self) -> int | None:
         """Registers a string or hex value takes: a hex value without `length` is read as

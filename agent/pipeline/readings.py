@@ -116,6 +116,10 @@ class ChangeFilter:
             return True
         return False
 
+    def last(self) -> tuple[Value | None, float]:
+        """The last value reported and when (monotonic); (None, -inf) before the first."""
+        return self._last, self._last_at
+
     def _should_report(self, value: Value, now: float) -> bool:
         if self.deadband is None or self._last is None:
             return True

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
@@ -25,8 +24,7 @@ from agent.cloud.configurator import Configurator, DeviceRoute, SettingsState
 from agent.cloud.delivery import Delivery
 from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
-from agent.cloud.settings import JsonScalar
-from agent.config import AgentTarget, Config, load_config
+from agent.config import Config, load_config
 from agent.config.schema import QueueConfig
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
@@ -34,6 +32,7 @@ from agent.outbox.port import MemoryOutbox, Outbox
 from agent.pipeline.batches import Batch, Batcher
 from agent.service import logs
 from agent.service.health import health_readings
+from agent.service.state import AgentState, stats_fields, status_line
 from agent.service.supervise import supervise
 from agent.service.systemd import Notifier
 from agent.sources.modbus.client import ModbusLine
@@ -94,33 +93,6 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
         log.error("tasks_did_not_stop", tasks=stuck)
 
 
-class _Knobs:
-    """The agent's own settings, as the cloud may set them (see agent.config.AgentTarget)."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-
-    def get(self, target: AgentTarget) -> JsonScalar:
-        if target.knob == "log.level":
-            return self._agent.log_level
-        if target.knob == "device.interval":
-            return self._poller(target.name).interval
-        return self._agent.batcher.delay_for(target.name)
-
-    def set(self, target: AgentTarget, value: JsonScalar) -> None:
-        if target.knob == "log.level":
-            self._agent.log_level = str(value)
-            logs.configure(level=str(value), fmt=self._agent.config.log.format)
-        elif target.knob == "device.interval":
-            self._poller(target.name).set_interval(float(value))
-        else:
-            self._agent.batcher.set_delay(target.name, float(value))
-
-    def _poller(self, name: str) -> DevicePoller | Instrument:
-        sources: list[DevicePoller | Instrument] = [*self._agent.pollers, *self._agent.instruments]
-        return next(source for source in sources if source.name == name)
-
-
 def data_topic(thing_id: str, bucket: str) -> str:
     return f"$thing/{thing_id}/$data/{bucket}"
 
@@ -135,11 +107,9 @@ class Agent:
     ) -> None:
         self.config = config
         self.config_path = config_path
-        self.log_level: str = config.log.level
         self._notifier = Notifier()
         self.clock = clock or Clock()
         self.outbox = open_outbox(config.queue, self.clock)
-        self._started = time.monotonic()
         self._flush_wake = asyncio.Event()
         self._topics: dict[str, str] = {}
         self._state = SettingsState(
@@ -147,6 +117,7 @@ class Agent:
             if config.queue.path == ":memory:"
             else (Path(config.queue.path).parent / SETTINGS_STATE_FILE)
         )
+        self.state = AgentState(queue=self.outbox, clock=self.clock)
         self._build_sources(config)
         self._build_link(config)
 
@@ -161,6 +132,7 @@ class Agent:
             wall=self.clock,
         )
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
+        self.log_level = logs.LogLevel(config.log.level, config.log.format)
         self.lines = {conn.name: ModbusLine(conn.endpoint) for conn in config.connections}
         self.pollers = [
             DevicePoller(
@@ -176,13 +148,17 @@ class Agent:
             Instrument(config=instrument, emit=self.batcher.add, wall_ms=self.clock.wall_ms)
             for instrument in config.instruments
         ]
+        sources: list[DevicePoller | Instrument] = [*self.pollers, *self.instruments]
+        self.state.track_sources(sources)
         self.configurator = Configurator(
             config=config,
             routes={
                 device.name: DeviceRoute(self.lines[conn.name], device.unit)
                 for conn, device in config.all_devices()
             },
-            knobs=_Knobs(self),
+            sources={source.name: source for source in sources},
+            batcher=self.batcher,
+            log_level=self.log_level,
             outbox=self.outbox,
             state=self._state,
         )
@@ -198,6 +174,7 @@ class Agent:
             on_message=lambda topic, payload: self.configurator.on_message(topic, payload),
             on_connect=lambda: self.configurator.on_connected(),
         )
+        self.state.track_session(self.session)
         self.delivery = Delivery(
             outbox=self.outbox,
             publisher=self.session,
@@ -288,8 +265,7 @@ class Agent:
             self._build_sources(new)
             if self.session.connected:
                 self.configurator.on_connected()  # report the groups as they are now
-        self.log_level = new.log.level
-        logs.configure(level=new.log.level, fmt=new.log.format)
+        logs.configure(level=self.log_level.level, fmt=new.log.format)  # the cloud's, if it set one
         sources = self._start_sources()
         log.info(
             "config_reloaded",
@@ -356,43 +332,12 @@ class Agent:
         """A periodic log line with the queue's and the devices' state."""
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            stats = self.outbox.stats()
-            age = (
-                None
-                if stats.oldest_created is None
-                else round(time.time() - stats.oldest_created, 1)
-            )
-            failing = [p.name for p in self.pollers if p.stats.consecutive_failures]
-            log.info(
-                "agent_stats",
-                connected=self.session.connected,
-                queue_depth=stats.depth,
-                queue_bytes=stats.depth_bytes,
-                queue_files_bytes=stats.files_bytes,
-                queue_disk=stats.disk,
-                oldest_age_s=age,
-                backlog=stats.backlog,
-                sent=stats.sent_total,
-                dropped=stats.dropped_total,
-                readings=sum(p.stats.readings for p in self.pollers),
-                decode_errors=sum(p.stats.decode_errors for p in self.pollers),
-                skipped_cycles=sum(p.stats.skipped_cycles for p in self.pollers),
-                devices_failing=failing,
-                reconnects=self.session.reconnects,
-            )
+            log.info("agent_stats", **stats_fields(self.state.view()))
 
     async def _health(self, bucket: str) -> None:
         while True:
             await asyncio.sleep(self.config.health.interval)
-            for reading in health_readings(
-                bucket=bucket,
-                started=self._started,
-                session=self.session,
-                outbox=self.outbox,
-                pollers=self.pollers,
-                instruments=self.instruments,
-                wall_ms=self.clock.wall_ms,
-            ):
+            for reading in health_readings(self.state.view(), bucket):
                 self.batcher.add(reading)
 
     async def _keepalive(self) -> None:
@@ -406,16 +351,7 @@ class Agent:
             await asyncio.sleep(interval)
 
     def status_line(self) -> str:
-        stats = self.outbox.stats()
-        failing = [p.name for p in self.pollers if p.stats.consecutive_failures]
-        failing += [i.name for i in self.instruments if i.stats.consecutive_failures]
-        state = "connected" if self.session.connected else "not connected"
-        text = f"{state}; queue {stats.depth} messages"
-        if stats.backlog:
-            text += f" ({stats.backlog} to replay)"
-        if stats.disk != "ok":
-            text += f"; queue disk {stats.disk}"
-        return text + (f"; not answering: {', '.join(failing)}" if failing else "")
+        return status_line(self.state.view())
 
     async def _drain(self, limit: float) -> None:
         """Let delivery empty the outbox while connected, for at most `limit` seconds."""

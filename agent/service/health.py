@@ -21,53 +21,10 @@ Every `[health] interval` seconds the agent publishes, through the normal data p
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from typing import Protocol
-
-from agent.outbox.port import Outbox
-from agent.pipeline.readings import Reading, Value
-from agent.sources.modbus.poller import DevicePoller
-from agent.sources.serial.instrument import Instrument
+from agent.pipeline.readings import Reading
+from agent.service.state import AgentView, health_values
 
 
-class Connection(Protocol):
-    @property
-    def connected(self) -> bool: ...
-
-    reconnects: int
-
-
-def health_readings(
-    *,
-    bucket: str,
-    started: float,
-    session: Connection,
-    outbox: Outbox,
-    pollers: Sequence[DevicePoller],
-    instruments: Sequence[Instrument],
-    wall_ms: Callable[[], int],
-) -> list[Reading]:
-    stats = outbox.stats()
-    now = wall_ms()
-    oldest = 0 if stats.oldest_created is None else max(0, round(now / 1000 - stats.oldest_created))
-    values: dict[str, Value] = {
-        "agent_uptime": round(time.monotonic() - started),
-        "agent_connected": session.connected,
-        "agent_reconnects": session.reconnects,
-        "agent_queue_depth": stats.depth,
-        "agent_queue_bytes": stats.depth_bytes,
-        "agent_queue_oldest_age": oldest,
-        "agent_readings": sum(p.stats.readings for p in pollers)
-        + sum(i.stats.readings for i in instruments),
-        "agent_messages_sent": stats.sent_total,
-        "agent_messages_dropped": stats.dropped_total,
-        "agent_queue_commits": stats.commits,
-        "agent_devices_failing": sum(1 for p in pollers if p.stats.consecutive_failures)
-        + sum(1 for i in instruments if i.stats.consecutive_failures),
-    }
-    for poller in pollers:
-        values[f"agent_read_errors_{poller.name}"] = poller.stats.requests_failed
-    for instrument in instruments:
-        values[f"agent_read_errors_{instrument.name}"] = instrument.stats.no_reply
-    return [Reading(bucket, key, value, now) for key, value in values.items()]
+def health_readings(view: AgentView, bucket: str) -> list[Reading]:
+    """The table above, as readings of `bucket` stamped with the view's wall clock."""
+    return [Reading(bucket, key, value, view.wall_ms) for key, value in health_values(view).items()]

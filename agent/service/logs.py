@@ -94,6 +94,18 @@ def configure(*, level: str = "info", fmt: str = "logfmt") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if debugging else logging.CRITICAL)
 
 
+class LogLevel:
+    """The level in force, which the cloud may change (`log.level` setting)."""
+
+    def __init__(self, level: str, fmt: str) -> None:
+        self.level = level
+        self._fmt = fmt
+
+    def set_level(self, level: str) -> None:
+        self.level = level
+        configure(level=level, fmt=self._fmt)
+
+
 def escape(text: str, *, limit: int | None = MAX_STRING) -> str:
     """`text` fit for one log line: cut to `limit` characters, unsafe ones escaped."""
     if limit is not None and len(text) > limit:

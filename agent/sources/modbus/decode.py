@@ -53,7 +53,7 @@ takes exactly ``length`` * 4 hex digits, either case. Without ``length``,
 string and hex take as many registers as the value needs. ``length`` is
 ignored for fixed-width types.
 
-Scaling: value = raw * scale + offset (``scale_value``); ``unscale_value``
+Scaling: value = raw * scale + offset (``agent.sources.source.scale``); ``unscale_value``
 inverts it for writes, rounding with Python's ``round`` (half to even).
 """
 
@@ -188,13 +188,6 @@ def encode_registers(
     if point_type == "hex":
         return _encode_hex(value, byte_order, length)
     raise ValueError(f"unknown point type {point_type!r}")
-
-
-def scale_value(raw: int | float, *, scale: float | None, offset: float | None) -> int | float:
-    """raw * scale + offset; ``raw`` unchanged when neither is given."""
-    if scale is None and offset is None:
-        return raw
-    return float(raw * (1.0 if scale is None else scale) + (0.0 if offset is None else offset))
 
 
 def unscale_value(

@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from decimal import Decimal
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 import structlog
 
 from agent.config.model import Device, Point
-from agent.errors import DeviceError, DeviceRefused
+from agent.errors import DeviceError, DeviceRefused, DeviceTimeout
 from agent.pipeline.readings import (
     ChangeFilter,
     Value,
@@ -34,9 +31,10 @@ from agent.pipeline.readings import (
     to_shape,
 )
 from agent.service.logs import Throttle
-from agent.sources.modbus.decode import decode_registers, scale_value
+from agent.sources.modbus.decode import decode_registers
 from agent.sources.modbus.plan import ReadRequest, Span, plan_reads, split
 from agent.sources.modbus.points import Table
+from agent.sources.source import Outage, PointView, SourceStats, backoff, scale
 
 log = structlog.get_logger("agent.poller")
 
@@ -55,19 +53,6 @@ class RegisterBus(Protocol):
     async def end_cycle(self) -> None: ...
 
 
-@dataclass(slots=True)
-class DeviceStats:
-    cycles: int = 0
-    requests_ok: int = 0
-    requests_failed: int = 0
-    timeouts: int = 0
-    refused: int = 0
-    decode_errors: int = 0
-    readings: int = 0
-    skipped_cycles: int = 0
-    consecutive_failures: int = 0
-
-
 class _PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once."""
 
@@ -75,7 +60,6 @@ class _PointReader:
         "bit",
         "bucket",
         "byte_order",
-        "decimals",
         "filter",
         "id",
         "offset",
@@ -95,7 +79,6 @@ class _PointReader:
         self.bit = point.bit
         self.scale = point.scale
         self.offset = point.offset
-        self.decimals = _decimals(point.scale, point.offset)
         self.shape = point.shape
         self.width = point.width
         self.filter = ChangeFilter(point.deadband, point.max_silence)
@@ -106,11 +89,10 @@ class _PointReader:
             raw: int | float | bool | str = bool(raw_values[0])
         else:
             raw = decode_registers(raw_values, self.type, byte_order=self.byte_order, bit=self.bit)
-            if self.decimals is not None and isinstance(raw, int | float):
-                scaled = scale_value(raw, scale=self.scale, offset=self.offset)
-                # An integer register scaled by 0.01 has two decimals, not binary noise
-                # (5448 * 0.01 is 54.480000000000004 in floating point).
-                raw = round(scaled, self.decimals) if isinstance(raw, int) else scaled
+            if isinstance(raw, int | float) and not isinstance(raw, bool):
+                # A register's integer has no decimals; a float's are not rounded.
+                places = 0 if isinstance(raw, int) else None
+                raw = scale(raw, scale=self.scale, offset=self.offset, raw_places=places)
         return to_shape(raw, self.shape, width=self.width)
 
 
@@ -120,20 +102,14 @@ def plan_device(device: Device) -> list[ReadRequest]:
     return plan_reads(spans, device.limits)
 
 
-def _decimals(scale: float | None, offset: float | None) -> int | None:
-    """Decimal places a scaled integer can carry; None when the point is not scaled."""
-    if scale is None and offset is None:
-        return None
-    places = [-int(Decimal(repr(x)).as_tuple().exponent) for x in (scale, offset) if x]
-    return max([0, *places])
-
-
 class DevicePoller:
     """Polls one unit on its own schedule and hands its readings to `emit`.
 
     `emit(bucket, fragments)` receives each response's readings of one bucket, already
     encoded as JSON objects (see agent.pipeline.readings): no per-reading object on the hot path.
     """
+
+    kind = "device"
 
     def __init__(
         self,
@@ -147,16 +123,18 @@ class DevicePoller:
         self.device = device
         self._room = room  # awaited before each cycle: the queue keeping up
         self.name = device.name
+        self.where = bus.name  # the connection, for the agent's state
         self._bus = bus
         self._emit = emit
         self._wall_ms = wall_ms
         self._readers = [_PointReader(point) for point in device.points]
         self._limits, self.requests = device.limits, plan_device(device)
         self._refused_until: dict[ReadRequest, int] = {}
-        self.stats = DeviceStats()
+        self.stats = SourceStats()
         self._throttle = Throttle(interval=60.0)
         self.interval = device.interval
         self._log = log.bind(device=device.name, connection=bus.name, unit=device.unit)
+        self._outage = Outage(self._log, self.stats, "device")
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -180,7 +158,9 @@ class DevicePoller:
                     cycle += missed
                     due = origin + cycle * grid
             else:
-                due = now + self._backoff()
+                due = now + backoff(
+                    self.interval, self.stats.consecutive_failures, self.device.backoff_max
+                )
                 # Re-anchor the schedule so recovery resumes on a regular grid.
                 origin, cycle = due, 0
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -208,13 +188,13 @@ class DevicePoller:
                     )
                 except DeviceRefused as exc:
                     answered = True
-                    stats.requests_failed += 1
+                    stats.read_errors += 1
                     stats.refused += 1
                     work.extendleft(reversed(self._refused(request, exc)))
                     continue
                 except DeviceError as exc:
-                    stats.requests_failed += 1
-                    stats.timeouts += 1
+                    stats.read_errors += 1
+                    stats.timeouts += isinstance(exc, DeviceTimeout)
                     failure = exc
                     break  # a unit that does not answer is not asked again this cycle
                 answered = True
@@ -222,11 +202,10 @@ class DevicePoller:
                 self._deliver(request, values, self._wall_ms())
         finally:
             await self._bus.end_cycle()
-        if answered and stats.consecutive_failures:
-            self._log.info("device_recovered", failed_cycles=stats.consecutive_failures)
-            stats.consecutive_failures = 0
-        elif failure is not None and not answered:
-            self._note_failure(failure)
+        if answered:
+            self._outage.answered()
+        elif failure is not None:
+            self._outage.failed(failure)
             return False
         return True
 
@@ -283,17 +262,8 @@ class DevicePoller:
             )
         return []
 
-    def _note_failure(self, exc: DeviceError) -> None:
-        stats = self.stats
-        stats.consecutive_failures += 1
-        if stats.consecutive_failures == 1:
-            self._log.warning("device_unreachable", error=str(exc))
-        else:
-            self._log.debug(
-                "device_still_unreachable", error=str(exc), failed_cycles=stats.consecutive_failures
-            )
-
-    def _backoff(self) -> float:
-        failures = self.stats.consecutive_failures
-        ceiling = min(self.device.backoff_max, self.interval * 2 ** min(failures, 16))
-        return random.uniform(ceiling / 2, ceiling)
+    def point_views(self, now: float) -> Iterator[PointView]:
+        """Each point's last report, for the agent's state."""
+        for reader in self._readers:
+            last, at = reader.filter.last()
+            yield PointView(reader.id, reader.bucket, last, None if last is None else now - at)

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import structlog
 
@@ -34,23 +32,12 @@ from agent.service.logs import Throttle
 from agent.sources.serial import nmea
 from agent.sources.serial.lines import LineFramer, regex_fields
 from agent.sources.serial.port import SerialPort
+from agent.sources.source import Outage, PointView, SourceStats, backoff, places, scale
 
 log = structlog.get_logger("agent.instrument")
 
 DAY_MS = 86_400_000
 Field = str | float | int | list[float]  # a field as a line gives it
-
-
-@dataclass(slots=True)
-class InstrumentStats:
-    lines: int = 0
-    unmatched: int = 0
-    bad_checksum: int = 0
-    no_reply: int = 0
-    overlong: int = 0
-    readings: int = 0
-    reopened: int = 0
-    consecutive_failures: int = 0
 
 
 class _Point:
@@ -85,14 +72,21 @@ class _Point:
         number = float(raw)
         if not math.isfinite(number):
             raise ValueError(f"non-finite value {raw!r}")
-        if self.scale is not None or self.offset is not None:
-            number = number * (self.scale if self.scale is not None else 1.0) + (self.offset or 0.0)
+        written = raw.strip() if isinstance(raw, str) else None  # a number as text has places
+        number = scale(
+            number,
+            scale=self.scale,
+            offset=self.offset,
+            raw_places=places(written) if written is not None else None,
+        )
         if self.shape == "integer":
             return round(number)
         return number
 
 
 class Instrument:
+    kind = "instrument"
+
     def __init__(
         self,
         *,
@@ -112,10 +106,12 @@ class Instrument:
         self._latest: dict[str, tuple[Field, int]] = {}
         self._reply: asyncio.Future[None] | None = None
         self._throttle = Throttle(interval=60.0)
-        self.stats = InstrumentStats()
+        self.stats = SourceStats()
         self.interval = config.line.interval
         self.open = asyncio.Event()  # the port is open and being read
+        self.where = config.line.device  # the port, for the agent's state
         self._log = log.bind(instrument=config.name, device=config.line.device)
+        self._outage = Outage(self._log, self.stats, "instrument")
 
     async def run(self) -> None:
         """Read the instrument until cancelled, reopening a lost device with back-off.
@@ -187,17 +183,14 @@ class Instrument:
                 async with asyncio.timeout(self.config.timeout):
                     await self._reply
             except TimeoutError:
-                self.stats.no_reply += 1
-                self.stats.consecutive_failures += 1
-                if self.stats.consecutive_failures == 1:
-                    self._log.warning("instrument_no_reply", timeout=self.config.timeout)
+                self.stats.read_errors += 1
+                self.stats.timeouts += 1
+                self._outage.failed(f"no reply within {self.config.timeout:g} s")
                 await asyncio.sleep(self._backoff(self.stats.consecutive_failures))
                 continue
             finally:
                 self._reply = None
-            if self.stats.consecutive_failures:
-                self._log.info("instrument_recovered", failed_polls=self.stats.consecutive_failures)
-                self.stats.consecutive_failures = 0
+            self._outage.answered()
             latest, self._latest = self._latest, {}
             self._report(latest)
             await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
@@ -270,6 +263,7 @@ class Instrument:
             try:
                 value = point.value(raw)
             except ValueError as exc:
+                self.stats.decode_errors += 1
                 if self._throttle.allow(("value", point.id)):
                     self._log.warning("instrument_value_invalid", point=point.id, error=str(exc))
                 continue
@@ -288,5 +282,10 @@ class Instrument:
             )
 
     def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.config.backoff_max, self.interval * 2 ** min(attempt, 16))
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff(self.interval, attempt, self.config.backoff_max)
+
+    def point_views(self, now: float) -> Iterator[PointView]:
+        """Each point's last report, for the agent's state."""
+        for point in self._points:
+            last, at = point.filter.last()
+            yield PointView(point.id, point.bucket, last, None if last is None else now - at)

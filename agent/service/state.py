@@ -1,0 +1,188 @@
+"""The agent's state in one place, and the three ways it is shown.
+
+`AgentState` reads what the parts already keep (the broker session, the clock, the
+queue's stats, each source's `SourceStats` and each point's last report); it counts
+nothing itself. `view()` is a consistent picture of the moment, taken by:
+
+- `status_line`: systemd's STATUS= (`systemctl status orio-agent`),
+- `stats_fields`: the `agent_stats` log line, every minute,
+- `health_values`: the health readings the agent publishes about itself,
+
+and next by the live status command. Whatever one of them shows, the others agree with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.outbox.port import OutboxStats
+from agent.pipeline.readings import Value
+from agent.sources.source import PointView, SourceStats
+
+
+class Session(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    reconnects: int
+
+
+class Queue(Protocol):
+    def stats(self) -> OutboxStats: ...
+
+
+class TrustedClock(Protocol):
+    def trusted(self) -> bool: ...
+
+    def wall_ms(self) -> int: ...
+
+
+class Tracked(Protocol):
+    """A source as the state reads it (DevicePoller and Instrument are)."""
+
+    name: str
+    kind: str  # "device" or "instrument"
+    where: str  # the connection a device is on, the port an instrument is on
+    stats: SourceStats
+
+    @property
+    def interval(self) -> float: ...
+
+    def point_views(self, now: float) -> Iterable[PointView]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceView:
+    name: str
+    kind: str
+    where: str
+    interval: float
+    stats: SourceStats  # a copy, as it was when the view was taken
+    points: tuple[PointView, ...]  # empty unless asked for
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    uptime_s: float
+    connected: bool
+    reconnects: int
+    clock_trusted: bool
+    wall_ms: int
+    queue: OutboxStats
+    sources: tuple[SourceView, ...]
+
+    @property
+    def failing(self) -> list[str]:
+        return [s.name for s in self.sources if s.stats.failing]
+
+    def total(self, counter: str) -> int:
+        return sum(getattr(s.stats, counter) for s in self.sources)
+
+
+class AgentState:
+    def __init__(
+        self, *, queue: Queue, clock: TrustedClock, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._queue = queue
+        self._clock = clock
+        self._monotonic = monotonic
+        self._started = monotonic()
+        self._session: Session | None = None
+        self._sources: tuple[Tracked, ...] = ()
+
+    def track_session(self, session: Session) -> None:
+        """The broker session in use (replaced when [thing] or [mqtt] change)."""
+        self._session = session
+
+    def track_sources(self, sources: Sequence[Tracked]) -> None:
+        """The sources now running (replaced on reload)."""
+        self._sources = tuple(sources)
+
+    def view(self, *, points: bool = False) -> AgentView:
+        now = self._monotonic()
+        return AgentView(
+            uptime_s=now - self._started,
+            connected=self._session is not None and self._session.connected,
+            reconnects=0 if self._session is None else self._session.reconnects,
+            clock_trusted=self._clock.trusted(),
+            wall_ms=self._clock.wall_ms(),
+            queue=self._queue.stats(),
+            sources=tuple(
+                SourceView(
+                    name=source.name,
+                    kind=source.kind,
+                    where=source.where,
+                    interval=source.interval,
+                    stats=dataclasses.replace(source.stats),
+                    points=tuple(source.point_views(now)) if points else (),
+                )
+                for source in self._sources
+            ),
+        )
+
+
+def status_line(view: AgentView) -> str:
+    queue = view.queue
+    text = "connected" if view.connected else "not connected"
+    text += f"; queue {queue.depth} messages"
+    if queue.backlog:
+        text += f" ({queue.backlog} to replay)"
+    if queue.disk != "ok":
+        text += f"; queue disk {queue.disk}"
+    if not view.clock_trusted:
+        text += "; clock not set"
+    failing = view.failing
+    return text + (f"; not answering: {', '.join(failing)}" if failing else "")
+
+
+def stats_fields(view: AgentView) -> dict[str, Any]:
+    queue = view.queue
+    oldest = _oldest_age(view)
+    return {
+        "connected": view.connected,
+        "queue_depth": queue.depth,
+        "queue_bytes": queue.depth_bytes,
+        "queue_files_bytes": queue.files_bytes,
+        "queue_disk": queue.disk,
+        "oldest_age_s": None if oldest is None else round(oldest, 1),
+        "backlog": queue.backlog,
+        "sent": queue.sent_total,
+        "dropped": queue.dropped_total,
+        "readings": view.total("readings"),
+        "read_errors": view.total("read_errors"),
+        "decode_errors": view.total("decode_errors"),
+        "skipped_cycles": view.total("skipped_cycles"),
+        "devices_failing": view.failing,
+        "reconnects": view.reconnects,
+    }
+
+
+def health_values(view: AgentView) -> dict[str, Value]:
+    """The health readings by data shape id (see agent.service.health for the table)."""
+    queue = view.queue
+    oldest = _oldest_age(view)
+    values: dict[str, Value] = {
+        "agent_uptime": round(view.uptime_s),
+        "agent_connected": view.connected,
+        "agent_reconnects": view.reconnects,
+        "agent_queue_depth": queue.depth,
+        "agent_queue_bytes": queue.depth_bytes,
+        "agent_queue_oldest_age": 0 if oldest is None else max(0, round(oldest)),
+        "agent_readings": view.total("readings"),
+        "agent_messages_sent": queue.sent_total,
+        "agent_messages_dropped": queue.dropped_total,
+        "agent_queue_commits": queue.commits,
+        "agent_devices_failing": len(view.failing),
+    }
+    for source in view.sources:
+        values[f"agent_read_errors_{source.name}"] = source.stats.read_errors
+    return values
+
+
+def _oldest_age(view: AgentView) -> float | None:
+    created = view.queue.oldest_created
+    return None if created is None else view.wall_ms / 1000 - created
