@@ -103,6 +103,13 @@ def test_check_config_accepts_the_example_config(capsys: pytest.CaptureFixture[s
     assert resolved_json(out)["thing"] == {"id": "xY6Eie5hv", "secret": MASK}
 
 
+def test_check_config_takes_the_file_as_run_does_too(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["check-config", "--config", str(EXAMPLE)])
+
+    out, err = capsys.readouterr()
+    assert (code, err, out.splitlines()[0]) == (0, "", f"{EXAMPLE}: OK")
+
+
 def test_check_config_prints_the_resolved_config_with_defaults(
     good: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agent.config import MASK, AgentTarget, RegisterTarget, load_config
+from agent.config import MASK, AgentTarget, RegisterTarget, load_config, load_settings, masked
 from agent.errors import ConfigError, ConfigProblem
 from agent.sources.modbus.points import Table, parse_classic_address
 
+REPO = Path(__file__).resolve().parent.parent
 SECRET = "vjn6u1.~EQrKuOP4"
 
 # A small valid file. Tests derive broken variants with `edit`; line numbers below are
@@ -876,12 +879,13 @@ def test_override_into_an_array_of_tables_names_the_variable(
 
 
 def test_masked_config_replaces_the_secret(write: Write) -> None:
-    config = load_config(write(BASE))
+    path = write(BASE)
+    config = load_config(path)
 
-    masked = config.masked()
+    shown = masked(load_settings(path))
 
-    assert masked["thing"] == {"id": "xY6Eie5hv", "secret": MASK}
-    assert SECRET not in repr(masked)
+    assert shown["thing"] == {"id": "xY6Eie5hv", "secret": MASK}
+    assert SECRET not in repr(shown)
     assert SECRET not in repr(config)
     assert SECRET not in str(config.secret)
 
@@ -891,10 +895,15 @@ def test_secret_from_secret_file_without_its_newline(write: Write, tmp_path: Pat
     secret_file.write_text(f"{SECRET}\n")
     text = edit(f'secret = "{SECRET}"', f'secret_file = "{secret_file}"')
 
-    config = load_config(write(text))
+    path = write(text)
+    config = load_config(path)
 
     assert config.secret.get_secret_value() == SECRET
-    assert config.masked()["thing"]["secret"] == MASK
+    assert masked(load_settings(path))["thing"] == {
+        "id": "xY6Eie5hv",
+        "secret": MASK,
+        "secret_file": str(secret_file),
+    }
 
 
 def test_secret_from_systemd_credential(
@@ -916,10 +925,12 @@ def test_secret_from_systemd_credential(
 def test_secret_from_environment_is_masked(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORIO_AGENT_THING__SECRET", "from-the-environment")
 
-    config = load_config(write(BASE))
+    path = write(BASE)
+    config = load_config(path)
 
     assert config.secret.get_secret_value() == "from-the-environment"
-    assert config.masked()["thing"]["secret"] == MASK
+    assert masked(load_settings(path))["thing"]["secret"] == MASK
+    assert "from-the-environment" not in repr(masked(load_settings(path)))
 
 
 def test_no_secret_at_all_is_refused(write: Write) -> None:
@@ -1164,3 +1175,18 @@ def test_the_resolved_config_cannot_be_changed(write: Write) -> None:
         config.connections[0].devices[0].points[0].bucket = "elsewhere"  # type: ignore[misc]
     with pytest.raises(ValueError, match="frozen"):
         config.mqtt.port = 1  # type: ignore[misc]
+
+
+def test_importlib_metadata_stays_out_of_the_agent() -> None:
+    """pydantic's plugin loader would import it, and 1.6 MB with it (agent.config.no_plugins)."""
+    probe = (
+        "import sys, agent.service.cli, agent.service.agent; "
+        "from agent.config import load_config; "
+        "load_config('config.example.toml'); "
+        "print('importlib.metadata' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+
+    assert "False" == result.stdout.strip()

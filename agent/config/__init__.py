@@ -11,7 +11,8 @@ config the agent runs on.
     load.py      load_config: all of the above, every problem reported in one run
 """
 
-from agent.config.load import DEFAULT_PATH, load_config
+import agent.config.no_plugins  # noqa: F401  (first: before pydantic builds a model)
+from agent.config.load import DEFAULT_PATH, load_config, load_settings, masked
 from agent.config.model import (
     MASK,
     AgentTarget,
@@ -38,4 +39,6 @@ __all__ = [
     "RegisterTarget",
     "Setting",
     "load_config",
+    "load_settings",
+    "masked",
 ]

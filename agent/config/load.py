@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from agent.config import checks, resolve, tomlpos
-from agent.config.model import Config
+from agent.config.model import MASK, Config
 from agent.config.problems import located, syntax_problem, validation_problems
 from agent.config.schema import (
     AgentSettings,
@@ -41,6 +41,18 @@ DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
 
 def load_config(path: str | Path) -> Config:
     """Read, validate, check and resolve a config file; ConfigError names every problem."""
+    return resolve.resolve(load_settings(path))
+
+
+def masked(settings: AgentSettings) -> dict[str, Any]:
+    """The file's settings for display, defaults included, the secret as asterisks."""
+    data = settings.model_dump(mode="json", exclude_none=True)
+    data["thing"]["secret"] = MASK
+    return data
+
+
+def load_settings(path: str | Path) -> AgentSettings:
+    """The file's settings, validated and checked (`load_config` resolves them)."""
     shown = str(path)
     text, data = _read(path)
     environ = dict(os.environ)
@@ -70,7 +82,7 @@ def load_config(path: str | Path) -> Config:
         problems.append(ConfigProblem("thing.secret", secret.problem, line))
     if problems or settings is None:
         raise ConfigError(shown, _unique(problems))
-    return resolve.resolve(settings)
+    return settings
 
 
 def _read(path: str | Path) -> tuple[str, dict[str, Any]]:

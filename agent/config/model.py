@@ -11,10 +11,9 @@ models of `agent.config.schema` themselves.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import SecretStr
 
@@ -165,11 +164,6 @@ class Config:
     connections: tuple[Connection, ...]
     instruments: tuple[Instrument, ...]
     settings: tuple[Setting, ...]
-    shown: dict[str, Any]  # every key with its value, the secret masked: for display
-
-    def masked(self) -> dict[str, Any]:
-        """The config for display, defaults included: the secret replaced by asterisks."""
-        return copy.deepcopy(self.shown)
 
     def all_devices(self) -> list[tuple[Connection, Device]]:
         return [(conn, device) for conn in self.connections for device in conn.devices]

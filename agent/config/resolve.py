@@ -13,7 +13,6 @@ from pydantic import SecretStr
 
 from agent.config import checks, registers
 from agent.config.model import (
-    MASK,
     AgentTarget,
     Config,
     Connection,
@@ -43,8 +42,6 @@ def resolve(settings: AgentSettings) -> Config:
     assert settings.thing.secret is not None, "SecretSource fills it or reports why not"
     connections = tuple(connection(conn) for conn in settings.modbus)
     byte_orders = {device.name: device.byte_order for c in connections for device in c.devices}
-    shown = settings.model_dump(mode="json", exclude_none=True)
-    shown["thing"]["secret"] = MASK
     return Config(
         thing_id=settings.thing.id,
         secret=SecretStr(settings.thing.secret.get_secret_value()),
@@ -60,7 +57,6 @@ def resolve(settings: AgentSettings) -> Config:
             for group in settings.config_groups
             for s in group.settings
         ),
-        shown=shown,
     )
 
 

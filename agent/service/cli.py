@@ -15,11 +15,12 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from agent import __version__
-from agent.config import DEFAULT_PATH, Config, load_config
+from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
 from agent.errors import ConfigError
 from agent.service import allocator, logs
 from agent.service.supervise import describe_error, primary
@@ -51,18 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser(
         "check-config", help="validate a config file and print it resolved, secret masked"
     )
-    check.add_argument("path", nargs="?", type=Path, default=DEFAULT_PATH)
+    check.add_argument("path", nargs="?", type=Path, help=f"config file (default {DEFAULT_PATH})")
+    check.add_argument("--config", type=Path, help="the same, as `run` takes it")
     args = parser.parse_args(argv)
 
-    path: Path = args.config if args.command == "run" else args.path
+    path: Path = (
+        args.config or (args.path if args.command == "check-config" else None) or DEFAULT_PATH
+    )
     try:
-        config = load_config(path)
+        settings = load_settings(path)
     except ConfigError as exc:
         print(f"orio-agent: invalid config\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    config = resolve.resolve(settings)
     if args.command == "check-config":
         try:
-            print(describe(config, path), flush=True)
+            print(describe(config, path, masked(settings)), flush=True)
         except BrokenPipeError:  # `check-config | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(config, path))
 
 
-def describe(config: Config, path: Path) -> str:
+def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
     """check-config's report: the plan per device, then the resolved config as JSON."""
     lines = [f"{path}: OK"]
     total_requests = total_rate = 0.0
@@ -97,7 +102,7 @@ def describe(config: Config, path: Path) -> str:
             f"  instrument {instrument.name!r} on {line.device}: "
             f"{line.format}, {len(instrument.points)} points {mode} every {line.interval:g} s"
         )
-    lines.append(json.dumps(config.masked(), indent=2))
+    lines.append(json.dumps(shown, indent=2))
     return "\n".join(lines)
 
 
