@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class AgentError(Exception):
@@ -42,7 +44,7 @@ class ConfigError(RejectedInput):
 
 
 class DeviceError(TransientError):
-    """A Modbus request failed on the way: time-out, disconnect, garbled frame."""
+    """A device request failed on the way: time-out, disconnect, garbled frame."""
 
     def __init__(self, message: str, *, connection: str, unit: int | None = None) -> None:
         self.connection = connection
@@ -51,11 +53,26 @@ class DeviceError(TransientError):
 
 
 class DeviceTimeout(DeviceError):
-    """The unit did not answer within the connection's time-out."""
+    """The unit did not answer within the connection's time-out: the line stayed silent."""
 
 
 class DeviceUnreachable(DeviceError):
     """The connection itself (socket or serial device) could not be opened or was lost."""
+
+
+class DeviceProtocolError(DeviceError):
+    """Something answered, but not with a reply to the request: a bad CRC, a short or garbled
+    frame, another transaction's or another unit's reply, the wrong function, too few values.
+
+    A line that answers garbage has a wiring, baud-rate or addressing problem, not a unit that
+    is away; `received` holds what came in (as far as the adapter can tell), for the log.
+    """
+
+    def __init__(
+        self, message: str, *, connection: str, unit: int | None = None, received: bytes = b""
+    ) -> None:
+        self.received = received
+        super().__init__(message, connection=connection, unit=unit)
 
 
 class DeviceRefused(AgentError):
@@ -64,6 +81,25 @@ class DeviceRefused(AgentError):
     ILLEGAL_FUNCTION = 1
     ILLEGAL_DATA_ADDRESS = 2
     ILLEGAL_DATA_VALUE = 3
+    SERVER_DEVICE_FAILURE = 4
+    ACKNOWLEDGE = 5
+    SERVER_DEVICE_BUSY = 6
+    MEMORY_PARITY_ERROR = 8
+    GATEWAY_PATH_UNAVAILABLE = 10
+    GATEWAY_TARGET_FAILED_TO_RESPOND = 11
+
+    # The Modbus application protocol's exception codes (V1.1b3, section 7), for the logs.
+    MEANINGS: ClassVar[Mapping[int, str]] = {
+        ILLEGAL_FUNCTION: "illegal function",
+        ILLEGAL_DATA_ADDRESS: "illegal data address",
+        ILLEGAL_DATA_VALUE: "illegal data value",
+        SERVER_DEVICE_FAILURE: "server device failure",
+        ACKNOWLEDGE: "acknowledge",
+        SERVER_DEVICE_BUSY: "server device busy",
+        MEMORY_PARITY_ERROR: "memory parity error",
+        GATEWAY_PATH_UNAVAILABLE: "gateway path unavailable",
+        GATEWAY_TARGET_FAILED_TO_RESPOND: "gateway target device failed to respond",
+    }
 
     def __init__(
         self, code: int, *, connection: str, unit: int, function: int, address: int, count: int
@@ -80,9 +116,48 @@ class DeviceRefused(AgentError):
         )
 
     @property
+    def meaning(self) -> str:
+        """What the code stands for: "illegal data address", ..."""
+        return self.MEANINGS.get(self.code, "not a standard exception code")
+
+    @property
     def is_layout_problem(self) -> bool:
         """The request touched addresses the unit does not have: worth splitting."""
         return self.code in (self.ILLEGAL_DATA_ADDRESS, self.ILLEGAL_DATA_VALUE)
+
+
+class BrokerError(TransientError):
+    """The MQTT broker could not be reached, would not have us, or dropped us."""
+
+
+class BrokerUnreachable(BrokerError):
+    """No connection: refused, reset, timed out, a name that does not resolve, or closed
+    before the broker said anything (its CONNACK)."""
+
+
+class BrokerTlsError(BrokerError):
+    """The TLS handshake failed: the broker's certificate is not trusted or is for another
+    name, or the two ends share no protocol. A configuration problem more often than not."""
+
+
+class BrokerRefused(BrokerError):
+    """The broker answered the CONNECT with a refusal (a CONNACK return code)."""
+
+    def __init__(self, message: str, *, code: int) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class BrokerAuthRefused(BrokerRefused):
+    """Refused for the credentials: bad user name or password, not authorised."""
+
+
+class NotConnected(BrokerError):
+    """No connection to the broker right now."""
+
+
+class ConnectionLost(BrokerError):
+    """The connection dropped before the broker acknowledged the message."""
 
 
 class QueueError(AgentError):

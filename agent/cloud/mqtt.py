@@ -7,6 +7,10 @@ delete a message only once the broker has it. gmqtt's own reconnects are switche
 (`_Client.reconnect`): `MqttSession.run` owns the connection, with capped, jittered
 exponential back-off, and each connection starts a clean session — whatever was in
 flight when a connection dropped is still in the outbox and is sent again.
+
+What connecting raises (gmqtt's refusal, ssl's, the socket's) is translated in one place,
+`broker_error`, by the table `ERRORS` and, for a refusal, by its CONNACK code: a TLS
+failure, a refused login and an unreachable broker are each their own BrokerError.
 """
 
 from __future__ import annotations
@@ -14,33 +18,59 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
 from gmqtt import Client
-from gmqtt.mqtt.constants import MQTTv311
+from gmqtt.mqtt.constants import (
+    CONNACK_REFUSED_BAD_USERNAME_PASSWORD,
+    CONNACK_REFUSED_NOT_AUTHORIZED,
+    MQTTv311,
+)
 from gmqtt.mqtt.handler import MQTTConnectError
 from gmqtt.storage import PersistentStorage
 
 from agent.config.schema import MqttConfig
-from agent.errors import TransientError
+from agent.errors import (
+    BrokerAuthRefused,
+    BrokerError,
+    BrokerRefused,
+    BrokerTlsError,
+    BrokerUnreachable,
+    ConnectionLost,
+    NotConnected,
+)
 
 log = structlog.get_logger("agent.mqtt")
 
-_AUTH_REFUSED = (4, 5)  # CONNACK: bad user name or password / not authorised
+# What connecting to the broker raises, as the agent's errors; looked up along the
+# exception's MRO, so ssl's errors and TimeoutError come before OSError. What is not here
+# (CancelledError, a bug) propagates.
+ERRORS: Mapping[type[BaseException], type[BrokerError]] = {
+    # The broker's CONNACK refused us; refined by its code (CONNACK_ERRORS).
+    MQTTConnectError: BrokerRefused,
+    # The handshake failed: SSLCertVerificationError (not trusted, for another name), an
+    # alert from the broker, no common protocol.
+    ssl.SSLError: BrokerTlsError,
+    # No CONNACK within `connect_timeout`.
+    TimeoutError: BrokerUnreachable,
+    # Refused, reset, unreachable, a name that does not resolve, or closed before a CONNACK.
+    OSError: BrokerUnreachable,
+    # A host name the resolver cannot encode (a label over 63 characters).
+    UnicodeError: BrokerUnreachable,
+}
+
+# CONNACK return codes (MQTT 3.1.1) with an error of their own; any other is BrokerRefused.
+CONNACK_ERRORS: Mapping[int, type[BrokerRefused]] = {
+    CONNACK_REFUSED_BAD_USERNAME_PASSWORD: BrokerAuthRefused,
+    CONNACK_REFUSED_NOT_AUTHORIZED: BrokerAuthRefused,
+}
+
 _CLOSE_TIMEOUT = 5.0
 # The socket closed while connecting: a CONNACK read before the close (a refused login) is
 # handled within a few loop turns and no further I/O; this long is left for it.
 _CONNACK_GRACE = 0.5
-
-
-class NotConnected(TransientError):
-    """No connection to the broker right now."""
-
-
-class ConnectionLost(TransientError):
-    """The connection dropped before the broker acknowledged the message."""
 
 
 class _AckTracker(PersistentStorage):  # type: ignore[misc]
@@ -136,18 +166,16 @@ class MqttSession:
         while not self._closing:
             try:
                 await self._connect()
-            # UnicodeError: a host name the resolver cannot encode (a label over 63 chars).
-            except (OSError, TimeoutError, UnicodeError, MQTTConnectError) as exc:
+            except BrokerError as exc:
                 attempt += 1
-                refused = isinstance(exc, MQTTConnectError) and exc._code in _AUTH_REFUSED
+                refused = isinstance(exc, BrokerAuthRefused)
                 delay = self._backoff(attempt, at_cap=refused)
                 event = "mqtt_auth_refused" if refused else "mqtt_connect_failed"
+                failure = {"error": str(exc), "error_type": type(exc).__name__}
                 if attempt == 1 or refused:
-                    self._log.warning(event, error=_describe(exc), retry_in=round(delay, 1))
+                    self._log.warning(event, **failure, retry_in=round(delay, 1))
                 else:
-                    self._log.debug(
-                        event, error=_describe(exc), attempt=attempt, retry_in=round(delay, 1)
-                    )
+                    self._log.debug(event, **failure, attempt=attempt, retry_in=round(delay, 1))
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
@@ -182,9 +210,12 @@ class MqttSession:
         try:
             async with asyncio.timeout(config.connect_timeout):
                 await self._connect_until_lost(client)
-        except BaseException:
+        except BaseException as exc:
             await self._drop_client()
-            raise
+            error = broker_error(exc, timeout=config.connect_timeout)
+            if error is None:
+                raise
+            raise error from exc
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._connected.set()
@@ -272,9 +303,18 @@ class MqttSession:
         return random.uniform(ceiling / 2, ceiling)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, MQTTConnectError):
-        return f"broker refused the connection: {exc}"
+def broker_error(exc: BaseException, *, timeout: float) -> BrokerError | None:
+    """The agent's error for what connecting raised; None when ERRORS does not know it."""
+    kind = next((ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS), None)
+    if kind is None:
+        return None
+    if kind is BrokerRefused:
+        code = int(exc._code)  # type: ignore[attr-defined]  # gmqtt keeps the code private
+        return CONNACK_ERRORS.get(code, BrokerRefused)(
+            f"broker refused the connection: {exc}", code=code
+        )
+    if kind is BrokerTlsError:
+        return BrokerTlsError(f"TLS handshake failed: {exc}")
     if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
+        return kind(f"timed out: no CONNACK within {timeout}s")
+    return kind(str(exc) or type(exc).__name__)

@@ -1,31 +1,112 @@
 """The Modbus adapter: one pymodbus client per `[[modbus]]` connection.
 
-Every request on a connection goes through `ModbusLine.request`, one at a time (a
+Every request on a connection goes through `ModbusLine._request`, one at a time (a
 serial line or a TCP endpoint answers one request at a time), with the connection's
-pauses applied. pymodbus reports device exceptions as values and transport failures as
-exceptions; both are translated here, once, into the agent's errors.
+pauses applied. What can go wrong is translated there, once, into the agent's errors:
+
+- a Modbus exception response, which pymodbus returns as a value (`isError()`):
+  DeviceRefused with its code;
+- a reply to another function, or with another number of values than asked for:
+  DeviceProtocolError;
+- what pymodbus raises: the table `ERRORS`, looked up along the exception's MRO.
+
+pymodbus 3.16 drops a frame it cannot use without a word to the caller (a bad CRC, a short
+frame, another transaction's or another unit's reply) and, once its time-out has passed,
+raises the same ModbusIOException as for a silent line; a connection that closes under a
+request it also reports only at the time-out. Its trace hooks do see both: `trace_packet`
+every byte that comes in, `trace_connect` the loss. `_Wire` keeps what they saw of the
+request under way: bytes that made no reply turn the error into DeviceProtocolError, and a
+loss ends the wait at once, as DeviceUnreachable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
 
 from agent.config.schema import ModbusConfig
-from agent.errors import DeviceRefused, DeviceTimeout, DeviceUnreachable
+from agent.errors import (
+    DeviceError,
+    DeviceProtocolError,
+    DeviceRefused,
+    DeviceTimeout,
+    DeviceUnreachable,
+)
 from agent.sources.modbus.points import Table
 
 log = structlog.get_logger("agent.modbus")
 
 _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
+_BIT_FUNCTIONS = frozenset({1, 2})
+_REGISTER_FUNCTIONS = frozenset({3, 4})
 _RTU_SILENCE_CHARS = 3.5  # inter-frame silence, in character times
 _BITS_PER_CHAR = 11  # start + 8 data + parity/stop: the spec's worst case
+_SHOWN_BYTES = 32  # of a reply that could not be used, in the error's message
+
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+Call = Callable[[Client], Coroutine[Any, Any, ModbusPDU]]
+
+# What pymodbus 3.16 raises from a request, as the agent's errors. Looked up along the
+# exception's MRO, so the most specific entry wins; what is not here is a bug and propagates.
+# A request during which bytes came in that made no reply is a DeviceProtocolError whatever
+# the entry (see `error_type`).
+ERRORS: Mapping[type[Exception], type[DeviceError]] = {
+    # Not connected (client/base.py:84), or the connection closed under the request (_Wire).
+    ConnectionException: DeviceUnreachable,
+    # No reply to this request within the time-out (transaction/transaction.py:227-239).
+    ModbusIOException: DeviceTimeout,
+    # Any other complaint of pymodbus's about a frame.
+    ModbusException: DeviceProtocolError,
+    # The adapter's backstop, should pymodbus's own time-out not fire.
+    TimeoutError: DeviceTimeout,
+}
+
+
+def error_type(exc: BaseException, *, heard: bool) -> type[DeviceError] | None:
+    """The agent's error for what a request raised; None when `ERRORS` does not know it.
+
+    `heard`: bytes came in during the request, and no reply was made of them. Whatever
+    pymodbus says next (its time-out, or a connection it closed because it could not decode
+    them) comes of a frame it could not use: a protocol error.
+    """
+    for cls in type(exc).__mro__:
+        found = ERRORS.get(cls)
+        if found is not None:
+            return DeviceProtocolError if heard else found
+    return None
+
+
+class _Wire:
+    """What pymodbus's trace hooks saw of the request under way on one client."""
+
+    def __init__(self) -> None:
+        self.received = b""  # the last bytes pymodbus was given to frame
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def begin(self) -> asyncio.Future[None]:
+        """A request starts: forget the last one's bytes; the future is done at a loss."""
+        self.received = b""
+        self.lost = asyncio.get_running_loop().create_future()
+        return self.lost
+
+    def trace_packet(self, sending: bool, data: bytes) -> bytes:
+        # Coming in, `data` is all pymodbus holds unframed (transaction.py:264-271).
+        if not sending:
+            self.received = data
+        return data
+
+    def trace_connect(self, connected: bool) -> None:
+        # Called from connection_lost (transaction.py:260-262), also when pymodbus itself
+        # drops a TCP connection after several requests without a reply.
+        if not connected and not self.lost.done():
+            self.lost.set_result(None)
 
 
 class ModbusLine:
@@ -35,7 +116,8 @@ class ModbusLine:
         self.name = config.name
         self._config = config
         self._lock = asyncio.Lock()
-        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._client: Client | None = None
+        self._wire: _Wire | None = None
         self._last_request_end = 0.0
         self._delay = config.request_delay
         if config.transport == "rtu":
@@ -45,7 +127,7 @@ class ModbusLine:
         """Registers (or bits) `start` to `start+count` of `unit`; raises DeviceError."""
         function = _READ_FUNCTION[table]
 
-        async def call(client: Any) -> Any:
+        async def call(client: Client) -> ModbusPDU:
             if table is Table.HOLDING:
                 return await client.read_holding_registers(start, count=count, device_id=unit)
             if table is Table.INPUT:
@@ -64,7 +146,7 @@ class ModbusLine:
     async def write_registers(self, unit: int, start: int, values: Sequence[int]) -> None:
         """Write holding registers: function 6 for one, 16 for several."""
 
-        async def call(client: Any) -> Any:
+        async def call(client: Client) -> ModbusPDU:
             if len(values) == 1:
                 return await client.write_register(start, values[0], device_id=unit)
             return await client.write_registers(start, list(values), device_id=unit)
@@ -78,7 +160,7 @@ class ModbusLine:
         )
 
     async def write_coil(self, unit: int, address: int, value: bool) -> None:
-        async def call(client: Any) -> Any:
+        async def call(client: Client) -> ModbusPDU:
             return await client.write_coil(address, value, device_id=unit)
 
         await self._request(call, unit=unit, function=5, address=address, count=1)
@@ -94,64 +176,114 @@ class ModbusLine:
             self._close()
 
     async def _request(
-        self,
-        call: Callable[[Any], Awaitable[Any]],
-        *,
-        unit: int,
-        function: int,
-        address: int,
-        count: int,
-    ) -> Any:
+        self, call: Call, *, unit: int, function: int, address: int, count: int
+    ) -> ModbusPDU:
         async with self._lock:
-            client = await self._connected()
+            client, wire = await self._connected()
             pause = self._last_request_end + self._delay - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
+            lost = wire.begin()
             try:
-                # pymodbus applies its own time-out; ours is the backstop.
-                async with asyncio.timeout(self._config.timeout * 2 + 1):
-                    response = await call(client)
-                # Python 3.11's wait_for (inside pymodbus) can swallow a cancellation that
-                # races with the response: honour it here.
-                _raise_if_cancelled()
-            except (TimeoutError, ModbusIOException) as exc:
-                _raise_if_cancelled()
-                raise DeviceTimeout(
-                    f"unit {unit} did not answer function {function} at {address}"
-                    f" within {self._config.timeout}s",
-                    connection=self.name,
-                    unit=unit,
-                ) from exc
-            except ConnectionException as exc:
-                _raise_if_cancelled()
-                self._close()
-                raise DeviceUnreachable(
-                    f"connection lost: {exc}", connection=self.name, unit=unit
-                ) from exc
-            except ModbusException as exc:
-                _raise_if_cancelled()
-                raise DeviceTimeout(
-                    f"bad response: {exc}", connection=self.name, unit=unit
+                response = await self._exchange(call(client), lost)
+            except Exception as exc:
+                kind = error_type(exc, heard=bool(wire.received))
+                if kind is None:
+                    raise
+                raise self._error(
+                    kind, exc, received=wire.received, unit=unit, function=function, address=address
                 ) from exc
             finally:
                 self._last_request_end = time.monotonic()
+                if not client.connected:
+                    self._close()
             if response.isError():
                 raise DeviceRefused(
-                    int(getattr(response, "exception_code", 0)),
+                    response.exception_code,
                     connection=self.name,
                     unit=unit,
                     function=function,
                     address=address,
                     count=count,
                 )
+            problem = _reply_problem(response, function=function, count=count)
+            if problem is not None:
+                raise DeviceProtocolError(
+                    f"unit {unit} answered function {function} at {address} with {problem}",
+                    connection=self.name,
+                    unit=unit,
+                    received=wire.received,
+                )
             return response
 
-    async def _connected(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-        if self._client is not None and self._client.connected:
-            return self._client
+    async def _exchange(
+        self, request: Coroutine[Any, Any, ModbusPDU], lost: asyncio.Future[None]
+    ) -> ModbusPDU:
+        """The reply to `request`; raises what pymodbus raised, or ConnectionException as
+        soon as the connection closes (pymodbus would wait for its time-out).
+
+        pymodbus runs in a task of its own: a cancellation that Python 3.11's `wait_for`
+        (inside pymodbus) swallows is then the task's, never the caller's.
+        """
+        task = asyncio.create_task(request, name=f"modbus[{self.name}].request")
+        either: set[asyncio.Future[Any]] = {task, lost}
+        try:
+            # pymodbus applies its own time-out; ours is the backstop.
+            async with asyncio.timeout(self._config.timeout * 2 + 1):
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():  # a reply, or pymodbus's error (even if it also dropped the line)
+                return task.result()
+            raise ConnectionException("the connection closed during the request")
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: what it ended with has been dealt with
+
+    def _error(
+        self,
+        kind: type[DeviceError],
+        exc: Exception,
+        *,
+        received: bytes,
+        unit: int,
+        function: int,
+        address: int,
+    ) -> DeviceError:
+        """The agent's error of type `kind` for a failed request, said for the log."""
+        request = f"function {function} at {address}"
+        if kind is DeviceProtocolError:
+            shown = received[:_SHOWN_BYTES].hex(" ") + (
+                " ..." if len(received) > _SHOWN_BYTES else ""
+            )
+            return DeviceProtocolError(
+                f"unit {unit} answered {request} with no usable reply (a bad CRC, a short or"
+                f" garbled frame, another unit's or transaction's reply): "
+                + (f"received {shown}" if received else str(exc)),
+                connection=self.name,
+                unit=unit,
+                received=received,
+            )
+        if kind is DeviceUnreachable:
+            return DeviceUnreachable(
+                f"connection lost before unit {unit} answered {request}",
+                connection=self.name,
+                unit=unit,
+            )
+        return kind(
+            f"unit {unit} did not answer {request} within {self._config.timeout}s",
+            connection=self.name,
+            unit=unit,
+        )
+
+    async def _connected(self) -> tuple[Client, _Wire]:
+        if self._client is not None and self._wire is not None and self._client.connected:
+            return self._client, self._wire
         self._close()
         config = self._config
-        client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        wire = _Wire()
+        client: Client
         # reconnect_delay=0: pymodbus does not reconnect by itself; the pollers' back-off
         # decides when to try again. retries=0: a failed read is reported, not repeated.
         if config.transport == "tcp":
@@ -163,6 +295,8 @@ class ModbusLine:
                 retries=0,
                 reconnect_delay=0,
                 name=config.name,
+                trace_packet=wire.trace_packet,
+                trace_connect=wire.trace_connect,
             )
         else:
             assert config.device is not None
@@ -176,6 +310,8 @@ class ModbusLine:
                 retries=0,
                 reconnect_delay=0,
                 name=config.name,
+                trace_packet=wire.trace_packet,
+                trace_connect=wire.trace_connect,
             )
         where = f"{config.host}:{config.port}" if config.transport == "tcp" else config.device
         try:
@@ -190,20 +326,24 @@ class ModbusLine:
             client.close()
             raise DeviceUnreachable(f"cannot connect to {where}", connection=self.name)
         log.info("modbus_connected", connection=self.name, endpoint=where)
-        self._client = client
+        self._client, self._wire = client, wire
         if config.connect_delay:
             await asyncio.sleep(config.connect_delay)
         self._last_request_end = time.monotonic()
-        return client
+        return client, wire
 
     def _close(self) -> None:
         if self._client is not None:
             self._client.close()
-            self._client = None
+            self._client = self._wire = None
 
 
-def _raise_if_cancelled() -> None:
-    """pymodbus may lose our task's cancellation or turn it into its own error; undo that."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+def _reply_problem(response: ModbusPDU, *, function: int, count: int) -> str | None:
+    """What is wrong with a reply that is not an exception response; None if nothing."""
+    if response.function_code != function:
+        return f"function {response.function_code}"
+    if function in _REGISTER_FUNCTIONS and len(response.registers) != count:
+        return f"{len(response.registers)} registers for {count}"
+    if function in _BIT_FUNCTIONS and len(response.bits) < count:
+        return f"{len(response.bits)} bits for {count}"
+    return None

@@ -233,7 +233,7 @@ class Instrument:
         try:
             fix = nmea.parse(line)
         except nmea.NmeaError as exc:
-            if "checksum" in str(exc):
+            if isinstance(exc, nmea.NmeaChecksumError):
                 self.stats.bad_checksum += 1
             self._unmatched(line, str(exc))
             return None

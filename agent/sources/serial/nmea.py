@@ -24,6 +24,10 @@ class NmeaError(ValueError):
     """Not a sentence we can use: bad checksum, bad field, truncated."""
 
 
+class NmeaChecksumError(NmeaError):
+    """The sentence's checksum is missing or does not match: garbled on the line."""
+
+
 @dataclass(slots=True)
 class Fix:
     """What one sentence says. `utc_ms` is the GPS's own time, when known in full."""
@@ -53,7 +57,7 @@ def parse(sentence: str) -> Fix | None:
     if not sentence.startswith("$"):
         raise NmeaError("not an NMEA sentence")
     if not checksum_ok(sentence):
-        raise NmeaError("checksum mismatch")
+        raise NmeaChecksumError("checksum mismatch")
     parts = sentence[1:].partition("*")[0].split(",")
     kind = parts[0][-3:]
     try:

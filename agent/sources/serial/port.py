@@ -9,21 +9,52 @@ read as it talks. A vanished device (USB adapter pulled, pty closed) surfaces as
 loop's exception handler and the port would go on being read as if nothing happened.
 So the callback boundary catches it: reading stops and `wait_lost` raises it, as it is,
 to the task that owns the port.
+
+What pyserial and the OS raise is translated in one place, `SerialPort._error`: the type by
+the table `ERRORS`, the reason by the error number (`REASONS`), never by the message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
-from collections.abc import Callable
+import termios
+from collections.abc import Callable, Mapping
 
 import serial
 
 from agent.config.schema import SerialConfig
-from agent.errors import DeviceUnreachable
+from agent.errors import DeviceError, DeviceUnreachable
 
 READ_CHUNK = 4096
+
+# What opening, reading or writing a port raises, as the agent's errors; looked up along the
+# exception's MRO. Each means the port cannot be used now: it is closed and reopened with
+# back-off. What is not here is a bug and propagates.
+ERRORS: Mapping[type[BaseException], type[DeviceError]] = {
+    # pyserial's own (an OSError): cannot open, lock or configure (serialposix.py:320-401).
+    serial.SerialException: DeviceUnreachable,
+    # os.read / os.write on the descriptor: EIO once the device (or a pty's other end) is gone.
+    OSError: DeviceUnreachable,
+    # A setting pyserial or the driver will not take (an unsupported baud rate, ...).
+    ValueError: DeviceUnreachable,
+    # End of file on a read: the other end closed.
+    EOFError: DeviceUnreachable,
+}
+
+# Why, by the error number the OS gave (on the exception or the one behind it), for the log.
+REASONS: Mapping[int, str] = {
+    errno.ENOENT: "no such device (unplugged, or a wrong path)",
+    errno.ENODEV: "no such device (the adapter is gone)",
+    errno.ENXIO: "no such device or address (the adapter is gone)",
+    errno.EIO: "input/output error (the device was unplugged, or its other end closed)",
+    errno.EACCES: "permission denied (is the agent's user in the device's group, dialout?)",
+    errno.EPERM: "operation not permitted (is the agent's user in the device's group?)",
+    errno.EBUSY: "device busy (another program has it open)",
+    errno.ENOTTY: "not a serial port",
+}
 
 
 class SerialPort:
@@ -45,10 +76,11 @@ class SerialPort:
                 timeout=0,
                 exclusive=True,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise DeviceUnreachable(
-                f"cannot open {config.device}: {exc}", connection=config.name
-            ) from exc
+        except Exception as exc:
+            error = self._error("open", exc)
+            if error is None:
+                raise
+            raise error from exc
         fd = port.fileno()
         os.set_blocking(fd, False)
         loop = asyncio.get_running_loop()
@@ -69,8 +101,11 @@ class SerialPort:
         try:
             os.write(port.fileno(), data)
         except OSError as exc:
-            self._fail(exc)
-            raise DeviceUnreachable(f"write failed: {exc}", connection=self._config.name) from exc
+            self._fail("write", exc)
+            error = self._error("write", exc)
+            if error is None:
+                raise
+            raise error from exc
 
     def discard_input(self) -> None:
         if self._port is not None:
@@ -95,22 +130,29 @@ class SerialPort:
         except BlockingIOError:
             return
         except OSError as exc:  # EIO: the device (or the pty's other end) went away
-            self._fail(exc)
+            self._fail("read", exc)
             return
         if not data:
-            self._fail(EOFError("end of file"))
+            self._fail("read", EOFError("end of file: the other end closed"))
             return
         try:
             self._on_data(data)
         except Exception as exc:  # the callback boundary: handed to wait_lost, not lost
             self._stop_reading(exc)
 
-    def _fail(self, exc: BaseException) -> None:
-        self._stop_reading(
-            DeviceUnreachable(
-                f"{self._config.device} went away: {exc}", connection=self._config.name
-            )
-        )
+    def _fail(self, doing: str, exc: Exception) -> None:
+        """Reading stops; `wait_lost` raises the agent's error for `exc`."""
+        self._stop_reading(self._error(doing, exc) or exc)
+
+    def _error(self, doing: str, exc: BaseException) -> DeviceError | None:
+        """The agent's error for what `doing` the port raised; None if ERRORS does not know it."""
+        kind = error_type(exc)
+        if kind is None:
+            return None
+        device = self._config.device
+        error = kind(f"cannot {doing} {device}: {describe(exc)}", connection=self._config.name)
+        error.__cause__ = exc
+        return error
 
     def _stop_reading(self, error: Exception) -> None:
         if self._port is not None:
@@ -118,3 +160,28 @@ class SerialPort:
                 asyncio.get_running_loop().remove_reader(self._port.fileno())
         if self._lost is not None and not self._lost.done():
             self._lost.set_exception(error)
+
+
+def error_type(exc: BaseException) -> type[DeviceError] | None:
+    """The agent's error type for `exc`, by the first of its classes that ERRORS lists."""
+    return next((ERRORS[cls] for cls in type(exc).__mro__ if cls in ERRORS), None)
+
+
+def describe(exc: BaseException) -> str:
+    """`exc` for the log: the reason for its error number first, when REASONS has one."""
+    reason = REASONS.get(errno_of(exc) or 0)
+    said = str(exc) or type(exc).__name__
+    return f"{reason} ({said})" if reason else said
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The OS's error number on `exc` or on the error it was raised from (pyserial raises
+    its own over termios's, whose number is its first argument)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen.errno
+        if isinstance(seen, termios.error) and seen.args and isinstance(seen.args[0], int):
+            return seen.args[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
