@@ -367,7 +367,9 @@ async def test_the_instrument_counts_bad_checksums_by_their_type(pty_pair: PtyPa
     bad_checksum = good.replace(f"*{checksum}", "*00" if checksum != "00" else "*01")
     malformed = sentence("GPGGA,123519,48x7.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
     source = Instrument(
-        config=resolve.instrument(serial_config(pty_pair.device_b)), emit=lambda _: None
+        open_line=SerialPort,
+        config=resolve.instrument(serial_config(pty_pair.device_b)),
+        emit=lambda _: None,
     )
     with instrument_end(pty_pair) as fd:
         task = asyncio.create_task(source.run(), name="serial[inst]")

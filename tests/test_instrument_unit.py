@@ -1,14 +1,13 @@
 """A serial instrument through an in-memory serial line, in virtual time.
 
-`Instrument` makes its own `SerialPort`; until it takes a `SerialLine` (the Protocol in
-agent.testing) as a keyword argument, the fixture below puts `FakeSerialLine` in its
-place in agent.sources.serial.instrument's namespace. Everything else is the real instrument.
+`Instrument` takes the serial line it talks through (`open_line`): here a
+`FakeSerialLine`, the test at its other end. Everything else is the real instrument.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from agent.config import resolve
 from agent.config.schema import SerialConfig
 from agent.pipeline.readings import Reading
-from agent.sources.serial import instrument
 from agent.sources.serial.instrument import Instrument
 from agent.testing import FakeSerialLine, captured_logs, run_in_virtual_time
 
@@ -24,17 +22,20 @@ Event = MutableMapping[str, Any]
 PATTERN = r"^T=(?P<t>[-\d.]+)$"
 
 
+MADE: list[FakeSerialLine] = []  # the lines `make` opened, for the `lines` fixture
+
+
+def fake_line(config: SerialConfig, on_data: Callable[[bytes], None]) -> FakeSerialLine:
+    MADE.append(FakeSerialLine(on_data, name=config.name))
+    return MADE[-1]
+
+
 @pytest.fixture
-def lines(monkeypatch: pytest.MonkeyPatch) -> list[FakeSerialLine]:
+def lines() -> Iterator[list[FakeSerialLine]]:
     """The serial lines instruments made, in order."""
-    made: list[FakeSerialLine] = []
-
-    def fake_port(config: SerialConfig, on_data: Callable[[bytes], None]) -> FakeSerialLine:
-        made.append(FakeSerialLine(on_data, name=config.name))
-        return made[-1]
-
-    monkeypatch.setattr(instrument, "SerialPort", fake_port)
-    return made
+    MADE.clear()
+    yield MADE
+    MADE.clear()
 
 
 class Emitted:
@@ -70,7 +71,10 @@ def make(**options: Any) -> tuple[Instrument, Emitted]:
         }
     )
     emitted = Emitted()
-    return Instrument(config=resolve.instrument(config), emit=emitted, wall_ms=lambda: 0), emitted
+    source = Instrument(
+        config=resolve.instrument(config), open_line=fake_line, emit=emitted, wall_ms=lambda: 0
+    )
+    return source, emitted
 
 
 def events(logs: list[Event], name: str) -> list[Event]:

@@ -23,6 +23,7 @@ from agent.service.supervise import supervise
 from agent.sources.serial import nmea
 from agent.sources.serial.instrument import Instrument
 from agent.sources.serial.lines import LineFramer
+from agent.sources.serial.port import SerialPort
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.gps import sentence
@@ -395,7 +396,9 @@ async def test_a_raising_hand_off_is_logged_and_the_instrument_restarted_the_oth
     pty_pair: PtyPair,
 ) -> None:
     failing, steady = HandOff(), HandOff()
-    gps = Instrument(config=counter_instrument("gps", pty_pair.device_b), emit=failing.emit)
+    gps = Instrument(
+        open_line=SerialPort, config=counter_instrument("gps", pty_pair.device_b), emit=failing.emit
+    )
     with (
         PtyPair(tmp_path / "pty-other") as other_pair,
         instrument_end(pty_pair) as gps_end,
@@ -403,7 +406,9 @@ async def test_a_raising_hand_off_is_logged_and_the_instrument_restarted_the_oth
         capture_logs() as logs,
     ):
         other = Instrument(
-            config=counter_instrument("scale", other_pair.device_b), emit=steady.emit
+            open_line=SerialPort,
+            config=counter_instrument("scale", other_pair.device_b),
+            emit=steady.emit,
         )
         async with asyncio.TaskGroup() as group:
             tasks = [
@@ -449,6 +454,7 @@ async def test_an_error_while_framing_a_line_ends_run_with_it_and_closes_the_por
         raise OverflowError("clock broke")
 
     instrument = Instrument(
+        open_line=SerialPort,
         config=counter_instrument("inst", pty_pair.device_b),
         emit=lambda reading: None,
         wall_ms=broken_clock,

@@ -38,6 +38,7 @@ from agent.service.systemd import Notifier
 from agent.sources.modbus.client import ModbusLine
 from agent.sources.modbus.poller import DevicePoller
 from agent.sources.serial.instrument import Instrument
+from agent.sources.serial.port import SerialPort
 
 log = structlog.get_logger("agent.service")
 
@@ -145,7 +146,12 @@ class Agent:
             for conn, device in config.all_devices()
         ]
         self.instruments = [
-            Instrument(config=instrument, emit=self.batcher.add, wall_ms=self.clock.wall_ms)
+            Instrument(
+                config=instrument,
+                open_line=SerialPort,
+                emit=self.batcher.add,
+                wall_ms=self.clock.wall_ms,
+            )
             for instrument in config.instruments
         ]
         sources: list[DevicePoller | Instrument] = [*self.pollers, *self.instruments]

@@ -22,22 +22,41 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import structlog
 
 from agent.config import model
+from agent.config.schema import SerialConfig
 from agent.errors import DeviceUnreachable
 from agent.pipeline.readings import ChangeFilter, Reading, Value, ValueType, now_ms
 from agent.service.logs import Throttle
 from agent.sources.serial import nmea
 from agent.sources.serial.lines import LineFramer, regex_fields
-from agent.sources.serial.port import SerialPort
 from agent.sources.source import Outage, PointView, SourceStats, backoff, places, scale
 
 log = structlog.get_logger("agent.instrument")
 
 DAY_MS = 86_400_000
 Field = str | float | int | list[float]  # a field as a line gives it
+
+
+class SerialLine(Protocol):
+    """What an instrument needs of its serial port: the port (agent.sources.serial.port's
+    SerialPort, or a fake) hands what it reads to the `on_data` callback it was made with."""
+
+    def open(self) -> None: ...
+
+    async def wait_lost(self) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def discard_input(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+OpenLine = Callable[[SerialConfig, Callable[[bytes], None]], SerialLine]
 
 
 class _Point:
@@ -91,6 +110,7 @@ class Instrument:
         self,
         *,
         config: model.Instrument,
+        open_line: OpenLine,
         emit: Callable[[Reading], None],
         wall_ms: Callable[[], int] = now_ms,
     ) -> None:
@@ -102,7 +122,7 @@ class Instrument:
         self._framer = LineFramer(terminator=config.terminator, max_line=config.line.max_line)
         self._pattern = config.pattern
         self._request = config.request
-        self._port = SerialPort(config.line, self._on_data)
+        self._port = open_line(config.line, self._on_data)
         self._latest: dict[str, tuple[Field, int]] = {}
         self._reply: asyncio.Future[None] | None = None
         self._throttle = Throttle(interval=60.0)
