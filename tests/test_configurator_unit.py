@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from agent.clock import Clock
-from agent.cloud.configurator import Configurator, DeviceRoute, SettingsState
+from agent.cloud.configurator import Configurator, DeviceRoute
 from agent.cloud.messages import Entry
+from agent.cloud.remembered import SettingsState
 from agent.config import resolve
 from agent.config.schema import AgentSettings
 from agent.errors import DeviceRefused

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
-from agent.cloud.configurator import SHOWN_IDS, Configurator, DeviceRoute, SettingsState
+from agent.cloud.configurator import SHOWN_IDS, Configurator, DeviceRoute
 from agent.cloud.messages import Entry, RejectedMessage, latest_per_id, parse_expected
+from agent.cloud.remembered import SettingsState
 from agent.config import load_config
 from agent.errors import RejectedInput
 from agent.outbox.port import MemoryOutbox

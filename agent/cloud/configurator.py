@@ -25,11 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -41,6 +39,7 @@ from agent.cloud.messages import (
     parse_expected,
     reported_topic,
 )
+from agent.cloud.remembered import SettingsState
 from agent.cloud.settings import (
     AgentSetting,
     JsonScalar,
@@ -104,37 +103,6 @@ class LogLevel(Protocol):
 class DeviceRoute:
     bus: Bus
     unit: int
-
-
-class SettingsState:
-    """The last value the cloud asked for, per group and id, and how it was written."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._values: dict[str, dict[str, dict[str, Any]]] = {}
-        if path is not None and path.exists():
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(loaded, dict):
-                    self._values = loaded
-            except (OSError, ValueError) as exc:
-                log.error("settings_state_unreadable", path=str(path), error=str(exc))
-
-    def get(self, group: str, key: str) -> dict[str, Any] | None:
-        return self._values.get(group, {}).get(key)
-
-    def put(self, group: str, key: str, value: JsonScalar, form: str | None) -> None:
-        self._values.setdefault(group, {})[key] = {"value": value, "form": form}
-
-    def save(self) -> None:
-        if self._path is None:
-            return
-        temporary = self._path.with_suffix(".tmp")
-        with temporary.open("w", encoding="utf-8") as file:
-            json.dump(self._values, file)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(self._path)
 
 
 class Configurator:

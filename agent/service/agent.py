@@ -20,10 +20,11 @@ from typing import Any
 import structlog
 
 from agent.clock import Clock
-from agent.cloud.configurator import Configurator, DeviceRoute, SettingsState
+from agent.cloud.configurator import Configurator, DeviceRoute
 from agent.cloud.delivery import Delivery
 from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
+from agent.cloud.remembered import SettingsState
 from agent.config import Config, load_config
 from agent.config.schema import QueueConfig
 from agent.errors import ConfigError, ConfigProblem
