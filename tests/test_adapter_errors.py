@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ RTU_REQUEST = bytes([UNIT, 3, 0, 0, 0, 2])  # the same read as an RTU frame, bef
 RTU_REQUEST += FramerRTU.compute_CRC(RTU_REQUEST).to_bytes(2, "big")
 GOOD_REPLY = [7, 7]  # sim.rogue's registers
 
-Logs = list[dict[str, Any]]
+Logs = list[MutableMapping[str, Any]]  # structlog's event dicts
 
 
 def modbus_config(**connection: Any) -> ModbusConfig:
@@ -95,13 +96,17 @@ def modbus_config(**connection: Any) -> ModbusConfig:
 
 def tcp_line(tcp_port: int, *, timeout: float = TIMEOUT) -> ModbusLine:
     return ModbusLine(
-        modbus_config(transport="tcp", host="127.0.0.1", port=tcp_port, timeout=timeout)
+        resolve.connection(
+            modbus_config(transport="tcp", host="127.0.0.1", port=tcp_port, timeout=timeout)
+        )
     )
 
 
 def rtu_line(device: str, *, timeout: float = TIMEOUT) -> ModbusLine:
     return ModbusLine(
-        modbus_config(transport="rtu", device=device, baudrate=38400, timeout=timeout)
+        resolve.connection(
+            modbus_config(transport="rtu", device=device, baudrate=38400, timeout=timeout)
+        )
     )
 
 
@@ -225,7 +230,7 @@ async def test_nothing_listening_is_unreachable() -> None:
 async def test_the_poller_logs_a_reply_it_could_not_use_as_such() -> None:
     async with RogueTcpDevice("wrong_function") as device:
         config = modbus_config(transport="tcp", host="127.0.0.1", port=device.port)
-        line = ModbusLine(config)
+        line = ModbusLine(resolve.connection(config))
         with captured_logs() as logs:
             poller = DevicePoller(
                 device=resolve.connection(config).devices[0], bus=line, emit=lambda *_: None

@@ -152,7 +152,13 @@ def test_sections_left_out_take_documented_defaults(write: Write) -> None:
         1.0,
     )
     assert (config.log.level, config.log.format) == ("info", "logfmt")
-    assert config.connections[0].endpoint.max_gap == 8
+    assert config.connections[0].devices[0].limits.max_gap == 8
+    assert (1.0, 0.0, 0.0, False) == (
+        config.connections[0].timeout,
+        config.connections[0].connect_delay,
+        config.connections[0].request_delay,
+        config.connections[0].close_after_cycle,
+    )
     meter1 = config.connections[0].devices[0]
     assert (meter1.byte_order, meter1.interval) == ("ABCD", 1.0)
 

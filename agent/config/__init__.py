@@ -23,7 +23,9 @@ from agent.config.model import (
     InstrumentPoint,
     Point,
     RegisterTarget,
+    SerialSettings,
     Setting,
+    TcpEndpoint,
 )
 
 __all__ = [
@@ -37,7 +39,9 @@ __all__ = [
     "InstrumentPoint",
     "Point",
     "RegisterTarget",
+    "SerialSettings",
     "Setting",
+    "TcpEndpoint",
     "load_config",
     "load_settings",
     "masked",

@@ -21,7 +21,6 @@ from agent.config.schema import (
     BatchConfig,
     HealthConfig,
     LogConfig,
-    ModbusConfig,
     MqttConfig,
     QueueConfig,
     SerialConfig,
@@ -71,11 +70,38 @@ class Device:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpEndpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """A serial line's device and framing (RTU connections; instruments have their own)."""
+
+    device: str
+    baudrate: int
+    parity: Literal["N", "E", "O"]
+    bytesize: Literal[7, 8]
+    stopbits: Literal[1, 2]
+
+    def __str__(self) -> str:
+        return self.device
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
-    """One Modbus connection (its `endpoint` a TCP host or a serial line) and its units."""
+    """One Modbus connection, a TCP endpoint or an RTU line, and the units on it."""
 
     name: str
-    endpoint: ModbusConfig
+    endpoint: TcpEndpoint | SerialSettings
+    timeout: float
+    connect_delay: float
+    request_delay: float
+    close_after_cycle: bool
     devices: tuple[Device, ...]
 
 

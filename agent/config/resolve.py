@@ -21,7 +21,9 @@ from agent.config.model import (
     InstrumentPoint,
     Point,
     RegisterTarget,
+    SerialSettings,
     Setting,
+    TcpEndpoint,
 )
 from agent.config.schema import (
     AgentSettings,
@@ -61,9 +63,22 @@ def resolve(settings: AgentSettings) -> Config:
 
 
 def connection(conn: ModbusConfig) -> Connection:
+    endpoint: TcpEndpoint | SerialSettings
+    if conn.transport == "tcp":
+        assert conn.host, "checked by agent.config.checks"
+        endpoint = TcpEndpoint(conn.host, conn.port)
+    else:
+        assert conn.device, "checked by agent.config.checks"
+        endpoint = SerialSettings(
+            conn.device, conn.baudrate, conn.parity, conn.bytesize, conn.stopbits
+        )
     return Connection(
         name=conn.name,
-        endpoint=conn,
+        endpoint=endpoint,
+        timeout=conn.timeout,
+        connect_delay=conn.connect_delay,
+        request_delay=conn.request_delay,
+        close_after_cycle=conn.close_after_cycle,
         devices=tuple(_device(device, conn) for device in conn.devices),
     )
 

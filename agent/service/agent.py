@@ -135,7 +135,7 @@ class Agent:
         )
         self.batcher.on_new_deadline = lambda _deadline: self._flush_wake.set()
         self.log_level = logs.LogLevel(config.log.level, config.log.format)
-        self.lines = {conn.name: ModbusLine(conn.endpoint) for conn in config.connections}
+        self.lines = {conn.name: ModbusLine(conn) for conn in config.connections}
         self.pollers = [
             DevicePoller(
                 device=device,

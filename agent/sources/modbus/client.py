@@ -31,7 +31,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from agent.config.schema import ModbusConfig
+from agent.config.model import Connection, SerialSettings, TcpEndpoint
 from agent.errors import (
     DeviceError,
     DeviceProtocolError,
@@ -112,7 +112,7 @@ class _Wire:
 class ModbusLine:
     """One connection (TCP endpoint or serial line), shared by all its devices."""
 
-    def __init__(self, config: ModbusConfig) -> None:
+    def __init__(self, config: Connection) -> None:
         self.name = config.name
         self._config = config
         self._lock = asyncio.Lock()
@@ -120,8 +120,9 @@ class ModbusLine:
         self._wire: _Wire | None = None
         self._last_request_end = 0.0
         self._delay = config.request_delay
-        if config.transport == "rtu":
-            self._delay = max(self._delay, _RTU_SILENCE_CHARS * _BITS_PER_CHAR / config.baudrate)
+        if isinstance(config.endpoint, SerialSettings):
+            silence = _RTU_SILENCE_CHARS * _BITS_PER_CHAR / config.endpoint.baudrate
+            self._delay = max(self._delay, silence)
 
     async def read(self, unit: int, table: Table, start: int, count: int) -> list[int] | list[bool]:
         """Registers (or bits) `start` to `start+count` of `unit`; raises DeviceError."""
@@ -286,11 +287,11 @@ class ModbusLine:
         client: Client
         # reconnect_delay=0: pymodbus does not reconnect by itself; the pollers' back-off
         # decides when to try again. retries=0: a failed read is reported, not repeated.
-        if config.transport == "tcp":
-            assert config.host is not None
+        endpoint = config.endpoint
+        if isinstance(endpoint, TcpEndpoint):
             client = AsyncModbusTcpClient(
-                config.host,
-                port=config.port,
+                endpoint.host,
+                port=endpoint.port,
                 timeout=config.timeout,
                 retries=0,
                 reconnect_delay=0,
@@ -299,13 +300,12 @@ class ModbusLine:
                 trace_connect=wire.trace_connect,
             )
         else:
-            assert config.device is not None
             client = AsyncModbusSerialClient(
-                config.device,
-                baudrate=config.baudrate,
-                parity=config.parity,
-                bytesize=config.bytesize,
-                stopbits=config.stopbits,
+                endpoint.device,
+                baudrate=endpoint.baudrate,
+                parity=endpoint.parity,
+                bytesize=endpoint.bytesize,
+                stopbits=endpoint.stopbits,
                 timeout=config.timeout,
                 retries=0,
                 reconnect_delay=0,
@@ -313,7 +313,7 @@ class ModbusLine:
                 trace_packet=wire.trace_packet,
                 trace_connect=wire.trace_connect,
             )
-        where = f"{config.host}:{config.port}" if config.transport == "tcp" else config.device
+        where = str(endpoint)
         try:
             async with asyncio.timeout(config.timeout * 2 + 1):
                 ok = await client.connect()

@@ -168,7 +168,7 @@ class Instrument:
 
     async def _talk_until_lost(self) -> None:
         """Talk to the open port until it is lost (or something fails)."""
-        talk = self._polled() if self._request is not None else self._streaming()
+        talk = self._polled(self._request) if self._request is not None else self._streaming()
         async with asyncio.TaskGroup() as group:
             group.create_task(talk, name=f"serial[{self.name}].talk")
             self.open.set()
@@ -190,15 +190,14 @@ class Instrument:
             latest, self._latest = self._latest, {}
             self._report(latest)
 
-    async def _polled(self) -> None:
-        assert self._request is not None
+    async def _polled(self, request: bytes) -> None:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
             self._port.discard_input()
             self._latest = {}
             self._reply = loop.create_future()
-            self._port.write(self._request)
+            self._port.write(request)
             try:
                 async with asyncio.timeout(self.config.timeout):
                     await self._reply
@@ -241,8 +240,7 @@ class Instrument:
 
     def _parse(self, line: str, arrived: int) -> tuple[dict[str, Field], int] | None:
         """The fields a line gives and the time they were taken; None if it gives none."""
-        if self.config.format == "regex":
-            assert self._pattern is not None
+        if self._pattern is not None:  # format regex
             found = regex_fields(self._pattern, line)
             if found is None:
                 self._unmatched(line, "no match")
