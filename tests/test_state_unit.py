@@ -25,6 +25,9 @@ class Offline:
 
     connected = False
     reconnects = 3
+    restamped = 0  # and stands in for delivery and the configurator
+    writes = 0
+    rejected = 0
 
 
 class Now:
@@ -69,9 +72,9 @@ async def test_a_silent_device_and_the_counts_are_the_same_in_all_three_views() 
     outbox.put("t", b"[]")
     now = Now()
     state = AgentState(queue=outbox, clock=clock, monotonic=now)
-    state.track_session(Offline())
+    state.track_link(Offline(), Offline())
     sources = pollers(bus)
-    state.track_sources(sources)
+    state.track_sources(sources, Offline())
     for source in sources:
         await source.poll_once()
         await source.poll_once()
@@ -100,7 +103,7 @@ async def test_the_view_is_a_copy_and_points_are_shown_when_asked() -> None:
     clock = Clock(wall_ms=lambda: WALL_MS, boot_ms=lambda: BOOT_MS, boot_id="b")
     state = AgentState(queue=MemoryOutbox(max_bytes=1000, clock=clock), clock=clock)
     sources = pollers(bus)
-    state.track_sources(sources)
+    state.track_sources(sources, Offline())
     await sources[0].poll_once()
 
     before = state.view(points=True)

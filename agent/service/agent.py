@@ -156,7 +156,6 @@ class Agent:
             for instrument in config.instruments
         ]
         sources: list[DevicePoller | Instrument] = [*self.pollers, *self.instruments]
-        self.state.track_sources(sources)
         self.configurator = Configurator(
             config=config,
             routes={
@@ -170,6 +169,7 @@ class Agent:
             state=self._state,
         )
         self.configurator.restore_agent_settings()
+        self.state.track_sources(sources, self.configurator)
 
     def _build_link(self, config: Config) -> None:
         """The broker session and delivery: replaced only when their settings change."""
@@ -181,13 +181,13 @@ class Agent:
             on_message=lambda topic, payload: self.configurator.on_message(topic, payload),
             on_connect=lambda: self.configurator.on_connected(),
         )
-        self.state.track_session(self.session)
         self.delivery = Delivery(
             outbox=self.outbox,
             publisher=self.session,
             clock=self.clock,
             window=config.mqtt.max_inflight,
         )
+        self.state.track_link(self.session, self.delivery)
 
     async def run(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
         """Run until `stop` is set, reloading the config file whenever `reload` is set."""

@@ -31,6 +31,15 @@ class Session(Protocol):
     reconnects: int
 
 
+class Delivering(Protocol):
+    restamped: int  # messages whose timestamps were corrected after a clock step
+
+
+class Configuring(Protocol):
+    writes: int  # settings written to devices
+    rejected: int  # cloud messages or settings refused
+
+
 class Queue(Protocol):
     def stats(self) -> OutboxStats: ...
 
@@ -74,6 +83,9 @@ class AgentView:
     wall_ms: int
     queue: OutboxStats
     sources: tuple[SourceView, ...]
+    restamped: int
+    settings_written: int
+    config_rejected: int
 
     @property
     def failing(self) -> list[str]:
@@ -92,15 +104,17 @@ class AgentState:
         self._monotonic = monotonic
         self._started = monotonic()
         self._session: Session | None = None
+        self._delivery: Delivering | None = None
         self._sources: tuple[Tracked, ...] = ()
+        self._configurator: Configuring | None = None
 
-    def track_session(self, session: Session) -> None:
-        """The broker session in use (replaced when [thing] or [mqtt] change)."""
-        self._session = session
+    def track_link(self, session: Session, delivery: Delivering) -> None:
+        """The broker session and delivery in use (replaced when [thing] or [mqtt] change)."""
+        self._session, self._delivery = session, delivery
 
-    def track_sources(self, sources: Sequence[Tracked]) -> None:
-        """The sources now running (replaced on reload)."""
-        self._sources = tuple(sources)
+    def track_sources(self, sources: Sequence[Tracked], configurator: Configuring) -> None:
+        """The sources and the configurator now running (replaced on reload)."""
+        self._sources, self._configurator = tuple(sources), configurator
 
     def view(self, *, points: bool = False) -> AgentView:
         now = self._monotonic()
@@ -122,6 +136,9 @@ class AgentState:
                 )
                 for source in self._sources
             ),
+            restamped=0 if self._delivery is None else self._delivery.restamped,
+            settings_written=0 if self._configurator is None else self._configurator.writes,
+            config_rejected=0 if self._configurator is None else self._configurator.rejected,
         )
 
 
@@ -150,8 +167,13 @@ def stats_fields(view: AgentView) -> dict[str, Any]:
         "queue_disk": queue.disk,
         "oldest_age_s": None if oldest is None else round(oldest, 1),
         "backlog": queue.backlog,
+        "in_flight": queue.in_flight,
+        "queued": queue.queued_total,
         "sent": queue.sent_total,
         "dropped": queue.dropped_total,
+        "restamped": view.restamped,
+        "settings_written": view.settings_written,
+        "config_rejected": view.config_rejected,
         "readings": view.total("readings"),
         "read_errors": view.total("read_errors"),
         "decode_errors": view.total("decode_errors"),
