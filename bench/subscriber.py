@@ -127,7 +127,7 @@ class Subscriber(CloudClient):
         self.timestamps = array("d")
         self.latencies_ms = array("d")
         # Per message checked (data and health): arrival wall time (s) and payload bytes.
-        self.arrivals = array("d")
+        self.checked_arrivals = array("d")
         self.sizes = array("q")
         self.data_messages = 0  # data messages received, checked or not
         self.last_new_arrival: float | None = None  # wall time
@@ -147,7 +147,7 @@ class Subscriber(CloudClient):
         pending, self._pending = self._pending, []
         tally, points = self.tally, self.points
         for arrival, topic, payload in pending:
-            self.arrivals.append(arrival)
+            self.checked_arrivals.append(arrival)
             self.sizes.append(len(payload))
             if topic.endswith(self._health_suffix):
                 self._note_health(payload)
@@ -220,7 +220,7 @@ class Subscriber(CloudClient):
         arrived from wall time `start` to `end`."""
         return sum(
             size
-            for arrival, size in zip(self.arrivals, self.sizes, strict=True)
+            for arrival, size in zip(self.checked_arrivals, self.sizes, strict=True)
             if start <= arrival < end
         )
 

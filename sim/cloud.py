@@ -23,7 +23,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import MQTTv311
@@ -246,7 +246,7 @@ class MqttClient:
     def on_topic(self, topic: str) -> list[Message]:
         return [message for message in self.messages if message.topic == topic]
 
-    async def __aenter__(self) -> MqttClient:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 

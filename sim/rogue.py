@@ -63,7 +63,7 @@ def reply_pdu(fault: Fault, request: bytes, *, exception_code: int) -> bytes:
         return bytes([UNKNOWN_FUNCTION, 0])
     if function not in _OTHER_READ:  # a write (5, 6): echoed, as a unit does
         return request[:5]
-    (count,) = struct.unpack(">H", request[3:5])
+    count = int.from_bytes(request[3:5], "big")
     if function in _BIT_FUNCTIONS:
         data = b"\xff" * -(-count // _BITS_PER_BYTE)
     else:

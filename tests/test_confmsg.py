@@ -10,6 +10,7 @@ import asyncio
 import json
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agent.clock import Clock
 from agent.cloud.configurator import SHOWN_IDS, Configurator, DeviceRoute
 from agent.cloud.messages import Entry, RejectedMessage, latest_per_id, parse_expected
 from agent.cloud.remembered import SettingsState
+from agent.cloud.settings import JsonScalar
 from agent.config import load_config
 from agent.errors import RejectedInput
 from agent.outbox.port import MemoryOutbox
@@ -174,10 +176,13 @@ def valid_writes(group: str, payload: bytes) -> int:
         _, entries = parse(group, payload)
     except RejectedInput:
         return 0
-    allowed = {
+    rules: dict[str, dict[str, Callable[[JsonScalar], bool]]] = {
         "gw-1-setting": {
             "GW1_40807": lambda v: (
-                type(v) in (int, float) and float(v).is_integer() and 0 <= v <= 3600
+                isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and float(v).is_integer()
+                and 0 <= v <= 3600
             ),
             "mode": lambda v: type(v) in (int, float) and v in (1, 2, 3),
             "label": lambda v: (
@@ -185,7 +190,8 @@ def valid_writes(group: str, payload: bytes) -> int:
             ),
         },
         "gw-1-mode": {"GW1_00800": lambda v: v in (True, False) and type(v) in (bool, int)},
-    }.get(group, {})
+    }
+    allowed = rules.get(group, {})
     return sum(1 for e in entries if e.id in allowed and allowed[e.id](e.value))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,11 @@ def stored_readings(path: Path) -> list[dict[str, Any]]:
     return [reading for message in read_queue(path) for reading in message.readings()]
 
 
+def served(count: int) -> Callable[[SimUnit], bool]:
+    """Whether a unit has answered `count` reads: a condition for `SimUnit.wait_until`."""
+    return lambda unit: reads(unit) >= count
+
+
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
 async def test_a_power_cut_loses_only_readings_younger_than_the_documented_window(
     tmp_path: Path,
@@ -86,7 +92,7 @@ async def test_a_power_cut_loses_only_readings_younger_than_the_documented_windo
             await agent.wait_for_event("agent_started", timeout=WAIT)
             start = reads(sim_unit)
             # A few seconds of readings, several syncs' worth, then the cut.
-            await sim_unit.wait_until(lambda u, s=start: reads(u) >= s + 60, timeout=WAIT)
+            await sim_unit.wait_until(served(start + 60), timeout=WAIT)
             await agent.kill()
             cut_ms = time.time() * 1000
             stats = lazyfs.power_cut()

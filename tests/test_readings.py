@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.pipeline.readings import ChangeFilter, Reading, now_ms, to_shape
+from agent.pipeline.readings import ChangeFilter, Reading, Value, now_ms, to_shape
 
 # --- the JSON the platform receives ----------------------------------------------------------
 
@@ -148,9 +149,9 @@ def test_values_without_a_form_in_that_shape_are_refused(raw: object, shape: str
 # --- report by exception --------------------------------------------------------------------
 
 
-def admitted(changes: ChangeFilter, values: list[tuple[float, object]]) -> list[object]:
+def admitted(changes: ChangeFilter, values: Sequence[tuple[float, Value]]) -> list[Value]:
     """The values, seen at the given monotonic times, that are reported."""
-    return [value for now, value in values if changes.admit(value, now)]  # type: ignore[arg-type]
+    return [value for now, value in values if changes.admit(value, now)]
 
 
 def test_without_deadband_every_value_is_reported() -> None:

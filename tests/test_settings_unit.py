@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from agent.cloud.settings import (
     JsonScalar,
+    RegisterSetting,
     RejectedSetting,
     Setting,
     UnreportableValue,
@@ -43,6 +44,13 @@ def setting(*, device_byte_order: ByteOrder = "ABCD", **declared: Any) -> Settin
             {"meter1": device_byte_order},
         )
     )
+
+
+def register_setting(*, device_byte_order: ByteOrder = "ABCD", **declared: Any) -> RegisterSetting:
+    """A setting of meter1's coils or registers: only these have `encode` and `decode`."""
+    built = setting(device_byte_order=device_byte_order, **declared)
+    assert isinstance(built, RegisterSetting)
+    return built
 
 
 def rejection(target: Setting, value: object) -> str:
@@ -117,7 +125,7 @@ def test_an_agent_interval_beyond_float_range_is_rejected() -> None:
     ("value", "accepted"), [(True, True), (False, False), (1, True), (0, False)]
 )
 def test_a_bool_takes_true_false_1_and_0(address: str, value: object, accepted: bool) -> None:
-    target = setting(address=address, type="bool")
+    target = register_setting(address=address, type="bool")
 
     assert accepted is target.accept(value)
 
@@ -125,12 +133,13 @@ def test_a_bool_takes_true_false_1_and_0(address: str, value: object, accepted: 
 @pytest.mark.parametrize("value", [2, -1, 1.0, 0.0, "true", "1"])
 def test_a_bool_takes_nothing_else(value: object) -> None:
     assert f"sp: expected true/false or 1/0, got {value!r}" == rejection(
-        setting(address="00001"), value
+        register_setting(address="00001"), value
     )
 
 
 def test_a_coil_is_written_as_a_state_and_a_bool_register_as_1_or_0() -> None:
-    coil, register = setting(address="00001"), setting(address="40001", type="bool")
+    coil = register_setting(address="00001")
+    register = register_setting(address="40001", type="bool")
 
     assert (True, False) == (coil.encode(True), coil.encode(False))
     assert ([1], [0]) == (register.encode(True), register.encode(False))
@@ -159,7 +168,7 @@ def test_a_bool_is_reported_in_the_form_the_cloud_wrote_it(
     declared: dict[str, Any] = {"address": address, "type": "bool"}
     if value_type is not None:
         declared["value_type"] = value_type
-    target = setting(**declared)
+    target = register_setting(**declared)
 
     assert reported == target.decode([True], form=form)
     assert type(reported) is type(target.decode([True], form=form))
@@ -183,7 +192,7 @@ def test_form_of_tells_how_the_cloud_wrote_a_value(value: object, form: str | No
 
 @pytest.mark.parametrize("value", [True, False, 1, 0])
 def test_a_coil_written_in_either_form_is_reported_back_equal(value: bool | int) -> None:
-    coil = setting(address="00001")
+    coil = register_setting(address="00001")
     written = coil.encode(coil.accept(value))
 
     reported = coil.decode([written is True], form=form_of(value))
@@ -195,7 +204,7 @@ def test_a_coil_written_in_either_form_is_reported_back_equal(value: bool | int)
 
 
 def test_a_string_setting_takes_text_that_fits_its_registers_and_matches_its_pattern() -> None:
-    name = setting(type="string", length=2, pattern="[a-z]+")
+    name = register_setting(type="string", length=2, pattern="[a-z]+")
 
     assert "abcd" == name.accept("abcd")
     assert "sp: expected a string, got 3" == rejection(name, 3)
@@ -207,21 +216,21 @@ def test_a_string_setting_takes_text_that_fits_its_registers_and_matches_its_pat
 
 
 def test_a_string_with_an_enum_takes_only_its_values() -> None:
-    mode = setting(type="string", length=4, enum=["auto", "manual"])
+    mode = register_setting(type="string", length=4, enum=["auto", "manual"])
 
     assert "auto" == mode.accept("auto")
     assert "sp: 'off' is not one of ['auto', 'manual']" == rejection(mode, "off")
 
 
 def test_a_string_is_padded_with_nuls_to_its_length_and_read_back_without_them() -> None:
-    name = setting(type="string", length=3)
+    name = register_setting(type="string", length=3)
 
     assert [0x6162, 0x6300, 0x0000] == name.encode("abc")
     assert "abc" == name.decode([0x6162, 0x6300, 0x0000])
 
 
 def test_a_string_in_a_byte_swapped_device_has_its_bytes_swapped_per_register() -> None:
-    name = setting(type="string", length=2, device_byte_order="BADC")
+    name = register_setting(type="string", length=2, device_byte_order="BADC")
 
     assert [0x6261, 0x0063] == name.encode("abc")
     assert "abc" == name.decode([0x6261, 0x0063])
@@ -238,7 +247,7 @@ def test_a_string_in_a_byte_swapped_device_has_its_bytes_swapped_per_register() 
     ],
 )
 def test_a_hex_setting_takes_exactly_four_digits_per_register(value: object, message: str) -> None:
-    status = setting(type="hex", length=1)
+    status = register_setting(type="hex", length=1)
 
     assert message == rejection(status, value)
     assert "beef" == status.accept("beef")
@@ -246,7 +255,7 @@ def test_a_hex_setting_takes_exactly_four_digits_per_register(value: object, mes
 
 
 def test_a_hex_setting_without_length_takes_one_register() -> None:
-    status = setting(type="hex")
+    status = register_setting(type="hex")
     assert status.target is not None
 
     assert 1 == status.count
@@ -273,7 +282,7 @@ def test_an_integer_setting_takes_whole_numbers_within_its_bounds(
     value: object,
     message: str,
 ) -> None:
-    level = setting(type="int16", min=-5, max=5)
+    level = register_setting(type="int16", min=-5, max=5)
 
     assert message == rejection(level, value)
     assert (-5, 5, 3.0) == (level.accept(-5), level.accept(5), level.accept(3.0))
@@ -283,7 +292,7 @@ def test_an_integer_setting_takes_whole_numbers_within_its_bounds(
 @pytest.mark.parametrize("point_type", INTEGER_TYPES)
 def test_an_integer_setting_takes_exactly_its_types_range(point_type: str) -> None:
     low, high = INTEGER_RANGES[point_type]
-    target = setting(type=point_type)
+    target = register_setting(type=point_type)
 
     assert (low, high) == (target.accept(low), target.accept(high))
     assert f"sp: {low - 1} does not fit {point_type}" == rejection(target, low - 1)
@@ -293,12 +302,12 @@ def test_an_integer_setting_takes_exactly_its_types_range(point_type: str) -> No
 @pytest.mark.parametrize("point_type", ["uint16", "int64"])
 def test_an_integer_beyond_float_range_is_rejected(point_type: str) -> None:
     assert f"sp: {BEYOND_FLOAT} does not fit {point_type}" == rejection(
-        setting(type=point_type), BEYOND_FLOAT
+        register_setting(type=point_type), BEYOND_FLOAT
     )
 
 
 def test_a_numeric_enum_takes_only_its_values() -> None:
-    mode = setting(type="uint16", enum=[1, 2, 4])
+    mode = register_setting(type="uint16", enum=[1, 2, 4])
 
     assert 4 == mode.accept(4)
     assert "sp: 3 is not one of [1, 2, 4]" == rejection(mode, 3)
@@ -321,7 +330,7 @@ def test_a_float_setting_rejects_what_its_type_cannot_hold(
     value: object,
     message: str | None,
 ) -> None:
-    shown = rejection(setting(type=point_type), value)
+    shown = rejection(register_setting(type=point_type), value)
 
     assert shown.startswith(f"sp: {point_type} holds")
     if message is not None:
@@ -329,11 +338,11 @@ def test_a_float_setting_rejects_what_its_type_cannot_hold(
 
 
 def test_a_float_setting_takes_fractions() -> None:
-    assert 1.5 == setting(type="float32").accept(1.5)
+    assert 1.5 == register_setting(type="float32").accept(1.5)
 
 
 def test_a_scaled_integer_takes_fractions_and_is_written_rounded_half_to_even() -> None:
-    level = setting(type="uint16", scale=0.5)
+    level = register_setting(type="uint16", scale=0.5)
 
     assert 1.25 == level.accept(1.25)
     assert ([2], [4], [3]) == (level.encode(1.25), level.encode(1.75), level.encode(1.5))
@@ -342,8 +351,8 @@ def test_a_scaled_integer_takes_fractions_and_is_written_rounded_half_to_even() 
 
 
 def test_a_scaled_value_is_reported_without_binary_noise() -> None:
-    tenths = setting(type="uint16", scale=0.1)
-    celsius = setting(type="int16", scale=0.5, offset=-40)
+    tenths = register_setting(type="uint16", scale=0.1)
+    celsius = register_setting(type="int16", scale=0.5, offset=-40)
 
     assert (0.3, 230.1) == (tenths.decode([3]), tenths.decode([2301]))
     assert (-40.0, 10.0) == (celsius.decode([0]), celsius.decode([100]))
@@ -351,7 +360,7 @@ def test_a_scaled_value_is_reported_without_binary_noise() -> None:
 
 
 def test_a_scaled_float_is_written_unscaled() -> None:
-    target = setting(type="float32", scale=2, offset=1)
+    target = register_setting(type="float32", scale=2, offset=1)
 
     assert [0x4000, 0x0000] == target.encode(5)  # (5 - 1) / 2 = 2.0
     assert 5.0 == target.decode([0x4000, 0x0000])
@@ -403,15 +412,15 @@ def test_a_setting_is_written_in_its_devices_byte_order_unless_it_has_its_own(
     registers: dict[str, list[int]],
     byte_order: ByteOrder,
 ) -> None:
-    from_device = setting(type=point_type, device_byte_order=byte_order)
-    own = setting(type=point_type, byte_order=byte_order, device_byte_order="CDAB")
+    from_device = register_setting(type=point_type, device_byte_order=byte_order)
+    own = register_setting(type=point_type, byte_order=byte_order, device_byte_order="CDAB")
 
     assert registers[byte_order] == from_device.encode(value) == own.encode(value)
     assert value == from_device.decode(registers[byte_order])
 
 
 def test_a_float32_setting_is_reported_as_the_value_written() -> None:
-    target = setting(type="float32")
+    target = register_setting(type="float32")
     registers = target.encode(target.accept(0.1))
     assert isinstance(registers, list)
 
@@ -436,7 +445,7 @@ def test_every_integer_in_range_is_accepted_and_reported_back_unchanged(
     byte_order: ByteOrder,
 ) -> None:
     point_type, value = typed
-    target = setting(type=point_type, byte_order=byte_order)
+    target = register_setting(type=point_type, byte_order=byte_order)
     assert target.target is not None
 
     registers = target.encode(target.accept(value))
@@ -451,7 +460,7 @@ def test_every_integer_in_range_is_accepted_and_reported_back_unchanged(
 def test_every_finite_float64_is_reported_back_unchanged(
     value: float, byte_order: ByteOrder
 ) -> None:
-    target = setting(type="float64", byte_order=byte_order)
+    target = register_setting(type="float64", byte_order=byte_order)
 
     registers = target.encode(target.accept(value))
 
@@ -464,12 +473,12 @@ def test_every_float32_value_is_reported_back_as_the_same_float32(
     value: float, byte_order: ByteOrder
 ) -> None:
     """Reported as the shortest decimal that is the same float32 (0.1, not 0.100000001)."""
-    target = setting(type="float32", byte_order=byte_order)
+    target = register_setting(type="float32", byte_order=byte_order)
 
     registers = target.encode(target.accept(value))
+    assert isinstance(registers, list)
     reported = target.decode(registers)
 
-    assert isinstance(registers, list)
     assert isinstance(reported, float)
     assert struct.pack(">f", value) == struct.pack(">f", reported)
     assert len(repr(reported)) <= len(repr(value))
@@ -491,7 +500,7 @@ def test_what_a_device_holds_written_back_as_reported_writes_the_same_registers(
 ) -> None:
     """The report of a value, sent back by the cloud, changes nothing on the device."""
     point_type, registers = held
-    target = setting(type=point_type, byte_order=byte_order)
+    target = register_setting(type=point_type, byte_order=byte_order)
     try:
         reported = target.decode(registers)
     except UnreportableValue:  # NaN and the infinities have no JSON form: never reported
@@ -513,8 +522,8 @@ def test_a_scaled_reading_written_back_gives_the_same_raw_value(
     raw: int,
     byte_order: ByteOrder,
 ) -> None:
-    target = setting(type=point_type, scale=scale, byte_order=byte_order)
-    registers = setting(type=point_type, byte_order=byte_order).encode(raw)
+    target = register_setting(type=point_type, scale=scale, byte_order=byte_order)
+    registers = register_setting(type=point_type, byte_order=byte_order).encode(raw)
     assert isinstance(registers, list)
 
     assert registers == target.encode(target.accept(target.decode(registers)))
@@ -530,7 +539,7 @@ def test_every_string_that_fits_is_reported_back_unchanged(
     text: str, byte_order: ByteOrder
 ) -> None:
     length = 8
-    target = setting(type="string", length=length, byte_order=byte_order)
+    target = register_setting(type="string", length=length, byte_order=byte_order)
     fits = len(text.encode()) <= 2 * length
     if not fits:
         assert rejection(target, text).startswith("sp: string of ")
@@ -549,7 +558,7 @@ def test_every_hex_value_of_its_length_is_reported_back_in_capitals(
     byte_order: ByteOrder,
     lower: bool,
 ) -> None:
-    target = setting(type="hex", length=2, byte_order=byte_order)
+    target = register_setting(type="hex", length=2, byte_order=byte_order)
     digits = data.hex() if lower else data.hex().upper()
 
     registers = target.encode(target.accept(digits))
@@ -560,7 +569,7 @@ def test_every_hex_value_of_its_length_is_reported_back_in_capitals(
 
 @given(st.floats(width=32, allow_nan=False, allow_infinity=False))
 def test_float32_registers_are_ieee754(value: float) -> None:
-    registers = setting(type="float32").encode(value)
+    registers = register_setting(type="float32").encode(value)
     assert isinstance(registers, list)
 
     assert struct.pack(">f", value) == struct.pack(">2H", *registers)

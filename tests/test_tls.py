@@ -9,6 +9,7 @@ staying down while it retries, and the broker never seeing the thing log in.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ BUCKET = "b"
 BACKOFF_MIN = 0.2  # agent_toml's: attempt n waits uniform(ceiling / 2, ceiling),
 BACKOFF_MAX = 1.0  # ceiling = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** n)
 
-Logs = list[dict[str, Any]]
+Logs = list[MutableMapping[str, Any]]  # structlog's event dicts
 
 
 def tls_agent_toml(
