@@ -13,9 +13,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
+from agent.outbox.budget import SHM_BYTES, wal_limit_for
 from agent.outbox.disk import DiskOutbox, QueueSettings, unpack_payload
 from agent.outbox.port import Message
-from agent.outbox.store import SHM_BYTES, wal_limit_for
 from tests.helpers import running_queue
 
 TOPIC = "$thing/xY6Eie5hv/$data/b"
@@ -395,7 +395,7 @@ async def test_delivery_keeps_up_while_messages_keep_coming_faster_than_memory_h
                 await asyncio.sleep(0)
 
         producer = asyncio.create_task(produce())
-        taken = []
+        taken: list[int] = []
         async with asyncio.timeout(60):
             while len(taken) < count:
                 message = await queue.take()

@@ -1,72 +1,35 @@
 """The queue's file: every SQLite call of the durable outbox, and nothing else.
 
-`QueueStore` runs in the outbox's I/O thread only (agent.outbox.disk owns that thread and
-is the only caller). SQLite's errors are translated here, by their result codes, into
-the outbox's own error types; nothing above this module sees `sqlite3`.
+`QueueStore` runs in the outbox's I/O thread only (agent.outbox.iothread; agent.outbox.disk
+is the only caller). SQLite's errors are translated at this boundary, by their result
+codes (agent.outbox.translate), into the outbox's own error types; nothing above this
+module sees `sqlite3`. The row format is agent.outbox.rows; what the file may hold is
+agent.outbox.budget; what is done to the files through the OS (fsync, sizes, the reserve)
+is agent.outbox.files.
 
-The file's budget. `max_bytes` bounds queue.db, queue.db-wal and queue.db-shm together:
-the WAL is checkpointed when it reaches `wal_limit` (1/8 of the budget, 16 KiB to
-4 MiB) and truncated back to that size (`journal_size_limit`); the -shm index stays at
-32 KiB for such a WAL; the rows may use what is left. Rows are counted by the pages they
-occupy, not by their payload: SQLite never gives pages back to the file system, it reuses
-them, so the file stays at its largest size and the budget must hold for that size.
-
-A full disk. A reserve file beside the queue (queue.db.reserve) holds space that is
-given up when the disk fills, so that the deletions and the checkpoint that make room
-can always be written; the oldest rows are then dropped and the queue shrinks to what
-the disk can hold, until space returns. Power cuts: with `synchronous = "normal"` the
-WAL is synced by `sync()`, called by the outbox every `sync_interval`; with "full" at
-every commit.
+A full disk. The reserve file is given up, so that the deletions and the checkpoint
+that make room can always be written; the oldest rows are then dropped and the queue
+shrinks to what the disk can hold, until space returns. Power cuts: with
+`synchronous = "normal"` the WAL is synced by `sync()`, called by the outbox every
+`sync_interval`; with "full" at every commit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
-import shutil
 import sqlite3
-import zlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.errors import QueueCorrupt, QueueDiskFull, QueueError, QueueIOError, QueueReadOnly
+from agent.errors import QueueCorrupt, QueueDiskFull, QueueError, QueueIOError
+from agent.outbox.budget import ROW_OVERHEAD, DiskBudget
+from agent.outbox.files import Reserve, files_bytes, move_aside, sync_dir, sync_wal
+from agent.outbox.rows import COLUMNS, SCHEMA, Row, Unpacked, packed_row
+from agent.outbox.translate import translate, translate_os
 
-SHM_BYTES = 32 * 1024  # the -shm index of a WAL under 4096 frames
-WAL_LIMIT_MIN, WAL_LIMIT_MAX = 16 * 1024, 4 * 1024 * 1024
-RESERVE_MIN, RESERVE_MAX = 64 * 1024, 1024 * 1024
-ROW_OVERHEAD = 48  # bytes a row takes besides its payload and topic (header, cell, stamps)
 CACHE_KIB = 512  # SQLite's page cache: a queue touches the ends of one table only
 DELETE_CHUNK = 512  # seqs per DELETE statement (SQLite's variable limit is 32766)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    codec INTEGER NOT NULL DEFAULT 0,
-    boot_id TEXT NOT NULL,
-    wall_ms INTEGER NOT NULL,
-    boot_ms INTEGER NOT NULL
-)
-"""
-_COLUMNS = "seq, topic, payload, codec, boot_id, wall_ms, boot_ms"
-
-# A row as stored and read back: (seq, topic, packed payload, codec, boot_id, wall_ms, boot_ms)
-Row = tuple[int, str, bytes, int, str, int, int]
-# A message to store: (seq, topic, payload as put, boot_id, wall_ms, boot_ms); packed here,
-# in the I/O thread (zlib releases the GIL: compression costs the event loop nothing).
-Unpacked = tuple[int, str, bytes, str, int, int]
-
-
-def wal_limit_for(max_bytes: int) -> int:
-    return max(WAL_LIMIT_MIN, min(WAL_LIMIT_MAX, max_bytes // 8))
-
-
-def reserve_for(max_bytes: int) -> int:
-    return max(RESERVE_MIN, min(RESERVE_MAX, max_bytes // 32))
 
 
 @dataclass(slots=True)
@@ -105,14 +68,11 @@ class QueueStore:
 
     def __init__(self, path: Path, *, max_bytes: int, synchronous: str) -> None:
         self.path = path
-        self.max_bytes = max_bytes
-        self.wal_limit = wal_limit_for(max_bytes)
-        self.reserve_bytes = reserve_for(max_bytes)
+        self.budget = DiskBudget(max_bytes)
         self._synchronous = synchronous
-        self._budget = max_bytes  # shrunk to what the disk holds after it filled
         self._db: sqlite3.Connection | None = None
         self._page_size = 4096
-        self._reserve = path.with_name(path.name + ".reserve")
+        self._reserve = Reserve(path, size=self.budget.reserve_bytes)
         self._dir_synced = False
 
     # -- opening and closing --------------------------------------------------------------
@@ -125,7 +85,7 @@ class QueueStore:
             self._connect()
         except QueueCorrupt as exc:
             corruption = str(exc)
-            moved = self._move_aside()
+            moved = move_aside(self.path)
             self._connect()
         self._keep_reserve()
         with self._translated():
@@ -165,10 +125,7 @@ class QueueStore:
         """
         result = Written()
         supersede = list(supersede)
-        rows: list[Row] = [
-            (seq, topic, *pack_payload(payload), boot_id, wall_ms, boot_ms)
-            for seq, topic, payload, boot_id, wall_ms, boot_ms in messages
-        ]
+        rows: list[Row] = [packed_row(message) for message in messages]
         try:
             self._transaction(rows, delete, supersede, held, result)
         except QueueDiskFull:
@@ -188,7 +145,7 @@ class QueueStore:
                 )
             self._keep_budget(held, result)
             if result.disk_full:
-                self._shrink_budget()
+                self.budget.shrink(self._used_bytes(), self._page_size)
             else:
                 self._keep_reserve()
             result.oldest_ms = self._oldest()
@@ -196,7 +153,7 @@ class QueueStore:
                 result.count, result.payload_bytes = self._count()
         except QueueError as exc:
             result.after_error = exc
-        result.files_bytes = self.files_bytes()
+        result.files_bytes = files_bytes(self.path)
         return result
 
     def fetch(self, after: int, upto: int, limit: int) -> list[Row]:
@@ -205,7 +162,7 @@ class QueueStore:
             return [
                 (int(r[0]), r[1], bytes(r[2]), int(r[3]), r[4], int(r[5]), int(r[6]))
                 for r in self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM messages WHERE seq > ? AND seq <= ?"
+                    f"SELECT {COLUMNS} FROM messages WHERE seq > ? AND seq <= ?"
                     " ORDER BY seq LIMIT ?",
                     (after, upto, limit),
                 )
@@ -214,29 +171,8 @@ class QueueStore:
     def sync(self) -> None:
         """Make every commit so far survive a power cut: fsync the WAL (and, once, the
         directory that holds it). Nothing is written that was not written already."""
-        wal = Path(f"{self.path}-wal")
-        try:
-            fd = os.open(wal, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # nothing committed since the last checkpoint removed it
-        except OSError as exc:
-            raise _os_error(exc, "open the WAL to sync it") from exc
-        try:
-            os.fdatasync(fd)  # the frames and the size that finds them; no timestamps
-        except OSError as exc:
-            raise _os_error(exc, "sync the WAL") from exc
-        finally:
-            os.close(fd)
-        if not self._dir_synced:
-            self._sync_dir()
-
-    def files_bytes(self) -> int:
-        """What queue.db, -wal and -shm take on disk together."""
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                total += os.stat(f"{self.path}{suffix}").st_size
-        return total
+        if sync_wal(self.path) and not self._dir_synced:
+            self._dir_synced = sync_dir(self.path.parent)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -250,7 +186,7 @@ class QueueStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(exc, f"create {self.path.parent}") from exc
+            raise translate_os(exc, f"create {self.path.parent}") from exc
         with self._translated():
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         try:
@@ -262,29 +198,17 @@ class QueueStore:
                 db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
                 db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-                db.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
-                db.execute(f"PRAGMA wal_autocheckpoint={max(1, self.wal_limit // self._page_size)}")
+                wal_limit = self.budget.wal_limit
+                db.execute(f"PRAGMA journal_size_limit={wal_limit}")
+                db.execute(f"PRAGMA wal_autocheckpoint={max(1, wal_limit // self._page_size)}")
                 check = db.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
                     raise QueueCorrupt(f"quick_check: {check}")
-                db.execute(_SCHEMA)
+                db.execute(SCHEMA)
         except BaseException:
             db.close()
             raise
         self._db = db
-
-    def _move_aside(self) -> Path:
-        aside = self.path.with_name(
-            f"{self.path.name}.corrupt-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-        )
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(f"{self.path}{suffix}")
-            if source.exists():
-                try:
-                    source.rename(f"{aside}{suffix}")
-                except OSError as exc:
-                    raise _os_error(exc, f"move {source} aside") from exc
-        return aside
 
     def _transaction(
         self,
@@ -303,7 +227,7 @@ class QueueStore:
                 # OR IGNORE: a write whose outcome was lost (cancelled at shutdown) may be
                 # written again; the same seq is the same message.
                 if db.execute(
-                    f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                    f"INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
                 ).rowcount:
                     inserted += 1
                     inserted_bytes += len(row[2])
@@ -393,17 +317,10 @@ class QueueStore:
             free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * self._page_size
 
-    def _rows_budget(self) -> int:
-        """What the rows' pages may take: the budget less the WAL's and the index's share
-        (for small budgets at least half of it: the index's 32 KiB is then the allowance)."""
-        return max(
-            4 * self._page_size, self._budget // 2, self._budget - self.wal_limit - SHM_BYTES
-        )
-
     def _keep_budget(self, held: Collection[int], result: Written) -> None:
         """Drop the oldest rows while the pages in use exceed what the budget leaves them."""
         for _ in range(4):  # each pass frees about the excess; pages are not bytes
-            excess = self._used_bytes() - self._rows_budget()
+            excess = self._used_bytes() - self.budget.rows(self._page_size)
             if excess <= 0:
                 return
             before = len(result.dropped)
@@ -411,7 +328,7 @@ class QueueStore:
                 "1",
                 held,
                 result,
-                "disk_full" if self._budget < self.max_bytes else "max_bytes",
+                "disk_full" if self.budget.shrunk else "max_bytes",
                 excess=excess + self._page_size,
             )
             if len(result.dropped) == before:
@@ -419,62 +336,20 @@ class QueueStore:
 
     def _make_room(self, needed: int, held: Collection[int], result: Written) -> None:
         """The disk is full: give up the reserve, drop the oldest rows, truncate the WAL."""
-        with contextlib.suppress(FileNotFoundError):
-            self._reserve.unlink()
+        self._reserve.release()
         used = self._used_bytes()
-        self._drop_where(
-            "1", held, result, "disk_full", excess=max(2 * needed, used // 8, 2 * self._page_size)
-        )
+        excess = self.budget.room_to_make(needed, used, self._page_size)
+        self._drop_where("1", held, result, "disk_full", excess=excess)
         self._checkpoint()
 
     def _checkpoint(self) -> None:
         with self._translated():
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
-    def _shrink_budget(self) -> None:
-        """After the disk filled: the queue may keep what it holds now, not grow into the
-        space it just freed (that space is the margin that lets it go on writing)."""
-        self._budget = max(
-            4 * self._page_size + self.wal_limit + SHM_BYTES,
-            min(self._budget, self._used_bytes() + self.wal_limit + SHM_BYTES),
-        )
-
     def _keep_reserve(self) -> None:
         """Re-create the reserve (and the full budget) once the disk has room again."""
-        if self._reserve.exists():
-            return
-        try:
-            usage = shutil.disk_usage(self.path.parent)
-        except OSError:
-            return
-        size = min(self.reserve_bytes, max(4096, usage.total // 32))
-        if usage.free < 4 * size:
-            return
-        try:
-            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            with contextlib.suppress(OSError):
-                self._reserve.unlink()
-            return
-        self._budget = self.max_bytes
-
-    def _sync_dir(self) -> None:
-        try:
-            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-            self._dir_synced = True
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        if self._reserve.restore():
+            self.budget.restore()
 
     def _count(self) -> tuple[int, int]:
         with self._translated():
@@ -499,48 +374,4 @@ class QueueStore:
                     self._db.execute("ROLLBACK")
             raise translate(exc) from exc
         except OSError as exc:
-            raise _os_error(exc, "use the queue file") from exc
-
-
-# SQLite's primary result codes (the low byte of an extended code).
-_SQLITE_FULL, _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_NOTADB = 13, 10, 11, 26
-_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM = 8, 14, 3
-
-
-def translate(exc: sqlite3.Error) -> QueueError:
-    """One table: SQLite's result code → the outbox's error type."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    detail = f"{name}: {exc}"
-    primary = code & 0xFF if isinstance(code, int) else None
-    if primary == _SQLITE_FULL:
-        return QueueDiskFull(detail)
-    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-        return QueueCorrupt(detail)
-    if primary in (_SQLITE_READONLY, _SQLITE_PERM):
-        return QueueReadOnly(detail)
-    return QueueIOError(detail)  # I/O errors, cannot open, and anything unforeseen
-
-
-def _os_error(exc: OSError, doing: str) -> QueueError:
-    detail = f"cannot {doing}: {exc.strerror or exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return QueueDiskFull(detail)
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return QueueReadOnly(detail)
-    return QueueIOError(detail)
-
-
-_RAW, _ZLIB = 0, 1
-_ZLIB_LEVEL = 1  # fast; JSON batches shrink 4-8x even at this level
-
-
-def unpack_payload(payload: bytes, codec: int) -> bytes:
-    """A stored payload as it was put (also for tools reading the file)."""
-    return zlib.decompress(payload) if codec == _ZLIB else bytes(payload)
-
-
-def pack_payload(payload: bytes) -> tuple[bytes, int]:
-    """What is written: zlib when it saves space (flash wear), the payload as it is if not."""
-    packed = zlib.compress(payload, _ZLIB_LEVEL)
-    return (packed, _ZLIB) if len(packed) < len(payload) else (payload, _RAW)
+            raise translate_os(exc, "use the queue file") from exc
