@@ -818,7 +818,7 @@ class BenchRun:
         stop = await self._stop_agent(agent, plant, subscriber)
         return first, last, stop
 
-    async def _measure_backlog(
+    async def _measure_backlog(  # noqa: C901  (the measurement's steps, in the order they run)
         self, agent: Child, plant: PlantProcess, broker: Broker, subscriber: Subscriber
     ) -> tuple[Snapshot, Snapshot, dict[str, Any]]:
         """Broker down until `backlog` readings are made; plant paused; broker up: the drain.

@@ -43,6 +43,7 @@ from agent.errors import QueueCorrupt, QueueError
 from agent.outbox.front import QueueFront
 from agent.outbox.iothread import QueueThread
 from agent.outbox.memory import ReadLane
+from agent.outbox.port import Message
 from agent.outbox.rows import Row, Unpacked, unpack_payload, unpacked
 from agent.outbox.settings import QueueSettings
 from agent.outbox.store import Opened, QueueStore, Written
@@ -272,6 +273,20 @@ class DiskOutbox(QueueFront):
             self._writing = set()
             self._deleting = 0
             self._ready.set()
+        self._committed(result, batch, rows, deletes, supersede)
+        if result.after_error is not None:
+            await self._write_failed(result.after_error)
+        self._trim_memory()
+
+    def _committed(
+        self,
+        result: Written,
+        batch: list[Message],
+        rows: list[Unpacked],
+        deletes: list[int],
+        supersede: list[tuple[str, int]],
+    ) -> None:
+        """What a commit wrote and deleted, struck off what was waiting for it."""
         if result.inserted or result.deleted:
             self.commits += 1
         for message in batch:
@@ -284,9 +299,6 @@ class DiskOutbox(QueueFront):
         self._update_room()
         if not self._health.ok:
             self._health.recovered(messages_on_disk=self._disk_count)
-        if result.after_error is not None:
-            await self._write_failed(result.after_error)
-        self._trim_memory()
 
     def _applied(self, result: Written, rows: list[Unpacked]) -> None:
         if result.count is not None:  # after a failure: what the file really holds

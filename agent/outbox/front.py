@@ -214,14 +214,23 @@ class QueueFront:
             return None  # the file first forgets what was sent (bounds resends after a kill)
         if self._retry:
             return self._retry.pop(min(self._retry))
+        decided, message = self._next_live()
+        return message if decided else self._next_backlog()
+
+    def _next_live(self) -> tuple[bool, Message | None]:
+        """(True, the message or None to wait) when live data decides; (False, None) when
+        there is no live data to send."""
         if self._live.rows:
-            return message_of(self._live.rows.popleft())
+            return True, message_of(self._live.rows.popleft())
         if self._live_on_disk():  # live that had to leave memory goes before newer live
             self._want_rows()
-            return None
+            return True, None
         live = self._memory.live
         if live and live[0].seq <= self._sendable:
-            return self._memory.pop(live)
+            return True, self._memory.pop(live)
+        return False, None
+
+    def _next_backlog(self) -> Message | None:
         backlog_first = self._backlog.rows or self._backlog_on_disk()
         if backlog_first and not self._backlog.rows:
             self._want_rows()
