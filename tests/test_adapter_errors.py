@@ -603,3 +603,17 @@ def test_exception_codes_have_their_standard_meanings(
 
     assert (meaning, layout_problem) == (refused.meaning, refused.is_layout_problem)
     assert f"unit 1 refused function 3 at 0 (count 2): exception code {code}" == str(refused)
+
+
+async def test_a_line_says_whether_it_is_connected_for_the_agents_state() -> None:
+    async with RogueTcpDevice("ok") as device:
+        port = device.port
+        line = tcp_line(port)
+        before = line.connected
+        values = await line.read(*READ)
+        during = line.connected
+        await line.close()
+
+    assert (False, True, False) == (before, during, line.connected)
+    assert f"127.0.0.1:{port}" == line.endpoint
+    assert values

@@ -74,7 +74,7 @@ async def test_a_silent_device_and_the_counts_are_the_same_in_all_three_views() 
     state = AgentState(queue=outbox, clock=clock, monotonic=now)
     state.track_link(Offline(), Offline())
     sources = pollers(bus)
-    state.track_sources(sources, Offline())
+    state.track_sources(sources, [bus], Offline())
     for source in sources:
         await source.poll_once()
         await source.poll_once()
@@ -85,6 +85,9 @@ async def test_a_silent_device_and_the_counts_are_the_same_in_all_three_views() 
     health = {r.id: r.value for r in health_readings(view, "health")}
 
     assert "not connected; queue 1 messages; not answering: meter2" == status_line(view)
+    assert [("fake", "memory:fake", True)] == [
+        (v.name, v.endpoint, v.connected) for v in view.lines
+    ]
     assert ["meter2"] == fields["devices_failing"]
     assert 1 == health["agent_devices_failing"]
     assert (2, 2) == (fields["readings"], health["agent_readings"])  # meter1, twice
@@ -103,7 +106,7 @@ async def test_the_view_is_a_copy_and_points_are_shown_when_asked() -> None:
     clock = Clock(wall_ms=lambda: WALL_MS, boot_ms=lambda: BOOT_MS, boot_id="b")
     state = AgentState(queue=MemoryOutbox(max_bytes=1000, clock=clock), clock=clock)
     sources = pollers(bus)
-    state.track_sources(sources, Offline())
+    state.track_sources(sources, [bus], Offline())
     await sources[0].poll_once()
 
     before = state.view(points=True)

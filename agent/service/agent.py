@@ -169,7 +169,7 @@ class Agent:
             state=self._state,
         )
         self.configurator.restore_agent_settings()
-        self.state.track_sources(sources, self.configurator)
+        self.state.track_sources(sources, list(self.lines.values()), self.configurator)
 
     def _build_link(self, config: Config) -> None:
         """The broker session and delivery: replaced only when their settings change."""

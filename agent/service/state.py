@@ -50,6 +50,25 @@ class TrustedClock(Protocol):
     def wall_ms(self) -> int: ...
 
 
+class Line(Protocol):
+    """A Modbus connection (agent.sources.modbus.client.ModbusLine)."""
+
+    name: str
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LineView:
+    name: str
+    endpoint: str
+    connected: bool
+
+
 class Tracked(Protocol):
     """A source as the state reads it (DevicePoller and Instrument are)."""
 
@@ -82,6 +101,7 @@ class AgentView:
     clock_trusted: bool
     wall_ms: int
     queue: OutboxStats
+    lines: tuple[LineView, ...]
     sources: tuple[SourceView, ...]
     restamped: int
     settings_written: int
@@ -106,15 +126,20 @@ class AgentState:
         self._session: Session | None = None
         self._delivery: Delivering | None = None
         self._sources: tuple[Tracked, ...] = ()
+        self._lines: tuple[Line, ...] = ()
         self._configurator: Configuring | None = None
 
     def track_link(self, session: Session, delivery: Delivering) -> None:
         """The broker session and delivery in use (replaced when [thing] or [mqtt] change)."""
         self._session, self._delivery = session, delivery
 
-    def track_sources(self, sources: Sequence[Tracked], configurator: Configuring) -> None:
-        """The sources and the configurator now running (replaced on reload)."""
-        self._sources, self._configurator = tuple(sources), configurator
+    def track_sources(
+        self, sources: Sequence[Tracked], lines: Sequence[Line], configurator: Configuring
+    ) -> None:
+        """The sources, their Modbus connections and the configurator now running
+        (replaced on reload)."""
+        self._sources, self._lines = tuple(sources), tuple(lines)
+        self._configurator = configurator
 
     def view(self, *, points: bool = False) -> AgentView:
         now = self._monotonic()
@@ -125,6 +150,7 @@ class AgentState:
             clock_trusted=self._clock.trusted(),
             wall_ms=self._clock.wall_ms(),
             queue=self._queue.stats(),
+            lines=tuple(LineView(line.name, line.endpoint, line.connected) for line in self._lines),
             sources=tuple(
                 SourceView(
                     name=source.name,

@@ -57,6 +57,8 @@ class FakeRegisterBus:
 
     def __init__(self, *, name: str = "fake", latency: float = 0.0, timeout: float = 0.0) -> None:
         self.name = name
+        self.endpoint = f"memory:{name}"  # as the agent's state shows a connection
+        self.connected = True
         self.latency = latency  # seconds each answered request takes (the loop's time)
         self.timeout = timeout  # seconds before a silent unit's DeviceTimeout
         self.requests: list[BusRequest] = []

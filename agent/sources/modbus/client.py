@@ -176,6 +176,15 @@ class ModbusLine:
         async with self._lock:
             self._close()
 
+    @property
+    def connected(self) -> bool:
+        """The socket or serial port is open now (for the agent's state)."""
+        return self._client is not None and bool(self._client.connected)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._config.endpoint)
+
     async def _request(
         self, call: Call, *, unit: int, function: int, address: int, count: int
     ) -> ModbusPDU:
