@@ -10,6 +10,7 @@ a raw number is scaled (`scale`: one rounding rule).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable
@@ -147,4 +148,10 @@ def scale(
     value = raw * (scale if scale is not None else 1.0) + (offset or 0.0)
     if raw_places is None or not math.isfinite(value):
         return value
-    return round(value, max(raw_places + places(scale), places(offset)))
+    return round(value, max(raw_places + _places_of(scale), _places_of(offset)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _places_of(factor: float | None) -> int:
+    """`places` of a scale or an offset: a point's few factors, parsed once each."""
+    return places(factor)

@@ -232,24 +232,30 @@ class ModbusLine:
         """The reply to `request`; raises what pymodbus raised, or ConnectionException as
         soon as the connection closes (pymodbus would wait for its time-out).
 
-        pymodbus runs in a task of its own: a cancellation that Python 3.11's `wait_for`
-        (inside pymodbus) swallows is then the task's, never the caller's.
+        The request runs in the caller's task (a task per request cost 12 µs, more than
+        the rest of a small read): the connection closing expires the time-out at once.
+        A cancellation that Python 3.11's `wait_for` inside pymodbus swallows is raised
+        again afterwards, so the caller is never left running when it was cancelled.
         """
-        task = asyncio.create_task(request, name=f"modbus[{self.name}].request")
-        either: set[asyncio.Future[Any]] = {task, lost}
+        loop = asyncio.get_running_loop()
+        # pymodbus applies its own time-out; ours is the backstop.
+        backstop = asyncio.timeout(self._config.timeout * 2 + 1)
+
+        def expire(_: asyncio.Future[None]) -> None:
+            backstop.reschedule(loop.time())
+
+        lost.add_done_callback(expire)
         try:
-            # pymodbus applies its own time-out; ours is the backstop.
-            async with asyncio.timeout(self._config.timeout * 2 + 1):
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():  # a reply, or pymodbus's error (even if it also dropped the line)
-                return task.result()
-            raise ConnectionException("the connection closed during the request")
+            async with backstop:
+                response = await request
+        except TimeoutError:
+            if lost.done():
+                raise ConnectionException("the connection closed during the request") from None
+            raise
         finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved: what it ended with has been dealt with
+            lost.remove_done_callback(expire)
+        _raise_if_cancelled()
+        return response
 
     def _error(
         self,
@@ -356,3 +362,11 @@ def _reply_problem(response: ModbusPDU, *, function: int, count: int) -> str | N
     if function in _BIT_FUNCTIONS and len(response.bits) < count:
         return f"{len(response.bits)} bits for {count}"
     return None
+
+
+def _raise_if_cancelled() -> None:
+    """Python 3.11's `asyncio.wait_for` can swallow a cancellation that arrives as its
+    inner future completes; pymodbus uses it, so the caller's is raised again here."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -65,6 +65,7 @@ class _PointReader:
         "offset",
         "prefix",
         "scale",
+        "scaled",
         "shape",
         "type",
         "width",
@@ -79,6 +80,7 @@ class _PointReader:
         self.bit = point.bit
         self.scale = point.scale
         self.offset = point.offset
+        self.scaled = point.scale is not None or point.offset is not None
         self.shape = point.shape
         self.width = point.width
         self.filter = ChangeFilter(point.deadband, point.max_silence)
@@ -89,7 +91,7 @@ class _PointReader:
             raw: int | float | bool | str = bool(raw_values[0])
         else:
             raw = decode_registers(raw_values, self.type, byte_order=self.byte_order, bit=self.bit)
-            if isinstance(raw, int | float) and not isinstance(raw, bool):
+            if self.scaled and isinstance(raw, int | float) and not isinstance(raw, bool):
                 # A register's integer has no decimals; a float's are not rounded.
                 places = 0 if isinstance(raw, int) else None
                 raw = scale(raw, scale=self.scale, offset=self.offset, raw_places=places)
