@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 
 class AgentError(Exception):
@@ -75,8 +75,17 @@ class DeviceProtocolError(DeviceError):
         super().__init__(message, connection=connection, unit=unit)
 
 
+RefusalAction = Literal["retry", "split", "park"]
+
+
 class DeviceRefused(AgentError):
-    """The unit answered with a Modbus exception: it understood and said no."""
+    """The unit answered with a Modbus exception: it understood and said no.
+
+    What to do next depends on the code (`action`, from the one table `ACTIONS`): "retry"
+    (the unit cannot serve now: back off as for a time-out and ask again), "split" (the
+    request covers addresses the unit lacks: read them in smaller pieces), "park" (the unit
+    will not serve these points: leave them for a while).
+    """
 
     ILLEGAL_FUNCTION = 1
     ILLEGAL_DATA_ADDRESS = 2
@@ -101,6 +110,25 @@ class DeviceRefused(AgentError):
         GATEWAY_TARGET_FAILED_TO_RESPOND: "gateway target device failed to respond",
     }
 
+    # What each code tells the poller to do (agent.sources.modbus.poller says how).
+    ACTIONS: ClassVar[Mapping[int, RefusalAction]] = {
+        ILLEGAL_FUNCTION: "park",  # this unit has no such table: no smaller request helps
+        ILLEGAL_DATA_ADDRESS: "split",
+        ILLEGAL_DATA_VALUE: "split",  # many units say it of a count that runs past their map
+        SERVER_DEVICE_FAILURE: "retry",
+        ACKNOWLEDGE: "retry",  # accepted, still working on something long: ask again later
+        SERVER_DEVICE_BUSY: "retry",
+        GATEWAY_PATH_UNAVAILABLE: "retry",  # the gateway is overloaded or being set up
+        GATEWAY_TARGET_FAILED_TO_RESPOND: "retry",  # the gateway's time-out for the unit
+        # Memory parity (defined for file records, never a read) says the unit needs service.
+        MEMORY_PARITY_ERROR: "park",
+    }
+    # A code the standard does not define (a vendor's own, the obsolete 7) says nothing about
+    # timing or layout. Parked, it costs the points of that one request the poller's
+    # REFUSED_RETRY_CYCLES; retried like a busy unit, a code that a unit always gives for one
+    # request would cut every cycle short there and keep the whole unit failing.
+    UNKNOWN_ACTION: ClassVar[RefusalAction] = "park"
+
     def __init__(
         self, code: int, *, connection: str, unit: int, function: int, address: int, count: int
     ) -> None:
@@ -121,9 +149,14 @@ class DeviceRefused(AgentError):
         return self.MEANINGS.get(self.code, "not a standard exception code")
 
     @property
+    def action(self) -> RefusalAction:
+        """What to do next: "retry", "split" or "park" (see `ACTIONS`)."""
+        return self.ACTIONS.get(self.code, self.UNKNOWN_ACTION)
+
+    @property
     def is_layout_problem(self) -> bool:
         """The request touched addresses the unit does not have: worth splitting."""
-        return self.code in (self.ILLEGAL_DATA_ADDRESS, self.ILLEGAL_DATA_VALUE)
+        return self.action == "split"
 
 
 class BrokerError(TransientError):

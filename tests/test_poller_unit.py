@@ -36,9 +36,11 @@ class Emitted:
 
     def __init__(self) -> None:
         self.readings: list[Reading] = []
+        self.times: list[float] = []  # the loop's time of each reading
 
     def __call__(self, bucket: str, fragments: list[bytes]) -> None:
         self.readings += [{"bucket": bucket, **json.loads(f)} for f in fragments]
+        self.times += [asyncio.get_running_loop().time()] * len(fragments)
 
     def values(self) -> dict[str, Any]:
         return {r["id"]: r["value"] for r in self.readings}
@@ -46,6 +48,7 @@ class Emitted:
     def take(self) -> dict[str, Any]:
         values = self.values()
         self.readings.clear()
+        self.times.clear()
         return values
 
 
@@ -140,22 +143,27 @@ async def test_a_refused_read_is_split_recursively_down_to_the_point_the_unit_la
             "count": 1,
             "points": ["p5"],
             "code": DeviceRefused.ILLEGAL_DATA_ADDRESS,
+            "meaning": "illegal data address",
             "retry_in_cycles": REFUSED_RETRY_CYCLES,
         }
     ] == events(logs, "read_refused")
     assert (4, 3) == (poller.stats.refused, poller.stats.requests_ok)
 
 
-async def test_the_layout_found_is_kept_for_the_next_cycles() -> None:
+async def test_after_the_split_the_next_cycles_read_the_rest_in_the_fewest_requests() -> None:
     bus = FakeRegisterBus()
     bus.refuse(UNIT, Table.HOLDING, range(5, 6))
-    poller, _ = make_poller(bus, holding(*range(8)))
-    await cycle(poller, bus)
+    with captured_logs() as logs:
+        poller, _ = make_poller(bus, holding(*range(8)))
+        await cycle(poller, bus)
+        later = [await cycle(poller, bus) for _ in range(3)]
 
-    later = [await cycle(poller, bus) for _ in range(3)]
-
-    assert [[(HOLDING, 0, 4), (HOLDING, 4, 1), (HOLDING, 6, 2)]] * 3 == later
+    # Not the halves 0-3, 4 and 6-7: 0-4 and 6-7, around the parked 5.
+    assert [[(HOLDING, 0, 5), (HOLDING, 6, 2)]] * 3 == later
     assert 4 == poller.stats.refused  # nothing refused after the first cycle
+    assert [[("holding", 0, 5), ("holding", 6, 2)]] == [
+        e["requests"] for e in events(logs, "requests_planned")
+    ]
 
 
 async def test_a_refused_point_is_asked_again_every_retry_cycles_and_logged_once() -> None:
@@ -267,13 +275,16 @@ async def test_a_time_out_after_an_answer_ends_the_cycle_without_counting_a_fail
         {"id": "i", "table": "input", "address": 0},
         *holding(0),
     ]
-    poller, emitted = make_poller(bus, points)
-
-    calls = await cycle(poller, bus)
+    with captured_logs() as logs:
+        poller, emitted = make_poller(bus, points)
+        calls = await cycle(poller, bus)
 
     assert [(COIL, 0, 1), (INPUT, 0, 1)] == calls  # holding not asked after the time-out
     assert (1, 0) == (poller.stats.timeouts, poller.stats.consecutive_failures)
     assert {"c": False} == emitted.values()
+    assert [("warning", "unit 1 did not answer function 4 at 0", 1)] == [
+        (e["log_level"], e["error"], e["unsent"]) for e in events(logs, "cycle_cut_short")
+    ]
 
 
 # -- the schedule, in virtual time ----------------------------------------------------------

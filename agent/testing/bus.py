@@ -27,13 +27,14 @@ class BusRequest:
     at: float = field(default=0.0, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Fault:
     unit: int
     table: Table | None  # None: every table
     addresses: range | None  # None: every address
     code: int | None  # a Modbus exception code; None: no answer at all
     functions: frozenset[int] | None  # None: every function
+    times: int | None = None  # requests it still answers; None: until cleared
 
     def matches(self, unit: int, table: Table, function: int, start: int, count: int) -> bool:
         if unit != self.unit or (self.table is not None and table is not self.table):
@@ -52,7 +53,8 @@ class FakeRegisterBus:
     can hand the core what a misbehaving adapter would (a register above 65535).
     A unit that is made silent (`time_out`) waits `timeout` seconds of the loop's time
     and raises DeviceTimeout; a refused range (`refuse`) raises DeviceRefused for any
-    request that touches it, as a device does. Time-outs are checked before refusals.
+    request that touches it, as a device does, or for the next `times` of them only (a
+    unit busy twice, then answering). Time-outs are checked before refusals.
     """
 
     def __init__(self, *, name: str = "fake", latency: float = 0.0, timeout: float = 0.0) -> None:
@@ -85,13 +87,12 @@ class FakeRegisterBus:
         *,
         code: int = DeviceRefused.ILLEGAL_DATA_ADDRESS,
         functions: Collection[int] | None = None,
+        times: int | None = None,
     ) -> None:
-        """Answer requests that touch `addresses` of `table` with exception `code`."""
-        self._faults.append(
-            _Fault(
-                unit, table, addresses, code, None if functions is None else frozenset(functions)
-            )
-        )
+        """Answer requests that touch `addresses` of `table` with exception `code`: every
+        one, or the next `times` of them."""
+        only = None if functions is None else frozenset(functions)
+        self._faults.append(_Fault(unit, table, addresses, code, only, times))
 
     def time_out(
         self, unit: int, table: Table | None = None, addresses: range | None = None
@@ -175,6 +176,10 @@ class FakeRegisterBus:
             await asyncio.sleep(self.latency)
         for fault in self._faults:
             if fault.code is not None and fault.matches(unit, table, function, start, count):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if not fault.times:
+                        self._faults.remove(fault)
                 raise DeviceRefused(
                     fault.code,
                     connection=self.name,

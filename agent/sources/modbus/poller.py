@@ -3,9 +3,31 @@
 Each device runs its own `DevicePoller.run` task. The schedule does not drift: cycle k is
 due at start + k * interval; a cycle that overruns skips the slots it missed. A unit that
 stops answering is backed off exponentially so that the other units on its line keep
-their intervals. A coalesced request that the unit refuses with an illegal-address or
-illegal-data exception is split in halves until every point that can be read is read;
-the layout found is kept for the next cycles.
+their intervals.
+
+A Modbus exception response is handled as its code says, after one table
+(`DeviceRefused.ACTIONS` in agent.errors):
+
+- retry: server device failure (4), acknowledge (5), server device busy (6), gateway path
+  unavailable (10), gateway target device failed to respond (11). As for a time-out, the
+  cycle ends there (its remaining requests are not sent) and, if the unit answered nothing
+  in it, counts as failed: the unit is backed off and asked again within `backoff_max`
+  (`device_unreachable`, with the code and its meaning). A cycle cut short so, or by a
+  time-out, after the unit answered part of it is not a failed cycle; it is logged at most
+  once a minute (`cycle_cut_short`).
+- split: illegal data address (2), illegal data value (3). A request for several points
+  is split in halves, recursively, until every point that can be read is read; a point
+  refused alone is parked. What the unit refused is remembered (`plan.Refusals`) and the
+  next cycles' requests are planned again around it: the fewest requests that cover no
+  refused range whole (an address the unit lacks, a parked point).
+- park: illegal function (1), memory parity error (8) and codes the standard does not
+  define. The request is not split: its points are parked.
+
+A parked request is left out of the plan and asked again alone every REFUSED_RETRY_CYCLES
+cycles; once it answers, its points are planned back in. It is logged when parked
+(`read_refused`, with the code and its meaning), at debug level when refused again
+(`read_still_refused`) and when it answers again (`read_resumed`); a new plan is logged
+as `requests_planned`.
 """
 
 from __future__ import annotations
@@ -32,13 +54,13 @@ from agent.pipeline.readings import (
 )
 from agent.service.logs import Throttle
 from agent.sources.modbus.decode import decode_registers
-from agent.sources.modbus.plan import ReadRequest, Span, plan_reads, split
+from agent.sources.modbus.plan import ReadRequest, Refusals, Span, plan_reads, split
 from agent.sources.modbus.points import Table
 from agent.sources.source import Outage, PointView, SourceStats, backoff, scale
 
 log = structlog.get_logger("agent.poller")
 
-REFUSED_RETRY_CYCLES = 60  # a point the unit refuses alone is tried again this many cycles on
+REFUSED_RETRY_CYCLES = 60  # a parked request is tried again this many cycles on
 
 
 class RegisterBus(Protocol):
@@ -98,10 +120,14 @@ class _PointReader:
         return to_shape(raw, self.shape, width=self.width)
 
 
+def device_spans(device: Device) -> list[Span]:
+    """What a device's points cover, each span indexed by its point."""
+    return [Span(*point.location, point.width, index) for index, point in enumerate(device.points)]
+
+
 def plan_device(device: Device) -> list[ReadRequest]:
     """A device's coalesced reads."""
-    spans = [Span(*point.location, point.width, index) for index, point in enumerate(device.points)]
-    return plan_reads(spans, device.limits)
+    return plan_reads(device_spans(device), device.limits)
 
 
 class DevicePoller:
@@ -130,8 +156,11 @@ class DevicePoller:
         self._emit = emit
         self._wall_ms = wall_ms
         self._readers = [_PointReader(point) for point in device.points]
-        self._limits, self.requests = device.limits, plan_device(device)
-        self._refused_until: dict[ReadRequest, int] = {}
+        self._spans, self._limits = device_spans(device), device.limits
+        self.requests = plan_reads(self._spans, self._limits)  # this cycle's, parked ones left out
+        self._refusals = Refusals()  # what the unit refused as a layout problem
+        self._parked: dict[ReadRequest, int] = {}  # a parked request → the cycle it is retried
+        self._replan = False  # what was learnt in this cycle changes the plan
         self.stats = SourceStats()
         self._throttle = Throttle(interval=60.0)
         self.interval = device.interval
@@ -173,43 +202,57 @@ class DevicePoller:
 
     async def poll_once(self) -> bool:
         """One cycle. False when the unit answered nothing (a transient failure)."""
-        stats = self.stats
-        stats.cycles += 1
-        answered = False
-        failure: DeviceError | None = None
+        self.stats.cycles += 1
         work = deque(self.requests)
+        if self._parked:
+            work.extend(r for r, due in self._parked.items() if due <= self.stats.cycles)
         try:
-            while work:
-                request = work.popleft()
-                # (A request hashes all its spans: look only when something was refused.)
-                if self._refused_until and self._refused_until.get(request, 0) > stats.cycles:
-                    continue
-                try:
-                    values = await self._bus.read(
-                        self.device.unit, request.table, request.start, request.count
-                    )
-                except DeviceRefused as exc:
-                    answered = True
-                    stats.read_errors += 1
-                    stats.refused += 1
-                    work.extendleft(reversed(self._refused(request, exc)))
-                    continue
-                except DeviceError as exc:
-                    stats.read_errors += 1
-                    stats.timeouts += isinstance(exc, DeviceTimeout)
-                    failure = exc
-                    break  # a unit that does not answer is not asked again this cycle
-                answered = True
-                stats.requests_ok += 1
-                self._deliver(request, values, self._wall_ms())
+            answered, failure = await self._ask(work)
         finally:
             await self._bus.end_cycle()
+        if self._replan:
+            self._plan()
         if answered:
             self._outage.answered()
+            if failure is not None and self._throttle.allow("cut_short"):
+                self._log.warning(
+                    "cycle_cut_short", error=str(failure), unsent=len(work), **_code(failure)
+                )
         elif failure is not None:
-            self._outage.failed(failure)
+            self._outage.failed(failure, **_code(failure))
             return False
         return True
+
+    async def _ask(
+        self, work: deque[ReadRequest]
+    ) -> tuple[bool, DeviceError | DeviceRefused | None]:
+        """Send `work` in order; whether the unit answered, and the transient failure that
+        ended the cycle early (what was not sent stays in `work`)."""
+        stats = self.stats
+        answered = False
+        while work:
+            request = work.popleft()
+            try:
+                values = await self._bus.read(
+                    self.device.unit, request.table, request.start, request.count
+                )
+            except DeviceRefused as exc:
+                stats.read_errors += 1
+                stats.refused += 1
+                if exc.action == "retry":
+                    return answered, exc  # as a time-out: the unit cannot serve now
+                answered = True
+                work.extendleft(reversed(self._refused(request, exc)))
+                continue
+            except DeviceError as exc:
+                stats.read_errors += 1
+                stats.timeouts += isinstance(exc, DeviceTimeout)
+                return answered, exc  # a unit that does not answer is not asked again this cycle
+            answered = True
+            stats.requests_ok += 1
+            self._answered(request)
+            self._deliver(request, values, self._wall_ms())
+        return answered, None
 
     def _deliver(
         self, request: ReadRequest, values: list[int] | list[bool], timestamp_ms: int
@@ -236,36 +279,74 @@ class DevicePoller:
             self._emit(bucket, parts)
 
     def _refused(self, request: ReadRequest, exc: DeviceRefused) -> list[ReadRequest]:
-        """Replace a refused request by its halves; park a lone refused point for a while."""
-        if exc.is_layout_problem and len(request.spans) > 1:
-            parts = split(request, self._limits)
-            index = self.requests.index(request)
-            self.requests[index : index + 1] = parts
-            self._log.info(
-                "request_split",
-                table=str(request.table),
-                start=request.start,
-                count=request.count,
-                into=[(p.start, p.count) for p in parts],
-                code=exc.code,
-            )
-            return parts
-        self._refused_until[request] = self.stats.cycles + REFUSED_RETRY_CYCLES
-        points = [self._readers[s.index].id for s in request.spans]
-        if self._throttle.allow(("refused", request)):
-            self._log.warning(
-                "read_refused",
-                table=str(request.table),
-                start=request.start,
-                count=request.count,
-                points=points,
-                code=exc.code,
-                retry_in_cycles=REFUSED_RETRY_CYCLES,
-            )
+        """What to ask instead of a refused request: its halves, or nothing (it is parked)."""
+        if exc.action == "split":
+            self._refusals.refused(request.table, request.start, request.end)
+            self._replan = True
+            if len(request.spans) > 1:
+                self._parked.pop(request, None)  # parked before for another code: split now
+                parts = split(request, self._limits)
+                self._log.info(
+                    "request_split",
+                    **_where(request),
+                    into=[(p.start, p.count) for p in parts],
+                    **_code(exc),
+                )
+                return parts
+        self._park(request, exc)
         return []
+
+    def _park(self, request: ReadRequest, exc: DeviceRefused) -> None:
+        """Leave the request's points out until its retry cycle; said once at warning."""
+        again = request in self._parked
+        self._parked[request] = self.stats.cycles + REFUSED_RETRY_CYCLES
+        self._replan |= not again
+        say = self._log.debug if again else self._log.warning
+        say(
+            "read_still_refused" if again else "read_refused",
+            **_where(request),
+            points=self._points(request),
+            **_code(exc),
+            retry_in_cycles=REFUSED_RETRY_CYCLES,
+        )
+
+    def _answered(self, request: ReadRequest) -> None:
+        """What an answer tells: a refusal void, a parked request served again."""
+        if self._refusals and self._refusals.answered(request.table, request.start, request.end):
+            self._replan = True
+        # (A request hashes all its spans: look only when something is parked.)
+        if self._parked and self._parked.pop(request, None) is not None:
+            self._replan = True
+            self._log.info("read_resumed", **_where(request), points=self._points(request))
+
+    def _plan(self) -> None:
+        """The requests for the points not parked, around what the unit refused."""
+        self._replan = False
+        parked = {span.index for request in self._parked for span in request.spans}
+        spans = [span for span in self._spans if span.index not in parked]
+        planned = plan_reads(spans, self._limits, self._refusals.ranges())
+        if planned != self.requests:
+            self._log.info(
+                "requests_planned", requests=[(str(r.table), r.start, r.count) for r in planned]
+            )
+        self.requests = planned
+
+    def _points(self, request: ReadRequest) -> list[str]:
+        return [self._readers[span.index].id for span in request.spans]
 
     def point_views(self, now: float) -> Iterator[PointView]:
         """Each point's last report, for the agent's state."""
         for reader in self._readers:
             last, at = reader.filter.last()
             yield PointView(reader.id, reader.bucket, last, None if last is None else now - at)
+
+
+def _where(request: ReadRequest) -> dict[str, object]:
+    return {"table": str(request.table), "start": request.start, "count": request.count}
+
+
+def _code(error: DeviceError | DeviceRefused) -> dict[str, object]:
+    """A refusal's code and what it means, for a log line."""
+    if isinstance(error, DeviceRefused):
+        return {"code": error.code, "meaning": error.meaning}
+    return {}
