@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what orio-agent needs to run its demo, tests and benchmarks on Debian 12:
-# mosquitto (a real broker), socat (pty pairs standing in for serial lines), fuse3 (a file
-# system that forgets unsynced writes, for power-cut tests), a venv.
+# mosquitto (a real broker), rabbitmq-server (a second one, whose MQTT plugin sends retained
+# messages to no wildcard subscription), socat (pty pairs standing in for serial lines), fuse3
+# (a file system that forgets unsynced writes, for power-cut tests), a venv.
 # One progress line per step on stderr; apt's and pip's own output only when they fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ changed=false
 need_apt=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_sub >/dev/null || need_apt+=(mosquitto-clients)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)   # sim/rabbitmq.py
 command -v socat >/dev/null || need_apt+=(socat)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # the unit file's tests
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)   # libfuse 3 for sim.lazyfs (power-cut tests)
@@ -25,13 +27,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
     changed=true
-    # The demo and the tests start their own broker on a free loopback port; Debian's
-    # mosquitto service (localhost:1883), started by the install, is left as it is.
-    if [[ " ${need_apt[*]} " == *" mosquitto "* ]] && command -v systemctl >/dev/null &&
-        systemctl is-active --quiet mosquitto 2>/dev/null; then
-        say "Debian's mosquitto service now runs on localhost:1883; the demo and the tests" \
-            "do not use it (to stop it: systemctl disable --now mosquitto)"
-    fi
+    # The demo and the tests start their own brokers on free loopback ports; Debian's
+    # services (mosquitto on localhost:1883, rabbitmq-server on 5672), started by the
+    # install, are left as they are.
+    for service in mosquitto rabbitmq-server; do
+        if [[ " ${need_apt[*]} " == *" $service "* ]] && command -v systemctl >/dev/null &&
+            systemctl is-active --quiet "$service" 2>/dev/null; then
+            say "Debian's $service service now runs; the demo and the tests do not use it" \
+                "(to stop it: systemctl disable --now $service)"
+        fi
+    done
 fi
 
 if [ ! -x .venv/bin/python ]; then

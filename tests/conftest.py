@@ -17,6 +17,7 @@ from sim.cloud import CloudClient
 from sim.plant import PlantServer, SimUnit, serve_tcp
 from sim.pty import PtyPair
 from tests.lazyfs_fixture import lazyfs  # the power-cut file system (sim/lazyfs.py)
+from tests.rabbitmq_fixture import rabbitmq, rabbitmq_node  # noqa: F401 - fixtures: a second broker
 from tests.tls_fixture import tls_pki  # noqa: F401 - a fixture: throwaway CAs and certificates
 
 __all__ = ["free_port", "lazyfs"]  # re-exported: free_port for test modules, lazyfs as a fixture

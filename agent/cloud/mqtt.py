@@ -6,7 +6,9 @@ packet id arrives. `_AckTracker` turns that into a future per publish, so the ou
 delete a message only once the broker has it. gmqtt's own reconnects are switched off
 (`_Client.reconnect`): `MqttSession.run` owns the connection, with capped, jittered
 exponential back-off, and each connection starts a clean session — whatever was in
-flight when a connection dropped is still in the outbox and is sent again.
+flight when a connection dropped is still in the outbox and is sent again. After each
+CONNACK the session subscribes, in one SUBSCRIBE packet, to what `subscriptions()` names
+then (a reload may have changed it).
 
 What connecting raises (gmqtt's refusal, ssl's, the socket's) is translated in one place,
 `broker_error`, by the table `ERRORS` and, for a refusal, by its CONNACK code: a TLS
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
-from gmqtt import Client
+from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import (
     CONNACK_REFUSED_BAD_USERNAME_PASSWORD,
     CONNACK_REFUSED_NOT_AUTHORIZED,
@@ -68,8 +70,9 @@ CONNACK_ERRORS: Mapping[int, type[BrokerRefused]] = {
 }
 
 _CLOSE_TIMEOUT = 5.0
-# The socket closed while connecting: a CONNACK read before the close (a refused login) is
-# handled within a few loop turns and no further I/O; this long is left for it.
+# The socket closed after a CONNACK (a refused login): `connect()` raises the refusal within
+# a few loop turns and no further I/O; this long at most is left for it. Without a CONNACK
+# the attempt fails at once.
 _CONNACK_GRACE = 0.5
 
 
@@ -106,12 +109,30 @@ class _Client(Client):  # type: ignore[misc]
     async def reconnect(self, delay: bool = False) -> None:
         """Reconnects belong to MqttSession.run, not to gmqtt."""
 
+    @property
+    def connack_handled(self) -> bool:
+        """This attempt's CONNACK, accepted or refused, is handled.
+
+        gmqtt clears the event when it opens a connection and sets it when a CONNACK is
+        handled, before the DISCONNECT it queues when the socket closes.
+        """
+        return bool(self._connack_received.is_set())
+
 
 MessageHandler = Callable[[str, bytes], None]
+Topics = Callable[[], Iterable[str]]
+
+
+def _no_topics() -> Iterable[str]:
+    return ()
 
 
 class MqttSession:
-    """The thing's connection to the broker: connect, stay connected, publish at QoS 1."""
+    """The thing's connection to the broker: connect, stay connected, publish at QoS 1.
+
+    `subscriptions` is asked after every CONNACK for the topic filters to subscribe to
+    (QoS 1, one SUBSCRIBE packet); a clean session holds none from the last connection.
+    """
 
     def __init__(
         self,
@@ -119,7 +140,7 @@ class MqttSession:
         thing_id: str,
         secret: str,
         config: MqttConfig,
-        subscriptions: Iterable[str] = (),
+        subscriptions: Topics = _no_topics,
         on_message: MessageHandler | None = None,
         on_connect: Callable[[], None] | None = None,
     ) -> None:
@@ -127,7 +148,7 @@ class MqttSession:
         self._username = thing_id
         self._secret = secret
         self._config = config
-        self._subscriptions = list(subscriptions)
+        self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connect = on_connect
         self._connected = asyncio.Event()
@@ -144,6 +165,11 @@ class MqttSession:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The topic filters the next connection subscribes to, each once, in order."""
+        return list(dict.fromkeys(self._subscriptions()))
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
         """Send at QoS 1; the future completes at PUBACK or fails with ConnectionLost."""
@@ -216,8 +242,9 @@ class MqttSession:
             if error is None:
                 raise
             raise error from exc
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+        topics = self.subscriptions
+        if topics:
+            client.subscribe([Subscription(topic, qos=1) for topic in topics])
         self._connected.set()
         self._log.info("mqtt_connected", tls=config.tls)
         if self._on_connect is not None:
@@ -227,9 +254,11 @@ class MqttSession:
         """`client.connect()`, given up as soon as the connection closes without a CONNACK.
 
         gmqtt would wait for the CONNACK until the time-out and the cause would read "timed
-        out": with TLS 1.3 a broker refusing the client's certificate (mutual TLS, none
-        given or one it does not trust) closes the connection after the handshake has
-        completed on the client's side.
+        out": a port that accepts and closes (a proxy or load balancer whose backend is
+        down) or resets, or with TLS 1.3 a broker refusing the client's certificate (mutual
+        TLS, none given or one it does not trust), which closes the connection after the
+        handshake has completed on the client's side. Such an attempt fails at once and
+        goes through the back-off.
         """
         config = self._config
         connecting = asyncio.create_task(
@@ -245,7 +274,7 @@ class MqttSession:
         lost = asyncio.create_task(self._lost.wait(), name="mqtt_connect_lost")
         try:
             await asyncio.wait({connecting, lost}, return_when=asyncio.FIRST_COMPLETED)
-            if not connecting.done():
+            if not connecting.done() and client.connack_handled:
                 await asyncio.wait({connecting}, timeout=_CONNACK_GRACE)
             if connecting.done():
                 connecting.result()  # connected, or the broker's refusal

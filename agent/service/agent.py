@@ -173,11 +173,18 @@ class Agent:
 
     def _build_link(self, config: Config) -> None:
         """The broker session and delivery: replaced only when their settings change."""
+        expected = expected_prefix(config.thing_id)
         self.session = MqttSession(
             thing_id=config.thing_id,
             secret=config.secret.get_secret_value(),
             config=config.mqtt,
-            subscriptions=[expected_prefix(config.thing_id) + "#"],
+            # Each declared group's own topic, since RabbitMQ sends a retained message to
+            # no wildcard subscription; and the wildcard, so that messages for undeclared
+            # groups are seen and rejected. Asked at every connect, of the current groups.
+            subscriptions=lambda: [
+                *(expected + g for g in self.configurator.groups),
+                expected + "#",
+            ],
             on_message=lambda topic, payload: self.configurator.on_message(topic, payload),
             on_connect=lambda: self.configurator.on_connected(),
         )
