@@ -13,6 +13,7 @@ Every broker test runs against a mosquitto of its own and against the session's 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from agent.config import load_config
+from agent.service.agent import Agent
 from agent.testing import captured_logs
 from sim.broker import Broker, BrokerFactory
 from sim.cloud import CloudClient, Message, thing_client
@@ -145,6 +148,40 @@ async def test_a_retained_message_that_mosquitto_sends_twice_writes_the_device_o
 
     assert [600] == sim_unit.get_registers("holding", 806)
     assert 1 == sim_unit.write_count
+
+
+async def test_a_group_added_by_a_reload_gets_its_retained_config_at_once(
+    tmp_path: Path,
+    rabbitmq: RabbitMqBroker,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+) -> None:
+    """The session is kept by the reload; the new group is subscribed there and then."""
+    cloud = CloudClient.for_broker(rabbitmq, clean_session=True)
+    await cloud.connect()
+    full = config_text(rabbitmq, tcp_plant, tmp_path)
+    mode = full.index('[[config_groups]]\nname = "gw-1-mode"')
+    without_mode = full[:mode] + full[full.index('[[config_groups]]\nname = "agent"') :]
+    path = tmp_path / "agent.toml"
+    path.write_text(without_mode)
+    agent = Agent(load_config(path), config_path=path)
+    stop, reload = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(agent.run(stop, reload), name="agent")
+    try:
+        await cloud.wait_for(reported_with("gw-1-setting", {}), timeout=WAIT)
+        await cloud.publish_expected("gw-1-mode", [{"id": "GW1_00800", "value": 1}])
+        path.write_text(full)
+        reload.set()
+        await cloud.wait_for(reported_with("gw-1-mode", {"GW1_00800": 1}), timeout=WAIT)
+        connects = agent.session.reconnects
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=WAIT)
+        await clear_expected(cloud)
+        await cloud.disconnect()
+
+    assert [True] == sim_unit.get_bits("coil", 799)
+    assert 0 == connects
 
 
 # -- the configurator, given the same message twice ---------------------------------------

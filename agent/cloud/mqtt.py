@@ -171,6 +171,16 @@ class MqttSession:
         """The topic filters the next connection subscribes to, each once, in order."""
         return list(dict.fromkeys(self._subscriptions()))
 
+    def resubscribe(self) -> None:
+        """Subscribe now to what `subscriptions()` names, if connected (after a reload that
+        kept the session: a new group's retained config then arrives at once). A filter
+        subscribed again brings its retained message again; the configurator writes
+        nothing for a value the device holds."""
+        client = self._client
+        topics = self.subscriptions
+        if client is not None and self._connected.is_set() and topics:
+            client.subscribe([Subscription(topic, qos=1) for topic in topics])
+
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
         """Send at QoS 1; the future completes at PUBACK or fails with ConnectionLost."""
         client = self._client

@@ -277,6 +277,7 @@ class Agent:
             link = self._start_link()
         else:
             self._build_sources(new)
+            self.session.resubscribe()  # the groups declared now, a new one's retained config
             if self.session.connected:
                 self.configurator.on_connected()  # report the groups as they are now
         logs.configure(level=self.log_level.level, fmt=new.log.format)  # the cloud's, if it set one
