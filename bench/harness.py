@@ -1211,7 +1211,9 @@ class BenchRun:
             result["rtu"] = {
                 "baudrate": layout.baudrate,
                 "line": "emulated" if layout.emulate_line else "bare pty",
-                "bits_per_request": line.transaction_bits(layout.registers_per_unit),
+                "bits_per_request": line.transaction_bits(
+                    layout.baudrate, layout.registers_per_unit
+                ),
                 "theoretical_requests_per_s": round(theory, 1),
                 "achieved_percent_of_theoretical": round(
                     100 * (result["requests_per_s"] or 0) / theory, 1

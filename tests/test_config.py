@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import MASK, AgentTarget, RegisterTarget, load_config, load_settings, masked
+from agent.config import (
+    MASK,
+    AgentTarget,
+    RegisterTarget,
+    SerialSettings,
+    load_config,
+    load_settings,
+    masked,
+)
 from agent.errors import ConfigError, ConfigProblem
 from agent.sources.modbus.points import Table, parse_classic_address
 
@@ -1196,3 +1204,29 @@ def test_importlib_metadata_stays_out_of_the_agent() -> None:
     )
 
     assert "False" == result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("baudrate", "silence_ms"),
+    [(9600, 4.010), (19200, 2.005), (38400, 1.75), (115200, 1.75)],
+)
+def test_an_rtu_line_keeps_the_specifications_silence(
+    write: Write, baudrate: int, silence_ms: float
+) -> None:
+    rtu = f'[[modbus]]\nname = "rs485"\ntransport = "rtu"\ndevice = "/dev/ttyS1"\nbaudrate = {baudrate}\n'
+    rtu += '  [[modbus.devices]]\n  name = "m3"\n  bucket = "b"\n  points = [{ id = "v", address = "40001" }]\n'
+    config = load_config(write(edit("[[config_groups]]", rtu + "\n[[config_groups]]")))
+
+    endpoint = config.connections[1].endpoint
+    assert isinstance(endpoint, SerialSettings)
+    assert silence_ms == pytest.approx(endpoint.silence * 1000, abs=0.001)
+
+
+def test_an_rtu_line_may_keep_a_silence_of_its_own(write: Write) -> None:
+    rtu = '[[modbus]]\nname = "rs485"\ntransport = "rtu"\ndevice = "/dev/ttyS1"\nbaudrate = 115200\ninter_frame = 0.005\n'
+    rtu += '  [[modbus.devices]]\n  name = "m3"\n  bucket = "b"\n  points = [{ id = "v", address = "40001" }]\n'
+    config = load_config(write(edit("[[config_groups]]", rtu + "\n[[config_groups]]")))
+
+    endpoint = config.connections[1].endpoint
+    assert isinstance(endpoint, SerialSettings)
+    assert 0.005 == endpoint.silence

@@ -31,6 +31,18 @@ from agent.sources.modbus.points import ByteOrder, PointType, Table
 
 MASK = "**********"
 
+RTU_CHAR_BITS = 11  # start, 8 data, parity or a second stop, stop: the specification's frame
+RTU_FIXED_SILENCE = 0.00175  # seconds, above 19200 baud (Modbus over serial line, 2.5.1.1)
+
+
+def rtu_silence(baudrate: int) -> float:
+    """The inter-frame silence the Modbus serial line specification asks for: 3.5
+    character times up to 19200 baud, a fixed 1.75 ms above (3.5 characters would be
+    0.33 ms at 115200, shorter than many slaves keep)."""
+    if baudrate > 19200:
+        return RTU_FIXED_SILENCE
+    return 3.5 * RTU_CHAR_BITS / baudrate
+
 
 @dataclass(frozen=True, slots=True)
 class Point:
@@ -87,6 +99,7 @@ class SerialSettings:
     parity: Literal["N", "E", "O"]
     bytesize: Literal[7, 8]
     stopbits: Literal[1, 2]
+    silence: float  # seconds of quiet line between frames (rtu_silence, or inter_frame)
 
     def __str__(self) -> str:
         return self.device

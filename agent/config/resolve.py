@@ -24,6 +24,7 @@ from agent.config.model import (
     SerialSettings,
     Setting,
     TcpEndpoint,
+    rtu_silence,
 )
 from agent.config.schema import (
     AgentSettings,
@@ -69,8 +70,9 @@ def connection(conn: ModbusConfig) -> Connection:
         endpoint = TcpEndpoint(conn.host, conn.port)
     else:
         assert conn.device, "checked by agent.config.checks"
+        silence = conn.inter_frame if conn.inter_frame is not None else rtu_silence(conn.baudrate)
         endpoint = SerialSettings(
-            conn.device, conn.baudrate, conn.parity, conn.bytesize, conn.stopbits
+            conn.device, conn.baudrate, conn.parity, conn.bytesize, conn.stopbits, silence
         )
     return Connection(
         name=conn.name,

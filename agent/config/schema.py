@@ -161,6 +161,9 @@ class ModbusConfig(_Section):
     max_bits: int = Field(MAX_READ_BITS, ge=1, le=MAX_READ_BITS)
     connect_delay: float = Field(0.0, ge=0, le=60)
     request_delay: float = Field(0.0, ge=0, le=60)
+    # RTU: the silence between frames, seconds; default the specification's (see
+    # agent.config.model.rtu_silence).
+    inter_frame: float | None = Field(None, ge=0, le=1)
     close_after_cycle: bool = False
     devices: list[DeviceConfig] = Field(min_length=1)
 

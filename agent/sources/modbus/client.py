@@ -46,8 +46,6 @@ log = structlog.get_logger("agent.modbus")
 _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
 _BIT_FUNCTIONS = frozenset({1, 2})
 _REGISTER_FUNCTIONS = frozenset({3, 4})
-_RTU_SILENCE_CHARS = 3.5  # inter-frame silence, in character times
-_BITS_PER_CHAR = 11  # start + 8 data + parity/stop: the spec's worst case
 _SHOWN_BYTES = 32  # of a reply that could not be used, in the error's message
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -121,8 +119,7 @@ class ModbusLine:
         self._last_request_end = 0.0
         self._delay = config.request_delay
         if isinstance(config.endpoint, SerialSettings):
-            silence = _RTU_SILENCE_CHARS * _BITS_PER_CHAR / config.endpoint.baudrate
-            self._delay = max(self._delay, silence)
+            self._delay = max(self._delay, config.endpoint.silence)
 
     async def read(self, unit: int, table: Table, start: int, count: int) -> list[int] | list[bool]:
         """Registers (or bits) `start` to `start+count` of `unit`; raises DeviceError."""
