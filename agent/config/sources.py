@@ -17,7 +17,6 @@ recorded on the source and reported with the others; sources never raise.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,18 +66,14 @@ class EnvironmentSource(EnvSettingsSource):
             return {}
         return decoded
 
-    def __call__(self) -> dict[str, Any]:
-        return {} if refused_variables(os.environ) else super().__call__()
-
 
 def refused_variables(environ: Mapping[str, str]) -> list[str]:
     """Variables that would address an element of an array of tables."""
-    prefixes = tuple(ENV_PREFIX + section.upper() for section in LIST_SECTIONS)
     return sorted(
         name
         for name in environ
-        if name.upper().startswith(prefixes)
-        and name.upper().removeprefix(ENV_PREFIX).split(ENV_DELIMITER)[0].lower() in LIST_SECTIONS
+        if name.upper().startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].split(ENV_DELIMITER)[0].lower() in LIST_SECTIONS
     )
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
 
-from agent.pipeline.readings import Value
+from agent.pipeline.readings import ChangeFilter, Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +58,21 @@ class SourceStats:
     @property
     def failing(self) -> bool:
         return self.consecutive_failures > 0
+
+
+class Reported(Protocol):
+    """A point as a source keeps it: its id, bucket and deadband filter."""
+
+    id: str
+    bucket: str
+    filter: ChangeFilter
+
+
+def point_views(points: Iterable[Reported], now: float) -> Iterator[PointView]:
+    """Each point's last report and its age at monotonic `now`, for the agent's state."""
+    for point in points:
+        last, at = point.filter.last()
+        yield PointView(point.id, point.bucket, last, None if last is None else now - at)
 
 
 class Source(Protocol):

@@ -300,17 +300,16 @@ class ModbusLine:
         # reconnect_delay=0: pymodbus does not reconnect by itself; the pollers' back-off
         # decides when to try again. retries=0: a failed read is reported, not repeated.
         endpoint = config.endpoint
+        common: dict[str, Any] = {
+            "timeout": config.timeout,
+            "retries": 0,
+            "reconnect_delay": 0,
+            "name": config.name,
+            "trace_packet": wire.trace_packet,
+            "trace_connect": wire.trace_connect,
+        }
         if isinstance(endpoint, TcpEndpoint):
-            client = AsyncModbusTcpClient(
-                endpoint.host,
-                port=endpoint.port,
-                timeout=config.timeout,
-                retries=0,
-                reconnect_delay=0,
-                name=config.name,
-                trace_packet=wire.trace_packet,
-                trace_connect=wire.trace_connect,
-            )
+            client = AsyncModbusTcpClient(endpoint.host, port=endpoint.port, **common)
         else:
             client = AsyncModbusSerialClient(
                 endpoint.device,
@@ -318,12 +317,7 @@ class ModbusLine:
                 parity=endpoint.parity,
                 bytesize=endpoint.bytesize,
                 stopbits=endpoint.stopbits,
-                timeout=config.timeout,
-                retries=0,
-                reconnect_delay=0,
-                name=config.name,
-                trace_packet=wire.trace_packet,
-                trace_connect=wire.trace_connect,
+                **common,
             )
         where = str(endpoint)
         try:

@@ -56,7 +56,7 @@ from agent.service.logs import Throttle
 from agent.sources.modbus.decode import decode_registers
 from agent.sources.modbus.plan import ReadRequest, Refusals, Span, plan_reads, split
 from agent.sources.modbus.points import Table
-from agent.sources.source import Outage, PointView, SourceStats, backoff, scale
+from agent.sources.source import Outage, PointView, SourceStats, backoff, point_views, scale
 
 log = structlog.get_logger("agent.poller")
 
@@ -335,10 +335,7 @@ class DevicePoller:
         return [self._readers[span.index].id for span in request.spans]
 
     def point_views(self, now: float) -> Iterator[PointView]:
-        """Each point's last report, for the agent's state."""
-        for reader in self._readers:
-            last, at = reader.filter.last()
-            yield PointView(reader.id, reader.bucket, last, None if last is None else now - at)
+        return point_views(self._readers, now)
 
 
 def _where(request: ReadRequest) -> dict[str, object]:

@@ -33,7 +33,7 @@ from agent.pipeline.readings import ChangeFilter, Reading, Value, ValueType, now
 from agent.service.logs import Throttle
 from agent.sources.serial import nmea
 from agent.sources.serial.lines import LineFramer, regex_fields
-from agent.sources.source import Outage, PointView, SourceStats, backoff, places, scale
+from agent.sources.source import Outage, PointView, SourceStats, backoff, places, point_views, scale
 
 log = structlog.get_logger("agent.instrument")
 
@@ -303,7 +303,4 @@ class Instrument:
         return backoff(self.interval, attempt, self.config.backoff_max)
 
     def point_views(self, now: float) -> Iterator[PointView]:
-        """Each point's last report, for the agent's state."""
-        for point in self._points:
-            last, at = point.filter.last()
-            yield PointView(point.id, point.bucket, last, None if last is None else now - at)
+        return point_views(self._points, now)
