@@ -44,3 +44,31 @@ def test_an_unreadable_file_is_logged_and_the_agent_starts_without_it(tmp_path: 
 
     assert ["settings_state_unreadable"] == [e["event"] for e in logs]
     assert state.get("g", "s") is None
+
+
+def test_entries_of_the_wrong_shape_are_ignored_and_the_rest_kept(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(
+        '{"g": {"ok": {"value": 600, "form": "integer"}, "no_value": {"form": null},'
+        ' "nested": {"value": [1, 2]}, "bad_form": {"value": 1, "form": 3}},'
+        ' "not_a_group": "x", "also": 7}'
+    )
+
+    with captured_logs() as logs:
+        state = SettingsState(path)
+
+    assert {"value": 600, "form": "integer"} == state.get("g", "ok")
+    assert [None, None, None] == [state.get("g", k) for k in ("no_value", "nested", "bad_form")]
+    assert state.get("not_a_group", "x") is None
+    assert [("settings_state_entries_ignored", 5)] == [(e["event"], e["count"]) for e in logs]
+
+
+def test_a_file_that_is_not_an_object_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text("[1, 2, 3]")
+
+    with captured_logs() as logs:
+        state = SettingsState(path)
+
+    assert state.get("g", "s") is None
+    assert ["settings_state_entries_ignored"] == [e["event"] for e in logs]

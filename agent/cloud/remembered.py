@@ -28,10 +28,12 @@ class SettingsState:
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text(encoding="utf-8"))
-                if isinstance(loaded, dict):
-                    self._values = loaded
             except (OSError, ValueError) as exc:
                 log.error("settings_state_unreadable", path=str(path), error=str(exc))
+            else:
+                self._values, ignored = _entries(loaded)
+                if ignored:  # a hand edit, another version: the rest still applies
+                    log.error("settings_state_entries_ignored", path=str(path), count=ignored)
 
     def get(self, group: str, key: str) -> dict[str, Any] | None:
         return self._values.get(group, {}).get(key)
@@ -56,3 +58,29 @@ class SettingsState:
             temporary.replace(self._path)
         except OSError as exc:
             log.error("settings_state_not_saved", path=str(self._path), error=str(exc))
+
+
+def _entries(loaded: object) -> tuple[dict[str, dict[str, dict[str, Any]]], int]:
+    """The well-formed entries of a loaded file ({group: {id: {"value", "form"}}}), and
+    how many others there were: start-up reads these, and must not fail on the rest."""
+    if not isinstance(loaded, dict):
+        return {}, 1
+    kept: dict[str, dict[str, dict[str, Any]]] = {}
+    ignored = 0
+    for group, entries in loaded.items():
+        if not isinstance(entries, dict):
+            ignored += 1
+            continue
+        for key, entry in entries.items():
+            if (
+                isinstance(entry, dict)
+                and isinstance(entry.get("value"), bool | int | float | str)
+                and isinstance(entry.get("form"), str | None)
+            ):
+                kept.setdefault(group, {})[key] = {
+                    "value": entry["value"],
+                    "form": entry.get("form"),
+                }
+            else:
+                ignored += 1
+    return kept, ignored
