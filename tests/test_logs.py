@@ -353,3 +353,5 @@ def test_pydantic_settings_debug_output_never_shows_the_secret(
 
     captured = capsys.readouterr()
     assert secret not in captured.out + captured.err
+    # What keeps it so, whatever the root logger's level: the library's own is capped.
+    assert logging.getLogger("pydantic_settings").level >= logging.WARNING
