@@ -91,13 +91,10 @@ class _Point:
         number = float(raw)
         if not math.isfinite(number):
             raise ValueError(f"non-finite value {raw!r}")
-        written = raw.strip() if isinstance(raw, str) else None  # a number as text has places
-        number = scale(
-            number,
-            scale=self.scale,
-            offset=self.offset,
-            raw_places=places(written) if written is not None else None,
-        )
+        if self.scale is not None or self.offset is not None:
+            # A number read as text has the places it was written with.
+            written = places(raw.strip()) if isinstance(raw, str) else None
+            number = scale(number, scale=self.scale, offset=self.offset, raw_places=written)
         if self.shape == "integer":
             return round(number)
         return number
