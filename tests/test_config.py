@@ -1230,3 +1230,89 @@ def test_an_rtu_line_may_keep_a_silence_of_its_own(write: Write) -> None:
     endpoint = config.connections[1].endpoint
     assert isinstance(endpoint, SerialSettings)
     assert 0.005 == endpoint.silence
+
+
+# --- transports and per-point intervals ----------------------------------------------------
+
+SERIAL_DEVICE = '  [[modbus.devices]]\n  name = "m3"\n  bucket = "b"\n  points = [{ id = "v", address = "40001" }]\n'
+
+
+@pytest.mark.parametrize(
+    ("transport", "framing", "silence"),
+    [("rtu", "rtu", 0.00401), ("ascii", "ascii", 0.0)],
+)
+def test_a_serial_transport_takes_its_framing_and_silence(
+    write: Write, transport: str, framing: str, silence: float
+) -> None:
+    line = f'[[modbus]]\nname = "line"\ntransport = "{transport}"\ndevice = "/dev/ttyS1"\nlow_latency = true\nrs485 = true\n'
+    config = load_config(
+        write(edit("[[config_groups]]", line + SERIAL_DEVICE + "\n[[config_groups]]"))
+    )
+
+    connection = config.connections[1]
+    assert isinstance(connection.endpoint, SerialSettings)
+    assert (framing, True, True) == (
+        connection.framing,
+        connection.endpoint.low_latency,
+        connection.endpoint.rs485,
+    )
+    assert silence == pytest.approx(connection.endpoint.silence, abs=1e-5)
+
+
+def test_rtu_over_tcp_is_a_tcp_endpoint_with_rtu_framing(write: Write) -> None:
+    config = load_config(
+        write(edit('transport = "tcp"', 'transport = "rtu-over-tcp"\nport = 4001'))
+    )
+
+    connection = config.connections[0]
+    assert ("rtu", "192.168.10.20:4001") == (connection.framing, str(connection.endpoint))
+
+
+def test_serial_keys_on_a_tcp_transport_are_refused(write: Write) -> None:
+    text = edit(
+        'host = "192.168.10.20"\n', 'host = "192.168.10.20"\nlow_latency = true\nrs485 = false\n'
+    )
+
+    assert rendered(write(text)) == [
+        "FILE:13: modbus[0].low_latency: `low_latency` applies to a serial line, not to tcp",
+        "FILE:14: modbus[0].rs485: `rs485` applies to a serial line, not to tcp",
+    ]
+
+
+def test_rtu_over_tcp_without_host_is_refused(write: Write) -> None:
+    text = edit('transport = "tcp"\nhost = "192.168.10.20"\n', 'transport = "rtu-over-tcp"\n')
+
+    assert rendered(write(text)) == [
+        "FILE:9: modbus[0].host: an rtu-over-tcp connection needs `host`"
+    ]
+
+
+def test_a_point_interval_is_kept_when_it_differs_from_its_devices(write: Write) -> None:
+    text = edit(
+        '{ id = "m2_b", address = "40002" }', '{ id = "m2_b", address = "40002", interval = 60 }'
+    )
+    text = edit(
+        '{ id = "m2_a", address = "40001" }',
+        '{ id = "m2_a", address = "40001", interval = 1 }',
+        text,
+    )
+    device = load_config(write(text)).connections[0].devices[1]
+
+    assert [None, 60.0, None, None] == [point.interval for point in device.points]
+
+
+@pytest.mark.parametrize("interval", ["2.5", "0.5"])
+def test_a_point_interval_that_is_not_a_multiple_of_its_devices_is_refused(
+    write: Write, interval: str
+) -> None:
+    text = edit("  unit = 2\n", "  unit = 2\n  interval = 2\n")
+    text = edit(
+        '{ id = "m2_b", address = "40002" }',
+        f'{{ id = "m2_b", address = "40002", interval = {interval} }}',
+        text,
+    )
+
+    assert rendered(write(text)) == [
+        f"FILE:{line_of(text, 'm2_b')}: modbus[0].devices[1].points[1].interval: {interval} s "
+        "is not a whole multiple of the device's interval (2 s)"
+    ]

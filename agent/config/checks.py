@@ -119,10 +119,7 @@ def _check_connection(
     if conn.name in connections:
         found.append((f"{here}.name", f"connection name {conn.name!r} is used twice"))
     connections.add(conn.name)
-    if conn.transport == "tcp" and not conn.host:
-        found.append((f"{here}.host", "a tcp connection needs `host`"))
-    if conn.transport == "rtu" and not conn.device:
-        found.append((f"{here}.device", "an rtu connection needs `device` (e.g. /dev/ttyS1)"))
+    found += _transport_problems(here, conn)
     units: set[int] = set()
     for d, device in enumerate(conn.devices):
         dev_key = f"{here}.devices[{d}]"
@@ -293,6 +290,41 @@ def _claim_id(
     return []
 
 
+TCP_TRANSPORTS = frozenset({"tcp", "rtu-over-tcp"})
+_SERIAL_ONLY = ("low_latency", "rs485", "inter_frame")
+
+
+def _transport_problems(here: str, conn: ModbusConfig) -> Problems:
+    if conn.transport in TCP_TRANSPORTS:
+        found = [
+            (f"{here}.{key}", f"`{key}` applies to a serial line, not to {conn.transport}")
+            for key in _SERIAL_ONLY
+            if key in conn.model_fields_set
+        ]
+        if not conn.host:
+            article = "a" if conn.transport == "tcp" else "an"
+            found.append((f"{here}.host", f"{article} {conn.transport} connection needs `host`"))
+        return found
+    if not conn.device:
+        return [
+            (f"{here}.device", f"an {conn.transport} connection needs `device` (e.g. /dev/ttyS1)")
+        ]
+    return []
+
+
+def _interval_problem(point: PointConfig, device: DeviceConfig) -> str | None:
+    """A point's own interval must be a whole number of its device's cycles."""
+    if point.interval is None:
+        return None
+    cycles = point.interval / device.interval
+    if cycles < 1 or abs(cycles - round(cycles)) > 1e-6:
+        return (
+            f"{point.interval:g} s is not a whole multiple of the device's interval "
+            f"({device.interval:g} s)"
+        )
+    return None
+
+
 def unescape(text: str) -> str:
     """Backslash escapes of a TOML literal string: "READ\\r\\n" → "READ\r\n"."""
     try:
@@ -320,6 +352,9 @@ def _check_points(
                         f"{point.value_type}; it can be {', '.join(sorted(SHAPES_FOR[decoded]))}",
                     )
                 )
+        interval = _interval_problem(point, device)
+        if interval is not None:
+            own.append(("interval", interval))
         found += [(f"{key}.{sub}", message) for sub, message in own]
         found += _claim_id(key, point.id, point.bucket or device.bucket, bucket_ids)
         if own or where is None:

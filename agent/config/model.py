@@ -31,6 +31,10 @@ from agent.sources.modbus.points import ByteOrder, PointType, Table
 
 MASK = "**********"
 
+# How requests are framed: MBAP (Modbus TCP), RTU (binary with CRC, on a serial line or
+# a TCP socket), ASCII (hex text between ':' and CR LF, on a serial line).
+Framing = Literal["mbap", "rtu", "ascii"]
+
 RTU_CHAR_BITS = 11  # start, 8 data, parity or a second stop, stop: the specification's frame
 RTU_FIXED_SILENCE = 0.00175  # seconds, above 19200 baud (Modbus over serial line, 2.5.1.1)
 
@@ -62,6 +66,7 @@ class Point:
     shape: ValueType
     deadband: float | None
     max_silence: float | None
+    interval: float | None  # None: every cycle of its device
 
     @property
     def location(self) -> tuple[Table, int]:
@@ -100,6 +105,8 @@ class SerialSettings:
     bytesize: Literal[7, 8]
     stopbits: Literal[1, 2]
     silence: float  # seconds of quiet line between frames (rtu_silence, or inter_frame)
+    low_latency: bool  # the USB adapter's low-latency mode
+    rs485: bool  # the kernel's RS-485 mode (RTS driven by the driver)
 
     def __str__(self) -> str:
         return self.device
@@ -107,10 +114,11 @@ class SerialSettings:
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """One Modbus connection, a TCP endpoint or an RTU line, and the units on it."""
+    """One Modbus connection, a TCP endpoint or a serial line, and the units on it."""
 
     name: str
     endpoint: TcpEndpoint | SerialSettings
+    framing: Framing
     timeout: float
     connect_delay: float
     request_delay: float

@@ -17,6 +17,7 @@ from agent.config.model import (
     Config,
     Connection,
     Device,
+    Framing,
     Instrument,
     InstrumentPoint,
     Point,
@@ -63,20 +64,37 @@ def resolve(settings: AgentSettings) -> Config:
     )
 
 
+_FRAMING: dict[str, Framing] = {
+    "tcp": "mbap",
+    "rtu": "rtu",
+    "rtu-over-tcp": "rtu",
+    "ascii": "ascii",
+}
+
+
 def connection(conn: ModbusConfig) -> Connection:
     endpoint: TcpEndpoint | SerialSettings
-    if conn.transport == "tcp":
+    if conn.transport in checks.TCP_TRANSPORTS:
         assert conn.host, "checked by agent.config.checks"
         endpoint = TcpEndpoint(conn.host, conn.port)
     else:
         assert conn.device, "checked by agent.config.checks"
-        silence = conn.inter_frame if conn.inter_frame is not None else rtu_silence(conn.baudrate)
+        # ASCII frames end with CR LF: no silence is needed between them.
+        spec = rtu_silence(conn.baudrate) if conn.transport == "rtu" else 0.0
         endpoint = SerialSettings(
-            conn.device, conn.baudrate, conn.parity, conn.bytesize, conn.stopbits, silence
+            conn.device,
+            conn.baudrate,
+            conn.parity,
+            conn.bytesize,
+            conn.stopbits,
+            silence=conn.inter_frame if conn.inter_frame is not None else spec,
+            low_latency=conn.low_latency,
+            rs485=conn.rs485,
         )
     return Connection(
         name=conn.name,
         endpoint=endpoint,
+        framing=_FRAMING[conn.transport],
         timeout=conn.timeout,
         connect_delay=conn.connect_delay,
         request_delay=conn.request_delay,
@@ -132,6 +150,7 @@ def _point(point: PointConfig, device: DeviceConfig) -> Point:
         shape=shape,
         deadband=point.deadband if point.deadband is not None else device.deadband,
         max_silence=point.max_silence if point.max_silence is not None else device.max_silence,
+        interval=point.interval if point.interval != device.interval else None,
     )
 
 

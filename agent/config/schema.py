@@ -123,6 +123,9 @@ class PointConfig(RegisterRef):
     deadband: float | None = Field(None, ge=0)
     max_silence: Seconds | None = None
     value_type: ValueType | None = None
+    # Read every `interval` seconds rather than every device cycle: a whole multiple of
+    # the device's interval (see agent.config.checks).
+    interval: Seconds | None = None
 
 
 class DeviceConfig(_Section):
@@ -147,7 +150,9 @@ class ModbusConfig(_Section):
     """One Modbus connection: a TCP endpoint or a serial line, shared by its devices."""
 
     name: Name
-    transport: Literal["tcp", "rtu"]
+    # tcp: Modbus TCP (MBAP). rtu: RTU on a serial line. rtu-over-tcp: RTU frames, CRC
+    # included, over a TCP socket (a serial device server). ascii: Modbus ASCII on a serial line.
+    transport: Literal["tcp", "rtu", "rtu-over-tcp", "ascii"]
     host: str | None = None
     port: int = Field(502, ge=1, le=65535)
     device: str | None = None
@@ -164,6 +169,10 @@ class ModbusConfig(_Section):
     # RTU: the silence between frames, seconds; default the specification's (see
     # agent.config.model.rtu_silence).
     inter_frame: float | None = Field(None, ge=0, le=1)
+    # Serial: the USB adapter's low-latency mode (FTDI holds short replies up to 16 ms).
+    low_latency: bool = False
+    # Serial: the kernel's RS-485 mode, the driver driving RTS around each frame.
+    rs485: bool = False
     close_after_cycle: bool = False
     devices: list[DeviceConfig] = Field(min_length=1)
 

@@ -27,11 +27,12 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from agent.config.model import Connection, SerialSettings, TcpEndpoint
+from agent.config.model import Connection, Framing, SerialSettings, TcpEndpoint
 from agent.errors import (
     DeviceError,
     DeviceProtocolError,
@@ -47,6 +48,12 @@ _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPU
 _BIT_FUNCTIONS = frozenset({1, 2})
 _REGISTER_FUNCTIONS = frozenset({3, 4})
 _SHOWN_BYTES = 32  # of a reply that could not be used, in the error's message
+
+_FRAMERS: Mapping[Framing, FramerType] = {
+    "mbap": FramerType.SOCKET,
+    "rtu": FramerType.RTU,
+    "ascii": FramerType.ASCII,
+}
 
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 Call = Callable[[Client], Coroutine[Any, Any, ModbusPDU]]
@@ -308,11 +315,15 @@ class ModbusLine:
             "trace_packet": wire.trace_packet,
             "trace_connect": wire.trace_connect,
         }
+        framer = _FRAMERS[config.framing]
         if isinstance(endpoint, TcpEndpoint):
-            client = AsyncModbusTcpClient(endpoint.host, port=endpoint.port, **common)
+            client = AsyncModbusTcpClient(
+                endpoint.host, port=endpoint.port, framer=framer, **common
+            )
         else:
             client = AsyncModbusSerialClient(
                 endpoint.device,
+                framer=framer,
                 baudrate=endpoint.baudrate,
                 parity=endpoint.parity,
                 bytesize=endpoint.bytesize,
