@@ -26,8 +26,10 @@ class ConfigProblem:
     key: str  # e.g. "modbus[0].devices[1].points[3].type"
     message: str
     line: int | None = None
+    file: str | None = None  # another file than the config's (one it includes)
 
     def render(self, path: str) -> str:
+        path = self.file or path
         where = f"{path}:{self.line}" if self.line else path
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 

@@ -94,10 +94,16 @@ def test_check_config_accepts_the_example_config(capsys: pytest.CaptureFixture[s
 
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
-    assert out.splitlines()[:3] == [
+    assert out.splitlines()[:9] == [
         f"{EXAMPLE}: OK",
         "  device 'meter1' on 'plc' unit 1: 7 points in 5 requests every 1 s",
+        "    coil 16 (1 bit): running",
+        "    input 0-2 (3 registers): temperature, humidity",
+        "    holding 100-107 (8 registers): serial",
+        "    holding 120-121 (2 registers): alarm_word, pump_fault",
+        "    holding 200-201 (2 registers): energy",
         "  device 'flowmeter' on 'rs485' unit 7: 2 points in 1 request every 5 s",
+        "    input 0-3 (4 registers): flow, total",
     ]
     assert EXAMPLE_SECRET not in out
     assert resolved_json(out)["thing"] == {"id": "xY6Eie5hv", "secret": MASK}
@@ -117,9 +123,11 @@ def test_check_config_prints_the_resolved_config_with_defaults(
 
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
-    assert out.splitlines()[:2] == [
+    assert out.splitlines()[:4] == [
         f"{good}: OK",
         "  device 'meter1' on 'plc' unit 1: 3 points in 2 requests every 1 s",
+        "    coil 16 (1 bit): running",
+        "    input 0-2 (3 registers): temperature, humidity",
     ]
     resolved = resolved_json(out)
     assert resolved["thing"] == {"id": "gw-01", "secret": MASK}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agent.config import templates
 from agent.config.model import AgentKnob
 from agent.config.registers import (
     SHAPES_FOR,
@@ -32,6 +33,7 @@ from agent.config.schema import (
     PointConfig,
     SerialConfig,
     SettingConfig,
+    TemplateConfig,
 )
 from agent.sources.modbus.points import Table
 
@@ -48,6 +50,16 @@ class Sections:
     # device of a connection that failed validation is not also "no such device".
     named_devices: set[str] = field(default_factory=set)
     named_buckets: set[str] = field(default_factory=set)
+    templates: Mapping[str, TemplateConfig] = field(default_factory=dict)
+    named_templates: set[str] = field(default_factory=set)  # valid or not
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a device's check needs beyond the device: the templates it may name."""
+
+    templates: Mapping[str, TemplateConfig]
+    named_templates: set[str]
 
 
 def check(sections: Sections) -> Problems:
@@ -55,11 +67,14 @@ def check(sections: Sections) -> Problems:
     found: Problems = []
     if sections.mqtt is not None:
         found += _check_mqtt(sections.mqtt)
+    context = _Context(dict(sections.templates), sections.named_templates)
+    for name, template in sections.templates.items():
+        found += _check_template(name, template)
     devices: dict[str, str] = {}
     connections: set[str] = set()
     bucket_ids: dict[tuple[str, str], str] = {}
     for c, conn in sections.modbus:
-        found += _check_connection(f"modbus[{c}]", conn, connections, devices, bucket_ids)
+        found += _check_connection(f"modbus[{c}]", conn, context, connections, devices, bucket_ids)
     modbus_devices = set(devices) | sections.named_devices
     for i, instrument in sections.serial:
         found += _check_serial(f"serial[{i}]", instrument, bucket_ids)
@@ -111,6 +126,7 @@ def _check_mqtt(mqtt: MqttConfig) -> Problems:
 def _check_connection(
     here: str,
     conn: ModbusConfig,
+    context: _Context,
     connections: set[str],
     devices: dict[str, str],
     bucket_ids: dict[tuple[str, str], str],
@@ -136,7 +152,7 @@ def _check_connection(
                 (f"{dev_key}.unit", f"unit {device.unit} appears twice on connection {conn.name!r}")
             )
         units.add(device.unit)
-        found += _check_points(dev_key, device, bucket_ids)
+        found += _check_device(dev_key, device, context, bucket_ids)
     return found
 
 
@@ -333,30 +349,78 @@ def unescape(text: str) -> str:
         raise ValueError(f"bad escape sequence: {exc.reason}") from None
 
 
-def _check_points(
-    dev_key: str, device: DeviceConfig, bucket_ids: dict[tuple[str, str], str]
+def _check_device(
+    dev_key: str, device: DeviceConfig, context: _Context, bucket_ids: dict[tuple[str, str], str]
 ) -> Problems:
+    """A device as it will run, its template applied; a template point's own problems are
+    reported at the template (and once, however many devices use it)."""
+    if device.template in context.named_templates and device.template not in context.templates:
+        return []  # the template is wrong itself: reported at the template
+    applied = templates.apply(device, context.templates)
+    found = [(f"{dev_key}.{key}", message) for key, message in applied.problems]
+    run = applied.device
+    if not run.points and device.template is None:
+        found.append((f"{dev_key}.points", "a device needs `points` or a `template`"))
+    keys = [
+        origin if origin.startswith("templates.") else f"{dev_key}.{origin}"
+        for origin in applied.origins
+    ]
+    found += _points_problems(keys, run.points)
+    for key, point in zip(keys, run.points, strict=True):
+        if key.startswith("templates."):
+            found += _template_point_problems(f"{dev_key}.template", point, run, bucket_ids)
+            continue
+        interval = _interval_problem(point, run)
+        if interval is not None:
+            found.append((f"{key}.interval", interval))
+        found += _claim_id(key, point.id, point.bucket or run.bucket, bucket_ids)
+    return found
+
+
+_SHARED_ID_HINT = "; put {device} in the template's id, or give each device a bucket of its own"
+
+
+def _template_point_problems(
+    key: str, point: PointConfig, device: DeviceConfig, bucket_ids: dict[tuple[str, str], str]
+) -> Problems:
+    """What depends on the device, for a template's point: said at the device's
+    `template` key, naming the point."""
+    said = f"template point {point.id!r}: "
+    found: Problems = []
+    interval = _interval_problem(point, device)
+    if interval is not None:
+        found.append((key, said + interval))
+    bucket = point.bucket or device.bucket
+    if bucket is None:
+        return [*found, (key, said + "no bucket: set `bucket` on the device or the point")]
+    # The same id twice in one template and bucket is said at the template.
+    previous = bucket_ids.setdefault((bucket, point.id), key)
+    if previous != key:
+        message = f"point id {point.id!r} is already used in bucket {bucket!r} at {previous}"
+        found.append((key, said + message + _SHARED_ID_HINT))
+    return found
+
+
+def _check_template(name: str, template: TemplateConfig) -> Problems:
+    """A template's points on their own, whether or not a device uses it."""
+    keys = [f"templates.{name}.points[{p}]" for p in range(len(template.points))]
+    found = _points_problems(keys, template.points)
+    seen: dict[tuple[str, str | None], str] = {}
+    for key, point in zip(keys, template.points, strict=True):
+        previous = seen.setdefault((point.id, point.bucket), key)
+        if previous != key:
+            found.append((f"{key}.id", f"point id {point.id!r} is already used at {previous}"))
+    return found
+
+
+def _points_problems(keys: Sequence[str], points: Sequence[PointConfig]) -> Problems:
+    """Each point's register problems, and points that overlap in different ways."""
     found: Problems = []
     claimed: dict[tuple[Table, int], tuple[str, PointConfig]] = {}
-    for p, point in enumerate(device.points):
-        key = f"{dev_key}.points[{p}]"
-        own = register_problems(point)
-        where = location(point)
-        if not own and where is not None and point.value_type is not None:
-            decoded = decodes_to(point, where[0])
-            if point.value_type not in SHAPES_FOR[decoded]:
-                own.append(
-                    (
-                        "value_type",
-                        f"a {point_type(point, where[0])} point cannot be published as "
-                        f"{point.value_type}; it can be {', '.join(sorted(SHAPES_FOR[decoded]))}",
-                    )
-                )
-        interval = _interval_problem(point, device)
-        if interval is not None:
-            own.append(("interval", interval))
+    for key, point in zip(keys, points, strict=True):
+        own = register_problems(point) + _shape_problems(point)
         found += [(f"{key}.{sub}", message) for sub, message in own]
-        found += _claim_id(key, point.id, point.bucket or device.bucket, bucket_ids)
+        where = location(point)
         if own or where is None:
             continue
         table, start = where
@@ -373,6 +437,22 @@ def _check_points(
                 break
             claimed.setdefault((table, address), (key, point))
     return found
+
+
+def _shape_problems(point: PointConfig) -> Problems:
+    where = location(point)
+    if where is None or point.value_type is None or register_problems(point):
+        return []
+    decoded = decodes_to(point, where[0])
+    if point.value_type in SHAPES_FOR[decoded]:
+        return []
+    return [
+        (
+            "value_type",
+            f"a {point_type(point, where[0])} point cannot be published as "
+            f"{point.value_type}; it can be {', '.join(sorted(SHAPES_FOR[decoded]))}",
+        )
+    ]
 
 
 def _compatible(a: PointConfig, b: PointConfig) -> bool:

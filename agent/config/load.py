@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from agent.config import checks, resolve, tomlpos
+from agent.config import checks, include, resolve, tomlpos
 from agent.config.model import MASK, Config
 from agent.config.problems import located, syntax_problem, validation_problems
 from agent.config.schema import (
@@ -26,6 +26,7 @@ from agent.config.schema import (
     ModbusConfig,
     MqttConfig,
     SerialConfig,
+    TemplateConfig,
 )
 from agent.config.sources import (
     EnvironmentSource,
@@ -55,6 +56,7 @@ def load_settings(path: str | Path) -> AgentSettings:
     """The file's settings, validated and checked (`load_config` resolves them)."""
     shown = str(path)
     text, data = _read(path)
+    included = include.include(Path(path), text, data)
     environ = dict(os.environ)
     refused = refused_variables(environ)
     if refused:
@@ -80,6 +82,7 @@ def load_settings(path: str | Path) -> AgentSettings:
     if secret.problem is not None:
         line = tomlpos.locate(text, ("thing",))
         problems.append(ConfigProblem("thing.secret", secret.problem, line))
+    problems = included.problems + [included.relocate(problem) for problem in problems]
     if problems or settings is None:
         raise ConfigError(shown, _unique(problems))
     return settings
@@ -106,12 +109,19 @@ def _sections(
     if settings is not None:
         return checks.Sections(
             mqtt=settings.mqtt,
+            templates=settings.templates,
+            named_templates=set(settings.templates),
             modbus=list(enumerate(settings.modbus)),
             serial=list(enumerate(settings.serial)),
             config_groups=list(enumerate(settings.config_groups)),
         )
+    written = data.get("templates")
+    templates = written if isinstance(written, dict) else {}
+    valid = {name: _valid(TemplateConfig, value) for name, value in templates.items()}
     return checks.Sections(
         mqtt=_valid(MqttConfig, data.get("mqtt")),
+        templates={name: template for name, template in valid.items() if template is not None},
+        named_templates=set(templates),
         modbus=_valid_items(ModbusConfig, data.get("modbus")),
         serial=_valid_items(SerialConfig, data.get("serial")),
         config_groups=_valid_items(ConfigGroupConfig, data.get("config_groups")),
@@ -166,7 +176,9 @@ def _buckets(data: dict[str, Any]) -> set[str]:
 
 
 def _unique(problems: list[ConfigProblem]) -> list[ConfigProblem]:
-    """A key validated whole and again alone reports once."""
+    """In the order of the files' lines; a key validated whole and again alone (or a
+    template's point checked for each device that uses it) reports once."""
+    problems = sorted(problems, key=lambda p: (p.file or "", p.line or 0))
     seen: set[tuple[str, str]] = set()
     kept = []
     for problem in problems:

@@ -84,6 +84,7 @@ class Device:
     limits: Limits
     backoff_max: float
     points: tuple[Point, ...]
+    template: str | None = None  # the template its points came from, if any
 
 
 @dataclass(frozen=True, slots=True)

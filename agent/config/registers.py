@@ -26,6 +26,8 @@ SHAPES_FOR: dict[str, frozenset[str]] = {
 
 def location(ref: RegisterRef) -> tuple[Table, int] | None:
     """(table, 0-based offset) of a register reference; None when it has none."""
+    if ref.address is None:
+        return None
     if isinstance(ref.address, str):
         if ref.table is not None:
             return None
@@ -89,6 +91,8 @@ def register_problems(ref: RegisterRef) -> Problems:
 
 
 def _address_problems(ref: RegisterRef) -> Problems:
+    if ref.address is None:
+        return [("address", "required key is missing")]
     if isinstance(ref.address, str):
         if ref.table is not None:
             return [

@@ -8,10 +8,11 @@ these functions to build a source from a section written inline.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from agent.config import checks, registers
+from agent.config import checks, registers, templates
 from agent.config.model import (
     AgentTarget,
     Config,
@@ -35,6 +36,7 @@ from agent.config.schema import (
     SerialConfig,
     SerialPointConfig,
     SettingConfig,
+    TemplateConfig,
 )
 from agent.pipeline.readings import ValueType
 from agent.sources.modbus.plan import Limits
@@ -44,7 +46,7 @@ from agent.sources.modbus.points import ByteOrder, natural_value_type
 def resolve(settings: AgentSettings) -> Config:
     """The agent's config from a checked file; its secret was filled by SecretSource."""
     assert settings.thing.secret is not None, "SecretSource fills it or reports why not"
-    connections = tuple(connection(conn) for conn in settings.modbus)
+    connections = tuple(connection(conn, settings.templates) for conn in settings.modbus)
     byte_orders = {device.name: device.byte_order for c in connections for device in c.devices}
     return Config(
         thing_id=settings.thing.id,
@@ -72,7 +74,8 @@ _FRAMING: dict[str, Framing] = {
 }
 
 
-def connection(conn: ModbusConfig) -> Connection:
+def connection(conn: ModbusConfig, known: Mapping[str, TemplateConfig] | None = None) -> Connection:
+    """`known`: the templates its devices may name."""
     endpoint: TcpEndpoint | SerialSettings
     if conn.transport in checks.TCP_TRANSPORTS:
         assert conn.host, "checked by agent.config.checks"
@@ -99,11 +102,14 @@ def connection(conn: ModbusConfig) -> Connection:
         connect_delay=conn.connect_delay,
         request_delay=conn.request_delay,
         close_after_cycle=conn.close_after_cycle,
-        devices=tuple(_device(device, conn) for device in conn.devices),
+        devices=tuple(_device(device, conn, known or {}) for device in conn.devices),
     )
 
 
-def _device(device: DeviceConfig, conn: ModbusConfig) -> Device:
+def _device(
+    written: DeviceConfig, conn: ModbusConfig, known: Mapping[str, TemplateConfig]
+) -> Device:
+    device = templates.apply(written, known).device
     limits = Limits(
         max_gap=device.max_gap if device.max_gap is not None else conn.max_gap,
         max_registers=device.max_registers or conn.max_registers,
@@ -118,6 +124,7 @@ def _device(device: DeviceConfig, conn: ModbusConfig) -> Device:
         limits=limits,
         backoff_max=device.backoff_max,
         points=tuple(_point(point, device) for point in device.points),
+        template=written.template,
     )
 
 

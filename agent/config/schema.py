@@ -102,10 +102,11 @@ class RegisterRef(_Section):
     """Where a value lives in a device and how its registers are read.
 
     Either classic notation (`address = "40001"`) or `table` with a 0-based integer
-    `address`; `agent.config.checks` says which combinations are wrong.
+    `address`; `agent.config.checks` says which combinations are wrong, and where an
+    address may be left out (an agent setting, a change to a template's point).
     """
 
-    address: StrictStr | StrictInt
+    address: StrictStr | StrictInt | None = None
     table: Table | None = None
     type: PointType | None = None  # default: bool in coil/discrete tables, uint16 otherwise
     length: int | None = Field(None, ge=1, le=MAX_READ_REGISTERS)
@@ -116,7 +117,11 @@ class RegisterRef(_Section):
 
 
 class PointConfig(RegisterRef):
-    """One value read from a device and published as a reading."""
+    """One value read from a device and published as a reading.
+
+    `address` may be left out only by a device point that changes a template point of the
+    same id (see agent.config.templates); everywhere else it is required.
+    """
 
     id: Name
     bucket: Name | None = None
@@ -128,10 +133,25 @@ class PointConfig(RegisterRef):
     interval: Seconds | None = None
 
 
+class TemplateConfig(_Section):
+    """A register map shared by devices that say `template = "<name>"`: its points, and
+    the request workarounds the model needs. Point ids and buckets may hold `{device}`
+    and `{unit}`, replaced by each device's name and unit."""
+
+    description: str | None = None
+    byte_order: ByteOrder | None = None
+    max_gap: int | None = Field(None, ge=0, le=MAX_READ_REGISTERS - 1)
+    max_registers: int | None = Field(None, ge=1, le=MAX_READ_REGISTERS)
+    max_bits: int | None = Field(None, ge=1, le=MAX_READ_BITS)
+    one_request_per_point: bool | None = None
+    points: list[PointConfig] = Field(min_length=1)
+
+
 class DeviceConfig(_Section):
-    """One unit on a Modbus connection."""
+    """One unit on a Modbus connection: its own points, a template's, or both."""
 
     name: Name
+    template: Name | None = None
     unit: int = Field(1, ge=0, le=255)
     interval: Seconds = 1.0
     bucket: Name | None = None
@@ -143,7 +163,7 @@ class DeviceConfig(_Section):
     deadband: float | None = Field(None, ge=0)
     max_silence: Seconds | None = None
     backoff_max: Seconds = 60.0
-    points: list[PointConfig] = Field(min_length=1)
+    points: list[PointConfig] = []  # with no template, at least one (agent.config.checks)
 
 
 class ModbusConfig(_Section):
@@ -227,7 +247,6 @@ class SettingConfig(RegisterRef):
     """
 
     id: Name
-    address: StrictStr | StrictInt | None = None  # type: ignore[assignment]
     device: Name | None = None
     agent: str | None = None
     min: float | None = None
@@ -256,12 +275,15 @@ class AgentSettings(BaseSettings):
         case_sensitive=False,
     )
 
+    # Files holding more [templates.<name>] tables (globs; relative to this file).
+    include: list[StrictStr] = []
     thing: ThingConfig
     mqtt: MqttConfig
     queue: QueueConfig = QueueConfig()
     batch: BatchConfig = BatchConfig()
     log: LogConfig = LogConfig()
     health: HealthConfig = HealthConfig()
+    templates: dict[Name, TemplateConfig] = {}
     modbus: list[ModbusConfig] = []
     serial: list[SerialConfig] = []
     config_groups: list[ConfigGroupConfig] = []

@@ -21,9 +21,11 @@ import structlog
 
 from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
+from agent.config.model import Device
 from agent.errors import ConfigError
 from agent.service import allocator, logs
 from agent.service.supervise import describe_error, primary
+from agent.sources.modbus.plan import ReadRequest
 from agent.sources.modbus.poller import plan_device
 
 log = structlog.get_logger("agent.cli")
@@ -80,15 +82,17 @@ def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
     lines = [f"{path}: OK"]
     total_requests = total_rate = 0.0
     for conn, device in config.all_devices():
-        count = len(plan_device(device))
-        total_requests += count
-        total_rate += count / device.interval
-        requests = f"{count} request{'s' if count != 1 else ''}"
+        plan = plan_device(device)
+        total_requests += len(plan)
+        total_rate += len(plan) / device.interval
+        requests = f"{len(plan)} request{'s' if len(plan) != 1 else ''}"
+        template = f" (template {device.template!r})" if device.template else ""
         lines.append(
             f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
             f"{len(device.points)} points in {requests} every "
-            f"{device.interval:g} s"
+            f"{device.interval:g} s{template}"
         )
+        lines += [f"    {_request_line(request, device)}" for request in plan]
     if config.connections:
         points = sum(len(device.points) for _, device in config.all_devices())
         lines.append(
@@ -104,6 +108,21 @@ def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
         )
     lines.append(json.dumps(shown, indent=2))
     return "\n".join(lines)
+
+
+_SHOWN_POINTS = 6  # of a request's, in check-config's plan
+
+
+def _request_line(request: ReadRequest, device: Device) -> str:
+    """One planned read: `holding 0-9 (10 registers): a, b, c`."""
+    unit = "bit" if request.table.is_bits else "register"
+    where = f"{request.start}-{request.end - 1}" if request.count > 1 else str(request.start)
+    ids = [device.points[span.index].id for span in request.spans]
+    shown = ", ".join(ids[:_SHOWN_POINTS])
+    if len(ids) > _SHOWN_POINTS:
+        shown += f" and {len(ids) - _SHOWN_POINTS} more"
+    size = f"{request.count} {unit}{'s' if request.count != 1 else ''}"
+    return f"{request.table} {where} ({size}): {shown}"
 
 
 async def _run(config: Config, path: Path) -> int:
