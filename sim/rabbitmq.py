@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,18 @@ class RabbitMqBroker(Broker):
     no ``persistence`` switch: the node keeps retained messages on disk either way.
     """
 
-    def __init__(self, directory: Path | str, **options: Any) -> None:
-        """:class:`Broker`'s options (``port``, ``host``, the identities), but ``tls``."""
+    def __init__(
+        self, directory: Path | str, *, reads: Mapping[str, str] | None = None, **options: Any
+    ) -> None:
+        """:class:`Broker`'s options (``port``, ``host``, the identities), but ``tls``.
+
+        ``reads``: a thing's own read permission (a regex over RabbitMQ's dotted routing
+        keys), for a thing the broker must refuse some subscriptions to.
+        """
         if "tls" in options or "tls_port" in options:
             raise TypeError("sim.rabbitmq has no TLS listener")
         super().__init__(directory, **{**options, "persistence": True})
+        self._reads = dict(reads or {})
         for identity in [*self.things, self.app_id]:
             if _FORBIDDEN_IN_ID & set(identity):
                 raise ValueError(f"identity {identity!r} cannot be used in a RabbitMQ topic")
@@ -212,7 +220,7 @@ class RabbitMqBroker(Broker):
             "vhost": "/",
             "exchange": "amq.topic",
             "write": own + r"(\$data|\$conf\.\$reported)\.",
-            "read": own + r"\$conf\.\$expected\.",
+            "read": self._reads.get(thing, own + r"\$conf\.\$expected\."),
         }
 
     def _environment(self, epmd_port: int) -> dict[str, str]:

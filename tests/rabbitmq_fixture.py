@@ -18,10 +18,21 @@ import pytest
 
 from sim.rabbitmq import RabbitMqBroker
 
+# A second thing, that may not read one group's expected config: its SUBSCRIBE to that
+# group's topic is refused (tests/test_suback.py).
+NARROW_THING = "nArrow0thing"
+NARROW_SECRET = "n4rrow-s3cret"
+NARROW_DENIED = "gw-1-mode"
+_NARROW_READ = rf"^\$thing\.{NARROW_THING}\.\$conf\.\$expected\.(?!{NARROW_DENIED}$)"
+
 
 @pytest.fixture(scope="session")
 def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMqBroker]:
-    node = RabbitMqBroker(tmp_path_factory.mktemp("rabbitmq"))
+    node = RabbitMqBroker(
+        tmp_path_factory.mktemp("rabbitmq"),
+        extra_things={NARROW_THING: NARROW_SECRET},
+        reads={NARROW_THING: _NARROW_READ},
+    )
     node.start()
     yield node
     node.stop()

@@ -33,6 +33,7 @@ from gmqtt.mqtt.constants import (
 from gmqtt.mqtt.handler import MQTTConnectError
 from gmqtt.storage import PersistentStorage
 
+from agent.cloud.subscriber import Subscriber
 from agent.config.schema import MqttConfig
 from agent.errors import (
     BrokerAuthRefused,
@@ -158,6 +159,8 @@ class MqttSession:
         self._closing = False
         self.reconnects = 0
         self._log = log.bind(broker=f"{config.host}:{config.port}", client_id=self.client_id)
+        self._subscriber = Subscriber(self._log)
+        self._suback_mid: int | None = None  # of the SUBSCRIBE awaiting its SUBACK
 
     @property
     def connected(self) -> bool:
@@ -175,11 +178,26 @@ class MqttSession:
         """Subscribe now to what `subscriptions()` names, if connected (after a reload that
         kept the session: a new group's retained config then arrives at once). A filter
         subscribed again brings its retained message again; the configurator writes
-        nothing for a value the device holds."""
+        nothing for a value the device holds. Filters the broker refused are tried again."""
+        self._subscriber.retry_refused()
         client = self._client
-        topics = self.subscriptions
-        if client is not None and self._connected.is_set() and topics:
-            client.subscribe([Subscription(topic, qos=1) for topic in topics])
+        if client is not None and self._connected.is_set():
+            self._subscribe(client, self._subscriber.start(self.subscriptions))
+
+    @property
+    def refused_subscriptions(self) -> set[str]:
+        """The filters the broker refused (agent.cloud.subscriber)."""
+        return set(self._subscriber.refused)
+
+    def _subscribe(self, client: _Client, topics: list[str]) -> None:
+        if topics:
+            self._suback_mid = client.subscribe([Subscription(topic, qos=1) for topic in topics])
+
+    def _handle_suback(self, client: Any, mid: int, granted: Iterable[int], *_: Any) -> None:
+        current = self._client
+        if current is not None and client is current and mid == self._suback_mid:
+            self._suback_mid = None
+            self._subscribe(current, self._subscriber.acknowledged(list(granted)))
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
         """Send at QoS 1; the future completes at PUBACK or fails with ConnectionLost."""
@@ -217,6 +235,7 @@ class MqttSession:
             attempt = 0
             await self._lost.wait()
             self._connected.clear()
+            self._subscriber.lost()
             self._tracker.fail_all()
             await self._drop_client()
             if self._closing:
@@ -242,6 +261,8 @@ class MqttSession:
         client.set_auth_credentials(self._username, self._secret)
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_suback
+        self._suback_mid = None
         self._client = client
         try:
             async with asyncio.timeout(config.connect_timeout):
@@ -252,9 +273,7 @@ class MqttSession:
             if error is None:
                 raise
             raise error from exc
-        topics = self.subscriptions
-        if topics:
-            client.subscribe([Subscription(topic, qos=1) for topic in topics])
+        self._subscribe(client, self._subscriber.start(self.subscriptions))
         self._connected.set()
         self._log.info("mqtt_connected", tls=config.tls)
         if self._on_connect is not None:
