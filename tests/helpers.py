@@ -33,8 +33,11 @@ def agent_toml(
     queue: str = "",
     mqtt: str = "",
     log_format: str = "logfmt",
+    control: str = "enabled = false",
 ) -> str:
-    """A whole config file: the broker's thing, plain MQTT on loopback, then `body`."""
+    """A whole config file: the broker's thing, plain MQTT on loopback, then `body`.
+    The control channel is off unless `control` says otherwise (its default socket is
+    the service's, in /run)."""
     return f"""
 [thing]
 id = "{broker.thing_id}"
@@ -58,6 +61,9 @@ path = "{queue_path}"
 [log]
 level = "debug"
 format = "{log_format}"
+
+[control]
+{control}
 {body}
 """
 

@@ -24,6 +24,9 @@ class Offline:
     """The broker session, three reconnects in and down now."""
 
     connected = False
+    connected_at: float | None = None
+    last_ack_at: float | None = 40.0
+    refused_subscriptions: set[str] = {"$thing/x/$conf/$expected/denied"}  # noqa: RUF012
     reconnects = 3
     restamped = 0  # and stands in for delivery and the configurator
     writes = 0

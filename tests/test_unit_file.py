@@ -132,6 +132,11 @@ def test_state_and_config_directories(unit: dict[str, list[str]]) -> None:
     )
 
 
+def test_the_control_socket_lives_in_the_runtime_directory(unit: dict[str, list[str]]) -> None:
+    """/run/orio-agent, where [control] socket is by default; the group may enter it."""
+    assert (["orio-agent"], ["0750"]) == (unit["RuntimeDirectory"], unit["RuntimeDirectoryMode"])
+
+
 def test_the_secret_may_come_as_the_thing_secret_credential(unit: dict[str, list[str]]) -> None:
     """A relative source: looked up in /etc/credstore/ etc.; absent, the service still
     starts (an absolute path that does not exist would fail every start)."""

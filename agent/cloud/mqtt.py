@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -84,6 +85,7 @@ class _AckTracker(PersistentStorage):  # type: ignore[misc]
         super().__init__()
         self.last_mid: int | None = None
         self.futures: dict[int, asyncio.Future[None]] = {}
+        self.last_ack_at: float | None = None  # monotonic, the last PUBACK
 
     def push_message(self, mid: int, raw_package: bytes) -> None:
         super().push_message(mid, raw_package)
@@ -91,6 +93,7 @@ class _AckTracker(PersistentStorage):  # type: ignore[misc]
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
+        self.last_ack_at = time.monotonic()
         future = self.futures.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(None)
@@ -161,10 +164,21 @@ class MqttSession:
         self._log = log.bind(broker=f"{config.host}:{config.port}", client_id=self.client_id)
         self._subscriber = Subscriber(self._log)
         self._suback_mid: int | None = None  # of the SUBSCRIBE awaiting its SUBACK
+        self._connected_at = 0.0
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def connected_at(self) -> float | None:
+        """Monotonic time of this connection's CONNACK; None while not connected."""
+        return self._connected_at if self._connected.is_set() else None
+
+    @property
+    def last_ack_at(self) -> float | None:
+        """Monotonic time of the last PUBACK, on any connection."""
+        return self._tracker.last_ack_at
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -274,6 +288,7 @@ class MqttSession:
                 raise
             raise error from exc
         self._subscribe(client, self._subscriber.start(self.subscriptions))
+        self._connected_at = time.monotonic()
         self._connected.set()
         self._log.info("mqtt_connected", tls=config.tls)
         if self._on_connect is not None:

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from agent.config.schema import (
     BatchConfig,
+    ControlConfig,
     HealthConfig,
     LogConfig,
     MqttConfig,
@@ -209,6 +210,7 @@ class Config:
     batch: BatchConfig
     log: LogConfig
     health: HealthConfig
+    control: ControlConfig
     connections: tuple[Connection, ...]
     instruments: tuple[Instrument, ...]
     settings: tuple[Setting, ...]

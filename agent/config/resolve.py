@@ -56,6 +56,7 @@ def resolve(settings: AgentSettings) -> Config:
         batch=settings.batch,
         log=settings.log,
         health=settings.health,
+        control=settings.control,
         connections=connections,
         instruments=tuple(instrument(i) for i in settings.serial),
         settings=tuple(

@@ -93,6 +93,15 @@ class HealthConfig(_Section):
     interval: Seconds = 60.0
 
 
+class ControlConfig(_Section):
+    """The local control channel (agent.service.control): the socket `status`,
+    `poll-once` and the other commands use to ask the running agent."""
+
+    socket: str = Field("/run/orio-agent/control.sock", min_length=1)
+    group: str = Field("orio-agent", min_length=1)  # given the socket, when it exists
+    enabled: bool = True
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["logfmt", "json", "console"] = "logfmt"
@@ -283,6 +292,7 @@ class AgentSettings(BaseSettings):
     batch: BatchConfig = BatchConfig()
     log: LogConfig = LogConfig()
     health: HealthConfig = HealthConfig()
+    control: ControlConfig = ControlConfig()
     templates: dict[Name, TemplateConfig] = {}
     modbus: list[ModbusConfig] = []
     serial: list[SerialConfig] = []

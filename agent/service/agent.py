@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from agent import __version__
 from agent.clock import Clock
 from agent.cloud.configurator import Configurator, DeviceRoute
 from agent.cloud.delivery import Delivery
@@ -32,8 +33,10 @@ from agent.outbox.disk import DiskOutbox, QueueSettings
 from agent.outbox.port import MemoryOutbox, Outbox
 from agent.pipeline.batches import Batch, Batcher
 from agent.service import logs
+from agent.service.control import VERSION as CONTROL_VERSION
+from agent.service.control import ControlError, ControlServer
 from agent.service.health import health_readings
-from agent.service.state import AgentState, stats_fields, status_line
+from agent.service.state import AgentState, stats_fields, status_document, status_line
 from agent.service.supervise import supervise
 from agent.service.systemd import Notifier
 from agent.sources.modbus.client import ModbusLine
@@ -105,10 +108,23 @@ class Agent:
     the configurator."""
 
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, config_path: Path | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        config_path: Path | None = None,
+        control_path: Path | None = None,
     ) -> None:
+        """`control_path`: the control socket, instead of the config's `[control] socket`."""
         self.config = config
         self.config_path = config_path
+        self.control: ControlServer | None = None
+        if config.control.enabled or control_path is not None:
+            self.control = ControlServer(
+                control_path or Path(config.control.socket),
+                {"hello": self._hello, "status": self._status},
+                group=config.control.group,
+            )
         self._notifier = Notifier()
         self.clock = clock or Clock()
         self.outbox = open_outbox(config.queue, self.clock)
@@ -216,6 +232,8 @@ class Agent:
                     group.create_task(self._report(), name="stats-log"),
                     group.create_task(self._keepalive(), name="systemd"),
                 ]
+                if self.control is not None:
+                    steady.append(group.create_task(self.control.run(), name="control"))
                 link = self._start_link()
                 sources = self._start_sources()
                 while True:
@@ -367,6 +385,24 @@ class Agent:
 
     def status_line(self) -> str:
         return status_line(self.state.view())
+
+    # -- the control channel's operations (agent.service.control) ------------------------
+
+    async def _hello(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        assert self.control is not None
+        return {
+            "agent": "orio-agent",
+            "version": __version__,
+            "protocol": CONTROL_VERSION,
+            "thing": self.config.thing_id,
+            "config": None if self.config_path is None else str(self.config_path),
+        }
+
+    async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        points = args.get("points", True)
+        if not isinstance(points, bool):
+            raise ControlError("bad_request", '"points" must be true or false')
+        return status_document(self.state.view(points=points), version=__version__)
 
     async def _drain(self, limit: float) -> None:
         """Let delivery empty the outbox while connected, for at most `limit` seconds."""

@@ -1,4 +1,4 @@
-"""`orio-agent run | check-config | --version`.
+"""`orio-agent run | check-config | status | --version`.
 
 Exit status of `run`: 0 when stopped by SIGTERM/SIGINT, 78 (EX_CONFIG) for a config
 file that does not load (systemd does not restart it), 70 (EX_SOFTWARE) when an
@@ -23,7 +23,7 @@ from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
 from agent.config.model import Device
 from agent.errors import ConfigError
-from agent.service import allocator, logs
+from agent.service import allocator, logs, status
 from agent.service.supervise import describe_error, primary
 from agent.sources.modbus.plan import ReadRequest
 from agent.sources.modbus.poller import plan_device
@@ -51,12 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
     )
+    run.add_argument("--control", type=Path, help="the control socket, instead of [control] socket")
     check = commands.add_parser(
         "check-config", help="validate a config file and print it resolved, secret masked"
     )
     check.add_argument("path", nargs="?", type=Path, help=f"config file (default {DEFAULT_PATH})")
     check.add_argument("--config", type=Path, help="the same, as `run` takes it")
+    _add_status(commands)
     args = parser.parse_args(argv)
+    if args.command == "status":
+        socket = status.control_socket(args.control, args.config or DEFAULT_PATH)
+        return status.status(socket, as_json=args.json, watch=args.watch, points=args.points)
 
     path: Path = (
         args.config or (args.path if args.command == "check-config" else None) or DEFAULT_PATH
@@ -74,7 +79,23 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     logs.configure(level=config.log.level, fmt=config.log.format)
-    return asyncio.run(_run(config, path))
+    return asyncio.run(_run(config, path, args.control))
+
+
+def _add_status(commands: Any) -> None:
+    show = commands.add_parser(
+        "status",
+        help="what the running agent sees: broker, queue, connections, devices, points",
+        description="Asks the running agent through its control socket. Exit status: 0 it "
+        "answered, 3 it is not running, 4 it cannot be asked (permissions, a broken reply).",
+    )
+    show.add_argument("--json", action="store_true", help="the whole state as JSON")
+    show.add_argument("--watch", action="store_true", help="redraw every second, like top")
+    show.add_argument("--points", action="store_true", help="each point's last value too")
+    show.add_argument("--control", type=Path, help="the control socket to ask")
+    show.add_argument(
+        "--config", type=Path, help=f"read [control] socket from this file (default {DEFAULT_PATH})"
+    )
 
 
 def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
@@ -125,7 +146,7 @@ def _request_line(request: ReadRequest, device: Device) -> str:
     return f"{request.table} {where} ({size}): {shown}"
 
 
-async def _run(config: Config, path: Path) -> int:
+async def _run(config: Config, path: Path, control: Path | None) -> int:
     from agent.service.agent import Agent  # deferred: check-config need not import the adapters
 
     stop, reload = asyncio.Event(), asyncio.Event()
@@ -135,7 +156,7 @@ async def _run(config: Config, path: Path) -> int:
     loop.add_signal_handler(signal.SIGHUP, reload.set)
     during = "start"
     try:
-        agent = Agent(config, config_path=path)
+        agent = Agent(config, config_path=path, control_path=control)
         during = "run"
         async with asyncio.TaskGroup() as group:
             group.create_task(agent.run(stop, reload), name="agent")

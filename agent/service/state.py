@@ -28,6 +28,15 @@ class Session(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    @property
+    def connected_at(self) -> float | None: ...
+
+    @property
+    def last_ack_at(self) -> float | None: ...
+
+    @property
+    def refused_subscriptions(self) -> set[str]: ...
+
     reconnects: int
 
 
@@ -94,10 +103,19 @@ class SourceView:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerView:
+    connected_for_s: float | None  # None while not connected
+    last_ack_age_s: float | None  # None before the first PUBACK
+    refused_subscriptions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AgentView:
     uptime_s: float
     connected: bool
     reconnects: int
+    broker: BrokerView
+    now: float  # monotonic, when the view was taken
     clock_trusted: bool
     wall_ms: int
     queue: OutboxStats
@@ -147,6 +165,8 @@ class AgentState:
             uptime_s=now - self._started,
             connected=self._session is not None and self._session.connected,
             reconnects=0 if self._session is None else self._session.reconnects,
+            broker=self._broker(now),
+            now=now,
             clock_trusted=self._clock.trusted(),
             wall_ms=self._clock.wall_ms(),
             queue=self._queue.stats(),
@@ -165,6 +185,17 @@ class AgentState:
             restamped=0 if self._delivery is None else self._delivery.restamped,
             settings_written=0 if self._configurator is None else self._configurator.writes,
             config_rejected=0 if self._configurator is None else self._configurator.rejected,
+        )
+
+    def _broker(self, now: float) -> BrokerView:
+        session = self._session
+        if session is None:
+            return BrokerView(None, None, ())
+        since, acked = session.connected_at, session.last_ack_at
+        return BrokerView(
+            connected_for_s=None if since is None else now - since,
+            last_ack_age_s=None if acked is None else now - acked,
+            refused_subscriptions=tuple(sorted(session.refused_subscriptions)),
         )
 
 
@@ -234,3 +265,72 @@ def health_values(view: AgentView) -> dict[str, Value]:
 def _oldest_age(view: AgentView) -> float | None:
     created = view.queue.oldest_created
     return None if created is None else view.wall_ms / 1000 - created
+
+
+STATUS_VERSION = 1  # of status_document's shape; fields are only ever added within a version
+
+
+def status_document(view: AgentView, *, version: str) -> dict[str, Any]:
+    """`orio-agent status --json`: the view as plain JSON (documented in the README).
+
+    Ages and durations are seconds, rounded to 0.1; None (null) where there is none yet.
+    """
+    queue = view.queue
+    broker = view.broker
+    return {
+        "status_version": STATUS_VERSION,
+        "agent": {"version": version, "uptime_s": _round(view.uptime_s)},
+        "broker": {
+            "connected": view.connected,
+            "connected_for_s": _round(broker.connected_for_s),
+            "last_puback_age_s": _round(broker.last_ack_age_s),
+            "reconnects": view.reconnects,
+            "refused_subscriptions": list(broker.refused_subscriptions),
+        },
+        "clock": {"trusted": view.clock_trusted},
+        "queue": {
+            "depth": queue.depth,
+            "bytes": queue.depth_bytes,
+            "oldest_age_s": _round(_oldest_age(view)),
+            "backlog": queue.backlog,
+            "in_flight": queue.in_flight,
+            "sent": queue.sent_total,
+            "dropped": queue.dropped_total,
+            "disk": queue.disk,
+        },
+        "connections": [
+            {"name": line.name, "endpoint": line.endpoint, "connected": line.connected}
+            for line in view.lines
+        ],
+        "sources": [_source_document(source, view.now) for source in view.sources],
+    }
+
+
+def _source_document(source: SourceView, now: float) -> dict[str, Any]:
+    stats = source.stats
+    return {
+        "name": source.name,
+        "kind": source.kind,
+        "where": source.where,
+        "state": "failing" if stats.failing else ("ok" if stats.last_ok_at else "starting"),
+        "interval_s": source.interval,
+        "last_good_age_s": _round(None if stats.last_ok_at is None else now - stats.last_ok_at),
+        "failed_cycles": stats.consecutive_failures,
+        "last_error": stats.last_error,
+        "last_error_code": stats.last_error_code,
+        "cycles": stats.cycles,
+        "readings": stats.readings,
+        "read_errors": stats.read_errors,
+        "timeouts": stats.timeouts,
+        "refused": stats.refused,
+        "decode_errors": stats.decode_errors,
+        "skipped_cycles": stats.skipped_cycles,
+        "points": [
+            {"id": p.id, "bucket": p.bucket, "value": p.value, "age_s": _round(p.age_s)}
+            for p in source.points
+        ],
+    }
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(0.0, seconds), 1)

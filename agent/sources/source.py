@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -54,6 +55,9 @@ class SourceStats:
     unmatched: int = 0  # serial lines that gave no fields
     bad_checksum: int = 0  # NMEA sentences whose checksum was wrong
     overlong: int = 0  # serial lines cut at max_line
+    last_ok_at: float | None = None  # monotonic: the last cycle the source answered in
+    last_error: str | None = None  # of the last failed cycle, as logged
+    last_error_code: int | None = None  # its Modbus exception code, if it was one
 
     @property
     def failing(self) -> bool:
@@ -121,6 +125,9 @@ class Outage:
         """One more failed cycle."""
         stats = self._stats
         stats.consecutive_failures += 1
+        stats.last_error = str(error)
+        code = context.get("code")
+        stats.last_error_code = code if isinstance(code, int) else None
         if stats.consecutive_failures == 1:
             self._log.warning(f"{self._kind}_unreachable", error=str(error), **context)
         else:
@@ -134,6 +141,7 @@ class Outage:
     def answered(self) -> None:
         """A cycle that got an answer: ends the outage, if there was one."""
         stats = self._stats
+        stats.last_ok_at = time.monotonic()
         if stats.consecutive_failures:
             self._log.info(f"{self._kind}_recovered", failed_cycles=stats.consecutive_failures)
             stats.consecutive_failures = 0
