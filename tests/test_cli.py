@@ -436,3 +436,27 @@ async def test_run_stops_with_0_on_sigterm(tmp_path: Path) -> None:
     assert (0, "") == (ended.returncode, ended.stderr)
     assert 1 == len(ended.events("agent_stopped"))
     assert [] == ended.events("agent_failed")
+
+
+def test_check_config_lists_a_slower_points_requests_under_its_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "intervals.toml"
+    path.write_text(
+        GOOD.replace(
+            '{ id = "running", address = "00017" }',
+            '{ id = "running", address = "00017" },\n'
+            '    { id = "total", address = "30101", type = "uint32", interval = 60 }',
+        )
+    )
+
+    assert 0 == main(["check-config", str(path)])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:5] == [
+        "  device 'meter1' on 'plc' unit 1: 4 points in 3 requests every 1 s",
+        "    coil 16 (1 bit): running",
+        "    input 0-2 (3 registers): temperature, humidity",
+        "    every 60 s: input 100-101 (2 registers): total",
+    ]
+    assert "  modbus total: 1 devices, 4 points, 3 requests, 2.02 requests/s" == lines[5]

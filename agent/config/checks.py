@@ -328,12 +328,15 @@ def _transport_problems(here: str, conn: ModbusConfig) -> Problems:
     return []
 
 
+INTERVAL_TOLERANCE = 1e-6  # of a point's interval, in its device's cycles
+
+
 def _interval_problem(point: PointConfig, device: DeviceConfig) -> str | None:
     """A point's own interval must be a whole number of its device's cycles."""
     if point.interval is None:
         return None
     cycles = point.interval / device.interval
-    if cycles < 1 or abs(cycles - round(cycles)) > 1e-6:
+    if cycles < 1 - INTERVAL_TOLERANCE or abs(cycles - round(cycles)) > INTERVAL_TOLERANCE:
         return (
             f"{point.interval:g} s is not a whole multiple of the device's interval "
             f"({device.interval:g} s)"

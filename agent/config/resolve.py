@@ -158,8 +158,13 @@ def _point(point: PointConfig, device: DeviceConfig) -> Point:
         shape=shape,
         deadband=point.deadband if point.deadband is not None else device.deadband,
         max_silence=point.max_silence if point.max_silence is not None else device.max_silence,
-        interval=point.interval if point.interval != device.interval else None,
+        interval=None if _same(point.interval, device.interval) else point.interval,
     )
+
+
+def _same(interval: float | None, device: float) -> bool:
+    """A point's interval that is its device's (within the checks' tolerance)."""
+    return interval is None or abs(interval / device - 1) <= checks.INTERVAL_TOLERANCE
 
 
 def instrument(config: SerialConfig) -> Instrument:

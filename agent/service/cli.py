@@ -26,7 +26,7 @@ from agent.errors import ConfigError
 from agent.service import allocator, logs, status
 from agent.service.supervise import describe_error, primary
 from agent.sources.modbus.plan import ReadRequest
-from agent.sources.modbus.poller import plan_device
+from agent.sources.modbus.poller import plan_groups
 
 log = structlog.get_logger("agent.cli")
 
@@ -103,22 +103,24 @@ def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
     lines = [f"{path}: OK"]
     total_requests = total_rate = 0.0
     for conn, device in config.all_devices():
-        plan = plan_device(device)
-        total_requests += len(plan)
-        total_rate += len(plan) / device.interval
-        requests = f"{len(plan)} request{'s' if len(plan) != 1 else ''}"
+        groups = plan_groups(device)
+        count = sum(len(requests) for _, requests in groups)
+        total_requests += count
+        total_rate += sum(len(requests) / seconds for seconds, requests in groups)
         template = f" (template {device.template!r})" if device.template else ""
         lines.append(
             f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
-            f"{len(device.points)} points in {requests} every "
-            f"{device.interval:g} s{template}"
+            f"{len(device.points)} points in {count} request{'s' if count != 1 else ''} "
+            f"every {device.interval:g} s{template}"
         )
-        lines += [f"    {_request_line(request, device)}" for request in plan]
+        for seconds, requests in groups:
+            every = "" if seconds == device.interval else f"every {seconds:g} s: "
+            lines += [f"    {every}{_request_line(request, device)}" for request in requests]
     if config.connections:
         points = sum(len(device.points) for _, device in config.all_devices())
         lines.append(
             f"  modbus total: {len(config.all_devices())} devices, {points} points, "
-            f"{total_requests:g} requests per cycle, {total_rate:g} requests/s"
+            f"{total_requests:g} requests, {total_rate:.3g} requests/s"
         )
     for instrument in config.instruments:
         mode = "polled" if instrument.request else "sampled"

@@ -27,7 +27,35 @@ A parked request is left out of the plan and asked again alone every REFUSED_RET
 cycles; once it answers, its points are planned back in. It is logged when parked
 (`read_refused`, with the code and its meaning), at debug level when refused again
 (`read_still_refused`) and when it answers again (`read_resumed`); a new plan is logged
-as `requests_planned`.
+as `requests_planned` (one line per interval group whose requests changed).
+
+Interval groups. A point may have its own interval, a whole multiple of its device's (an
+energy total every 60 s beside a current read every second). The device's points are
+grouped by interval (`interval_groups`: the points without one, read every cycle, first,
+then the shorter intervals before the longer) and each group is planned on its own: its
+requests are coalesced within the group, never across groups, so a slow point is not read
+every cycle because it sits next to a fast one. The device keeps its one task and its one
+drift-free schedule; the cycles are numbered slots on that grid, and a group of `every`
+cycles is due in the slots that are multiples of `every` (all groups in the first, so a
+slow value appears at start-up). A cycle asks the due groups' requests one group after
+another, the fast ones first (their read time within the cycle does not move when a slow
+group is due), then the parked requests due for a retry.
+
+- A slot skipped because a cycle overran counts: a group whose slot was skipped is read in
+  the next cycle, and again in its next slot after that (it is not read twice for one).
+- A cycle cut short (a time-out, a unit busy) leaves what it did not get answered due: a
+  slow group's unanswered requests (the failed one and those not sent) are asked in the
+  next cycle, not a whole period later, and the group's next slot stays where it was.
+- A back-off skips no slot: the attempt after it is the next slot, whatever time the
+  back-off took, so a slow group is at most its period in cycles from its next read once
+  the unit answers again (and one whose slot fell in the outage is read at recovery).
+- A point's interval is kept in seconds. It becomes `every` = the nearest whole number of
+  the device's cycles, at least one (`cycles`), and that is worked out again when the
+  cloud changes the device's interval to one it is not a multiple of. At the change,
+  each group's next read stays about as many seconds off as it was (the nearest slot of
+  the new grid, at most one new period away).
+- What the unit refused is one record for the device (an address map) and every group is
+  planned around it; a parked request keeps its retry cycle whatever its group.
 """
 
 from __future__ import annotations
@@ -54,7 +82,7 @@ from agent.pipeline.readings import (
 )
 from agent.service.logs import Throttle
 from agent.sources.modbus.decode import decode_registers
-from agent.sources.modbus.plan import ReadRequest, Refusals, Span, plan_reads, split
+from agent.sources.modbus.plan import Limits, ReadRequest, Refusals, Span, plan_reads, split
 from agent.sources.modbus.points import Table
 from agent.sources.source import Outage, PointView, SourceStats, backoff, point_views, scale
 
@@ -125,9 +153,49 @@ def device_spans(device: Device) -> list[Span]:
     return [Span(*point.location, point.width, index) for index, point in enumerate(device.points)]
 
 
+def interval_groups(device: Device) -> list[tuple[float | None, list[Span]]]:
+    """A device's spans by their point's own interval (None: every cycle of the device),
+    the every-cycle group first, then the shorter intervals before the longer."""
+    groups: dict[float | None, list[Span]] = {}
+    for span, point in zip(device_spans(device), device.points, strict=True):
+        groups.setdefault(point.interval, []).append(span)
+    return sorted(groups.items(), key=lambda group: -1.0 if group[0] is None else group[0])
+
+
+def plan_groups(device: Device) -> list[tuple[float, list[ReadRequest]]]:
+    """Each interval group's seconds (the device's interval for the every-cycle group) and
+    its coalesced reads, in the order a cycle asks them."""
+    return [
+        (device.interval if seconds is None else seconds, plan_reads(spans, device.limits))
+        for seconds, spans in interval_groups(device)
+    ]
+
+
 def plan_device(device: Device) -> list[ReadRequest]:
-    """A device's coalesced reads."""
-    return plan_reads(device_spans(device), device.limits)
+    """A device's coalesced reads, every interval group's."""
+    return [request for _, requests in plan_groups(device) for request in requests]
+
+
+def cycles(seconds: float | None, interval: float) -> int:
+    """A point interval in cycles of a device `interval`: the nearest whole number, at least
+    one (the config asks for a multiple; the cloud may set an interval it is not one of)."""
+    if seconds is None:
+        return 1
+    return max(1, round(seconds / interval))
+
+
+class _Group:
+    """The points of a device read at one interval, their requests and their next slot."""
+
+    __slots__ = ("due", "every", "left", "requests", "seconds", "spans")
+
+    def __init__(self, seconds: float | None, spans: list[Span], limits: Limits) -> None:
+        self.seconds = seconds  # None: every cycle of the device
+        self.spans = spans
+        self.requests = plan_reads(spans, limits)  # parked ones left out
+        self.every = 1  # its interval in the device's cycles (set by the poller)
+        self.due = 0  # the slot it is next due in: every group is read in the first cycle
+        self.left: list[ReadRequest] = []  # what the unit did not answer of its last slot
 
 
 class DevicePoller:
@@ -156,16 +224,27 @@ class DevicePoller:
         self._emit = emit
         self._wall_ms = wall_ms
         self._readers = [_PointReader(point) for point in device.points]
-        self._spans, self._limits = device_spans(device), device.limits
-        self.requests = plan_reads(self._spans, self._limits)  # this cycle's, parked ones left out
+        self._limits = device.limits
+        self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
+        self._group_of = {span.index: group for group in self._groups for span in group.spans}
+        # No point has an interval of its own: one group, read in every cycle (the common
+        # case, and the cheapest cycle: no slots are counted).
+        self._uniform = [group.seconds for group in self._groups] == [None]
+        self._slot = 0  # the next cycle's slot on the schedule's grid, skipped ones counted
         self._refusals = Refusals()  # what the unit refused as a layout problem
         self._parked: dict[ReadRequest, int] = {}  # a parked request → the cycle it is retried
         self._replan = False  # what was learnt in this cycle changes the plan
         self.stats = SourceStats()
         self._throttle = Throttle(interval=60.0)
         self.interval = device.interval
+        self._count_cycles(self.interval)
         self._log = log.bind(device=device.name, connection=bus.name, unit=device.unit)
         self._outage = Outage(self._log, self.stats, "device")
+
+    @property
+    def requests(self) -> list[ReadRequest]:
+        """Every group's planned requests, parked ones left out."""
+        return [request for group in self._groups for request in group.requests]
 
     async def run(self) -> None:
         """Poll until cancelled."""
@@ -173,6 +252,7 @@ class DevicePoller:
         origin = loop.time()
         cycle = 0
         grid = self.interval  # the interval the schedule is laid on
+        self._count_cycles(grid)  # the cloud may have set it before the start
         while True:
             if self._room is not None:
                 await self._room()
@@ -180,54 +260,111 @@ class DevicePoller:
             cycle += 1
             now = loop.time()
             if grid != self.interval:  # a new interval: a new grid from this cycle's start
-                origin, cycle, grid = origin + (cycle - 1) * grid, 1, self.interval
+                origin, cycle = origin + (cycle - 1) * grid, 1
+                self._regrid(grid, self.interval)
+                grid = self.interval
             if ok:
                 due = origin + cycle * grid
                 if due < now:
                     missed = math.ceil((now - due) / grid)
                     self.stats.skipped_cycles += missed
                     cycle += missed
+                    self._slot += missed  # a group due in one is read in the next cycle
                     due = origin + cycle * grid
             else:
                 due = now + backoff(
                     self.interval, self.stats.consecutive_failures, self.device.backoff_max
                 )
-                # Re-anchor the schedule so recovery resumes on a regular grid.
+                # Re-anchor the schedule so recovery resumes on a regular grid; the groups'
+                # slots carry on (the back-off counts as one).
                 origin, cycle = due, 0
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     def set_interval(self, interval: float) -> None:
-        """Takes effect from the next cycle."""
+        """Takes effect from the next cycle (`run` works out the groups' cycles again)."""
         self.interval = interval
 
     async def poll_once(self) -> bool:
         """One cycle. False when the unit answered nothing (a transient failure)."""
         self.stats.cycles += 1
-        work = deque(self.requests)
-        if self._parked:
-            work.extend(r for r, due in self._parked.items() if due <= self.stats.cycles)
+        work = self._work()
+        if not work:
+            return True  # no group is due: the unit is not asked
         try:
             answered, failure = await self._ask(work)
         finally:
             await self._bus.end_cycle()
+        if work:  # cut short
+            self._keep_unanswered(work)
         if self._replan:
             self._plan()
         if answered:
             self._outage.answered()
             if failure is not None and self._throttle.allow("cut_short"):
                 self._log.warning(
-                    "cycle_cut_short", error=str(failure), unsent=len(work), **_code(failure)
+                    "cycle_cut_short",
+                    error=str(failure),
+                    unsent=len(work) - 1,  # after the request that failed
+                    **_code(failure),
                 )
         elif failure is not None:
             self._outage.failed(failure, **_code(failure))
             return False
         return True
 
+    def _work(self) -> deque[ReadRequest]:
+        """This cycle's requests: the due groups', then the parked requests due for a retry."""
+        work = deque(self._groups[0].requests) if self._uniform else self._due_groups()
+        if self._parked:
+            work.extend(r for r, due in self._parked.items() if due <= self.stats.cycles)
+        return work
+
+    def _due_groups(self) -> deque[ReadRequest]:
+        """The requests of the groups due in this slot, and what the last cycle left
+        unanswered of the others."""
+        slot = self._slot
+        self._slot = slot + 1
+        work: deque[ReadRequest] = deque()
+        for group in self._groups:
+            if group.due <= slot:
+                work.extend(group.requests)  # the whole plan, what its last slot left included
+                # Its next slot on its own grid: a skipped slot is not made up twice.
+                group.due += group.every * ((slot - group.due) // group.every + 1)
+                group.left.clear()
+            elif group.left:
+                work.extend(group.left)
+                group.left.clear()
+        return work
+
+    def _keep_unanswered(self, work: deque[ReadRequest]) -> None:
+        """What a cycle cut short did not get answered, kept for the next cycle: a group read
+        every cycle asks it then anyway, and a parked request keeps its retry cycle."""
+        for request in work:
+            group = self._group_of[request.spans[0].index]
+            if group.every > 1 and request not in self._parked:
+                group.left.append(request)
+
+    def _count_cycles(self, interval: float) -> None:
+        """Each group's interval in cycles of the device's `interval`."""
+        for group in self._groups:
+            group.every = cycles(group.seconds, interval)
+
+    def _regrid(self, old: float, new: float) -> None:
+        """The groups' cycles for a new device interval, the cycle just run being the new
+        grid's first: each group's next read stays about as many seconds off (the nearest
+        slot, at least the next, at most its new period away)."""
+        self._count_cycles(new)
+        current = self._slot - 1
+        for group in self._groups:
+            ahead = round((group.due - current) * old / new)
+            group.due = current + min(group.every, max(1, ahead))
+
     async def _ask(
         self, work: deque[ReadRequest]
     ) -> tuple[bool, DeviceError | DeviceRefused | None]:
         """Send `work` in order; whether the unit answered, and the transient failure that
-        ended the cycle early (what was not sent stays in `work`)."""
+        ended the cycle early (what was not answered stays in `work`, the failed request
+        first)."""
         stats = self.stats
         answered = False
         while work:
@@ -240,6 +377,7 @@ class DevicePoller:
                 stats.read_errors += 1
                 stats.refused += 1
                 if exc.action == "retry":
+                    work.appendleft(request)
                     return answered, exc  # as a time-out: the unit cannot serve now
                 answered = True
                 work.extendleft(reversed(self._refused(request, exc)))
@@ -247,6 +385,7 @@ class DevicePoller:
             except DeviceError as exc:
                 stats.read_errors += 1
                 stats.timeouts += isinstance(exc, DeviceTimeout)
+                work.appendleft(request)
                 return answered, exc  # a unit that does not answer is not asked again this cycle
             answered = True
             stats.requests_ok += 1
@@ -320,16 +459,20 @@ class DevicePoller:
             self._log.info("read_resumed", **_where(request), points=self._points(request))
 
     def _plan(self) -> None:
-        """The requests for the points not parked, around what the unit refused."""
+        """Each group's requests for its points not parked, around what the unit refused."""
         self._replan = False
         parked = {span.index for request in self._parked for span in request.spans}
-        spans = [span for span in self._spans if span.index not in parked]
-        planned = plan_reads(spans, self._limits, self._refusals.ranges())
-        if planned != self.requests:
-            self._log.info(
-                "requests_planned", requests=[(str(r.table), r.start, r.count) for r in planned]
-            )
-        self.requests = planned
+        refused = self._refusals.ranges()
+        for group in self._groups:
+            spans = [span for span in group.spans if span.index not in parked]
+            planned = plan_reads(spans, self._limits, refused)
+            if planned != group.requests:
+                self._log.info(
+                    "requests_planned",
+                    interval=self.interval if group.seconds is None else group.seconds,
+                    requests=[(str(r.table), r.start, r.count) for r in planned],
+                )
+            group.requests = planned
 
     def _points(self, request: ReadRequest) -> list[str]:
         return [self._readers[span.index].id for span in request.spans]
