@@ -33,14 +33,17 @@ from agent.outbox.disk import DiskOutbox, QueueSettings
 from agent.outbox.port import MemoryOutbox, Outbox
 from agent.pipeline.batches import Batch, Batcher
 from agent.service import logs
+from agent.service.commission import no_device
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
 from agent.service.health import health_readings
+from agent.service.probing import probe_on
 from agent.service.state import AgentState, stats_fields, status_document, status_line
 from agent.service.supervise import supervise
 from agent.service.systemd import Notifier
 from agent.sources.modbus.client import ModbusLine
 from agent.sources.modbus.poller import DevicePoller
+from agent.sources.modbus.probe import fragments
 from agent.sources.serial.instrument import Instrument
 from agent.sources.serial.port import SerialPort
 
@@ -122,7 +125,7 @@ class Agent:
         if config.control.enabled or control_path is not None:
             self.control = ControlServer(
                 control_path or Path(config.control.socket),
-                {"hello": self._hello, "status": self._status},
+                {"hello": self._hello, "status": self._status, "poll_once": self._poll_once},
                 group=config.control.group,
             )
         self._notifier = Notifier()
@@ -397,6 +400,26 @@ class Agent:
             "thing": self.config.thing_id,
             "config": None if self.config_path is None else str(self.config_path),
         }
+
+    async def _poll_once(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """`orio-agent poll-once` on the agent's own connections, between its pollers'
+        requests (a connection's lock serializes them)."""
+        name, publish = args.get("device"), args.get("publish", False)
+        if not isinstance(name, str | None) or not isinstance(publish, bool):
+            raise ControlError("bad_request", '"device" must be a name, "publish" a boolean')
+        devices = self.config.all_devices()
+        chosen = [(c, d) for c, d in devices if name is None or d.name == name]
+        if not chosen:
+            raise ControlError("no_device", no_device(name, [d.name for _, d in devices]))
+        log.info("poll_once_requested", device=name or "all", publish=publish)
+        answer: dict[str, Any] = {"devices": await probe_on(self.lines, chosen)}
+        if publish:
+            batches = fragments(answer["devices"])
+            for bucket, parts in batches.items():
+                self.batcher.add_encoded(bucket, parts)
+            count = sum(len(parts) for parts in batches.values())
+            answer["published"] = {"ok": True, "message": f"{count} readings into the queue"}
+        return answer
 
     async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
         points = args.get("points", True)

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor
@@ -53,8 +54,10 @@ _NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _TRACEBACK_KEYS = frozenset({"exception", "stack", "stack_info"})
 
 
-def configure(*, level: str = "info", fmt: str = "logfmt") -> None:
-    """Set up logging for the process; safe to call again to change the level or format."""
+def configure(*, level: str = "info", fmt: str = "logfmt", stream: TextIO | None = None) -> None:
+    """Set up logging for the process; safe to call again to change the level or format.
+    `stream`: where the lines go, stdout by default (the commands other than `run` keep
+    stdout for their own output and log to stderr)."""
     renderer = _renderer(fmt)
     escape = EscapeStrings(flatten=fmt != "json")
     timestamp = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
@@ -68,7 +71,7 @@ def configure(*, level: str = "info", fmt: str = "logfmt") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -80,7 +83,7 @@ def configure(*, level: str = "info", fmt: str = "logfmt") -> None:
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, escape, renderer],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
     root = logging.getLogger()

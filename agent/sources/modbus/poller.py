@@ -103,7 +103,7 @@ class RegisterBus(Protocol):
     async def end_cycle(self) -> None: ...
 
 
-class _PointReader:
+class PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once."""
 
     __slots__ = (
@@ -223,7 +223,7 @@ class DevicePoller:
         self._bus = bus
         self._emit = emit
         self._wall_ms = wall_ms
-        self._readers = [_PointReader(point) for point in device.points]
+        self._readers = [PointReader(point) for point in device.points]
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
         self._group_of = {span.index: group for group in self._groups for span in group.spans}
