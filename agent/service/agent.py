@@ -37,11 +37,12 @@ from agent.service.commission import no_device
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
 from agent.service.health import health_readings
-from agent.service.probing import probe_on
+from agent.service.probing import exchange_on, probe_on
 from agent.service.state import AgentState, stats_fields, status_document, status_line
 from agent.service.supervise import supervise
 from agent.service.systemd import Notifier
 from agent.sources.modbus.client import ModbusLine
+from agent.sources.modbus.points import Table
 from agent.sources.modbus.poller import DevicePoller
 from agent.sources.modbus.probe import fragments
 from agent.sources.serial.instrument import Instrument
@@ -125,7 +126,13 @@ class Agent:
         if config.control.enabled or control_path is not None:
             self.control = ControlServer(
                 control_path or Path(config.control.socket),
-                {"hello": self._hello, "status": self._status, "poll_once": self._poll_once},
+                {
+                    "hello": self._hello,
+                    "status": self._status,
+                    "poll_once": self._poll_once,
+                    "read": self._exchange,
+                    "write": self._exchange,
+                },
                 group=config.control.group,
             )
         self._notifier = Notifier()
@@ -420,6 +427,40 @@ class Agent:
             count = sum(len(parts) for parts in batches.values())
             answer["published"] = {"ok": True, "message": f"{count} readings into the queue"}
         return answer
+
+    async def _exchange(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """`orio-agent read`/`write` on the agent's connection of that name or endpoint,
+        between its pollers' requests. A write is logged at warning: it was not the cloud."""
+        line = self._line_for(args.get("connection"), args.get("endpoint"))
+        try:
+            table = Table(str(args.get("table")))
+            unit, start = int(args["unit"]), int(args["start"])
+        except (KeyError, TypeError, ValueError):
+            raise ControlError("bad_request", "needs unit, table and start") from None
+        size = len(args["values"]) if isinstance(args.get("values"), list) else args.get("count")
+        if not (0 <= unit <= 255 and isinstance(size, int) and 0 < size <= 2000):
+            raise ControlError("bad_request", "unit 0..255, and a count or values 1..2000")
+        if not 0 <= start <= 65536 - size:
+            raise ControlError("bad_request", "the addresses run outside 0..65535")
+        if "values" in args:
+            values = args["values"]
+            if not all(isinstance(v, int) and 0 <= v <= 0xFFFF for v in values):
+                raise ControlError("bad_request", '"values" must be integers 0..65535')
+            log.warning(
+                "control_write",
+                connection=line.name,
+                unit=unit,
+                table=str(table),
+                start=start,
+                values=values,
+            )
+        return await exchange_on(line, args)
+
+    def _line_for(self, name: object, endpoint: object) -> ModbusLine:
+        for line in self.lines.values():
+            if line.name == name or (endpoint is not None and line.endpoint == endpoint):
+                return line
+        raise ControlError("no_connection", f"the agent holds no connection {name or endpoint!r}")
 
     async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
         points = args.get("points", True)

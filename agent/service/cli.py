@@ -23,7 +23,7 @@ from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
 from agent.config.model import Device
 from agent.errors import ConfigError
-from agent.service import allocator, commission, logs, status
+from agent.service import adhoc, allocator, commission, logs, status
 from agent.service.supervise import describe_error, primary
 from agent.sources.modbus.plan import ReadRequest
 from agent.sources.modbus.poller import plan_groups
@@ -59,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", type=Path, help="the same, as `run` takes it")
     _add_status(commands)
     _add_poll_once(commands)
+    _add_adhoc(commands)
     args = parser.parse_args(argv)
     if args.command == "status":
         socket = status.control_socket(args.control, args.config or DEFAULT_PATH)
         return status.status(socket, as_json=args.json, watch=args.watch, points=args.points)
-    if args.command == "poll-once":
+    if args.command in ("poll-once", "read", "write"):
         logs.configure(level="warning", fmt="console", stream=sys.stderr)
+    if args.command in ("read", "write"):
+        return _adhoc(args)
+    if args.command == "poll-once":
         return commission.poll_once(
             args.config,
             device=args.device,
@@ -90,6 +94,59 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     logs.configure(level=config.log.level, fmt=config.log.format)
     return asyncio.run(_run(config, path, args.control))
+
+
+def _adhoc(args: argparse.Namespace) -> int:
+    common = {
+        "unit": args.unit,
+        "table": args.table,
+        "config": args.config,
+        "control": args.control,
+    }
+    if args.command == "read":
+        return adhoc.read(args.target, args.address, count=args.count, as_json=args.json, **common)
+    return adhoc.write(
+        args.target,
+        args.address,
+        args.value,
+        kind=args.type,
+        byte_order=args.byte_order,
+        yes=args.yes,
+        **common,
+    )
+
+
+def _add_adhoc(commands: Any) -> None:
+    targets = (
+        "TARGET is a connection of the config, tcp://HOST[:PORT], rtu-over-tcp://HOST:PORT, "
+        "rtu:/dev/ttyS1?baudrate=9600&parity=E or ascii:/dev/ttyS1?...; through the running "
+        "agent when it holds it."
+    )
+    read = commands.add_parser(
+        "read", help="read registers by hand, decoded every way", description=targets
+    )
+    write = commands.add_parser(
+        "write", help="write a register or coil by hand, then read it back", description=targets
+    )
+    for command in (read, write):
+        command.add_argument("target")
+        command.add_argument("address", help='classic ("40001"), or 0-based with --table')
+        command.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
+        command.add_argument("--table", choices=["coil", "discrete", "input", "holding"])
+        command.add_argument(
+            "--config", type=Path, default=DEFAULT_PATH, help="for a connection by name"
+        )
+        command.add_argument("--control", type=Path, help="the control socket to ask")
+    read.add_argument("--count", type=int, default=1, help="registers or bits (default 1)")
+    read.add_argument("--json", action="store_true")
+    write.add_argument("value", help="a number (for a register) or 1/0, true/false (a coil)")
+    write.add_argument(
+        "--type",
+        choices=["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"],
+        help="what the value is encoded as (default uint16)",
+    )
+    write.add_argument("--byte-order", default="ABCD", choices=["ABCD", "CDAB", "BADC", "DCBA"])
+    write.add_argument("--yes", action="store_true", help="really write")
 
 
 def _add_poll_once(commands: Any) -> None:

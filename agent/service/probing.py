@@ -4,14 +4,16 @@ that runs without the agent, and a session of its own to publish what it read.""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.cloud.mqtt import MqttSession
 from agent.config import Config
 from agent.config.model import Connection, Device
-from agent.errors import BrokerError
+from agent.errors import BrokerError, DeviceError, DeviceRefused
 from agent.sources.modbus.client import ModbusLine
+from agent.sources.modbus.points import Table
 from agent.sources.modbus.probe import fragments, probe
 
 
@@ -70,3 +72,51 @@ async def publish_alone(
         await asyncio.gather(running, return_exceptions=True)
     count = sum(len(parts) for parts in batches.values())
     return {"ok": True, "message": f"{count} readings, PUBACK received ({', '.join(batches)})"}
+
+
+async def exchange(connection: Connection, args: Mapping[str, Any]) -> dict[str, Any]:
+    """`orio-agent read`/`write` on a connection of this process's own."""
+    line = ModbusLine(connection)
+    try:
+        return await exchange_on(line, args)
+    finally:
+        await line.close()
+
+
+async def exchange_on(line: ModbusLine, args: Mapping[str, Any]) -> dict[str, Any]:
+    """One read, or one write and its read-back, on `line`; failures in the result."""
+    unit, start = int(args["unit"]), int(args["start"])
+    table = Table(args["table"])
+    values = args.get("values")
+    count = len(values) if values is not None else int(args["count"])
+    result: dict[str, Any] = {
+        "unit": unit,
+        "table": str(table),
+        "start": start,
+        "count": count,
+        "connection": line.name,
+        "error": None,
+        "code": None,
+    }
+    began = time.perf_counter()
+    try:
+        if values is not None:
+            result["values"] = list(values)
+            await _write(line, unit, table, start, list(values))
+            result["read_back"] = [int(v) for v in await line.read(unit, table, start, count)]
+        else:
+            result["values"] = [int(v) for v in await line.read(unit, table, start, count)]
+    except DeviceRefused as exc:
+        result.update(error=str(exc), code=exc.code, meaning=exc.meaning)
+    except DeviceError as exc:
+        result.update(error=str(exc))
+    result["elapsed_ms"] = round((time.perf_counter() - began) * 1000, 1)
+    return result
+
+
+async def _write(line: ModbusLine, unit: int, table: Table, start: int, values: list[int]) -> None:
+    if table is Table.COIL:
+        for offset, value in enumerate(values):
+            await line.write_coil(unit, start + offset, bool(value))
+    else:
+        await line.write_registers(unit, start, values)
