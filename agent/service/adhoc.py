@@ -26,7 +26,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qs, urlsplit
 
 from agent.config import load_config
@@ -98,7 +98,16 @@ def _serial(device: str, query: dict[str, list[str]], framing: Framing) -> Seria
     if parity not in ("N", "E", "O") or bytesize not in (7, 8) or stopbits not in (1, 2):
         raise UsageError("parity is N, E or O; bytesize 7 or 8; stopbits 1 or 2")
     silence = rtu_silence(baudrate) if framing == "rtu" else 0.0
-    return SerialSettings(device, baudrate, parity, bytesize, stopbits, silence, False, False)  # type: ignore[arg-type]
+    return SerialSettings(
+        device,
+        baudrate,
+        cast(Literal["N", "E", "O"], parity),
+        cast(Literal[7, 8], bytesize),
+        cast(Literal[1, 2], stopbits),
+        silence,
+        low_latency=False,
+        rs485=False,
+    )
 
 
 def _named(name: str, config_path: Path) -> Connection | None:
@@ -234,10 +243,10 @@ def _encoded(table: Table, value: str, kind: str | None, byte_order: str) -> lis
         if value.lower() not in ("0", "1", "true", "false", "on", "off"):
             raise UsageError("a coil takes 1/0, true/false or on/off")
         return [1 if value.lower() in ("1", "true", "on") else 0]
-    point_type = kind or "uint16"
+    point_type = cast(PointType, kind or "uint16")  # argparse's choices
     try:
         number: int | float = float(value) if point_type.startswith("float") else int(value, 0)
-        return encode_registers(number, point_type, byte_order=byte_order)  # type: ignore[arg-type]
+        return encode_registers(number, point_type, byte_order=cast(ByteOrder, byte_order))
     except ValueError as exc:
         raise UsageError(f"{value}: {exc}") from None
 
