@@ -258,6 +258,11 @@ class MqttSession:
             self._log.warning("mqtt_disconnected", reconnects=self.reconnects)
             await asyncio.sleep(random.uniform(0, self._config.backoff_min))
 
+    async def connect_once(self) -> None:
+        """One connection attempt, no retry (`orio-agent doctor`): returns connected, or
+        raises the attempt's BrokerError. `close()` after either."""
+        await self._connect()
+
     async def close(self) -> None:
         """Disconnect cleanly; in-flight publishes fail and stay in the outbox."""
         self._closing = True

@@ -23,7 +23,7 @@ from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
 from agent.config.model import Device
 from agent.errors import ConfigError
-from agent.service import adhoc, allocator, commission, logs, status
+from agent.service import adhoc, allocator, commission, doctor, logs, status
 from agent.service.supervise import describe_error, primary
 from agent.sources.modbus.plan import ReadRequest
 from agent.sources.modbus.poller import plan_groups
@@ -60,12 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     _add_status(commands)
     _add_poll_once(commands)
     _add_adhoc(commands)
+    examine = commands.add_parser(
+        "doctor",
+        help="check config, serial ports, endpoints, broker, clock and queue, with hints",
+        description="Exit status 1 when any check fails.",
+    )
+    examine.add_argument(
+        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
+    )
+    examine.add_argument("--control", type=Path, help="the control socket to ask")
     args = parser.parse_args(argv)
     if args.command == "status":
         socket = status.control_socket(args.control, args.config or DEFAULT_PATH)
         return status.status(socket, as_json=args.json, watch=args.watch, points=args.points)
-    if args.command in ("poll-once", "read", "write"):
-        logs.configure(level="warning", fmt="console", stream=sys.stderr)
+    if args.command in ("poll-once", "read", "write", "doctor"):
+        logs.configure(level="error", fmt="console", stream=sys.stderr)
+    if args.command == "doctor":
+        return doctor.doctor(args.config, control=args.control)
     if args.command in ("read", "write"):
         return _adhoc(args)
     if args.command == "poll-once":
