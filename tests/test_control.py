@@ -99,6 +99,11 @@ async def test_status_shows_what_the_units_and_the_broker_saw(
         for point in sources["alive"]["points"]
     ]
     assert "unit 2 did not answer" in sources["dead"]["last_error"]
+    kept = sources["alive"]["achieved_interval_s"]
+    assert 0.1 < kept["median"] < 0.4
+    assert kept["median"] <= kept["p95"]
+    assert sources["alive"]["backoff_remaining_s"] is None
+    assert 0 <= sources["dead"]["backoff_remaining_s"] <= 0.5  # its backoff_max
     assert [("plc", "127.0.0.1:" + str(plant.port), True)] == [
         (c["name"], c["endpoint"], c["connected"]) for c in up["connections"]
     ]
@@ -108,6 +113,7 @@ async def test_status_shows_what_the_units_and_the_broker_saw(
     assert lines[1].startswith("broker   connected for ")
     assert any(line.split()[:3] == ["alive", "plc", "ok"] for line in lines)
     assert any(line.split()[:3] == ["dead", "plc", "FAILING"] for line in lines)
+    assert any(line.strip().startswith("backed off: next try in ") for line in lines)
     assert any(line.split()[:2] == ["v", "4242"] for line in lines)
     assert all(len(line) <= 80 for line in lines)
 

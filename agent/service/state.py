@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from agent.outbox.port import OutboxStats
 from agent.pipeline.readings import Value
-from agent.sources.source import PointView, SourceStats
+from agent.sources.source import Cadence, PointView, SourceStats
 
 
 class Session(Protocol):
@@ -85,6 +85,7 @@ class Tracked(Protocol):
     kind: str  # "device" or "instrument"
     where: str  # the connection a device is on, the port an instrument is on
     stats: SourceStats
+    cadence: Cadence
 
     @property
     def interval(self) -> float: ...
@@ -100,6 +101,8 @@ class SourceView:
     interval: float
     stats: SourceStats  # a copy, as it was when the view was taken
     points: tuple[PointView, ...]  # empty unless asked for
+    achieved: tuple[float, float] | None  # the interval kept: median, 95th percentile
+    next_in_s: float | None  # until the next cycle, while one is waited for
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,8 @@ class AgentState:
                     interval=source.interval,
                     stats=dataclasses.replace(source.stats),
                     points=tuple(source.point_views(now)) if points else (),
+                    achieved=source.cadence.achieved(),
+                    next_in_s=_until(source.cadence.next_at, now),
                 )
                 for source in self._sources
             ),
@@ -314,6 +319,10 @@ def _source_document(source: SourceView, now: float) -> dict[str, Any]:
         "where": source.where,
         "state": "failing" if stats.failing else ("ok" if stats.last_ok_at else "starting"),
         "interval_s": source.interval,
+        "achieved_interval_s": None
+        if source.achieved is None
+        else {"median": _round3(source.achieved[0]), "p95": _round3(source.achieved[1])},
+        "backoff_remaining_s": _round(source.next_in_s) if stats.failing else None,
         "last_good_age_s": _round(None if stats.last_ok_at is None else now - stats.last_ok_at),
         "failed_cycles": stats.consecutive_failures,
         "last_error": stats.last_error,
@@ -332,5 +341,13 @@ def _source_document(source: SourceView, now: float) -> dict[str, Any]:
     }
 
 
+def _until(at: float | None, now: float) -> float | None:
+    return None if at is None else max(0.0, at - now)
+
+
 def _round(seconds: float | None) -> float | None:
     return None if seconds is None else round(max(0.0, seconds), 1)
+
+
+def _round3(seconds: float) -> float:
+    return round(max(0.0, seconds), 3)

@@ -120,13 +120,16 @@ def _queue_line(queue: dict[str, Any]) -> str:
 def _source_lines(source: dict[str, Any]) -> list[str]:
     state = source["state"].upper() if source["state"] == "failing" else source["state"]
     last = source["last_good_age_s"]
+    kept = source["achieved_interval_s"]
     lines = [
         f"  {_cut(source['name'], _NAME)} {_cut(source['where'], _NAME)} {state:<8} "
-        f"{duration(source['interval_s']):>6} {duration(last) if last is not None else '-':>8} "
-        f"{source['read_errors']:>7}"
+        f"{duration(source['interval_s']):>6} {duration(kept and kept['median']):>7} "
+        f"{duration(last):>8} {source['read_errors']:>7}"
     ]
     if source["state"] == "failing" and source["last_error"]:
         lines.append(f"    {_cut(source['last_error'], _ERROR + 14).rstrip()}")
+        if source["backoff_remaining_s"] is not None:
+            lines.append(f"    backed off: next try in {duration(source['backoff_remaining_s'])}")
     for point in source["points"]:
         value = "-" if point["value"] is None else json.dumps(point["value"])
         age = "" if point["age_s"] is None else f"  ({duration(point['age_s'])} ago)"
@@ -135,9 +138,11 @@ def _source_lines(source: dict[str, Any]) -> list[str]:
 
 
 def duration(seconds: float | None) -> str:
-    """1.2 s, 45 s, 3m 05s, 2h 03m, 4d 01h."""
+    """0.25 s, 1.2 s, 45 s, 3m 05s, 2h 03m, 4d 01h."""
     if seconds is None:
         return "-"
+    if seconds < 1:
+        return f"{seconds:.2f} s"
     if seconds < 10:
         return f"{seconds:.1f} s"
     whole = int(seconds)

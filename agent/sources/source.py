@@ -11,9 +11,11 @@ a raw number is scaled (`scale`: one rounding rule).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -62,6 +64,35 @@ class SourceStats:
     @property
     def failing(self) -> bool:
         return self.consecutive_failures > 0
+
+
+class Cadence:
+    """When a source's cycles started and when its next one is due, for the agent's state:
+    the interval achieved (median and 95th percentile of the last CADENCE_SAMPLES) and,
+    while it is backed off, how long until it tries again. Two stores a cycle: cheap."""
+
+    __slots__ = ("next_at", "starts")
+
+    def __init__(self) -> None:
+        self.starts: deque[float] = deque(maxlen=CADENCE_SAMPLES + 1)  # monotonic
+        self.next_at: float | None = None  # monotonic: the next cycle, when one is waited for
+
+    def started(self, at: float) -> None:
+        self.starts.append(at)
+        self.next_at = None
+
+    def waits_until(self, at: float) -> None:
+        self.next_at = at
+
+    def achieved(self) -> tuple[float, float] | None:
+        """(median, 95th percentile) of the intervals between the last cycles' starts."""
+        if len(self.starts) < 2:
+            return None
+        gaps = sorted(b - a for a, b in itertools.pairwise(self.starts))
+        return gaps[len(gaps) // 2], gaps[min(len(gaps) - 1, math.ceil(0.95 * len(gaps)) - 1)]
+
+
+CADENCE_SAMPLES = 32
 
 
 class Reported(Protocol):

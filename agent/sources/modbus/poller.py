@@ -84,7 +84,15 @@ from agent.service.logs import Throttle
 from agent.sources.modbus.decode import decode_registers
 from agent.sources.modbus.plan import Limits, ReadRequest, Refusals, Span, plan_reads, split
 from agent.sources.modbus.points import Table
-from agent.sources.source import Outage, PointView, SourceStats, backoff, point_views, scale
+from agent.sources.source import (
+    Cadence,
+    Outage,
+    PointView,
+    SourceStats,
+    backoff,
+    point_views,
+    scale,
+)
 
 log = structlog.get_logger("agent.poller")
 
@@ -235,6 +243,7 @@ class DevicePoller:
         self._parked: dict[ReadRequest, int] = {}  # a parked request → the cycle it is retried
         self._replan = False  # what was learnt in this cycle changes the plan
         self.stats = SourceStats()
+        self.cadence = Cadence()
         self._throttle = Throttle(interval=60.0)
         self.interval = device.interval
         self._count_cycles(self.interval)
@@ -256,6 +265,7 @@ class DevicePoller:
         while True:
             if self._room is not None:
                 await self._room()
+            self.cadence.started(loop.time())
             ok = await self.poll_once()
             cycle += 1
             now = loop.time()
@@ -278,6 +288,7 @@ class DevicePoller:
                 # Re-anchor the schedule so recovery resumes on a regular grid; the groups'
                 # slots carry on (the back-off counts as one).
                 origin, cycle = due, 0
+            self.cadence.waits_until(due)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     def set_interval(self, interval: float) -> None:

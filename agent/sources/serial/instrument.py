@@ -33,7 +33,16 @@ from agent.pipeline.readings import ChangeFilter, Reading, Value, ValueType, now
 from agent.service.logs import Throttle
 from agent.sources.serial import nmea
 from agent.sources.serial.lines import LineFramer, regex_fields
-from agent.sources.source import Outage, PointView, SourceStats, backoff, places, point_views, scale
+from agent.sources.source import (
+    Cadence,
+    Outage,
+    PointView,
+    SourceStats,
+    backoff,
+    places,
+    point_views,
+    scale,
+)
 
 log = structlog.get_logger("agent.instrument")
 
@@ -124,6 +133,7 @@ class Instrument:
         self._reply: asyncio.Future[None] | None = None
         self._throttle = Throttle(interval=60.0)
         self.stats = SourceStats()
+        self.cadence = Cadence()
         self.interval = config.line.interval
         self.open = asyncio.Event()  # the port is open and being read
         self.where = config.line.device  # the port, for the agent's state
@@ -183,7 +193,9 @@ class Instrument:
             tick += 1
             if grid != self.interval:  # a new interval: a new grid from the last tick
                 origin, tick, grid = origin + (tick - 1) * grid, 1, self.interval
+            self.cadence.waits_until(origin + tick * grid)
             await asyncio.sleep(max(0.0, origin + tick * grid - loop.time()))
+            self.cadence.started(loop.time())
             latest, self._latest = self._latest, {}
             self._report(latest)
 
@@ -191,6 +203,7 @@ class Instrument:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            self.cadence.started(started)
             self._port.discard_input()
             self._latest = {}
             self._reply = loop.create_future()
@@ -202,13 +215,16 @@ class Instrument:
                 self.stats.read_errors += 1
                 self.stats.timeouts += 1
                 self._outage.failed(f"no reply within {self.config.timeout:g} s")
-                await asyncio.sleep(self._backoff(self.stats.consecutive_failures))
+                pause = self._backoff(self.stats.consecutive_failures)
+                self.cadence.waits_until(loop.time() + pause)
+                await asyncio.sleep(pause)
                 continue
             finally:
                 self._reply = None
             self._outage.answered()
             latest, self._latest = self._latest, {}
             self._report(latest)
+            self.cadence.waits_until(started + self.interval)
             await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
 
     # -- lines ----------------------------------------------------------------------------
