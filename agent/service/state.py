@@ -322,7 +322,8 @@ def _source_document(source: SourceView, now: float) -> dict[str, Any]:
         "achieved_interval_s": None
         if source.achieved is None
         else {"median": _round3(source.achieved[0]), "p95": _round3(source.achieved[1])},
-        "backoff_remaining_s": _round(source.next_in_s) if stats.failing else None,
+        # While failing: until the next try; 0 while it is trying.
+        "backoff_remaining_s": _round(source.next_in_s or 0.0) if stats.failing else None,
         "last_good_age_s": _round(None if stats.last_ok_at is None else now - stats.last_ok_at),
         "failed_cycles": stats.consecutive_failures,
         "last_error": stats.last_error,

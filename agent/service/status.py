@@ -128,8 +128,11 @@ def _source_lines(source: dict[str, Any]) -> list[str]:
     ]
     if source["state"] == "failing" and source["last_error"]:
         lines.append(f"    {_cut(source['last_error'], _ERROR + 14).rstrip()}")
-        if source["backoff_remaining_s"] is not None:
-            lines.append(f"    backed off: next try in {duration(source['backoff_remaining_s'])}")
+        remaining = source["backoff_remaining_s"]
+        if remaining:
+            lines.append(f"    backed off: next try in {duration(remaining)}")
+        elif remaining is not None:
+            lines.append("    backed off: trying now")
     for point in source["points"]:
         value = "-" if point["value"] is None else json.dumps(point["value"])
         age = "" if point["age_s"] is None else f"  ({duration(point['age_s'])} ago)"
