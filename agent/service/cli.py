@@ -23,7 +23,8 @@ from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
 from agent.config.model import Device
 from agent.errors import ConfigError
-from agent.service import adhoc, allocator, commission, doctor, logs, status
+from agent.service import adhoc, allocator, commission, doctor, logs, scan, status
+from agent.service.scan import DEFAULT_TURNAROUND
 from agent.service.supervise import describe_error, primary
 from agent.sources.modbus.plan import ReadRequest
 from agent.sources.modbus.poller import plan_groups
@@ -69,10 +70,22 @@ def main(argv: list[str] | None = None) -> int:
         "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
     )
     examine.add_argument("--control", type=Path, help="the control socket to ask")
+    _add_scan(commands)
     args = parser.parse_args(argv)
     if args.command == "status":
         socket = status.control_socket(args.control, args.config or DEFAULT_PATH)
         return status.status(socket, as_json=args.json, watch=args.watch, points=args.points)
+    if args.command == "scan":
+        logs.configure(level="error", fmt="console", stream=sys.stderr)
+        return scan.scan(
+            args.target,
+            baudrates=args.baudrates,
+            parities=args.parity,
+            units=args.units,
+            turnaround=args.turnaround,
+            config=args.config,
+            control=args.control,
+        )
     if args.command in ("poll-once", "read", "write", "doctor"):
         logs.configure(level="error", fmt="console", stream=sys.stderr)
     if args.command == "doctor":
@@ -158,6 +171,27 @@ def _add_adhoc(commands: Any) -> None:
     )
     write.add_argument("--byte-order", default="ABCD", choices=["ABCD", "CDAB", "BADC", "DCBA"])
     write.add_argument("--yes", action="store_true", help="really write")
+
+
+def _add_scan(commands: Any) -> None:
+    find = commands.add_parser(
+        "scan",
+        help="find the units on an RS-485 line, with a config stub",
+        description="TARGET: rtu:/dev/ttyS1?baudrate=9600&parity=E, or a connection of the "
+        "config. Needs the line alone. Exit status: 0 units found, 1 none, 2 bad arguments.",
+    )
+    find.add_argument("target")
+    find.add_argument("--baudrates", help="comma-separated, e.g. 9600,19200 (default the target's)")
+    find.add_argument("--parity", help="comma-separated N,E,O (default the target's)")
+    find.add_argument("--units", default="1-247", help="unit ids, e.g. 1-247 (the default)")
+    find.add_argument(
+        "--turnaround",
+        type=float,
+        default=DEFAULT_TURNAROUND,
+        help=f"seconds a unit may take to answer (default {DEFAULT_TURNAROUND})",
+    )
+    find.add_argument("--config", type=Path, default=DEFAULT_PATH, help="for a connection by name")
+    find.add_argument("--control", type=Path, help="the control socket to ask")
 
 
 def _add_poll_once(commands: Any) -> None:

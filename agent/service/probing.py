@@ -4,14 +4,22 @@ that runs without the agent, and a session of its own to publish what it read.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 from agent.cloud.mqtt import MqttSession
 from agent.config import Config
-from agent.config.model import Connection, Device
-from agent.errors import BrokerError, DeviceError, DeviceRefused
+from agent.config.model import Connection, Device, SerialSettings, rtu_silence
+from agent.errors import (
+    BrokerError,
+    DeviceError,
+    DeviceProtocolError,
+    DeviceRefused,
+    DeviceTimeout,
+)
+from agent.service.scan import Found, Scan, per_address
 from agent.sources.modbus.client import ModbusLine
 from agent.sources.modbus.points import Table
 from agent.sources.modbus.probe import fragments, probe
@@ -120,3 +128,52 @@ async def _write(line: ModbusLine, unit: int, table: Table, start: int, values: 
             await line.write_coil(unit, start + offset, bool(value))
     else:
         await line.write_registers(unit, start, values)
+
+
+async def scan_line(
+    line: Connection,
+    baudrates: Sequence[int],
+    parities: Sequence[str],
+    units: Sequence[int],
+    turnaround: float,
+    progress: Callable[[int, int], None],
+) -> Scan:
+    """Each address of `units` asked once at each speed and parity (agent.service.scan)."""
+    result = Scan()
+    began = time.monotonic()
+    total, done = len(baudrates) * len(parities) * len(units), 0
+    assert isinstance(line.endpoint, SerialSettings)
+    for baudrate in baudrates:
+        for parity in parities:
+            endpoint = dataclasses.replace(
+                line.endpoint,
+                baudrate=baudrate,
+                parity=cast(Literal["N", "E", "O"], parity),
+                silence=rtu_silence(baudrate),
+            )
+            timeout = per_address(baudrate, turnaround)
+            bus = ModbusLine(dataclasses.replace(line, endpoint=endpoint, timeout=timeout))
+            try:
+                for unit in units:
+                    await _try_unit(bus, unit, baudrate, parity, result)
+                    done += 1
+                    progress(done, total)
+            finally:
+                await bus.close()
+    result.seconds = time.monotonic() - began
+    return result
+
+
+async def _try_unit(bus: ModbusLine, unit: int, baudrate: int, parity: str, result: Scan) -> None:
+    try:
+        await bus.read(unit, Table.HOLDING, 0, 1)
+    except DeviceRefused as exc:
+        answer = f"exception {exc.code} ({exc.meaning})"
+    except DeviceProtocolError as exc:
+        result.garbled.append((unit, baudrate, parity, exc.received[:16].hex(" ")))
+        return
+    except DeviceTimeout:
+        return
+    else:
+        answer = "answers function 3"
+    result.found.append(Found(unit, baudrate, parity, answer))
