@@ -53,6 +53,10 @@ echo "demo: set a value from the cloud side, in another terminal (the \$conf/\$r
 # A client id of its own: the broker disconnects a client whose id another one takes.
 echo "  mosquitto_pub -h 127.0.0.1 -p $mqtt_port -i app:miWll0Grv-you -u miWll0Grv -P 'cq8YUb8IPYmTYkfFaOhAtj-.~G_gjXdZ' -q 1 -r \\"
 echo "    -t '\$thing/xY6Eie5hv/\$conf/\$expected/gw-1-setting' -m '[{\"id\":\"GW1_40807\",\"value\":750}]'"
+echo "demo: what the agent sees, in another terminal:"
+echo "  .venv/bin/orio-agent status --config $run/config.toml --points [--watch]"
+echo "  .venv/bin/orio-agent poll-once --config $run/config.toml"
+echo "  .venv/bin/orio-agent read plc 40001 --count 4 --config $run/config.toml"
 echo "demo: agent log in $run/agent.log; what the cloud receives follows (Ctrl-C to stop)"
 "$py" -m sim.gps "$run/ttyGps" >"$run/gps.log" 2>&1 &
 pids+=($!)

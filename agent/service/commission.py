@@ -119,7 +119,8 @@ def _request_lines(request: dict[str, Any], device_interval: float) -> list[str]
         return [f"{head}, FAILED: {said}{request['error']}"]
     lines = [head, f"    raw {_hex(request['values'], request['table'])}"]
     for point in request["points"]:
-        kind = f"{point['type']} {point['byte_order']}"
+        order = f" {point['byte_order']}" if len(point["raw"]) > 1 else ""  # of several
+        kind = f"{point['type']}{order}"
         if point["error"] is not None:
             lines.append(f"    {point['id']:<20} {kind:<14} CANNOT DECODE: {point['error']}")
             continue

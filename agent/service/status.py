@@ -96,7 +96,7 @@ def render(doc: dict[str, Any]) -> list[str]:
             lines.append(f"  {_cut(conn['name'], _NAME)} {_cut(conn['endpoint'], 40)} {state}")
     if doc["sources"]:
         lines.append(
-            f"  {'source':<{_NAME}} {'on':<{_NAME}} {'state':<8} {'every':>6} "
+            f"  {'source':<{_NAME}} {'on':<{_NAME}} {'state':<8} {'every':>6} {'kept':>7} "
             f"{'last ok':>8} {'errors':>7}"
         )
         for source in doc["sources"]:

@@ -197,6 +197,8 @@ class Instrument:
             await asyncio.sleep(max(0.0, origin + tick * grid - loop.time()))
             self.cadence.started(loop.time())
             latest, self._latest = self._latest, {}
+            if latest:
+                self._outage.answered()  # lines came in: the instrument is talking
             self._report(latest)
 
     async def _polled(self, request: bytes) -> None:
