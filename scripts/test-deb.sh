@@ -134,6 +134,40 @@ check "a bad config exits 78 (the unit's RestartPreventExitStatus=)" test "$rc" 
 check "running it wrote nothing under $VENV (no byte-code compiled at run time)" \
     test -z "$(find "$VENV" -newer "$marker" -print -quit)"
 
+step "the commissioning commands, against the installed agent"
+set +e
+orio-agent status --control "$work/none.sock" >/dev/null 2>&1; rc=$?
+set -e
+check "status with no agent running exits 3" test "$rc" = 3
+set +e
+out=$(orio-agent doctor --config "$CONFIG" 2>&1)
+set -e
+check "doctor checks the installed config" grep -q "^PASS  config: $CONFIG is valid" <<<"$out"
+check "doctor finds the service user in dialout" grep -q "^PASS  service user" <<<"$out"
+live=$(mktemp -d /tmp/orio-agent-live.XXXXXX)  # beside $work, which only root may enter
+chmod 755 "$live"
+sed -e 's|^path = "/var/lib/orio-agent/queue.db".*|path = ":memory:"|' \
+    -e 's|^host = "mqtt.paas.oringnet.cloud"|host = "127.0.0.1"|' \
+    -e 's|^port = 8083 .*|port = 9|' "$CONFIG" >"$live/config.toml"
+chmod 644 "$live/config.toml"
+install -d -o orio-agent -g orio-agent -m 0750 "$live/run"
+runuser -u orio-agent -- orio-agent run --config "$live/config.toml" --control "$live/run/control.sock" \
+    >"$live/agent.log" 2>&1 &
+agent_pid=$!
+for _ in $(seq 100); do [ -S "$live/run/control.sock" ] && break; sleep 0.1; done
+check "the installed agent makes its control socket 0660, group orio-agent" \
+    test "$(stat -c '%G %a' "$live/run/control.sock")" = "orio-agent 660"
+check "status asks the installed agent (exit 0)" orio-agent status --control "$live/run/control.sock"
+check "status --json says it is not connected to a broker that is not there" \
+    bash -c "orio-agent status --json --control '$live/run/control.sock' | grep -q '\"connected\": false'"
+set +e
+runuser -u nobody -- orio-agent status --control "$live/run/control.sock" >/dev/null 2>&1; rc=$?
+set -e
+check "a user outside the orio-agent group cannot ask (exit 4)" test "$rc" = 4
+kill -TERM "$agent_pid"; wait "$agent_pid" || true
+check "the socket is removed when the agent stops" test ! -e "$live/run/control.sock"
+rm -rf "$live"
+
 step "the unit"
 check "systemd-analyze verify $UNIT" systemd-analyze verify "$UNIT"
 score=$(systemd-analyze security --offline=true "$UNIT" 2>/dev/null |
