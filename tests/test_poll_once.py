@@ -136,7 +136,7 @@ async def test_poll_once_alone_publishes_and_waits_for_the_puback(
     }
 
 
-async def test_poll_once_through_a_busy_agent_never_garbles_a_shared_rtu_line(
+async def test_poll_once_and_read_through_a_busy_agent_never_garble_a_shared_rtu_line(
     tmp_path: Path, broker: Broker, pty_pair: PtyPair
 ) -> None:
     units = [meter(1), meter(2)]
@@ -154,8 +154,30 @@ async def test_poll_once_through_a_busy_agent_never_garbles_a_shared_rtu_line(
             tmp_path, agent_toml(broker, body, control=f'socket = "{control}"')
         ) as agent:
             await poll_until(control.is_socket, timeout=WAIT, what="the control socket")
-            runs = await asyncio.gather(
-                *(orio_agent("poll-once", "--control", str(control), "--json") for _ in range(6))
+            runs, reads = await asyncio.gather(
+                asyncio.gather(
+                    *(
+                        orio_agent("poll-once", "--control", str(control), "--json")
+                        for _ in range(6)
+                    )
+                ),
+                asyncio.gather(
+                    *(
+                        orio_agent(
+                            "read",
+                            "plc",
+                            "40001",
+                            "--unit",
+                            "2",
+                            "--count",
+                            "3",
+                            "--json",
+                            "--control",
+                            str(control),
+                        )
+                        for _ in range(6)
+                    )
+                ),
             )
             errors = sum(poller.stats.read_errors for poller in agent.pollers)
             cycles = sum(poller.stats.cycles for poller in agent.pollers)
@@ -167,4 +189,8 @@ async def test_poll_once_through_a_busy_agent_never_garbles_a_shared_rtu_line(
         devices = json.loads(out)["devices"]
         assert [True, True] == [device["ok"] for device in devices]
         assert [12.5, 12.5] == [device["requests"][0]["points"][0]["value"] for device in devices]
+    for code, out, _ in reads:
+        assert 0 == code
+        answer = json.loads(out)
+        assert ("the running agent", [0x4148, 0, 7]) == (answer["through"], answer["values"])
     assert (0, True) == (errors, cycles > 20)
