@@ -13,8 +13,8 @@ Scenarios (see bench/README.md for what each figure means):
 - ``workload``: 20 Modbus TCP units x 50 float32 points every 1 s (1,000 points).
 - ``ceiling``: 20 units x 125 uint16 points back to back (every 0.001 s): as many
   readings/s as the agent takes.
-- ``rtu``: one RTU line, 2 units x 10 registers as fast as the agent polls, at 9600 and
-  115200 baud, over a bare pty and over a pty whose far end answers at the line's speed.
+- ``rtu``: one RTU line, 2 units x 10 registers as fast as the agent polls, at 9600, 19200
+  and 115200 baud, over a bare pty and over a pty whose far end answers at the line's speed.
 - ``smoke``: 2 units x 10 points for 10 s; exits non-zero when nothing was delivered or
   the agent crashed (for CI).
 - ``backlog``: the ``ceiling`` plant, the broker stopped until 1,000,000 readings are queued
@@ -188,7 +188,8 @@ _DEFAULTS: dict[str, tuple[Layout, BatchSpec, float, float]] = {
 _QUEUES: dict[str, QueueSpec] = {
     "backlog": QueueSpec(replay_rate=0, max_bytes=GIB),  # replay unlimited, nothing dropped
 }
-RTU_BAUDRATES = (9600, 115200)
+# The specification's silences: 3.5 characters at 9600 and 19200, 1.75 ms above.
+RTU_BAUDRATES = (9600, 19200, 115200)
 
 
 def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
@@ -627,6 +628,7 @@ class BenchRun:
         self.started = 0.0  # time.monotonic() when the agent was started
         self.memory: list[procfs.MemorySample] = []  # soak
         self.soak: dict[str, Any] = {}
+        self.rig_requests_per_s: float | None = None  # rtu over an emulated line
 
     async def run(self) -> dict[str, Any]:
         spec, directory = self.spec, self.directory
@@ -638,6 +640,9 @@ class BenchRun:
                 f"warning: the machine is {self.busy_before:.0f} % busy before the run "
                 "(other processes): CPU-bound figures will be low"
             )
+        if spec.layout.transport == "rtu" and spec.layout.emulate_line:
+            self.rig_requests_per_s = await _rig_requests_per_second(spec.layout)
+            _say(f"{spec.name}: the rig alone carries {self.rig_requests_per_s:.1f} requests/s")
         backlog = spec.backlog is not None
         # backlog and soak stop the broker with the agent running: nothing may be lost there.
         persistent = backlog or spec.soak is not None
@@ -1219,6 +1224,13 @@ class BenchRun:
                     100 * (result["requests_per_s"] or 0) / theory, 1
                 ),
             }
+            rig = self.rig_requests_per_s
+            if rig is not None:
+                result["rtu"]["rig_requests_per_s"] = round(rig, 1)
+                result["rtu"]["rig_percent_of_theoretical"] = round(100 * rig / theory, 1)
+                result["rtu"]["achieved_percent_of_rig"] = round(
+                    100 * (result["requests_per_s"] or 0) / rig, 1
+                )
         if self.profile_path is not None:
             result["profile"] = _shown(self.profile_path)
         if self.memory_path is not None:
@@ -1242,6 +1254,26 @@ class BenchRun:
             figures["write_bytes_window"] = figures["write_bytes_per_s"] = None
             figures["write_bytes_since_start"] = None
         return figures
+
+
+async def _rig_requests_per_second(layout: Layout) -> float:
+    """What the pty rig carries at the layout's baud rate with the line's times kept and
+    no software of ours (`bench.line.rig_requests_per_second`), measured now."""
+    argv = [sys.executable, "-m", "bench.line", "--json", "--registers"]
+    argv += [str(layout.registers_per_unit), str(layout.baudrate)]
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=REPO
+    )
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise HarnessError(f"bench.line did not finish in {START_TIMEOUT} s") from None
+    if process.returncode != 0:
+        raise HarnessError(f"bench.line failed ({process.returncode})")
+    return float(json.loads(output)["rig"])
 
 
 async def _machine_busy(seconds: float = 1.0) -> float:
@@ -1420,6 +1452,9 @@ _ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("requests/s measured (plant)", ("requests_per_s",), "{:,.2f}"),
     ("RTU theoretical max requests/s", ("rtu", "theoretical_requests_per_s"), "{:,.1f}"),
     ("RTU achieved % of theoretical", ("rtu", "achieved_percent_of_theoretical"), "{:.1f} %"),
+    ("RTU rig alone: requests/s", ("rtu", "rig_requests_per_s"), "{:,.1f}"),
+    ("RTU rig alone: % of theoretical", ("rtu", "rig_percent_of_theoretical"), "{:.1f} %"),
+    ("RTU achieved % of the rig alone", ("rtu", "achieved_percent_of_rig"), "{:.1f} %"),
     ("readings/s offered (plant)", ("readings_offered_per_s",), "{:,.0f}"),
     ("readings/s delivered", ("readings_delivered_per_s",), "{:,.0f}"),
     ("readings expected (whole run)", ("readings_expected",), "{:,}"),

@@ -2,8 +2,8 @@
 
 SPEC is a JSON object: ``transport`` ("tcp" or "rtu"), ``units``, ``points`` (per unit),
 ``kind`` ("float32" or "uint16"); for RTU also ``device``, ``baudrate`` and
-``emulate_line`` (answer only after the time the frames would take on a real line: a pty
-carries bytes at memory speed whatever its baud rate).
+``emulate_line`` (each reply leaves when a real line would have carried the request and
+the reply, `EmulatedLine`: a pty carries bytes at memory speed whatever its baud rate).
 
 - TCP: one server per unit, each on its own loopback port, unit id 1: one ``[[modbus]]``
   connection per unit, as separate meters on a plant network are.
@@ -34,9 +34,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pymodbus.pdu import ModbusPDU
+
+from agent.sources.modbus.timer import Timer
 from bench import values
 from bench.line import unit_turnaround
-from sim.plant import PlantServer, SimUnit, serve_rtu, serve_tcp
+from sim.plant import PlantServer, Request, SimUnit, serve_rtu, serve_tcp
 
 _SPARE_REGISTERS = 16
 _EARLY_WAKE_MARGIN = 0.001  # seconds: asyncio.sleep may wake a little before the second
@@ -57,26 +60,59 @@ class PlantSpec:
         return cls(**json.loads(text))
 
 
-class LineUnit(SimUnit):
-    """A unit on an emulated RTU line: a read is answered after its frames' wire time."""
+class EmulatedLine:
+    """The far end of an emulated RTU line: each reply leaves when a real line would have
+    carried it, at the request's arrival + its unit's turnaround (`unit_turnaround`: the
+    request's frame, the silence, the reply's frame), to within tens of microseconds.
 
-    def __init__(self, unit_id: int, *, baudrate: int, max_address: int) -> None:
-        super().__init__(unit_id, max_address=max_address)
+    The time runs from the request's arrival (pymodbus decoding its last byte), as a unit's
+    3.5-character timer does. pymodbus's server answers at once; its serial transport's
+    `write` is taken over and `run` writes each reply to the port at its time. So the
+    server's own time to answer (two turns of its event loop and more, about 0.1 ms) falls
+    within the emulated line's time, as a real unit's work falls within its silence,
+    instead of being added to it.
+    """
+
+    def __init__(self, baudrate: int) -> None:
         self.baudrate = baudrate
+        self._due = 0.0  # when the reply to the request under way leaves
+        self._replies: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self._port: Any = None  # the pyserial port pymodbus opened
 
-    async def _action(
-        self,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        current_registers: list[int],
-        set_values: Any,
-    ) -> Any:
-        await asyncio.sleep(unit_turnaround(self.baudrate, count))
-        return await super()._action(
-            function_code, start_address, address, count, current_registers, set_values
-        )
+    def arrived(self, request: Request) -> None:
+        self._due = time.monotonic() + unit_turnaround(self.baudrate, request.count)
+
+    def attach(self, server: PlantServer) -> None:
+        """Take over the writes of `server` (a serial one: pymodbus's SerialTransport)."""
+        transport = server.transport
+        self._port = transport.sync_serial
+        transport.write = self._hold
+
+    async def run(self) -> None:
+        timer = Timer()
+        try:
+            while True:
+                due, reply = await self._replies.get()
+                await timer.sleep_until(due)
+                if self._port.is_open:  # not paused meanwhile
+                    self._port.write(reply)
+        finally:
+            timer.close()
+
+    def _hold(self, reply: bytes) -> None:
+        self._replies.put_nowait((self._due, reply))
+
+
+class LineUnit(SimUnit):
+    """A unit on an emulated RTU line (`EmulatedLine`), which it tells of each request."""
+
+    def __init__(self, unit_id: int, *, line: EmulatedLine, max_address: int) -> None:
+        super().__init__(unit_id, max_address=max_address)
+        self.line = line
+
+    def record(self, pdu: ModbusPDU) -> None:
+        super().record(pdu)
+        self.line.arrived(self.requests[-1])
 
 
 class _Counter:
@@ -98,9 +134,11 @@ class Plant:
     def __init__(self, spec: PlantSpec) -> None:
         self.spec = spec
         size = spec.points * values.WIDTH[spec.kind] + _SPARE_REGISTERS
-        if spec.transport == "rtu" and spec.emulate_line:
+        emulated = spec.transport == "rtu" and spec.emulate_line
+        self.line = EmulatedLine(spec.baudrate) if emulated else None
+        if self.line is not None:
             self.units: list[SimUnit] = [
-                LineUnit(n + 1, baudrate=spec.baudrate, max_address=size) for n in range(spec.units)
+                LineUnit(n + 1, line=self.line, max_address=size) for n in range(spec.units)
             ]
         elif spec.transport == "rtu":
             self.units = [SimUnit(n + 1, max_address=size) for n in range(spec.units)]
@@ -125,6 +163,8 @@ class Plant:
             assert self.spec.device is not None
             server = await serve_rtu(self.units, self.spec.device, self.spec.baudrate)
             self.servers.append(server)
+            if self.line is not None:
+                self.line.attach(server)
             return []
         for unit in self.units:
             server = await serve_tcp([unit])
@@ -185,11 +225,15 @@ async def run(spec: PlantSpec) -> None:
     async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as group:
         ports = await plant.serve(stack)
         _say({"event": "ready", "ports": ports})
-        ticker = group.create_task(plant.change_values(), name="values")
-        commands = group.create_task(_commands(plant, stop), name="commands")
+        tasks = [
+            group.create_task(plant.change_values(), name="values"),
+            group.create_task(_commands(plant, stop), name="commands"),
+        ]
+        if plant.line is not None:
+            tasks.append(group.create_task(plant.line.run(), name="line"))
         await stop.wait()
-        ticker.cancel()
-        commands.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,13 @@
-"""A simulated plant: Modbus units served by pymodbus over TCP or RTU.
+"""A simulated plant: Modbus units served by pymodbus over TCP or a serial line.
 
 A :class:`SimUnit` is one Modbus unit (device id) with the four tables. Tests
 set and read its values directly, look at the requests it received, and make
-it misbehave (invalid addresses, refused writes, no answer at all).
+it misbehave (invalid addresses, refused writes, no answer at all, garbled
+replies).
+
+Four framings, as the agent's four transports: Modbus TCP (``serve_tcp``), RTU
+frames over TCP, a serial device server's (``serve_tcp(framer=FramerType.RTU)``),
+RTU and ASCII on a serial device (``serve_serial``, ``serve_rtu``).
 
 The unit's own lists are the truth. pymodbus 3.16's simulator (``SimDevice``
 with four non-shared blocks) keeps a copy; the device ``action`` callback,
@@ -10,7 +15,9 @@ which pymodbus awaits on every access, brings that copy up to date from the
 unit before pymodbus answers, and applies writes to the unit. The server's
 ``trace_pdu`` hook sees every decoded request first: it records it, and drops
 the requests a unit must not answer (a dead unit, an id nobody owns) so the
-line stays silent, as it would on a real RS-485 bus.
+line stays silent, as it would on a real RS-485 bus. Its ``trace_packet`` hook
+sees the bytes both ways: it logs them with their time (``PlantServer.wire``)
+and breaks a garbling unit's replies, framed, just before they are sent.
 
 ``python -m sim.plant --port 5020 [--rtu-device PATH --baudrate 9600]`` runs
 the demo plant until SIGINT/SIGTERM.
@@ -27,9 +34,9 @@ import math
 import signal
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
@@ -45,6 +52,7 @@ ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 TABLES: tuple[Table, ...] = get_args(Table)
 DEFAULT_MAX_ADDRESS = 10_000
 DEFAULT_WAIT_TIMEOUT = 10.0
+WIRE_LOG_SIZE = 1000  # packets a server keeps in `PlantServer.wire`
 LOOPBACK = "127.0.0.1"
 
 READ_FUNCTION_CODES = frozenset({1, 2, 3, 4})
@@ -62,6 +70,15 @@ FUNCTION_CODE_TABLE: dict[int, Table] = {
     23: "holding",
 }
 _BITS_PER_REGISTER = 16
+
+
+class Packet(NamedTuple):
+    """Bytes the server received (all it holds unframed, as they came in) or sent (a
+    frame), and when: ``time.monotonic()`` as pymodbus's trace hook saw them."""
+
+    at: float
+    sending: bool
+    data: bytes
 
 
 class Request(NamedTuple):
@@ -98,6 +115,9 @@ class SimUnit:
         self.invalid: dict[Table, set[int]] = {table: set() for table in TABLES}
         #: the unit does not answer at all (requests are still logged)
         self.dead = False
+        #: replies go out with their last byte changed: a bad CRC (RTU), a bad LRC (ASCII);
+        #: Modbus TCP has no checksum, so there a value (or an exception code) is wrong
+        self.garble = False
         #: writes answer ``write_refusal`` and change nothing
         self.refuse_writes = False
         self.write_refusal = ExcCodes.DEVICE_FAILURE
@@ -341,17 +361,22 @@ def bytes_from_registers(registers: Sequence[int], byte_order: ByteOrder = "ABCD
 
 
 class _Line:
-    """What the server's trace hook needs: which units answer on this line."""
+    """What the server's trace hooks need: which units answer on this line, which one
+    was asked last (the one a reply is from: one request at a time), connections made."""
 
-    def __init__(self, units: Sequence[SimUnit]) -> None:
+    def __init__(self, units: Sequence[SimUnit], framer: FramerType) -> None:
         self.units = {unit.unit_id: unit for unit in units}
         if len(self.units) != len(units):
             raise ValueError("two units with the same id on one line")
+        self.framer = framer
+        self.asked: SimUnit | None = None
+        self.connections = 0
+        self.wire: deque[Packet] = deque(maxlen=WIRE_LOG_SIZE)
 
     def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if sending:
             return pdu
-        unit = self.units.get(pdu.dev_id)
+        unit = self.asked = self.units.get(pdu.dev_id)
         if unit is not None:
             unit.record(pdu)
         if unit is None or unit.dead:
@@ -360,14 +385,38 @@ class _Line:
             return None  # type: ignore[return-value]
         return pdu
 
+    def trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending and self.asked is not None and self.asked.garble:
+            data = garbled(data, self.framer)
+        self.wire.append(Packet(time.monotonic(), sending, data))
+        return data
+
+    def trace_connect(self, connected: bool) -> None:
+        if connected:
+            self.connections += 1
+
+
+_HEX_DIGITS = b"0123456789ABCDEF"
+
+
+def garbled(frame: bytes, framer: FramerType) -> bytes:
+    """`frame` with its checksum wrong: RTU's CRC, ASCII's LRC (the hex digit before CR
+    LF); Modbus TCP, which has no checksum, gets its last byte changed all the same."""
+    if framer is FramerType.ASCII:
+        digit = frame[-3]
+        other = _HEX_DIGITS[(_HEX_DIGITS.index(digit) + 1) % len(_HEX_DIGITS)]
+        return frame[:-3] + bytes([other]) + frame[-2:]
+    return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+
 
 class PlantServer:
-    """A running pymodbus server; ``port`` is set for TCP, ``device`` for RTU."""
+    """A running pymodbus server; ``port`` is set for TCP, ``device`` for a serial line."""
 
     def __init__(
         self,
         server: ModbusTcpServer | ModbusSerialServer,
         units: Sequence[SimUnit],
+        line: _Line,
         *,
         host: str | None = None,
         port: int | None = None,
@@ -375,6 +424,7 @@ class PlantServer:
     ) -> None:
         self._server = server
         self.units = list(units)
+        self._line = line
         self.host = host
         self._port = port
         self.device = device
@@ -382,11 +432,37 @@ class PlantServer:
     @property
     def port(self) -> int:
         if self._port is None:
-            raise AttributeError("an RTU server has no port")
+            raise AttributeError("a serial line's server has no port")
         return self._port
+
+    @property
+    def framer(self) -> FramerType:
+        return self._line.framer
+
+    @property
+    def transport(self) -> Any:
+        """pymodbus's transport: a serial server's port (its SerialTransport, whose
+        ``sync_serial`` is the pyserial port), a TCP server's listener (asyncio.Server)."""
+        return self._server.transport
+
+    @property
+    def wire(self) -> Sequence[Packet]:
+        """The last WIRE_LOG_SIZE packets in and out, oldest first."""
+        return self._line.wire
+
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far (TCP); a serial server counts its port's opening."""
+        return self._line.connections
 
     def unit(self, unit_id: int) -> SimUnit:
         return next(unit for unit in self.units if unit.unit_id == unit_id)
+
+    def drop_connections(self) -> None:
+        """Close every client's connection and keep listening: what a serial device
+        server does when it restarts, or a NAT router that forgets the connection."""
+        for handler in list(self._server.active_connections.values()):
+            handler.close()
 
     async def stop(self) -> None:
         listener = self._server.transport
@@ -401,13 +477,26 @@ class PlantServer:
         await self.stop()
 
 
-async def serve_tcp(units: Sequence[SimUnit], host: str = LOOPBACK, port: int = 0) -> PlantServer:
-    """Serve ``units`` over Modbus TCP; ``port=0`` picks a free port (see ``.port``)."""
-    line = _Line(units)
+async def serve_tcp(
+    units: Sequence[SimUnit],
+    host: str = LOOPBACK,
+    port: int = 0,
+    *,
+    framer: FramerType = FramerType.SOCKET,
+) -> PlantServer:
+    """Serve ``units`` over TCP; ``port=0`` picks a free port (see ``.port``).
+
+    Modbus TCP (MBAP) by default; ``framer=FramerType.RTU``: RTU frames, CRC included, as
+    a serial device server passes them between its socket and its RS-485 line.
+    """
+    line = _Line(units, framer)
     server = ModbusTcpServer(
         [unit.build_device() for unit in units],
+        framer=framer,
         address=(host, port),
         trace_pdu=line.trace_pdu,
+        trace_packet=line.trace_packet,
+        trace_connect=line.trace_connect,
     )
     await server.serve_forever(background=True)
     listener = server.transport
@@ -415,7 +504,36 @@ async def serve_tcp(units: Sequence[SimUnit], host: str = LOOPBACK, port: int = 
         await server.shutdown()  # type: ignore[no-untyped-call]
         raise RuntimeError(f"Modbus TCP server did not bind {host}:{port}")
     bound_port = int(listener.sockets[0].getsockname()[1])
-    return PlantServer(server, units, host=host, port=bound_port)
+    return PlantServer(server, units, line, host=host, port=bound_port)
+
+
+async def serve_serial(
+    units: Sequence[SimUnit],
+    device: str,
+    baudrate: int = 19200,
+    *,
+    framer: FramerType,
+    parity: str = "N",
+    bytesize: int = 8,
+    stopbits: int = 1,
+) -> PlantServer:
+    """Serve ``units`` on a serial device (e.g. a socat pty end): Modbus RTU
+    (``FramerType.RTU``) or Modbus ASCII (``FramerType.ASCII``)."""
+    line = _Line(units, framer)
+    server = ModbusSerialServer(
+        [unit.build_device() for unit in units],
+        framer=framer,
+        port=device,
+        baudrate=baudrate,
+        parity=parity,
+        bytesize=bytesize,
+        stopbits=stopbits,
+        trace_pdu=line.trace_pdu,
+        trace_packet=line.trace_packet,
+        trace_connect=line.trace_connect,
+    )
+    await server.serve_forever(background=True)
+    return PlantServer(server, units, line, device=device)
 
 
 async def serve_rtu(
@@ -428,19 +546,15 @@ async def serve_rtu(
     stopbits: int = 1,
 ) -> PlantServer:
     """Serve ``units`` over Modbus RTU on a serial device (e.g. a socat pty end)."""
-    line = _Line(units)
-    server = ModbusSerialServer(
-        [unit.build_device() for unit in units],
+    return await serve_serial(
+        units,
+        device,
+        baudrate,
         framer=FramerType.RTU,
-        port=device,
-        baudrate=baudrate,
         parity=parity,
         bytesize=bytesize,
         stopbits=stopbits,
-        trace_pdu=line.trace_pdu,
     )
-    await server.serve_forever(background=True)
-    return PlantServer(server, units, device=device)
 
 
 # -- the demo plant ---------------------------------------------------------------

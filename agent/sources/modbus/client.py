@@ -17,6 +17,16 @@ request it also reports only at the time-out. Its trace hooks do see both: `trac
 every byte that comes in, `trace_connect` the loss. `_Wire` keeps what they saw of the
 request under way: bytes that made no reply turn the error into DeviceProtocolError, and a
 loss ends the wait at once, as DeviceUnreachable.
+
+Between two frames a serial line keeps its silence (`SerialSettings.silence`: RTU's 3.5
+characters, 1.75 ms above 19,200 baud, or `inter_frame`), and any connection its
+`request_delay`. Both run from the end of the last frame on the line, the moment its last
+bytes came in (`_Wire.heard_at`), or the end of a request nothing answered: a request goes
+at once when the silence has passed meanwhile, after only the rest of it otherwise, and
+that rest is waited to the tens of microseconds (`timer.Timer`), not rounded up to
+asyncio's millisecond. A serial port's `rs485` and `low_latency` modes are set on the port
+pymodbus opened, at each connection (`ModbusLine._set_modes` says what a port without them
+does).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
+import serial.rs485
 import structlog
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -41,6 +52,7 @@ from agent.errors import (
     DeviceUnreachable,
 )
 from agent.sources.modbus.points import Table
+from agent.sources.modbus.timer import Timer
 
 log = structlog.get_logger("agent.modbus")
 
@@ -48,6 +60,10 @@ _READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPU
 _BIT_FUNCTIONS = frozenset({1, 2})
 _REGISTER_FUNCTIONS = frozenset({3, 4})
 _SHOWN_BYTES = 32  # of a reply that could not be used, in the error's message
+# What pyserial raises when a port lacks a mode: ValueError from the ioctl (a pty, a driver
+# without it), NotImplementedError off Linux, AttributeError for a port that is no
+# serialposix.Serial (None included: not pymodbus's SerialTransport).
+_MODE_ERRORS = (ValueError, NotImplementedError, AttributeError, OSError)
 
 _FRAMERS: Mapping[Framing, FramerType] = {
     "mbap": FramerType.SOCKET,
@@ -93,6 +109,7 @@ class _Wire:
 
     def __init__(self) -> None:
         self.received = b""  # the last bytes pymodbus was given to frame
+        self.heard_at = 0.0  # time.monotonic() when bytes last came in: a frame's end
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def begin(self) -> asyncio.Future[None]:
@@ -102,9 +119,11 @@ class _Wire:
         return self.lost
 
     def trace_packet(self, sending: bool, data: bytes) -> bytes:
-        # Coming in, `data` is all pymodbus holds unframed (transaction.py:264-271).
+        # Coming in, `data` is all pymodbus holds unframed (transaction.py:264-271), called
+        # from data_received as the bytes arrive.
         if not sending:
             self.received = data
+            self.heard_at = time.monotonic()
         return data
 
     def trace_connect(self, connected: bool) -> None:
@@ -123,7 +142,9 @@ class ModbusLine:
         self._lock = asyncio.Lock()
         self._client: Client | None = None
         self._wire: _Wire | None = None
-        self._last_request_end = 0.0
+        self._quiet_since = 0.0  # time.monotonic() at the end of the last frame on the line
+        self._told_low_latency = False
+        self._timer = Timer()  # the silences', to the tens of microseconds
         self._delay = config.request_delay
         if isinstance(config.endpoint, SerialSettings):
             self._delay = max(self._delay, config.endpoint.silence)
@@ -194,9 +215,8 @@ class ModbusLine:
     ) -> ModbusPDU:
         async with self._lock:
             client, wire = await self._connected()
-            pause = self._last_request_end + self._delay - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
+            # Bytes that came in since (a late reply) end a frame too.
+            await self._timer.sleep_until(max(self._quiet_since, wire.heard_at) + self._delay)
             lost = wire.begin()
             try:
                 response = await self._exchange(call(client), lost)
@@ -208,7 +228,9 @@ class ModbusLine:
                     kind, exc, received=wire.received, unit=unit, function=function, address=address
                 ) from exc
             finally:
-                self._last_request_end = time.monotonic()
+                # The reply's last bytes ended the last frame; with none, the request did,
+                # no later than now.
+                self._quiet_since = wire.heard_at if wire.received else time.monotonic()
                 if not client.connected:
                     self._close()
             if response.isError():
@@ -301,13 +323,23 @@ class ModbusLine:
         if self._client is not None and self._wire is not None and self._client.connected:
             return self._client, self._wire
         self._close()
-        config = self._config
         wire = _Wire()
-        client: Client
+        client = self._new_client(wire)
+        await self._open(client)
+        log.info("modbus_connected", connection=self.name, endpoint=self.endpoint)
+        self._client, self._wire = client, wire
+        if self._config.connect_delay:
+            await asyncio.sleep(self._config.connect_delay)
+        self._quiet_since = time.monotonic()
+        return client, wire
+
+    def _new_client(self, wire: _Wire) -> Client:
+        """A pymodbus client for the endpoint and framing, not yet connected."""
+        config = self._config
         # reconnect_delay=0: pymodbus does not reconnect by itself; the pollers' back-off
         # decides when to try again. retries=0: a failed read is reported, not repeated.
-        endpoint = config.endpoint
         common: dict[str, Any] = {
+            "framer": _FRAMERS[config.framing],
             "timeout": config.timeout,
             "retries": 0,
             "reconnect_delay": 0,
@@ -315,24 +347,23 @@ class ModbusLine:
             "trace_packet": wire.trace_packet,
             "trace_connect": wire.trace_connect,
         }
-        framer = _FRAMERS[config.framing]
+        endpoint = config.endpoint
         if isinstance(endpoint, TcpEndpoint):
-            client = AsyncModbusTcpClient(
-                endpoint.host, port=endpoint.port, framer=framer, **common
-            )
-        else:
-            client = AsyncModbusSerialClient(
-                endpoint.device,
-                framer=framer,
-                baudrate=endpoint.baudrate,
-                parity=endpoint.parity,
-                bytesize=endpoint.bytesize,
-                stopbits=endpoint.stopbits,
-                **common,
-            )
-        where = str(endpoint)
+            return AsyncModbusTcpClient(endpoint.host, port=endpoint.port, **common)
+        return AsyncModbusSerialClient(
+            endpoint.device,
+            baudrate=endpoint.baudrate,
+            parity=endpoint.parity,
+            bytesize=endpoint.bytesize,
+            stopbits=endpoint.stopbits,
+            **common,
+        )
+
+    async def _open(self, client: Client) -> None:
+        """Connect `client` and set its serial port's modes; closed again on failure."""
+        where = self.endpoint
         try:
-            async with asyncio.timeout(config.timeout * 2 + 1):
+            async with asyncio.timeout(self._config.timeout * 2 + 1):
                 ok = await client.connect()
         except (TimeoutError, OSError) as exc:
             client.close()
@@ -342,17 +373,58 @@ class ModbusLine:
         if not ok:
             client.close()
             raise DeviceUnreachable(f"cannot connect to {where}", connection=self.name)
-        log.info("modbus_connected", connection=self.name, endpoint=where)
-        self._client, self._wire = client, wire
-        if config.connect_delay:
-            await asyncio.sleep(config.connect_delay)
-        self._last_request_end = time.monotonic()
-        return client, wire
+        endpoint = self._config.endpoint
+        if isinstance(endpoint, SerialSettings):
+            try:
+                self._set_modes(_serial_port(client), endpoint)
+            except DeviceUnreachable:
+                client.close()
+                raise
+
+    def _set_modes(self, port: Any, line: SerialSettings) -> None:
+        """The kernel's RS-485 mode and the adapter's low-latency mode, when asked for.
+
+        Without the RS-485 mode a port that needs it never drives its transmitter: no
+        request would reach the line, and every unit would seem silent. So a port that
+        cannot have it is not used (DeviceUnreachable, saying why). The low-latency mode
+        only shortens the wait for a reply's last bytes: without it the line works, a
+        little slower, and a warning says so (once; at debug level on reconnections).
+        """
+        if line.rs485:
+            try:
+                port.rs485_mode = serial.rs485.RS485Settings()  # RTS high while sending
+            except _MODE_ERRORS as exc:
+                raise DeviceUnreachable(
+                    f"cannot switch {line.device} to the kernel's RS-485 mode: {exc} (if the"
+                    " adapter switches the line's direction by itself, set rs485 = false)",
+                    connection=self.name,
+                ) from exc
+        if line.low_latency:
+            try:
+                port.set_low_latency_mode(True)
+            except _MODE_ERRORS as exc:
+                level = log.debug if self._told_low_latency else log.warning
+                self._told_low_latency = True
+                level(
+                    "low_latency_unavailable",
+                    connection=self.name,
+                    device=line.device,
+                    error=str(exc),
+                    meaning="the port has no low-latency mode (a USB adapter's, FTDI's);"
+                    " replies may wait up to its latency timer (16 ms on FTDI) to come in",
+                )
 
     def _close(self) -> None:
+        """Close the connection and the timer (both made again at the next request)."""
+        self._timer.close()
         if self._client is not None:
             self._client.close()
             self._client = self._wire = None
+
+
+def _serial_port(client: Client) -> Any:
+    """The pyserial port pymodbus opened for `client` (SerialTransport.sync_serial)."""
+    return getattr(client.ctx.transport, "sync_serial", None)
 
 
 def _reply_problem(response: ModbusPDU, *, function: int, count: int) -> str | None:
