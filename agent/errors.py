@@ -215,3 +215,20 @@ class QueueCorrupt(QueueError):
 
 class QueueReadOnly(QueueError):
     """The file or its file system cannot be written (SQLITE_READONLY, EROFS, EACCES)."""
+
+
+class PaasError(AgentError):
+    """The PaaS REST API refused a request or answered what cannot be used."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        self.status = status
+        self.code = code  # the document's error code, e.g. "UNAUTHORIZED_ERROR"
+        super().__init__(message)
+
+
+class PaasAuthError(PaasError):
+    """401 or 403: the API key or the client credentials are not accepted."""
+
+
+class PaasUnavailable(PaasError):
+    """5xx, time-outs or network errors, after the retries."""

@@ -107,6 +107,11 @@ async def test_status_shows_what_the_units_and_the_broker_saw(
     assert [("plc", "127.0.0.1:" + str(plant.port), True)] == [
         (c["name"], c["endpoint"], c["connected"]) for c in up["connections"]
     ]
+    line = up["connections"][0]
+    # Two units every 0.2 s, the dead one backed off: between 2 and 20 requests a second.
+    assert 2 < line["requests_per_s"] < 20
+    assert 0 < line["utilisation_pct"] <= 100
+    assert 0 < line["rtt_ms"]["median"] <= line["rtt_ms"]["p95"]
 
     assert 0 == code
     lines = shown.splitlines()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.service.scan import parse_units, per_address, physical_minimum
+from agent.testing import captured_logs
 from sim.broker import Broker
 from sim.plant import SimUnit, serve_rtu
 from sim.pty import PtyPair
@@ -49,10 +50,11 @@ async def test_scan_finds_exactly_the_units_on_the_line_and_prints_a_stub_that_c
     assert "3 devices" in checked[1]
 
 
-async def test_scan_refuses_a_line_the_running_agent_polls(
+async def test_scan_through_the_agent_pauses_the_line_and_polling_resumes_after(
     tmp_path: Path, broker: Broker, pty_pair: PtyPair
 ) -> None:
-    plant = await serve_rtu([SimUnit(1)], str(pty_pair.device_b), baudrate=38400)
+    polled, other = SimUnit(1), SimUnit(9)
+    plant = await serve_rtu([polled, other], str(pty_pair.device_b), baudrate=38400)
     control = tmp_path / "control.sock"
     body = f"""
 [[modbus]]
@@ -63,23 +65,39 @@ baudrate = 38400
 
   [[modbus.devices]]
   name = "meter"
+  interval = 0.1
   bucket = "b"
   points = [{{ id = "v", address = "40001" }}]
 """
     try:
-        async with running_agent(
-            tmp_path, agent_toml(broker, body, control=f'socket = "{control}"')
-        ):
-            await poll_until(control.is_socket, timeout=WAIT, what="the control socket")
-            code, _, err = await orio_agent(
-                "scan", f"rtu:{pty_pair.device_a}", "--control", str(control)
-            )
+        with captured_logs() as logs:
+            async with running_agent(
+                tmp_path, agent_toml(broker, body, control=f'socket = "{control}"')
+            ) as agent:
+                await poll_until(control.is_socket, timeout=WAIT, what="the control socket")
+                code, out, err = await orio_agent(
+                    "scan",
+                    f"rtu:{pty_pair.device_a}?baudrate=38400",
+                    "--units",
+                    "1-12",
+                    "--turnaround",
+                    "0.03",
+                    "--control",
+                    str(control),
+                )
+                before = len(polled.requests)
+                await polled.wait_until(lambda u: len(u.requests) > before + 3, timeout=WAIT)
+                errors = agent.pollers[0].stats.read_errors
     finally:
         await plant.stop()
 
-    assert 2 == code
-    assert "the running agent polls" in err
+    assert 0 == code, err
+    assert "WARNING: the running agent polls" in err
     assert "(connection 'rs485')" in err
+    assert ["1", "9"] == [line.split()[1] for line in out.splitlines() if " baud, parity " in line]
+    assert 0 == errors
+    events = [e["event"] for e in logs]
+    assert {"scan_pauses_connection", "scan_done"} <= set(events)
 
 
 def test_the_time_per_address_follows_the_baud_rate() -> None:
@@ -91,3 +109,12 @@ def test_the_time_per_address_follows_the_baud_rate() -> None:
 
 def test_units_take_ranges_and_lists() -> None:
     assert [1, 2, 3, 7, 250] == parse_units("1-3,7,250")
+
+
+def test_the_command_lines_defaults_are_the_modules() -> None:
+    from agent.service import cli, cloud, scan
+
+    assert (scan.DEFAULT_TURNAROUND, cloud.DEFAULT_SINCE) == (
+        cli.DEFAULT_TURNAROUND,
+        cli.DEFAULT_SINCE,
+    )

@@ -152,7 +152,7 @@ def test_changing_how_a_template_point_is_read_without_its_address_is_refused(
     assert rendered(write(tmp_path, text)) == [
         f"DIR/config.toml:{line}: modbus[0].devices[0].points[0].type: changes how template "
         "point 'main_energy' is read: give its `address` to replace it, or change only "
-        "`bucket`, `deadband`, `interval`, `max_silence`",
+        "`alias`, `bucket`, `deadband`, `interval`, `max_silence`, `unit`",
         f"DIR/config.toml:{line}: modbus[0].devices[0].points[1].address: required key is "
         "missing (template 'pm' has no point 'nothing' to change)",
     ]

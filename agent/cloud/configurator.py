@@ -136,6 +136,10 @@ class Configurator:
         self._wake = asyncio.Event()
         self._throttle = Throttle(interval=LOG_INTERVAL)
         self.writes = 0
+        # What the agent last reported per group and setting, and what it last refused
+        # (with why): `orio-agent cloud config` shows them beside the cloud's.
+        self.reported: dict[str, dict[str, JsonScalar]] = {}
+        self.refusals: dict[str, dict[str, str]] = {}
         self.rejected = 0
 
     @property
@@ -227,6 +231,11 @@ class Configurator:
             except RejectedSetting as exc:
                 refused.append((entry.id, str(exc)))
         self.rejected += len(unknown) + len(refused)
+        said = self.refusals.setdefault(group, {})
+        said.update({key: "not declared in this group" for key in unknown})
+        said.update(dict(refused))
+        for setting, _, _ in accepted:
+            said.pop(setting.id, None)
         self._summarize(group, unknown, refused)
         for setting, value, form in accepted:
             await self._apply_one(setting, value, form)
@@ -236,6 +245,7 @@ class Configurator:
     async def report(self, group: str) -> None:
         """Publish what every setting of the group holds now (through the durable queue)."""
         values = []
+        held: dict[str, JsonScalar] = {}
         for setting in self.groups[group].values():
             saved = self._state.get(group, setting.id)
             try:
@@ -246,6 +256,8 @@ class Configurator:
                 )
                 continue
             values.append({"id": setting.id, "value": value})
+            held[setting.id] = value
+        self.reported[group] = held
         payload = json.dumps(values, separators=(",", ":"), allow_nan=False).encode()
         self._outbox.put(reported_topic(self._thing_id, group), payload, replace=True)
         log.info("config_reported", group=group, settings=len(values))

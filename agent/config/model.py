@@ -23,6 +23,7 @@ from agent.config.schema import (
     HealthConfig,
     LogConfig,
     MqttConfig,
+    PaasConfig,
     QueueConfig,
     SerialConfig,
 )
@@ -68,6 +69,8 @@ class Point:
     deadband: float | None
     max_silence: float | None
     interval: float | None  # None: every cycle of its device
+    alias: str | None = None  # its data shape's, in the cloud
+    unit: str | None = None
 
     @property
     def location(self) -> tuple[Table, int]:
@@ -140,6 +143,8 @@ class InstrumentPoint:
     offset: float | None
     deadband: float | None
     max_silence: float | None
+    alias: str | None = None  # its data shape's, in the cloud
+    unit: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +216,7 @@ class Config:
     log: LogConfig
     health: HealthConfig
     control: ControlConfig
+    paas: PaasConfig
     connections: tuple[Connection, ...]
     instruments: tuple[Instrument, ...]
     settings: tuple[Setting, ...]

@@ -57,6 +57,7 @@ def resolve(settings: AgentSettings) -> Config:
         log=settings.log,
         health=settings.health,
         control=settings.control,
+        paas=settings.paas,
         connections=connections,
         instruments=tuple(instrument(i) for i in settings.serial),
         settings=tuple(
@@ -159,6 +160,8 @@ def _point(point: PointConfig, device: DeviceConfig) -> Point:
         deadband=point.deadband if point.deadband is not None else device.deadband,
         max_silence=point.max_silence if point.max_silence is not None else device.max_silence,
         interval=None if _same(point.interval, device.interval) else point.interval,
+        alias=point.alias,
+        unit=point.unit,
     )
 
 
@@ -199,6 +202,8 @@ def _instrument_point(point: SerialPointConfig, config: SerialConfig) -> Instrum
         offset=point.offset,
         deadband=point.deadband,
         max_silence=point.max_silence,
+        alias=point.alias,
+        unit=point.unit,
     )
 
 

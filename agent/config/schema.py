@@ -102,6 +102,27 @@ class ControlConfig(_Section):
     enabled: bool = True
 
 
+class PaasConfig(_Section):
+    """The ORing PaaS REST API, for `orio-agent cloud ...` (the agent itself never calls it).
+
+    Credentials: an API key (`auth = "api_key"`) or an OAuth 2.0 application's client
+    credentials (`auth = "oauth"`). The secret comes from `api_key` / `client_secret`
+    (or ORIO_AGENT_PAAS__API_KEY / __CLIENT_SECRET), `api_key_file` / `client_secret_file`,
+    or the systemd credential `paas-api-key` / `paas-client-secret`; never a command line.
+    """
+
+    url: str = Field("https://api.paas.oringnet.cloud/v4/", pattern=r"^https?://")
+    auth: Literal["api_key", "oauth"] = "api_key"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    redirect_uri: str = "http://localhost/"  # the token request requires one
+    timeout: Seconds = 10.0
+    retries: int = Field(3, ge=0, le=10)  # of a 5xx or a network error
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["logfmt", "json", "console"] = "logfmt"
@@ -140,6 +161,9 @@ class PointConfig(RegisterRef):
     # Read every `interval` seconds rather than every device cycle: a whole multiple of
     # the device's interval (see agent.config.checks).
     interval: Seconds | None = None
+    # The data shape's alias and unit in the cloud (`orio-agent cloud plan`).
+    alias: str | None = Field(None, max_length=256)
+    unit: str | None = Field(None, max_length=64)
 
 
 class TemplateConfig(_Section):
@@ -220,6 +244,8 @@ class SerialPointConfig(_Section):
     deadband: float | None = Field(None, ge=0)
     max_silence: Seconds | None = None
     bucket: Name | None = None
+    alias: str | None = Field(None, max_length=256)  # the data shape's, in the cloud
+    unit: str | None = Field(None, max_length=64)
 
 
 class SerialConfig(_Section):
@@ -293,6 +319,7 @@ class AgentSettings(BaseSettings):
     log: LogConfig = LogConfig()
     health: HealthConfig = HealthConfig()
     control: ControlConfig = ControlConfig()
+    paas: PaasConfig = PaasConfig()
     templates: dict[Name, TemplateConfig] = {}
     modbus: list[ModbusConfig] = []
     serial: list[SerialConfig] = []

@@ -26,7 +26,7 @@ from agent.config.registers import Problems
 from agent.config.schema import DeviceConfig, PointConfig, TemplateConfig
 
 # What a device may change in a template's point without giving its address again.
-CHANGEABLE = frozenset({"id", "bucket", "deadband", "max_silence", "interval"})
+CHANGEABLE = frozenset({"id", "bucket", "deadband", "max_silence", "interval", "alias", "unit"})
 
 # Device keys a template may give, for the devices that do not set them.
 INHERITED = ("byte_order", "max_gap", "max_registers", "max_bits", "one_request_per_point")

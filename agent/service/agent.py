@@ -27,6 +27,7 @@ from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
 from agent.cloud.remembered import SettingsState
 from agent.config import Config, load_config
+from agent.config.model import SerialSettings
 from agent.config.schema import QueueConfig
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
@@ -37,7 +38,8 @@ from agent.service.commission import no_device
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
 from agent.service.health import health_readings
-from agent.service.probing import exchange_on, probe_on
+from agent.service.probing import exchange_on, probe_on, scan_line
+from agent.service.scan import to_json as scan_to_json
 from agent.service.state import AgentState, stats_fields, status_document, status_line
 from agent.service.supervise import supervise
 from agent.service.systemd import Notifier
@@ -102,6 +104,10 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
         log.error("tasks_did_not_stop", tasks=stuck)
 
 
+def _no_progress(done: int, total: int) -> None:
+    """A scan inside the agent shows no progress bar."""
+
+
 def data_topic(thing_id: str, bucket: str) -> str:
     return f"$thing/{thing_id}/$data/{bucket}"
 
@@ -132,6 +138,8 @@ class Agent:
                     "poll_once": self._poll_once,
                     "read": self._exchange,
                     "write": self._exchange,
+                    "settings": self._settings,
+                    "scan": self._scan,
                 },
                 group=config.control.group,
             )
@@ -461,6 +469,38 @@ class Agent:
             if line.name == name or (endpoint is not None and line.endpoint == endpoint):
                 return line
         raise ControlError("no_connection", f"the agent holds no connection {name or endpoint!r}")
+
+    async def _scan(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """`orio-agent scan` of a line the agent polls: that connection paused meanwhile."""
+        line = self._line_for(args.get("connection"), None)
+        conn = next(c for c in self.config.connections if c.name == line.name)
+        try:
+            speeds = [int(b) for b in args["baudrates"]]
+            parities = [str(p) for p in args["parities"]]
+            units = [int(u) for u in args["units"]]
+            turnaround = float(args["turnaround"])
+        except (KeyError, TypeError, ValueError):
+            raise ControlError(
+                "bad_request", "needs baudrates, parities, units and turnaround"
+            ) from None
+        if not isinstance(conn.endpoint, SerialSettings) or conn.framing != "rtu":
+            raise ControlError("bad_request", f"{line.name!r} is not an RTU line")
+        log.warning("scan_pauses_connection", connection=line.name, addresses=len(units))
+        async with line.paused():
+            found = await scan_line(conn, speeds, parities, units, turnaround, _no_progress)
+        log.info("scan_done", connection=line.name, found=[f.unit for f in found.found])
+        return scan_to_json(found)
+
+    async def _settings(self, _args: Mapping[str, Any]) -> dict[str, Any]:
+        """What the agent last reported per config group and setting, and what it refused."""
+        configurator = self.configurator
+        return {
+            group: {
+                "reported": configurator.reported.get(group, {}),
+                "refused": configurator.refusals.get(group, {}),
+            }
+            for group in configurator.groups
+        }
 
     async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
         points = args.get("points", True)

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,7 @@ from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
 from agent.config.model import Device
 from agent.errors import ConfigError
-from agent.service import adhoc, allocator, commission, doctor, logs, scan, status
-from agent.service.scan import DEFAULT_TURNAROUND
+from agent.service import allocator, logs
 from agent.service.supervise import describe_error, primary
 from agent.sources.modbus.plan import ReadRequest
 from agent.sources.modbus.poller import plan_groups
@@ -32,6 +32,8 @@ from agent.sources.modbus.poller import plan_groups
 log = structlog.get_logger("agent.cli")
 
 EXIT_OK = 0
+DEFAULT_TURNAROUND = 0.05  # seconds: scan's, as agent.service.scan has it
+DEFAULT_SINCE = 300.0  # seconds: cloud verify's
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: stopped by an unexpected error
 EXIT_CONFIG = ConfigError.exit_code
 # Test-only: `run` fails with an unexpected error after this many seconds (the exit
@@ -61,46 +63,77 @@ def main(argv: list[str] | None = None) -> int:
     _add_status(commands)
     _add_poll_once(commands)
     _add_adhoc(commands)
-    examine = commands.add_parser(
-        "doctor",
-        help="check config, serial ports, endpoints, broker, clock and queue, with hints",
-        description="Exit status 1 when any check fails.",
-    )
-    examine.add_argument(
-        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
-    )
-    examine.add_argument("--control", type=Path, help="the control socket to ask")
+    _add_doctor(commands)
     _add_scan(commands)
+    _add_cloud(commands)
     args = parser.parse_args(argv)
-    if args.command == "status":
-        socket = status.control_socket(args.control, args.config or DEFAULT_PATH)
-        return status.status(socket, as_json=args.json, watch=args.watch, points=args.points)
-    if args.command == "scan":
-        logs.configure(level="error", fmt="console", stream=sys.stderr)
-        return scan.scan(
-            args.target,
-            baudrates=args.baudrates,
-            parities=args.parity,
-            units=args.units,
-            turnaround=args.turnaround,
-            config=args.config,
-            control=args.control,
-        )
-    if args.command in ("poll-once", "read", "write", "doctor"):
-        logs.configure(level="error", fmt="console", stream=sys.stderr)
-    if args.command == "doctor":
-        return doctor.doctor(args.config, control=args.control)
-    if args.command in ("read", "write"):
-        return _adhoc(args)
-    if args.command == "poll-once":
-        return commission.poll_once(
-            args.config,
-            device=args.device,
-            publish=args.publish,
-            control=args.control,
-            as_json=args.json,
-        )
+    tool = TOOLS.get(args.command)
+    if tool is not None:
+        # The commands keep stdout for their own output; the adapters' log lines go to
+        # stderr, warnings and worse only.
+        logs.configure(level="warning", fmt="console", stream=sys.stderr)
+        return tool(args)
+    return _agent(args)
 
+
+# The commands' modules are imported when one runs: `run` loads none of them.
+
+
+def _status(args: argparse.Namespace) -> int:
+    from agent.service import status
+
+    socket = status.control_socket(args.control, args.config or DEFAULT_PATH)
+    return status.status(socket, as_json=args.json, watch=args.watch, points=args.points)
+
+
+def _poll_once(args: argparse.Namespace) -> int:
+    from agent.service import commission
+
+    return commission.poll_once(
+        args.config,
+        device=args.device,
+        publish=args.publish,
+        control=args.control,
+        as_json=args.json,
+    )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from agent.service import doctor
+
+    return doctor.doctor(args.config, control=args.control)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from agent.service import scan
+
+    return scan.scan(
+        args.target,
+        baudrates=args.baudrates,
+        parities=args.parity,
+        units=args.units,
+        turnaround=args.turnaround,
+        config=args.config,
+        control=args.control,
+    )
+
+
+def _cloud(args: argparse.Namespace) -> int:
+    from agent.service import cloud
+
+    return cloud.cloud(
+        args.action,
+        args.config,
+        force=getattr(args, "force", False),
+        prune=getattr(args, "prune", False),
+        since=getattr(args, "since", DEFAULT_SINCE),
+        group=getattr(args, "group", None),
+        control=args.control,
+    )
+
+
+def _agent(args: argparse.Namespace) -> int:
+    """`run` and `check-config`: the config file loaded whole."""
     path: Path = (
         args.config or (args.path if args.command == "check-config" else None) or DEFAULT_PATH
     )
@@ -120,7 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(_run(config, path, args.control))
 
 
+def _add_doctor(commands: Any) -> None:
+    examine = commands.add_parser(
+        "doctor",
+        help="check config, serial ports, endpoints, broker, clock and queue, with hints",
+        description="Exit status 1 when any check fails.",
+    )
+    examine.add_argument(
+        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
+    )
+    examine.add_argument("--control", type=Path, help="the control socket to ask")
+
+
 def _adhoc(args: argparse.Namespace) -> int:
+    from agent.service import adhoc
+
     common = {
         "unit": args.unit,
         "table": args.table,
@@ -171,6 +218,42 @@ def _add_adhoc(commands: Any) -> None:
     )
     write.add_argument("--byte-order", default="ABCD", choices=["ABCD", "CDAB", "BADC", "DCBA"])
     write.add_argument("--yes", action="store_true", help="really write")
+
+
+def _add_cloud(commands: Any) -> None:
+    side = commands.add_parser(
+        "cloud",
+        help="the thing's data buckets, shapes and configs through the PaaS REST API",
+        description="The credentials come from [paas] (a key, a file, an environment "
+        "variable or a systemd credential), never from the command line.",
+    )
+    actions = side.add_subparsers(dest="action", required=True)
+    helps = {
+        "plan": "what the config publishes, against the thing's buckets and shapes "
+        "(exit 0 in sync, 2 changes pending, 1 error)",
+        "apply": "create what is missing (--prune deletes, --force re-creates)",
+        "verify": "the cloud's last telemetry of each point, fresh or not",
+        "config": "each setting: the cloud's expected and reported values, and the agent's",
+    }
+    for name, text in helps.items():
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument(
+            "--config", type=Path, default=DEFAULT_PATH, help=f"config (default {DEFAULT_PATH})"
+        )
+        action.add_argument("--control", type=Path, help="the running agent's control socket")
+        if name == "apply":
+            action.add_argument("--prune", action="store_true", help="delete what the config lacks")
+            action.add_argument(
+                "--force",
+                action="store_true",
+                help="re-create shapes of another type (history lost)",
+            )
+        if name == "verify":
+            action.add_argument(
+                "--since", type=float, default=300.0, help="seconds a last value may be old (300)"
+            )
+        if name == "config":
+            action.add_argument("group", nargs="?", help="only this config group")
 
 
 def _add_scan(commands: Any) -> None:
@@ -315,6 +398,18 @@ async def _crash_after(seconds: float, stop: asyncio.Event) -> None:
             await stop.wait()
     except TimeoutError:
         raise RuntimeError(f"{CRASH_AFTER}={seconds:g}: an injected failure") from None
+
+
+# The commands other than `run` and `check-config`, by name.
+TOOLS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "status": _status,
+    "poll-once": _poll_once,
+    "read": _adhoc,
+    "write": _adhoc,
+    "doctor": _doctor,
+    "scan": _scan,
+    "cloud": _cloud,
+}
 
 
 if __name__ == "__main__":

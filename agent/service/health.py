@@ -21,8 +21,29 @@ Every `[health] interval` seconds the agent publishes, through the normal data p
 
 from __future__ import annotations
 
-from agent.pipeline.readings import Reading
+from agent.pipeline.readings import Reading, ValueType
 from agent.service.state import AgentView, health_values
+
+# The data shapes of the table above, for `orio-agent cloud plan`.
+SHAPES: dict[str, ValueType] = {
+    "agent_uptime": "integer",
+    "agent_connected": "boolean",
+    "agent_reconnects": "integer",
+    "agent_queue_depth": "integer",
+    "agent_queue_bytes": "integer",
+    "agent_queue_oldest_age": "integer",
+    "agent_readings": "integer",
+    "agent_messages_sent": "integer",
+    "agent_messages_dropped": "integer",
+    "agent_queue_commits": "integer",
+    "agent_devices_failing": "integer",
+}
+READ_ERRORS = "agent_read_errors_"  # + a device's or instrument's name: integer
+
+
+def health_shapes(sources: list[str]) -> dict[str, ValueType]:
+    """Every health reading's data shape, `sources` naming the devices and instruments."""
+    return {**SHAPES, **{READ_ERRORS + name: "integer" for name in sources}}
 
 
 def health_readings(view: AgentView, bucket: str) -> list[Reading]:

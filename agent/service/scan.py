@@ -8,9 +8,10 @@ another speed or parity. The time-out per address comes from the baud rate: the
 request and the longest reply on the wire, the silences around them, and `turnaround`,
 the time a unit takes to answer.
 
-The line is used alone: `scan` opens the port itself, and refuses a port that the
-running agent holds, naming the connection (stop the agent, or set that connection
-aside, first). At the end it prints a TOML stub of `[[modbus]]` and
+The line is used alone. When the running agent polls it, the scan runs inside the agent
+through its control socket, with that connection paused (its pollers wait, the port is
+closed and lent to the scan, then reopened), and says so; otherwise `scan` opens the
+port itself. At the end it prints a TOML stub of `[[modbus]]` and
 `[[modbus.devices]]` for what it found, which `check-config` accepts once the points
 are filled in.
 """
@@ -99,7 +100,6 @@ def scan(
         if any(p not in ("N", "E", "O") for p in checks):
             raise UsageError("--parity takes N, E and O, comma-separated")
         addresses = parse_units(units)
-        _refuse_if_held(endpoint.device, control_socket(control, config))
     except UsageError as exc:
         print(f"orio-agent scan: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -109,13 +109,44 @@ def scan(
         f"{len(checks)} parity(ies), about {expected:.0f} s",
         file=progress,
     )
-    from agent.service.probing import scan_line  # the adapters: deferred
-
-    found = asyncio.run(
-        scan_line(line, speeds, checks, addresses, turnaround, _progress_bar(progress))
-    )
+    socket = control_socket(control, config)
+    held = _held_by_agent(endpoint.device, socket)
+    try:
+        if held is not None:
+            print(
+                f"WARNING: the running agent polls {endpoint.device} (connection {held!r}): "
+                f"its devices there are paused for the scan (about {expected:.0f} s)",
+                file=progress,
+            )
+            args = {
+                "connection": held,
+                "baudrates": speeds,
+                "parities": checks,
+                "units": addresses,
+                "turnaround": turnaround,
+            }
+            found = from_json(ask(socket, "scan", args, timeout=2 * expected + 30))
+        else:
+            found = _alone(line, speeds, checks, addresses, turnaround, progress)
+    except (Refused, Unreachable) as exc:
+        print(f"orio-agent scan: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     out.write("\n".join(render(found, endpoint, turnaround)) + "\n")
     return 0 if found.found else EXIT_FAILED
+
+
+def _alone(
+    line: Connection,
+    speeds: list[int],
+    checks: list[str],
+    addresses: list[int],
+    turnaround: float,
+    progress: TextIO,
+) -> Scan:
+    from agent.service.probing import scan_line  # the adapters: deferred
+
+    bar = _progress_bar(progress)
+    return asyncio.run(scan_line(line, speeds, checks, addresses, turnaround, bar))
 
 
 def _serial_target(text: str, config: Path) -> Connection:
@@ -134,18 +165,14 @@ def _numbers(text: str) -> list[int]:
         raise UsageError(f"--baudrates {text}: numbers, comma-separated") from None
 
 
-def _refuse_if_held(device: str, control: Path) -> None:
-    """A scan needs the line alone: not one the running agent polls."""
+def _held_by_agent(device: str, control: Path) -> str | None:
+    """The running agent's connection on `device`, if it polls it."""
     try:
         status = ask(control, "status", {"points": False}, timeout=10.0)
     except (NotRunning, Unreachable, Refused):
-        return
+        return None
     held = [c["name"] for c in status["connections"] if c["endpoint"] == device]
-    if held:
-        raise UsageError(
-            f"the running agent polls {device} (connection {held[0]!r}): a scan needs the "
-            "line alone; stop the agent (systemctl stop orio-agent) and scan again"
-        )
+    return held[0] if held else None
 
 
 def _progress_bar(stream: TextIO) -> Callable[[int, int], None]:
@@ -216,9 +243,18 @@ def stub(found: Sequence[Found], endpoint: SerialSettings) -> list[str]:
     return lines
 
 
-def scan_result_json(result: Scan) -> dict[str, Any]:
+def to_json(result: Scan) -> dict[str, Any]:
+    """A scan's result as the control channel carries it."""
     return {
         "found": [vars(f) for f in result.found],
         "garbled": result.garbled,
         "seconds": result.seconds,
     }
+
+
+def from_json(data: dict[str, Any]) -> Scan:
+    return Scan(
+        found=[Found(**f) for f in data["found"]],
+        garbled=[(int(u), int(b), str(p), str(r)) for u, b, p, r in data["garbled"]],
+        seconds=float(data["seconds"]),
+    )

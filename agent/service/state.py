@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from agent.outbox.port import OutboxStats
 from agent.pipeline.readings import Value
+from agent.sources.modbus.meter import LineLoad, LineMeter
 from agent.sources.source import Cadence, PointView, SourceStats
 
 
@@ -70,12 +71,15 @@ class Line(Protocol):
     @property
     def connected(self) -> bool: ...
 
+    meter: LineMeter
+
 
 @dataclass(frozen=True, slots=True)
 class LineView:
     name: str
     endpoint: str
     connected: bool
+    load: LineLoad
 
 
 class Tracked(Protocol):
@@ -173,7 +177,10 @@ class AgentState:
             clock_trusted=self._clock.trusted(),
             wall_ms=self._clock.wall_ms(),
             queue=self._queue.stats(),
-            lines=tuple(LineView(line.name, line.endpoint, line.connected) for line in self._lines),
+            lines=tuple(
+                LineView(line.name, line.endpoint, line.connected, line.meter.snapshot(now))
+                for line in self._lines
+            ),
             sources=tuple(
                 SourceView(
                     name=source.name,
@@ -303,11 +310,22 @@ def status_document(view: AgentView, *, version: str) -> dict[str, Any]:
             "dropped": queue.dropped_total,
             "disk": queue.disk,
         },
-        "connections": [
-            {"name": line.name, "endpoint": line.endpoint, "connected": line.connected}
-            for line in view.lines
-        ],
+        "connections": [_line_document(line) for line in view.lines],
         "sources": [_source_document(source, view.now) for source in view.sources],
+    }
+
+
+def _line_document(line: LineView) -> dict[str, Any]:
+    load = line.load
+    return {
+        "name": line.name,
+        "endpoint": line.endpoint,
+        "connected": line.connected,
+        "requests_per_s": round(load.requests_per_s, 2),
+        "utilisation_pct": round(100 * load.utilisation, 1),
+        "rtt_ms": None
+        if load.rtt_median_s is None or load.rtt_p95_s is None
+        else {"median": round(load.rtt_median_s * 1000, 2), "p95": round(load.rtt_p95_s * 1000, 2)},
     }
 
 

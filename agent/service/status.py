@@ -90,10 +90,12 @@ def render(doc: dict[str, Any]) -> list[str]:
     lines.append(f"clock    {'trusted' if doc['clock']['trusted'] else 'NOT SET: readings held'}")
     lines.append(_queue_line(queue))
     if doc["connections"]:
-        lines.append("connections")
+        lines.append(
+            f"  {'connection':<{_NAME}} {'endpoint':<26} {'state':<9} {'req/s':>6} {'busy':>5} "
+            f"{'rtt ms (p95)':>13}"
+        )
         for conn in doc["connections"]:
-            state = "connected" if conn["connected"] else "closed"
-            lines.append(f"  {_cut(conn['name'], _NAME)} {_cut(conn['endpoint'], 40)} {state}")
+            lines.append(_connection_line(conn))
     if doc["sources"]:
         lines.append(
             f"  {'source':<{_NAME}} {'on':<{_NAME}} {'state':<8} {'every':>6} {'kept':>7} "
@@ -102,6 +104,16 @@ def render(doc: dict[str, Any]) -> list[str]:
         for source in doc["sources"]:
             lines += _source_lines(source)
     return lines
+
+
+def _connection_line(conn: dict[str, Any]) -> str:
+    state = "connected" if conn["connected"] else "closed"
+    rtt = conn["rtt_ms"]
+    shown = "-" if rtt is None else f"{rtt['median']:.1f} ({rtt['p95']:.1f})"
+    return (
+        f"  {_cut(conn['name'], _NAME)} {_cut(conn['endpoint'], 26)} {state:<9} "
+        f"{conn['requests_per_s']:>6.1f} {conn['utilisation_pct']:>4.0f}% {shown:>13}"
+    )
 
 
 def _queue_line(queue: dict[str, Any]) -> str:

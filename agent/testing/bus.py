@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from agent.errors import DeviceRefused, DeviceTimeout
+from agent.sources.modbus.meter import LineMeter
 from agent.sources.modbus.points import Table
 
 READ_FUNCTION = {Table.COIL: 1, Table.DISCRETE: 2, Table.HOLDING: 3, Table.INPUT: 4}
@@ -61,6 +62,7 @@ class FakeRegisterBus:
         self.name = name
         self.endpoint = f"memory:{name}"  # as the agent's state shows a connection
         self.connected = True
+        self.meter = LineMeter(0.0)  # nothing recorded: the state shows no load
         self.latency = latency  # seconds each answered request takes (the loop's time)
         self.timeout = timeout  # seconds before a silent unit's DeviceTimeout
         self.requests: list[BusRequest] = []

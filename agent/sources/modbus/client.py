@@ -32,8 +32,9 @@ does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import serial.rs485
@@ -51,6 +52,7 @@ from agent.errors import (
     DeviceTimeout,
     DeviceUnreachable,
 )
+from agent.sources.modbus.meter import LineMeter
 from agent.sources.modbus.points import Table
 from agent.sources.modbus.timer import Timer
 
@@ -145,6 +147,7 @@ class ModbusLine:
         self._quiet_since = 0.0  # time.monotonic() at the end of the last frame on the line
         self._told_low_latency = False
         self._timer = Timer()  # the silences', to the tens of microseconds
+        self.meter = LineMeter(time.monotonic())  # for the agent's state
         self._delay = config.request_delay
         if isinstance(config.endpoint, SerialSettings):
             self._delay = max(self._delay, config.endpoint.silence)
@@ -201,6 +204,14 @@ class ModbusLine:
         async with self._lock:
             self._close()
 
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """The line lent to someone else (a scan): the port is closed, and every request
+        waits until the block ends; the next one opens the port again."""
+        async with self._lock:
+            self._close()
+            yield
+
     @property
     def connected(self) -> bool:
         """The socket or serial port is open now (for the agent's state)."""
@@ -218,6 +229,7 @@ class ModbusLine:
             # Bytes that came in since (a late reply) end a frame too.
             await self._timer.sleep_until(max(self._quiet_since, wire.heard_at) + self._delay)
             lost = wire.begin()
+            started = time.monotonic()
             try:
                 response = await self._exchange(call(client), lost)
             except Exception as exc:
@@ -230,7 +242,9 @@ class ModbusLine:
             finally:
                 # The reply's last bytes ended the last frame; with none, the request did,
                 # no later than now.
-                self._quiet_since = wire.heard_at if wire.received else time.monotonic()
+                ended = time.monotonic()
+                self._quiet_since = wire.heard_at if wire.received else ended
+                self.meter.record(started, ended)
                 if not client.connected:
                     self._close()
             if response.isError():

@@ -1,0 +1,184 @@
+"""The cloud's schema from the gateway's config: which data buckets and data shapes the
+config will publish into, compared with what the thing has.
+
+`wanted(config)` is every bucket the agent publishes into (the devices', the
+instruments', the health bucket) with each point's data shape: its id, value type,
+alias and unit. `compare(wanted, have)` gives the changes, each one of:
+
+- create: a bucket (with its shapes) or a shape the thing lacks;
+- replace: a shape of another value type, alias or unit. The API cannot update a shape:
+  it must be deleted and created again, which loses its history, so only `--force` does;
+- delete: a shape or bucket the config no longer has (only `--prune` does).
+
+Pure: the REST calls are in `agent.cloud.rest`, the command in `agent.service.cloud`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent.config import Config
+from agent.pipeline.readings import ValueType
+
+_PRUNED = "(not in the config: apply --prune deletes it)"
+VALUE_TYPES = ("string", "integer", "float", "hex", "boolean", "coordinate")
+
+
+@dataclass(frozen=True)
+class Shape:
+    value_type: str
+    alias: str | None = None
+    unit: str | None = None
+
+    def body(self, shape_id: str) -> dict[str, Any]:
+        """As the API takes it (Create Data Shape, and a bucket's dataShapes)."""
+        body: dict[str, Any] = {"id": shape_id, "valueType": self.value_type}
+        if self.alias is not None:
+            body["alias"] = self.alias
+        if self.unit is not None:
+            body["unit"] = self.unit
+        return body
+
+    def differs(self, other: Shape) -> list[str]:
+        """What differs, for the plan: e.g. ["valueType integer → float"]."""
+        found = []
+        if self.value_type != other.value_type:
+            found.append(f"valueType {other.value_type} → {self.value_type}")
+        for name in ("alias", "unit"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and mine != theirs:
+                found.append(f"{name} {theirs!r} → {mine!r}")
+        return found
+
+
+Buckets = dict[str, dict[str, Shape]]  # bucket id → shape id → shape
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Literal["create", "replace", "delete"]
+    bucket: str
+    shape: str | None  # None: the bucket as a whole
+    wanted: Shape | None = None
+    had: Shape | None = None
+    shapes: Mapping[str, Shape] = field(default_factory=dict)  # a bucket to create: its shapes
+
+    def line(self) -> str:
+        if self.shape is None:
+            sign = {"create": "+", "delete": "-", "replace": "-/+"}[self.action]
+            size = f" ({len(self.shapes)} shapes)" if self.action == "create" else ""
+            return f"  {sign} bucket {self.bucket}{size}"
+        if self.action == "create":
+            assert self.wanted is not None
+            return f"      + {self.shape}  {_described(self.wanted)}"
+        if self.action == "replace":
+            assert self.wanted is not None
+            assert self.had is not None
+            return (
+                f"      -/+ {self.shape}  {', '.join(self.wanted.differs(self.had))}"
+                "  (the API cannot update a shape: apply --force deletes and re-creates it, "
+                "losing its history)"
+            )
+        assert self.had is not None
+        return f"      - {self.shape}  {self.had.value_type}  {_PRUNED}"
+
+
+def _described(shape: Shape) -> str:
+    extra = [
+        f"{name} {value!r}"
+        for name, value in (("alias", shape.alias), ("unit", shape.unit))
+        if value
+    ]
+    return shape.value_type + (f" ({', '.join(extra)})" if extra else "")
+
+
+def wanted(config: Config, health: Mapping[str, ValueType]) -> Buckets:
+    """Every bucket and data shape the config publishes into; `health`: the health
+    bucket's shapes (agent.service.health), if the config has one."""
+    buckets: Buckets = {}
+
+    def add(
+        bucket: str, point_id: str, value_type: ValueType, alias: str | None, unit: str | None
+    ) -> None:
+        buckets.setdefault(bucket, {})[point_id] = Shape(value_type, alias, unit)
+
+    for _, device in config.all_devices():
+        for point in device.points:
+            add(point.bucket, point.id, point.shape, point.alias, point.unit)
+    for instrument in config.instruments:
+        for ipoint in instrument.points:
+            add(ipoint.bucket, ipoint.id, ipoint.shape, ipoint.alias, ipoint.unit)
+    if config.health.bucket is not None:
+        for shape_id, value_type in health.items():
+            add(config.health.bucket, shape_id, value_type, None, None)
+    return buckets
+
+
+def have(listed: list[Any]) -> Buckets:
+    """The thing's buckets, from List Data Buckets' `data`."""
+    buckets: Buckets = {}
+    for bucket in listed:
+        shapes = buckets.setdefault(str(bucket["id"]), {})
+        for shape in bucket.get("dataShapes") or []:
+            shapes[str(shape["id"])] = Shape(
+                str(shape.get("valueType")), shape.get("alias"), shape.get("unit")
+            )
+    return buckets
+
+
+def compare(want: Buckets, got: Buckets) -> list[Change]:
+    """The changes that make `got` what the config wants, bucket by bucket, in order."""
+    changes: list[Change] = []
+    for bucket, shapes in want.items():
+        if bucket not in got:
+            changes.append(Change("create", bucket, None, shapes=shapes))
+            continue
+        changes += _shape_changes(bucket, shapes, got[bucket])
+    changes += [Change("delete", bucket, None) for bucket in got if bucket not in want]
+    return changes
+
+
+def _shape_changes(
+    bucket: str, want: Mapping[str, Shape], got: Mapping[str, Shape]
+) -> list[Change]:
+    changes = []
+    for shape_id, shape in want.items():
+        had = got.get(shape_id)
+        if had is None:
+            changes.append(Change("create", bucket, shape_id, wanted=shape))
+        elif shape.differs(had):
+            changes.append(Change("replace", bucket, shape_id, wanted=shape, had=had))
+    changes += [
+        Change("delete", bucket, shape_id, had=had)
+        for shape_id, had in got.items()
+        if shape_id not in want
+    ]
+    return changes
+
+
+def render(changes: list[Change], got: Buckets) -> list[str]:
+    """A terraform-style plan: a bucket's header, then its changes."""
+    if not changes:
+        return ["The thing's data buckets and shapes match the config: nothing to do."]
+    lines: list[str] = []
+    shown: set[str] = set()
+    for change in changes:
+        if change.shape is not None and change.bucket not in shown:
+            lines.append(f"  ~ bucket {change.bucket}")
+        shown.add(change.bucket)
+        lines.append(change.line())
+        if change.action == "create" and change.shape is None:
+            lines += [f"      + {sid}  {_described(s)}" for sid, s in change.shapes.items()]
+        if change.action == "delete" and change.shape is None:
+            lines[-1] += f" ({len(got.get(change.bucket, {}))} shapes) {_PRUNED}"
+    counts = {
+        action: sum(c.action == action for c in changes)
+        for action in ("create", "replace", "delete")
+    }
+    lines.append(
+        f"Plan: {counts['create']} to create, {counts['replace']} to replace (--force), "
+        f"{counts['delete']} to delete (--prune)."
+    )
+    return lines
