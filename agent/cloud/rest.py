@@ -122,11 +122,18 @@ class PaasClient:
         raise _error(response, method, _shown(url))
 
     def _send(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        def send() -> httpx.Response:
+            headers = {"Authorization": self._authorization(), "Accept": "application/json"}
+            return self._http.request(method, url, json=body, headers=headers)
+
+        return self._retried(send, method, url)
+
+    def _retried(self, send: Callable[[], httpx.Response], method: str, url: str) -> httpx.Response:
+        """`send()` until it gets an answer below 500, `retries` more times at most."""
         delay = BACKOFF_FIRST
         for attempt in range(self._retries + 1):
-            headers = {"Authorization": self._authorization(), "Accept": "application/json"}
             try:
-                response = self._http.request(method, url, json=body, headers=headers)
+                response = send()
             except httpx.TransportError as exc:  # time-outs included
                 failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
@@ -161,10 +168,7 @@ class PaasClient:
             "client_secret": credentials.client_secret,
             "redirect_uri": credentials.redirect_uri,
         }
-        try:
-            response = self._http.post(url, json=body)
-        except httpx.TransportError as exc:
-            raise PaasUnavailable(f"POST {url}: {type(exc).__name__}: {exc}") from None
+        response = self._retried(lambda: self._http.post(url, json=body), "POST", url)
         if not response.is_success:
             raise _error(response, "POST", url)
         token = _json(response, "POST", url)
