@@ -12,6 +12,7 @@ py=.venv/bin/python
 free_port() { "$py" -c 'from sim.broker import free_port; print(free_port())'; }
 mqtt_port=$(free_port)
 modbus_port=$(free_port)
+paas_port=$(free_port)
 
 pids=()
 cleanup() {
@@ -40,13 +41,20 @@ pids+=($!)
     >"$run/plant.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "mqtt on" "$run/broker.log" 2>/dev/null && grep -q "modbus rtu" "$run/plant.log" 2>/dev/null && break; sleep 0.1; done
+# The platform's REST API (sim.paas), fed by the broker as the real one is.
+"$py" -m sim.paas --port "$paas_port" --broker-port "$mqtt_port" >"$run/paas.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do grep -q "paas on" "$run/paas.log" 2>/dev/null && break; sleep 0.1; done
+printf 'test-api-key\n' >"$run/state/paas-api-key"
 
 sed -e "s|@MQTT_PORT@|$mqtt_port|" -e "s|@MODBUS_PORT@|$modbus_port|" \
     -e "s|@RTU_DEVICE@|$PWD/$run/ttyAgent|" -e "s|@STATE@|$PWD/$run/state|" \
-    -e "s|@GPS_DEVICE@|$PWD/$run/ttyGpsAgent|" \
+    -e "s|@GPS_DEVICE@|$PWD/$run/ttyGpsAgent|" -e "s|@PAAS_PORT@|$paas_port|" \
     demo/config.toml >"$run/config.toml"
 .venv/bin/orio-agent check-config "$run/config.toml" >"$run/check-config.txt"
 head -4 "$run/check-config.txt"
+echo "demo: the cloud's data buckets and shapes, made from the config (orio-agent cloud apply):"
+.venv/bin/orio-agent cloud apply --config "$run/config.toml" | sed 's/^/  /'
 
 echo "demo: broker 127.0.0.1:$mqtt_port, Modbus TCP 127.0.0.1:$modbus_port, RTU $run/ttyAgent"
 echo "demo: set a value from the cloud side, in another terminal (the \$conf/\$reported line then shows 750):"
@@ -57,6 +65,7 @@ echo "demo: what the agent sees, in another terminal:"
 echo "  .venv/bin/orio-agent status --config $run/config.toml --points [--watch]"
 echo "  .venv/bin/orio-agent poll-once --config $run/config.toml"
 echo "  .venv/bin/orio-agent read plc 40001 --count 4 --config $run/config.toml"
+echo "  .venv/bin/orio-agent cloud verify --config $run/config.toml   # what the platform holds"
 echo "demo: agent log in $run/agent.log; what the cloud receives follows (Ctrl-C to stop)"
 "$py" -m sim.gps "$run/ttyGps" >"$run/gps.log" 2>&1 &
 pids+=($!)
