@@ -38,6 +38,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, get_args
 
+from pymodbus import ModbusDeviceIdentification
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
@@ -477,6 +478,16 @@ class PlantServer:
         await self.stop()
 
 
+# What the simulated units say of themselves (function 17, and 43/14's basic objects).
+VENDOR, PRODUCT, REVISION = "ORIO-SIM", "SIM-METER", "1.2"
+
+
+def identity() -> ModbusDeviceIdentification:
+    return ModbusDeviceIdentification(  # type: ignore[no-untyped-call]  # pymodbus: untyped
+        info_name={"VendorName": VENDOR, "ProductCode": PRODUCT, "MajorMinorRevision": REVISION}
+    )
+
+
 async def serve_tcp(
     units: Sequence[SimUnit],
     host: str = LOOPBACK,
@@ -493,6 +504,7 @@ async def serve_tcp(
     server = ModbusTcpServer(
         [unit.build_device() for unit in units],
         framer=framer,
+        identity=identity(),
         address=(host, port),
         trace_pdu=line.trace_pdu,
         trace_packet=line.trace_packet,
@@ -523,6 +535,7 @@ async def serve_serial(
     server = ModbusSerialServer(
         [unit.build_device() for unit in units],
         framer=framer,
+        identity=identity(),
         port=device,
         baudrate=baudrate,
         parity=parity,

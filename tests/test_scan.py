@@ -41,6 +41,10 @@ async def test_scan_finds_exactly_the_units_on_the_line_and_prints_a_stub_that_c
     found = [line.split()[1] for line in out.splitlines() if " baud, parity " in line]
     assert [str(unit) for unit in UNITS] == found
     assert "unit  17 at 115200 baud, parity N: exception 2 (illegal data address)" in out
+    # function 17's server id and 43/14's identification, of each unit found
+    assert "vendor 'ORIO-SIM', product 'SIM-METER', revision '1.2'" in out
+    assert "server_id 'ORIO-SIM-SIM-METER-1.2'" in out
+    assert "  # ORIO-SIM SIM-METER" in out
     assert "about " in err.splitlines()[0]
     stub = out[out.index("# A start") :]
     config = tmp_path / "found.toml"

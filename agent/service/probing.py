@@ -176,4 +176,4 @@ async def _try_unit(bus: ModbusLine, unit: int, baudrate: int, parity: str, resu
         return
     else:
         answer = "answers function 3"
-    result.found.append(Found(unit, baudrate, parity, answer))
+    result.found.append(Found(unit, baudrate, parity, answer, await bus.identify(unit)))

@@ -43,7 +43,8 @@ class Found:
     unit: int
     baudrate: int
     parity: str
-    answer: str  # "registers" or "exception <code> (<meaning>)"
+    answer: str  # "answers function 3" or "exception <code> (<meaning>)"
+    identity: dict[str, str] = field(default_factory=dict)  # server_id, vendor, product, ...
 
 
 @dataclass
@@ -205,6 +206,9 @@ def render(result: Scan, endpoint: SerialSettings, turnaround: float) -> list[st
             f"  unit {found.unit:>3} at {found.baudrate} baud, parity {found.parity}: "
             f"{found.answer}"
         )
+        if found.identity:
+            said = ", ".join(f"{key} {value!r}" for key, value in found.identity.items())
+            lines.append(f"           {said}")
     for unit, baudrate, parity, received in result.garbled:
         lines.append(
             f"  unit {unit:>3} at {baudrate} baud, parity {parity}: GARBLED reply ({received}): "
@@ -232,8 +236,10 @@ def stub(found: Sequence[Found], endpoint: SerialSettings) -> list[str]:
             "",
         ]
         for unit in units:
+            product = unit.identity.get("product")
             lines += [
                 "  [[modbus.devices]]",
+                *([f"  # {unit.identity.get('vendor', '')} {product}".rstrip()] if product else []),
                 f'  name = "unit{unit.unit}"',
                 f"  unit = {unit.unit}",
                 '  bucket = "sensorData"',

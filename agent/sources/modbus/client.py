@@ -194,6 +194,31 @@ class ModbusLine:
 
         await self._request(call, unit=unit, function=5, address=address, count=1)
 
+    async def identify(self, unit: int) -> dict[str, str]:
+        """What a unit says of itself: function 17's server id (`server_id`) and function
+        43/14's basic objects (`vendor`, `product`, `revision`); what it does not answer
+        is left out."""
+        found: dict[str, str] = {}
+
+        async def server_id(client: Client) -> ModbusPDU:
+            return await client.report_device_id(device_id=unit)
+
+        async def device_information(client: Client) -> ModbusPDU:
+            return await client.read_device_information(read_code=1, object_id=0, device_id=unit)
+
+        with contextlib.suppress(DeviceError, DeviceRefused):
+            reply = await self._request(server_id, unit=unit, function=17, address=0, count=0)
+            found["server_id"] = _text(getattr(reply, "identifier", b""))
+        with contextlib.suppress(DeviceError, DeviceRefused):
+            reply = await self._request(
+                device_information, unit=unit, function=43, address=0, count=0
+            )
+            information = getattr(reply, "information", {}) or {}
+            for key, name in ((0, "vendor"), (1, "product"), (2, "revision")):
+                if key in information:
+                    found[name] = _text(information[key])
+        return found
+
     async def end_cycle(self) -> None:
         """Called after a device's poll cycle: honours `close_after_cycle`."""
         if self._config.close_after_cycle:
@@ -450,6 +475,15 @@ def _reply_problem(response: ModbusPDU, *, function: int, count: int) -> str | N
     if function in _BIT_FUNCTIONS and len(response.bits) < count:
         return f"{len(response.bits)} bits for {count}"
     return None
+
+
+def _text(raw: object) -> str:
+    """A unit's identification bytes as text: printable ASCII kept, the rest as \\xNN."""
+    if isinstance(raw, list):
+        raw = b"".join(part if isinstance(part, bytes) else bytes(part) for part in raw)
+    if not isinstance(raw, bytes):
+        return str(raw)
+    return raw.decode("ascii", "backslashreplace").strip("\x00 ")
 
 
 def _raise_if_cancelled() -> None:
