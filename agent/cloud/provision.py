@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from agent.config import Config
+from agent.config.model import Aggregate
 from agent.pipeline.readings import ValueType
 
 _PRUNED = "(not in the config: apply --prune deletes it)"
@@ -94,26 +95,65 @@ def _described(shape: Shape) -> str:
     return shape.value_type + (f" ({', '.join(extra)})" if extra else "")
 
 
+class _Published(Protocol):
+    """A Modbus point or a derived point, as far as its shapes go."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def shape(self) -> ValueType: ...
+    @property
+    def alias(self) -> str | None: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def publish(self) -> bool: ...
+    @property
+    def aggregate(self) -> Aggregate | None: ...
+
+
 def wanted(config: Config, health: Mapping[str, ValueType]) -> Buckets:
     """Every bucket and data shape the config publishes into; `health`: the health
     bucket's shapes (agent.service.health), if the config has one."""
     buckets: Buckets = {}
-
-    def add(
-        bucket: str, point_id: str, value_type: ValueType, alias: str | None, unit: str | None
-    ) -> None:
-        buckets.setdefault(bucket, {})[point_id] = Shape(value_type, alias, unit)
-
-    for _, device in config.all_devices():
-        for point in device.points:
-            add(point.bucket, point.id, point.shape, point.alias, point.unit)
+    published: list[_Published] = [p for _, d in config.all_devices() for p in d.points]
+    published += config.derived
+    for point in published:
+        shapes = buckets.setdefault(point.bucket, {})
+        if point.publish:
+            shapes[point.id] = Shape(point.shape, point.alias, point.unit)
+        if point.aggregate is not None:
+            for output, value_type in aggregate_shapes(point.aggregate, point.shape).items():
+                shapes[output] = Shape(value_type, point.alias, point.unit)
     for instrument in config.instruments:
         for ipoint in instrument.points:
-            add(ipoint.bucket, ipoint.id, ipoint.shape, ipoint.alias, ipoint.unit)
+            buckets.setdefault(ipoint.bucket, {})[ipoint.id] = Shape(
+                ipoint.shape, ipoint.alias, ipoint.unit
+            )
     if config.health.bucket is not None:
-        for shape_id, value_type in health.items():
-            add(config.health.bucket, shape_id, value_type, None, None)
-    return buckets
+        shapes = buckets.setdefault(config.health.bucket, {})
+        shapes.update({shape_id: Shape(kind) for shape_id, kind in health.items()})
+    return {bucket: shapes for bucket, shapes in buckets.items() if shapes}
+
+
+# An aggregate's value type by function: None, the point's own.
+_AGGREGATE_TYPE: dict[str, ValueType | None] = {
+    "avg": "float",
+    "integral": "float",
+    "count": "integer",
+    "min": None,
+    "max": None,
+    "first": None,
+    "last": None,
+    "sum": None,
+}
+
+
+def aggregate_shapes(aggregate: Aggregate, shape: ValueType) -> dict[str, ValueType]:
+    """Each published id of an aggregate, with its value type."""
+    return {output: _AGGREGATE_TYPE.get(function) or shape for function, output in aggregate.ids}
 
 
 def have(listed: list[Any]) -> Buckets:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agent.config import templates
+from agent.config import derived, registers, templates
 from agent.config.model import AgentKnob
 from agent.config.registers import (
     SHAPES_FOR,
@@ -27,6 +27,7 @@ from agent.config.schema import (
     AGENT_TARGETS,
     NMEA_FIELDS,
     ConfigGroupConfig,
+    DerivedConfig,
     DeviceConfig,
     ModbusConfig,
     MqttConfig,
@@ -52,6 +53,7 @@ class Sections:
     named_buckets: set[str] = field(default_factory=set)
     templates: Mapping[str, TemplateConfig] = field(default_factory=dict)
     named_templates: set[str] = field(default_factory=set)  # valid or not
+    derived: Sequence[tuple[int, DerivedConfig]] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class _Context:
 
     templates: Mapping[str, TemplateConfig]
     named_templates: set[str]
+    inputs: derived.Inputs = field(default_factory=derived.Inputs)
 
 
 def check(sections: Sections) -> Problems:
@@ -86,6 +89,7 @@ def check(sections: Sections) -> Problems:
                 )
             )
         devices.setdefault(instrument.name, f"serial[{i}]")
+    found += _check_derived(sections.derived, context.inputs, bucket_ids)
     sources = set(devices) | sections.named_devices
     buckets = {bucket for bucket, _ in bucket_ids} | sections.named_buckets
     groups: dict[str, str] = {}
@@ -370,6 +374,7 @@ def _check_device(
     ]
     found += _points_problems(keys, run.points)
     for key, point in zip(keys, run.points, strict=True):
+        found += _as_input(key, dev_key, point, run, context, bucket_ids)
         if key.startswith("templates."):
             found += _template_point_problems(f"{dev_key}.template", point, run, bucket_ids)
             continue
@@ -377,6 +382,52 @@ def _check_device(
         if interval is not None:
             found.append((f"{key}.interval", interval))
         found += _claim_id(key, point.id, point.bucket or run.bucket, bucket_ids)
+    return found
+
+
+def _as_input(
+    key: str,
+    dev_key: str,
+    point: PointConfig,
+    device: DeviceConfig,
+    context: _Context,
+    bucket_ids: dict[tuple[str, str], str],
+) -> Problems:
+    """A point as derived points may name it, and its aggregate's ids claimed."""
+    where = location(point)
+    if where is None or register_problems(point):
+        return []
+    shape = registers.shape(point, where[0])
+    owner = f"{dev_key}.template" if key.startswith("templates.") else key
+    context.inputs.add(point.id, shape, point.interval or device.interval, owner)
+    if point.aggregate is None:
+        return []
+    found = [(f"{key}.{sub}", m) for sub, m in derived.aggregate_problems(point.aggregate, shape)]
+    bucket = point.bucket or device.bucket
+    if bucket is not None:
+        for output in derived.aggregate_ids(point.id, point.aggregate).values():
+            found += _claim_id(f"{owner}.aggregate", output, bucket, bucket_ids)
+    return found
+
+
+def _check_derived(
+    entries: Sequence[tuple[int, DerivedConfig]],
+    inputs: derived.Inputs,
+    bucket_ids: dict[tuple[str, str], str],
+) -> Problems:
+    """Each derived point's expression against the points declared before it."""
+    found: Problems = []
+    for d, entry in entries:
+        key = f"derived[{d}]"
+        problems, expression = derived.derived_problems(entry, inputs)
+        found += [(f"{key}.{sub}", message) for sub, message in problems]
+        found += _claim_id(key, entry.id, entry.bucket, bucket_ids)
+        if entry.aggregate is not None:
+            for output in derived.aggregate_ids(entry.id, entry.aggregate).values():
+                found += _claim_id(f"{key}.aggregate", output, entry.bucket, bucket_ids)
+        if expression is not None:
+            age = derived.max_input_age(entry, expression, inputs.intervals)
+            inputs.add(entry.id, derived.result_shape(entry, expression), age / 2, key)
     return found
 
 

@@ -23,6 +23,7 @@ from agent.config.problems import located, syntax_problem, validation_problems
 from agent.config.schema import (
     AgentSettings,
     ConfigGroupConfig,
+    DerivedConfig,
     ModbusConfig,
     MqttConfig,
     SerialConfig,
@@ -114,6 +115,7 @@ def _sections(
             modbus=list(enumerate(settings.modbus)),
             serial=list(enumerate(settings.serial)),
             config_groups=list(enumerate(settings.config_groups)),
+            derived=list(enumerate(settings.derived)),
         )
     written = data.get("templates")
     templates = written if isinstance(written, dict) else {}
@@ -125,6 +127,7 @@ def _sections(
         modbus=_valid_items(ModbusConfig, data.get("modbus")),
         serial=_valid_items(SerialConfig, data.get("serial")),
         config_groups=_valid_items(ConfigGroupConfig, data.get("config_groups")),
+        derived=_valid_items(DerivedConfig, data.get("derived")),
         named_devices=_names(data, ("modbus", "devices"), ("serial",)),
         named_buckets=_buckets(data),
     )

@@ -27,6 +27,7 @@ from agent.config.schema import (
     QueueConfig,
     SerialConfig,
 )
+from agent.pipeline.expressions import Expression
 from agent.pipeline.readings import ValueType
 from agent.sources.modbus.plan import Limits
 from agent.sources.modbus.points import ByteOrder, PointType, Table
@@ -51,6 +52,15 @@ def rtu_silence(baudrate: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Aggregate:
+    """A point's windowed aggregates (agent.pipeline.aggregates)."""
+
+    window_s: int
+    functions: tuple[str, ...]
+    ids: tuple[tuple[str, str], ...]  # (function, the id it publishes)
+
+
+@dataclass(frozen=True, slots=True)
 class Point:
     """One Modbus value to read and publish."""
 
@@ -71,6 +81,8 @@ class Point:
     interval: float | None  # None: every cycle of its device
     alias: str | None = None  # its data shape's, in the cloud
     unit: str | None = None
+    publish: bool = True  # False: only an input of derived points and aggregates
+    aggregate: Aggregate | None = None
 
     @property
     def location(self) -> tuple[Table, int]:
@@ -160,6 +172,23 @@ class Instrument:
 
 
 @dataclass(frozen=True, slots=True)
+class Derived:
+    """A point computed from others' latest values (agent.pipeline.derive)."""
+
+    id: str
+    bucket: str
+    expression: Expression
+    shape: ValueType
+    deadband: float | None
+    max_silence: float | None
+    max_input_age: float
+    alias: str | None
+    unit: str | None
+    publish: bool
+    aggregate: Aggregate | None
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterTarget:
     """A setting written to a coil or holding registers of a device."""
 
@@ -220,6 +249,7 @@ class Config:
     connections: tuple[Connection, ...]
     instruments: tuple[Instrument, ...]
     settings: tuple[Setting, ...]
+    derived: tuple[Derived, ...] = ()
 
     def all_devices(self) -> list[tuple[Connection, Device]]:
         return [(conn, device) for conn in self.connections for device in conn.devices]

@@ -8,9 +8,17 @@ the key, `agent.config.resolve` uses them once the problems are none.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from agent.config.schema import RegisterRef
-from agent.sources.modbus.points import PointType, Table, parse_classic_address, register_count
+from agent.pipeline.readings import ValueType
+from agent.sources.modbus.points import (
+    PointType,
+    Table,
+    natural_value_type,
+    parse_classic_address,
+    register_count,
+)
 
 Problems = list[tuple[str, str]]
 
@@ -50,6 +58,18 @@ def point_type(ref: RegisterRef, table: Table) -> PointType:
 def width(ref: RegisterRef, table: Table) -> int:
     """Registers (or bits) the value occupies."""
     return 1 if table.is_bits else register_count(point_type(ref, table), ref.length)
+
+
+def shape(ref: RegisterRef, table: Table) -> ValueType:
+    """The data shape type its readings are published as: the point's `value_type`, else
+    boolean for a bit, else the register type's natural one."""
+    given = getattr(ref, "value_type", None)
+    if given is not None:
+        return cast(ValueType, given)
+    if ref.bit is not None:
+        return "boolean"
+    scaled = ref.scale is not None or ref.offset is not None
+    return natural_value_type(point_type(ref, table), scaled=scaled)
 
 
 def decodes_to(ref: RegisterRef, table: Table) -> str:

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from agent.config import checks, registers, templates
+from agent.config import checks, derived, registers, templates
 from agent.config.model import (
     AgentTarget,
+    Aggregate,
     Config,
     Connection,
+    Derived,
     Device,
     Framing,
     Instrument,
@@ -30,6 +32,8 @@ from agent.config.model import (
 )
 from agent.config.schema import (
     AgentSettings,
+    AggregateConfig,
+    DerivedConfig,
     DeviceConfig,
     ModbusConfig,
     PointConfig,
@@ -40,7 +44,7 @@ from agent.config.schema import (
 )
 from agent.pipeline.readings import ValueType
 from agent.sources.modbus.plan import Limits
-from agent.sources.modbus.points import ByteOrder, natural_value_type
+from agent.sources.modbus.points import ByteOrder
 
 
 def resolve(settings: AgentSettings) -> Config:
@@ -65,6 +69,7 @@ def resolve(settings: AgentSettings) -> Config:
             for group in settings.config_groups
             for s in group.settings
         ),
+        derived=derived_points(connections, settings.derived),
     )
 
 
@@ -137,13 +142,7 @@ def _point(point: PointConfig, device: DeviceConfig) -> Point:
     assert bucket is not None, "checked by agent.config.checks"
     table, address = where
     kind = registers.point_type(point, table)
-    if point.value_type is not None:
-        shape: ValueType = point.value_type
-    elif point.bit is not None:
-        shape = "boolean"
-    else:
-        scaled = point.scale is not None or point.offset is not None
-        shape = natural_value_type(kind, scaled=scaled)
+    shape = registers.shape(point, table)
     return Point(
         id=point.id,
         bucket=bucket,
@@ -162,7 +161,49 @@ def _point(point: PointConfig, device: DeviceConfig) -> Point:
         interval=None if _same(point.interval, device.interval) else point.interval,
         alias=point.alias,
         unit=point.unit,
+        publish=point.publish,
+        aggregate=aggregate(point.id, point.aggregate),
     )
+
+
+def aggregate(point_id: str, config: AggregateConfig | None) -> Aggregate | None:
+    if config is None:
+        return None
+    ids = derived.aggregate_ids(point_id, config)
+    return Aggregate(config.window, tuple(ids), tuple(ids.items()))
+
+
+def derived_points(
+    connections: tuple[Connection, ...], entries: list[DerivedConfig]
+) -> tuple[Derived, ...]:
+    """The `[[derived]]` points, compiled against the points declared before each."""
+    inputs = derived.Inputs()
+    for conn in connections:
+        for device in conn.devices:
+            for point in device.points:
+                inputs.add(point.id, point.shape, point.interval or device.interval, device.name)
+    found = []
+    for entry in entries:
+        expression = derived.compile_derived(entry, inputs)
+        shape = derived.result_shape(entry, expression)
+        age = derived.max_input_age(entry, expression, inputs.intervals)
+        inputs.add(entry.id, shape, age / 2, entry.id)
+        found.append(
+            Derived(
+                id=entry.id,
+                bucket=entry.bucket,
+                expression=expression,
+                shape=shape,
+                deadband=entry.deadband,
+                max_silence=entry.max_silence,
+                max_input_age=age,
+                alias=entry.alias,
+                unit=entry.unit,
+                publish=entry.publish,
+                aggregate=aggregate(entry.id, entry.aggregate),
+            )
+        )
+    return tuple(found)
 
 
 def _same(interval: float | None, device: float) -> bool:

@@ -146,6 +146,21 @@ class RegisterRef(_Section):
     offset: float | None = None
 
 
+AGGREGATE_FUNCTIONS = ("avg", "min", "max", "sum", "count", "first", "last", "integral")
+
+
+class AggregateConfig(_Section):
+    """A point's windowed aggregates: each function's value over every `window` seconds,
+    windows aligned to the wall clock (agent.pipeline.aggregates)."""
+
+    window: int = Field(ge=1, le=86400)  # whole seconds
+    functions: list[Literal["avg", "min", "max", "sum", "count", "first", "last", "integral"]] = (
+        Field(min_length=1)
+    )
+    # function -> the published id; default "<point id>_<function>"
+    names: dict[str, Name] = {}
+
+
 class PointConfig(RegisterRef):
     """One value read from a device and published as a reading.
 
@@ -164,6 +179,10 @@ class PointConfig(RegisterRef):
     # The data shape's alias and unit in the cloud (`orio-agent cloud plan`).
     alias: str | None = Field(None, max_length=256)
     unit: str | None = Field(None, max_length=64)
+    # false: the readings are not published; the point still feeds derived points and
+    # its aggregates.
+    publish: bool = True
+    aggregate: AggregateConfig | None = None
 
 
 class TemplateConfig(_Section):
@@ -271,6 +290,23 @@ class SerialConfig(_Section):
     points: list[SerialPointConfig] = Field(min_length=1)
 
 
+class DerivedConfig(_Section):
+    """A point computed from other points' values (agent.pipeline.expressions)."""
+
+    id: Name
+    bucket: Name
+    expression: str = Field(min_length=1, max_length=1000)
+    value_type: ValueType | None = None  # default: float for a number, boolean for a test
+    deadband: float | None = Field(None, ge=0)
+    max_silence: Seconds | None = None
+    # Seconds an input's last value may be old; default twice the slowest input's interval.
+    max_input_age: Seconds | None = None
+    alias: str | None = Field(None, max_length=256)
+    unit: str | None = Field(None, max_length=64)
+    publish: bool = True
+    aggregate: AggregateConfig | None = None
+
+
 AGENT_TARGETS = ("device.<name>.interval", "bucket.<name>.max_delay", "log.level")
 
 
@@ -323,8 +359,9 @@ class AgentSettings(BaseSettings):
     templates: dict[Name, TemplateConfig] = {}
     modbus: list[ModbusConfig] = []
     serial: list[SerialConfig] = []
+    derived: list[DerivedConfig] = []
     config_groups: list[ConfigGroupConfig] = []
 
 
 # Sections that are arrays of tables: the environment cannot address their elements.
-LIST_SECTIONS = ("modbus", "serial", "config_groups")
+LIST_SECTIONS = ("modbus", "serial", "config_groups", "derived")

@@ -74,7 +74,23 @@ class DiskOutbox(QueueFront):
         self._age_at = 0.0
         self._closing = False
         self._busy = asyncio.Lock()  # the queue's task and aclose: one at a time
+        self._states: dict[str, Callable[[], bytes]] = {}  # kept with the commits
+        self._states_due = False
+        self.saved_states: dict[str, bytes] = {}  # what the file held at start-up
         self._open_file()
+
+    # -- state kept with the commits -------------------------------------------------------
+
+    def keep_state(self, name: str, provider: Callable[[], bytes]) -> None:
+        """`provider()`'s bytes are written under `name` in the commit after each
+        `state_changed()`, in the same transaction as the messages put before it."""
+        self._states[name] = provider
+
+    def state_changed(self) -> None:
+        self._states_due = True
+        if self._commit_at is None:
+            self._commit_at = self._time() + self._settings.commit_interval
+            self._wake.set()
 
     # -- the Outbox port: the queue's task, flush and close --------------------------------
 
@@ -199,6 +215,8 @@ class DiskOutbox(QueueFront):
         self._backlog_end = max(self._backlog_end, opened.max_seq)
         self._sendable = max(self._sendable, opened.max_seq)
         self._disk_count, self._disk_bytes = opened.count, opened.payload_bytes
+        if not self.saved_states:
+            self.saved_states = dict(opened.states)
         self._oldest_ms = opened.oldest_ms
         self._age_at = self._time()
         if opened.count:
@@ -240,9 +258,16 @@ class DiskOutbox(QueueFront):
             self._commit_at = None
         if not self._open:
             return
-        if not ((messages and self._unwritten) or self._acked or self._supersede_due or sweep):
+        states_due = messages and self._states_due
+        if (
+            not ((messages and self._unwritten) or self._acked or self._supersede_due or sweep)
+            and not states_due
+        ):
             return
         batch = self._unwritten.batch(self._commit_bytes, upto=upto) if messages else []
+        # Taken now, with the messages: what the state holds was made before them.
+        states = {name: provider() for name, provider in self._states.items()} if states_due else {}
+        self._states_due = False
         rows = [unpacked(message) for message in batch]
         deletes = sorted(self._acked)
         supersede = list(self._supersede_due.items())
@@ -262,8 +287,10 @@ class DiskOutbox(QueueFront):
                 held=held,
                 age_cutoff_ms=cutoff,
                 recount=not self._health.ok,
+                states=states,
             )
         except QueueError as exc:
+            self._states_due = self._states_due or bool(states)  # written at the next try
             self._writing = set()
             if isinstance(exc.partial, Written):
                 self._applied(exc.partial, [])

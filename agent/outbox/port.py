@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +88,13 @@ class Outbox(Protocol):
     async def aclose(self) -> None:
         """Store what is pending and release the outbox's resources."""
 
+    saved_states: dict[str, bytes]  # what a durable outbox held at start-up, by name
+
+    def keep_state(self, name: str, provider: Callable[[], bytes]) -> None:
+        """Store `provider()` under `name` with the commit after each `state_changed`."""
+
+    def state_changed(self) -> None: ...
+
 
 class MemoryOutbox:
     """Bounded by total payload bytes; beyond that the oldest waiting messages are dropped."""
@@ -102,6 +110,13 @@ class MemoryOutbox:
         self._empty = asyncio.Event()
         self._empty.set()
         self._stats = OutboxStats()
+        self.saved_states: dict[str, bytes] = {}  # nothing survives a memory outbox
+
+    def keep_state(self, name: str, provider: Callable[[], bytes]) -> None:
+        """Nothing is kept: a memory outbox loses everything at a restart."""
+
+    def state_changed(self) -> None:
+        """Nothing to store."""
 
     def put(
         self, topic: str, payload: bytes, stamp: Stamp | None = None, *, replace: bool = False

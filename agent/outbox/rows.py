@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS messages (
 )
 """
 COLUMNS = "seq, topic, payload, codec, boot_id, wall_ms, boot_ms"
+# What the agent keeps beside its messages, committed with them (aggregates' open windows).
+STATE_SCHEMA = "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
 
 # A row as stored and read back: (seq, topic, packed payload, codec, boot_id, wall_ms, boot_ms)
 Row = tuple[int, str, bytes, int, str, int, int]

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import QueueCorrupt, QueueDiskFull, QueueError, QueueIOError
 from agent.outbox.budget import ROW_OVERHEAD, DiskBudget
 from agent.outbox.files import Reserve, files_bytes, move_aside, sync_dir, sync_wal
-from agent.outbox.rows import COLUMNS, SCHEMA, Row, Unpacked, packed_row
+from agent.outbox.rows import COLUMNS, SCHEMA, STATE_SCHEMA, Row, Unpacked, packed_row
 from agent.outbox.translate import translate, translate_os
 
 CACHE_KIB = 512  # SQLite's page cache: a queue touches the ends of one table only
@@ -42,6 +42,7 @@ class Opened:
     oldest_ms: int | None
     moved_aside: Path | None = None
     corruption: str | None = None
+    states: dict[str, bytes] = field(default_factory=dict)  # name -> what was kept
 
 
 @dataclass(slots=True)
@@ -92,8 +93,11 @@ class QueueStore:
             max_seq = int(
                 self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
             )
+            states = {
+                str(r[0]): bytes(r[1]) for r in self._conn.execute("SELECT name, value FROM state")
+            }
         count, size = self._count()
-        return Opened(max_seq, count, size, self._oldest(), moved, corruption)
+        return Opened(max_seq, count, size, self._oldest(), moved, corruption, states)
 
     def close(self) -> None:
         """Close the file; SQLite checkpoints and removes the WAL, syncing both."""
@@ -113,6 +117,7 @@ class QueueStore:
         held: Collection[int] = (),
         age_cutoff_ms: int | None = None,
         recount: bool = False,
+        states: Mapping[str, bytes] | None = None,
     ) -> Written:
         """Insert `rows` and delete `delete` in one transaction, then keep the bounds.
 
@@ -120,19 +125,21 @@ class QueueStore:
         `held`: seqs that are being sent, never dropped for the bounds.
         `recount`: count the rows afterwards (after failures, when the caller's count
         may be off: a failed commit may have landed).
+        `states`: name -> value, kept in the same transaction (the aggregates' windows).
         A full disk is met by making room (the reserve, then the oldest rows) and trying
         once more; QueueDiskFull if even that does not fit.
         """
         result = Written()
         supersede = list(supersede)
         rows: list[Row] = [packed_row(message) for message in messages]
+        keep = dict(states or {})
         try:
-            self._transaction(rows, delete, supersede, held, result)
+            self._transaction(rows, delete, supersede, held, result, keep)
         except QueueDiskFull:
             try:
                 needed = sum(len(row[2]) + len(row[1]) + ROW_OVERHEAD for row in rows)
                 self._make_room(needed, held, result)
-                self._transaction(rows, delete, supersede, held, result)
+                self._transaction(rows, delete, supersede, held, result, keep)
             except QueueError as exc:
                 exc.partial = result  # the rows dropped to make room are gone all the same
                 raise
@@ -205,6 +212,7 @@ class QueueStore:
                 if check != "ok":
                     raise QueueCorrupt(f"quick_check: {check}")
                 db.execute(SCHEMA)
+                db.execute(STATE_SCHEMA)
         except BaseException:
             db.close()
             raise
@@ -217,6 +225,7 @@ class QueueStore:
         supersede: list[tuple[str, int]],
         held: Collection[int],
         result: Written,
+        states: Mapping[str, bytes],
     ) -> None:
         db = self._conn
         inserted = deleted = deleted_bytes = 0
@@ -243,6 +252,10 @@ class QueueStore:
                 ]
                 count, size = self._delete(victims)
                 deleted, deleted_bytes = deleted + count, deleted_bytes + size
+            for name, value in states.items():
+                db.execute(
+                    "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, value)
+                )
             db.execute("COMMIT")
         result.inserted += inserted
         result.inserted_bytes += inserted_bytes

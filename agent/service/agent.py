@@ -27,26 +27,26 @@ from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
 from agent.cloud.remembered import SettingsState
 from agent.config import Config, load_config
-from agent.config.model import SerialSettings
+from agent.config.model import Derived, SerialSettings
 from agent.config.schema import QueueConfig
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
 from agent.outbox.port import MemoryOutbox, Outbox
+from agent.pipeline.aggregates import Result
+from agent.pipeline.aggregation import Aggregation
 from agent.pipeline.batches import Batch, Batcher
+from agent.pipeline.derive import Calculator
+from agent.pipeline.readings import Reading, Value
 from agent.service import logs
-from agent.service.commission import no_device
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
 from agent.service.health import health_readings
-from agent.service.probing import exchange_on, probe_on, scan_line
-from agent.service.scan import to_json as scan_to_json
 from agent.service.state import AgentState, stats_fields, status_document, status_line
 from agent.service.supervise import supervise
 from agent.service.systemd import Notifier
 from agent.sources.modbus.client import ModbusLine
 from agent.sources.modbus.points import Table
-from agent.sources.modbus.poller import DevicePoller
-from agent.sources.modbus.probe import fragments
+from agent.sources.modbus.poller import DevicePoller, Tap
 from agent.sources.serial.instrument import Instrument
 from agent.sources.serial.port import SerialPort
 
@@ -60,6 +60,8 @@ CANCEL_WAIT = 1.0  # seconds, growing with each attempt
 SOURCE_BACKOFF_MIN = 1.0  # seconds: a failed source's first restart within 0..1 s
 SOURCE_BACKOFF_MAX = 60.0  # seconds: the cap
 SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
+AGGREGATES = "aggregates"  # the name of the aggregates' state in the queue's file
+WINDOW_CHECK = 1.0  # seconds: the longest the window timer sleeps
 
 
 def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
@@ -102,6 +104,20 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     stuck = [task.get_name() for task in tasks if not task.done()]
     if stuck:
         log.error("tasks_did_not_stop", tasks=stuck)
+
+
+def _both(taps: list[Tap]) -> Tap:
+    def tap(value: Value | None, timestamp_ms: int) -> None:
+        for each in taps:
+            each(value, timestamp_ms)
+
+    return tap
+
+
+def _no_device(name: str | None, known: list[str]) -> str:
+    from agent.service.commission import no_device
+
+    return no_device(name, known)
 
 
 def _no_progress(done: int, total: int) -> None:
@@ -190,6 +206,7 @@ class Agent:
             for instrument in config.instruments
         ]
         sources: list[DevicePoller | Instrument] = [*self.pollers, *self.instruments]
+        self._build_computations(config)
         self.configurator = Configurator(
             config=config,
             routes={
@@ -203,7 +220,69 @@ class Agent:
             state=self._state,
         )
         self.configurator.restore_agent_settings()
-        self.state.track_sources(sources, list(self.lines.values()), self.configurator)
+        shown: list[DevicePoller | Instrument | Calculator] = [*sources]
+        if config.derived:
+            shown.append(self.calculator)
+        self.state.track_sources(shown, list(self.lines.values()), self.configurator)
+
+    def _build_computations(self, config: Config) -> None:
+        """Derived points and aggregates, fed by the pollers' taps (a reload keeps the
+        open windows of the aggregates it keeps)."""
+        aggregated = [
+            (point.bucket, point.id, point.aggregate)
+            for _, device in config.all_devices()
+            for point in device.points
+            if point.aggregate is not None
+        ] + [(d.bucket, d.id, d.aggregate) for d in config.derived if d.aggregate is not None]
+        previous = getattr(self, "aggregation", None)
+        self.aggregation = Aggregation(aggregated, emit=self._put_aggregates)
+        saved = previous.state() if previous else self.outbox.saved_states.get(AGGREGATES)
+        if saved and self.aggregation:
+            self.aggregation.restore(saved)
+        self.outbox.keep_state(AGGREGATES, self.aggregation.state)
+        self.calculator = Calculator(config.derived, emit=self.batcher.add, tap=self._tap_derived)
+        for poller in self.pollers:
+            self._tap(poller)
+
+    def _tap(self, poller: DevicePoller) -> None:
+        """Give the calculator and the aggregates the values they need of this poller."""
+        inputs = self.calculator.inputs
+        for point in poller.device.points:
+            taps: list[Tap] = []
+            if point.id in inputs:
+                taps.append(partial(self.calculator.update, point.id))
+            if point.aggregate is not None:
+                taps.append(self.aggregation.tap(point.bucket, point.id))
+            if taps:
+                poller.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
+        if inputs or self.aggregation:
+            poller.on_cycle = self._after_cycle
+
+    def _after_cycle(self) -> None:
+        self.calculator.evaluate()
+        if self.aggregation.dirty:
+            self.outbox.state_changed()
+
+    def _tap_derived(self, derived: Derived, value: Value | None, timestamp_ms: int) -> None:
+        if derived.aggregate is not None:
+            self.aggregation.tap(derived.bucket, derived.id)(value, timestamp_ms)
+
+    def _put_aggregates(self, bucket: str, results: list[Result]) -> None:
+        """A window's results straight into the queue, with the state that closed it."""
+        parts = [Reading(bucket, r.id, r.value, r.timestamp_ms).fragment() for r in results]
+        topic = self._topics.get(bucket) or data_topic(self.config.thing_id, bucket)
+        self.outbox.put(topic, b"[" + b",".join(parts) + b"]", self.clock.stamp())
+        self.outbox.state_changed()
+
+    async def _close_windows(self) -> None:
+        """Close each aggregate's window at its end (and at start-up, one that ended while
+        the agent was down)."""
+        while True:
+            now = self.clock.wall_ms()
+            self.aggregation.close_due(now)
+            due = self.aggregation.next_close_ms()
+            wait = WINDOW_CHECK if due is None else min(WINDOW_CHECK, max(0, due - now) / 1000)
+            await asyncio.sleep(wait)
 
     def _build_link(self, config: Config) -> None:
         """The broker session and delivery: replaced only when their settings change."""
@@ -346,6 +425,8 @@ class Agent:
         tasks = [start(f"poll[{p.name}]", p.run) for p in self.pollers]
         tasks += [start(f"serial[{i.name}]", i.run) for i in self.instruments]
         tasks.append(start("configurator", self.configurator.run))
+        if self.aggregation:
+            tasks.append(start("aggregates", self._close_windows))
         bucket = self.config.health.bucket
         if bucket is not None:
             tasks.append(start("health", partial(self._health, bucket)))
@@ -425,8 +506,11 @@ class Agent:
         devices = self.config.all_devices()
         chosen = [(c, d) for c, d in devices if name is None or d.name == name]
         if not chosen:
-            raise ControlError("no_device", no_device(name, [d.name for _, d in devices]))
+            raise ControlError("no_device", _no_device(name, [d.name for _, d in devices]))
         log.info("poll_once_requested", device=name or "all", publish=publish)
+        from agent.service.probing import probe_on  # the commands' parts: loaded when asked
+        from agent.sources.modbus.probe import fragments
+
         answer: dict[str, Any] = {"devices": await probe_on(self.lines, chosen)}
         if publish:
             batches = fragments(answer["devices"])
@@ -462,6 +546,8 @@ class Agent:
                 start=start,
                 values=values,
             )
+        from agent.service.probing import exchange_on
+
         return await exchange_on(line, args)
 
     def _line_for(self, name: object, endpoint: object) -> ModbusLine:
@@ -487,6 +573,9 @@ class Agent:
             raise ControlError("bad_request", f"{line.name!r} is not an RTU line")
         log.warning("scan_pauses_connection", connection=line.name, addresses=len(units))
         async with line.paused():
+            from agent.service.probing import scan_line
+            from agent.service.scan import to_json as scan_to_json
+
             found = await scan_line(conn, speeds, parities, units, turnaround, _no_progress)
         log.info("scan_done", connection=line.name, found=[f.unit for f in found.found])
         return scan_to_json(found)

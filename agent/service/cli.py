@@ -22,7 +22,7 @@ import structlog
 
 from agent import __version__
 from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
-from agent.config.model import Device
+from agent.config.model import Aggregate, Device
 from agent.errors import ConfigError
 from agent.service import allocator, logs
 from agent.service.supervise import describe_error, primary
@@ -335,6 +335,7 @@ def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
             f"  modbus total: {len(config.all_devices())} devices, {points} points, "
             f"{total_requests:g} requests, {total_rate:.3g} requests/s"
         )
+    lines += _computed_lines(config)
     for instrument in config.instruments:
         mode = "polled" if instrument.request else "sampled"
         line = instrument.line
@@ -344,6 +345,30 @@ def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
         )
     lines.append(json.dumps(shown, indent=2))
     return "\n".join(lines)
+
+
+def _computed_lines(config: Config) -> list[str]:
+    """check-config's lines for the aggregates and the derived points."""
+    lines = []
+    for _, device in config.all_devices():
+        for point in device.points:
+            if point.aggregate is not None:
+                lines.append(f"  {_aggregate_line(point.id, point.aggregate, point.publish)}")
+    for entry in config.derived:
+        inputs = ", ".join(entry.expression.inputs)
+        lines.append(
+            f"  derived {entry.id!r} in {entry.bucket!r} = {entry.expression.source}"
+            f" ({entry.shape}; inputs {inputs}; each no older than {entry.max_input_age:g} s)"
+        )
+        if entry.aggregate is not None:
+            lines.append(f"    {_aggregate_line(entry.id, entry.aggregate, entry.publish)}")
+    return lines
+
+
+def _aggregate_line(point_id: str, aggregate: Aggregate, publish: bool) -> str:
+    ids = ", ".join(output for _, output in aggregate.ids)
+    raw = "" if publish else "; its readings not published"
+    return f"aggregate of {point_id!r} every {aggregate.window_s} s: {ids}{raw}"
 
 
 _SHOWN_POINTS = 6  # of a request's, in check-config's plan

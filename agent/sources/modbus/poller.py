@@ -111,6 +111,9 @@ class RegisterBus(Protocol):
     async def end_cycle(self) -> None: ...
 
 
+Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its time, ms
+
+
 class PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once."""
 
@@ -122,9 +125,11 @@ class PointReader:
         "id",
         "offset",
         "prefix",
+        "publish",
         "scale",
         "scaled",
         "shape",
+        "tap",
         "type",
         "width",
     )
@@ -142,6 +147,10 @@ class PointReader:
         self.shape = point.shape
         self.width = point.width
         self.filter = ChangeFilter(point.deadband, point.max_silence)
+        self.publish = point.publish
+        # Set by the agent for a point that derived points or its aggregate use: given
+        # every value read (None when the read failed), before the deadband.
+        self.tap: Tap | None = None
 
     def value(self, raw_values: list[int] | list[bool]) -> Value:
         """The point's value from its registers, typed to its data shape."""
@@ -244,6 +253,9 @@ class DevicePoller:
         self._replan = False  # what was learnt in this cycle changes the plan
         self.stats = SourceStats()
         self.cadence = Cadence()
+        # Called after every cycle that asked the unit (derived points are worked out
+        # then, from one cycle's values).
+        self.on_cycle: Callable[[], None] | None = None
         self._throttle = Throttle(interval=60.0)
         self.interval = device.interval
         self._count_cycles(self.interval)
@@ -291,6 +303,12 @@ class DevicePoller:
             self.cadence.waits_until(due)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
+    def set_tap(self, point_id: str, tap: Tap) -> None:
+        """`tap` is given every value of that point this poller reads (PointReader.tap)."""
+        for reader in self._readers:
+            if reader.id == point_id:
+                reader.tap = tap
+
     def set_interval(self, interval: float) -> None:
         """Takes effect from the next cycle (`run` works out the groups' cycles again)."""
         self.interval = interval
@@ -307,6 +325,9 @@ class DevicePoller:
             await self._bus.end_cycle()
         if work:  # cut short
             self._keep_unanswered(work)
+            self._tap_failed(work)
+        if self.on_cycle is not None:
+            self.on_cycle()
         if self._replan:
             self._plan()
         if answered:
@@ -322,6 +343,15 @@ class DevicePoller:
             self._outage.failed(failure, **_code(failure))
             return False
         return True
+
+    def _tap_failed(self, work: deque[ReadRequest]) -> None:
+        """What a cycle cut short left unread has no value now, for what taps it."""
+        stamp = self._wall_ms()
+        for request in work:
+            for span in request.spans:
+                tap = self._readers[span.index].tap
+                if tap is not None:
+                    tap(None, stamp)
 
     def _work(self) -> deque[ReadRequest]:
         """This cycle's requests: the due groups', then the parked requests due for a retry."""
@@ -419,8 +449,12 @@ class DevicePoller:
                 self.stats.decode_errors += 1
                 if self._throttle.allow(("decode", reader.id)):
                     self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
+                if reader.tap is not None:
+                    reader.tap(None, timestamp_ms)
                 continue
-            if reader.filter.admit(value, now):
+            if reader.tap is not None:
+                reader.tap(value, timestamp_ms)
+            if reader.publish and reader.filter.admit(value, now):
                 by_bucket.setdefault(reader.bucket, []).append(
                     reader.prefix + encode_value(value) + suffix
                 )

@@ -1,0 +1,435 @@
+"""Windowed aggregates of a point: an average, minimum, maximum... a window, not every sample.
+
+A point polled every second over a metered cellular link costs sixty readings a minute; its
+1-minute average, minimum and maximum cost three. An `Aggregator` folds one point's samples
+into the open window and hands back the window's results when it closes. It is pure: no I/O,
+no clock of its own, no asyncio. The caller feeds it samples with their own timestamps, calls
+`close_due` from a timer, and keeps `state()` somewhere durable to `restore` after a restart.
+
+Windows. A window of W milliseconds (a whole number, at least 1000) is aligned to the epoch:
+window k covers [k*W, (k+1)*W). A 60 s window closes at every full minute; one that divides a
+day (60, 300, 900, 3600 s...) falls on the UTC clock. A sample belongs to the window of its
+own timestamp, not of its arrival, and every result is stamped with its window's end.
+
+Closing. A sample of a later window closes the open window first (a gap of several windows
+publishes nothing for the empty ones). `close_due(now_ms)` closes the open window once its end
+is at or before `now_ms`: from the caller's timer, and at start-up after a restore, when a
+window that ended while the agent was down is closed with what it had (its `count` says how
+much that was). A window without samples publishes nothing.
+
+Late samples. Samples are folded in timestamp order. One older than the newest sample taken,
+or than the end of a window already closed, is dropped and counted in `late`: after the clock
+is stepped back, or from a backlog. Closed windows are published and never reopened, and an
+earlier sample cannot be fitted into a running trapezoid. Equal timestamps are not late: both
+samples count.
+
+Functions. `count` is an int; `avg` is the float sum/count; `sum` is an int when every sample
+of the window was one and a float otherwise; `min`, `max`, `first` and `last` are samples, of
+their own type (the first of equal ones for `min` and `max`). Sums of ints are exact (Python
+ints). Floats are summed with Neumaier's compensated summation (a float and the rounding error
+it has lost so far, joined by `math.fsum` at the end): without keeping the samples, the error is
+at most about 2 ulps of the sum plus n*2**-106 of the sum of magnitudes, so the result is the
+`math.fsum` of the samples, or next to it, unless they cancel to almost nothing.
+
+Integral. Value times seconds (kW in, kW·s out; scale afterwards for kWh): the integral over
+the window of one continuous piecewise-linear function f of time, computed in floats (exactly,
+in ints, while the samples are ints and no empty window is crossed). f is built so that every
+window can be closed at its end, without waiting for the next sample:
+  - between two samples of a window, f is the straight line between them (the trapezoid rule);
+  - after a window's last sample, f holds that sample's value to the window's end;
+  - a window that follows an earlier sample starts with the straight line from the value held
+    at the end of that sample's window to its own first sample, cut at the window's start
+    (for adjacent windows that is the line from the held value at the boundary);
+  - the first window after a start without state begins at its first sample.
+The integrals of successive windows therefore add up to the integral of f, and a constant
+value c gives c*W/1000 for every window but the first. Windows without samples publish
+nothing, so their share of a gap is not published.
+
+State. `state()` is a JSON-able dict (plain ints, floats, strings, lists, None) with a version
+field; `Aggregator.restore(spec, state)` continues exactly as if never stopped: the same
+results, to the bit, for the same samples and calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FUNCTIONS: tuple[str, ...] = ("avg", "min", "max", "sum", "count", "first", "last", "integral")
+STATE_VERSION = 1  # bump when the layout of `Aggregator.state()` changes
+MIN_WINDOW_MS = 1_000
+_WINDOW_TOLERANCE_MS = 1e-6  # how far window_s * 1000 may stray from a whole number (float noise)
+_TWICE_MS_PER_S = 2_000  # the area is kept doubled, in value·ms: halve and rescale at the end
+
+Number = int | float
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What to aggregate for one point: the window length and the functions to publish.
+
+    Raises ValueError for a window that is not a whole number of milliseconds of at least
+    one second, an unknown or repeated function, a name for a function not chosen, or two
+    functions that would publish under one id.
+    """
+
+    point_id: str
+    window_s: float
+    functions: tuple[str, ...]
+    names: Mapping[str, str] = field(default_factory=dict)  # function -> output id override
+
+    def __post_init__(self) -> None:
+        _check_window(self.window_s)
+        _check_functions(self.functions, self.names)
+        ids = list(self.output_ids().values())
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.point_id}: two aggregates would publish as one id: {ids}")
+
+    @property
+    def window_ms(self) -> int:
+        return round(self.window_s * 1000)
+
+    def output_ids(self) -> dict[str, str]:
+        """The id each function publishes as: `<point id>_<function>` unless `names` says."""
+        return {
+            function: self.names.get(function, f"{self.point_id}_{function}")
+            for function in self.functions
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    id: str
+    value: int | float
+    timestamp_ms: int  # the window's end
+
+
+class Aggregator:
+    """One point's open window; see the module docstring for the exact semantics."""
+
+    __slots__ = ("_floor_ms", "_ids", "_previous", "_width", "_window", "late", "spec")
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.late = 0  # samples dropped as older than one already taken or a closed window
+        self._ids = tuple(spec.output_ids().items())
+        self._width = spec.window_ms
+        self._window: _Window | None = None
+        # The last sample of the last closed window: where the next window's integral starts.
+        self._previous: tuple[int, Number] | None = None
+        self._floor_ms: float = -math.inf  # a sample before this is late
+
+    def add(self, value: Number, timestamp_ms: int) -> list[Result]:
+        """Fold in one sample; return the results of the window it closed, if it closed one.
+
+        Raises TypeError for anything but an int or a float (booleans included) and
+        ValueError for NaN or an infinity: those are the caller's to filter out.
+        """
+        if timestamp_ms < self._floor_ms:
+            self.late += 1
+            return []
+        kind = type(value)
+        if kind is not int and (kind is not float or not math.isfinite(value)):
+            raise _not_a_sample(value)
+        window = self._window
+        if window is not None and timestamp_ms < window.end_ms:
+            window.add(value, timestamp_ms)
+            self._floor_ms = timestamp_ms
+            return []
+        closed = self._close(window) if window is not None else []
+        self._open(value, timestamp_ms)
+        self._floor_ms = timestamp_ms  # after the close, which moved it to the window's end
+        return closed
+
+    def close_due(self, now_ms: int) -> list[Result]:
+        """Close the open window if it ended at or before `now_ms`; return its results."""
+        window = self._window
+        if window is None or window.end_ms > now_ms:
+            return []
+        return self._close(window)
+
+    def next_close_ms(self) -> int | None:
+        """The end of the open window (when `close_due` will close it), None if none is open."""
+        return None if self._window is None else self._window.end_ms
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue after a restart, as plain JSON-able data."""
+        window = self._window
+        last = self._previous if window is None else (window.last_ms, window.last)
+        return {
+            "version": STATE_VERSION,
+            "point_id": self.spec.point_id,
+            "window_ms": self._width,
+            "late": self.late,
+            "last": None if last is None else list(last),  # the newest sample taken
+            "window": None if window is None else window.state(),
+        }
+
+    @classmethod
+    def restore(cls, spec: WindowSpec, state: Mapping[str, Any]) -> Aggregator:
+        """An aggregator that continues from `state` as if it had never stopped.
+
+        Raises ValueError on a state it cannot use: another version, point or window size,
+        or data that is not what `state()` writes.
+        """
+        _check_state_matches(spec, state)
+        aggregator = cls(spec)
+        aggregator.late = _read_count(state, "late")
+        last = _read_sample(state.get("last"))
+        window_state = state.get("window")
+        if window_state is None:
+            aggregator._previous = last
+            if last is not None:
+                aggregator._floor_ms = _window_end(last[0], aggregator._width)
+            return aggregator
+        if last is None:
+            raise ValueError("aggregate state: an open window without its last sample")
+        window = _Window.restore(window_state, aggregator._width, last)
+        aggregator._window = window
+        aggregator._floor_ms = window.last_ms
+        return aggregator
+
+    def _open(self, value: Number, timestamp_ms: int) -> None:
+        start_ms = timestamp_ms - timestamp_ms % self._width
+        window = _Window(start_ms, start_ms + self._width, value, timestamp_ms)
+        if self._previous is not None:
+            held_until_ms = _window_end(self._previous[0], self._width)
+            window.area = _lead_in_area(held_until_ms, self._previous[1], window)
+        self._window = window
+
+    def _close(self, window: _Window) -> list[Result]:
+        self._window = None
+        self._previous = (window.last_ms, window.last)
+        self._floor_ms = window.end_ms
+        values = window.results()
+        return [
+            Result(output_id, values[function], window.end_ms) for function, output_id in self._ids
+        ]
+
+
+class _Window:
+    """The accumulators of one open window: a fixed handful of numbers, never the samples."""
+
+    __slots__ = (
+        "area",
+        "count",
+        "end_ms",
+        "first",
+        "float_error",
+        "float_sum",
+        "has_float",
+        "int_sum",
+        "last",
+        "last_ms",
+        "maximum",
+        "minimum",
+        "start_ms",
+    )
+
+    def __init__(self, start_ms: int, end_ms: int, value: Number, timestamp_ms: int) -> None:
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.count = 1
+        self.int_sum = 0
+        self.float_sum = 0.0  # Neumaier: the running sum of the float samples...
+        self.float_error = 0.0  # ...and the rounding error it has lost so far
+        self.has_float = type(value) is not int
+        if self.has_float:
+            self.float_sum = value
+        else:
+            self.int_sum = int(value)
+        self.minimum = self.maximum = self.first = self.last = value
+        self.last_ms = timestamp_ms
+        # Twice the integral so far, in value·ms: exact in ints while every sample is one.
+        self.area: Number = 0
+
+    def add(self, value: Number, timestamp_ms: int) -> None:
+        """Fold in a sample of this window, no older than the last one (the hot path)."""
+        self.count += 1
+        if type(value) is int:
+            self.int_sum += value
+        else:
+            running = self.float_sum
+            total = running + value
+            if abs(running) >= abs(value):
+                self.float_error += (running - total) + value
+            else:
+                self.float_error += (value - total) + running
+            self.float_sum = total
+            self.has_float = True
+        if value < self.minimum:
+            self.minimum = value
+        elif value > self.maximum:
+            self.maximum = value
+        self.area += (self.last + value) * (timestamp_ms - self.last_ms)
+        self.last = value
+        self.last_ms = timestamp_ms
+
+    def results(self) -> dict[str, Number]:
+        """Every function's value for this window, the last sample held to its end."""
+        total = self.total()
+        area = self.area + 2 * self.last * (self.end_ms - self.last_ms)
+        return {
+            "avg": total / self.count,
+            "min": self.minimum,
+            "max": self.maximum,
+            "sum": total,
+            "count": self.count,
+            "first": self.first,
+            "last": self.last,
+            "integral": area / _TWICE_MS_PER_S,
+        }
+
+    def total(self) -> Number:
+        """The sum of the samples: exact for ints, correctly rounded from the float parts."""
+        if not self.has_float:
+            return self.int_sum
+        # The int part, split into two floats that hold it exactly (below 2**106), and the
+        # compensated float sum, added by fsum, which rounds only once.
+        high = float(self.int_sum)
+        low = float(self.int_sum - int(high))
+        return math.fsum((self.float_sum, self.float_error, high, low))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "start_ms": self.start_ms,
+            "count": self.count,
+            "int_sum": self.int_sum,
+            "float_sum": [self.float_sum, self.float_error] if self.has_float else None,
+            "min": self.minimum,
+            "max": self.maximum,
+            "first": self.first,
+            "area": self.area,
+        }
+
+    @classmethod
+    def restore(cls, state: object, width_ms: int, last: tuple[int, Number]) -> _Window:
+        """The window `state()` wrote, `last` its newest sample; ValueError if malformed."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"aggregate state: the window is not a mapping: {state!r}")
+        start_ms = _read_int(state, "start_ms")
+        last_ms, last_value = last
+        if start_ms % width_ms or not start_ms <= last_ms < start_ms + width_ms:
+            raise ValueError(f"aggregate state: a window at {start_ms} with a sample at {last_ms}")
+        window = cls(start_ms, start_ms + width_ms, last_value, last_ms)
+        window.count = _read_count(state, "count")
+        if not window.count:
+            raise ValueError("aggregate state: an open window without samples")
+        window.int_sum = _read_int(state, "int_sum")
+        window.minimum = _read_number(state, "min")
+        window.maximum = _read_number(state, "max")
+        window.first = _read_number(state, "first")
+        window.area = _read_number(state, "area")
+        window.has_float = state.get("float_sum") is not None
+        if window.has_float:
+            window.float_sum, window.float_error = _read_pair(state, "float_sum")
+        else:
+            window.float_sum = 0.0
+        return window
+
+
+def _lead_in_area(held_until_ms: int, held: Number, window: _Window) -> Number:
+    """Twice the integral from a new window's start to its first sample, in value·ms.
+
+    f runs straight from the value `held` at the end of the previous sample's window to the
+    first sample; the part of that line inside the new window is its lead-in.
+    """
+    start_ms, first, first_ms = window.start_ms, window.first, window.last_ms
+    if held_until_ms == start_ms:  # the previous sample is in the window just before
+        return (held + first) * (first_ms - start_ms)
+    # Windows without samples lie between: f crosses them on its way to the first sample.
+    at_start = held + (first - held) * (start_ms - held_until_ms) / (first_ms - held_until_ms)
+    return (at_start + first) * (first_ms - start_ms)
+
+
+def _window_end(timestamp_ms: int, width_ms: int) -> int:
+    return timestamp_ms - timestamp_ms % width_ms + width_ms
+
+
+def _not_a_sample(value: object) -> Exception:
+    if isinstance(value, float):
+        return ValueError(f"cannot aggregate a non-finite value: {value!r}")
+    return TypeError(f"only ints and floats are aggregated, not {value!r}")
+
+
+def _check_window(window_s: float) -> None:
+    window_ms = window_s * 1000
+    if (
+        not math.isfinite(window_ms)
+        or window_ms < MIN_WINDOW_MS
+        or abs(window_ms - round(window_ms)) > _WINDOW_TOLERANCE_MS
+    ):
+        raise ValueError(
+            f"an aggregate window is a whole number of milliseconds, at least 1 s: {window_s!r}"
+        )
+
+
+def _check_functions(functions: tuple[str, ...], names: Mapping[str, str]) -> None:
+    if not functions:
+        raise ValueError(f"an aggregate needs at least one of {', '.join(FUNCTIONS)}")
+    unknown = [function for function in functions if function not in FUNCTIONS]
+    if unknown:
+        raise ValueError(f"unknown aggregate functions {unknown}; known: {', '.join(FUNCTIONS)}")
+    if len(set(functions)) != len(functions):
+        raise ValueError(f"an aggregate function is listed twice: {list(functions)}")
+    unused = [function for function in names if function not in functions]
+    if unused:
+        raise ValueError(f"names given for aggregate functions not chosen: {unused}")
+
+
+def _check_state_matches(spec: WindowSpec, state: Mapping[str, Any]) -> None:
+    if not isinstance(state, Mapping):
+        raise ValueError(f"aggregate state is not a mapping: {state!r}")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(
+            f"aggregate state of version {state.get('version')!r}, not {STATE_VERSION}"
+        )
+    if state.get("point_id") != spec.point_id:
+        raise ValueError(
+            f"aggregate state of point {state.get('point_id')!r}, not {spec.point_id!r}"
+        )
+    if state.get("window_ms") != spec.window_ms:
+        raise ValueError(
+            f"aggregate state of a {state.get('window_ms')!r} ms window, not {spec.window_ms} ms"
+        )
+
+
+def _read_int(state: Mapping[str, Any], key: str) -> int:
+    value = state.get(key)
+    if type(value) is not int:  # JSON true and false load as bools: not counts
+        raise ValueError(f"aggregate state: {key} is not an integer: {value!r}")
+    return value
+
+
+def _read_count(state: Mapping[str, Any], key: str) -> int:
+    value = _read_int(state, key)
+    if value < 0:
+        raise ValueError(f"aggregate state: {key} is negative: {value!r}")
+    return value
+
+
+def _read_number(state: Mapping[str, Any], key: str) -> Number:
+    value = state.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"aggregate state: {key} is not a number: {value!r}")
+    return value
+
+
+def _read_pair(state: Mapping[str, Any], key: str) -> tuple[float, float]:
+    pair = state.get(key)
+    if not (isinstance(pair, list) and len(pair) == 2 and all(type(x) is float for x in pair)):
+        raise ValueError(f"aggregate state: {key} is not two floats: {pair!r}")
+    return pair[0], pair[1]
+
+
+def _read_sample(sample: object) -> tuple[int, Number] | None:
+    if sample is None:
+        return None
+    if not (isinstance(sample, list) and len(sample) == 2):
+        raise ValueError(f"aggregate state: a sample is a [timestamp, value] pair: {sample!r}")
+    timestamp_ms, value = sample
+    if type(timestamp_ms) is not int or (type(value) is not int and type(value) is not float):
+        raise ValueError(f"aggregate state: a sample is a [timestamp, value] pair: {sample!r}")
+    return timestamp_ms, value
