@@ -110,6 +110,8 @@ class Layout:
     interval: float
     baudrate: int = 0  # rtu
     emulate_line: bool = False  # rtu: the plant answers at the line's speed
+    # A one-minute avg/min/max on every point, and DERIVED_POINTS derived points.
+    computations: bool = False
 
     @property
     def registers_per_unit(self) -> int:
@@ -201,6 +203,8 @@ def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
         changes["points"] = args.points
     if args.interval is not None:
         changes["interval"] = args.interval
+    if args.computations:
+        changes["computations"] = True
     layout = dataclasses.replace(layout, **changes)
     if args.scale != 1:
         layout = dataclasses.replace(layout, units=layout.units * args.scale)
@@ -458,6 +462,26 @@ def point_id(unit: int, point: int) -> str:
     return f"u{unit}_p{point}"
 
 
+DERIVED_POINTS = 100
+COMPUTED_BUCKET = "computed"  # the derived points'; the aggregates go to the points' bucket
+
+
+def derived_block(layout: Layout) -> list[str]:
+    """DERIVED_POINTS sums of two points each, on the same unit (one poll cycle)."""
+    text: list[str] = []
+    for n in range(DERIVED_POINTS):
+        unit = n % layout.units
+        first, second = (2 * n) % layout.points, (2 * n + 1) % layout.points
+        text += [
+            "",
+            "[[derived]]",
+            f'id = "d{n}"',
+            f'bucket = "{COMPUTED_BUCKET}"',
+            f'expression = "{point_id(unit, first)} + {point_id(unit, second)}"',
+        ]
+    return text
+
+
 def agent_config(
     spec: RunSpec, broker: Broker, *, ports: Sequence[int], device: str | None, state_dir: Path
 ) -> str:
@@ -500,10 +524,13 @@ def agent_config(
         f"interval = {HEALTH_INTERVAL}",
     ]
 
+    aggregate = ', aggregate = { window = 60, functions = ["avg", "min", "max"] }'
+    extra = aggregate if layout.computations else ""
+
     def device_block(unit_index: int, unit_id: int) -> list[str]:
         points = ",\n".join(
             f'    {{ id = {json.dumps(point_id(unit_index, p))}, table = "holding", '
-            f'address = {p * width}, type = "{layout.kind}" }}'
+            f'address = {p * width}, type = "{layout.kind}"{extra} }}'
             for p in range(layout.points)
         )
         return [
@@ -542,6 +569,8 @@ def agent_config(
         ]
         for n in range(layout.units):
             text += device_block(n, n + 1)
+    if layout.computations:
+        text += derived_block(layout)
     return "\n".join(text) + "\n"
 
 
@@ -673,6 +702,7 @@ class BenchRun:
                 broker,
                 self._points(),
                 health_bucket=HEALTH_BUCKET,
+                computed_bucket=COMPUTED_BUCKET,
                 clean_session=not persistent,
                 late=spec.soak is not None,
             )
@@ -1644,6 +1674,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, help="points per unit")
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of units")
     parser.add_argument("--interval", type=float, help="poll interval, seconds")
+    parser.add_argument(
+        "--computations",
+        action="store_true",
+        help=f"add a one-minute avg/min/max to every point and {DERIVED_POINTS} derived points",
+    )
     parser.add_argument("--max-readings", type=int, help="batch.max_readings")
     parser.add_argument(
         "--readings", type=int, help=f"backlog: readings to queue (default {BACKLOG_READINGS:,})"

@@ -83,6 +83,9 @@ class PointState:
         return index < len(recent) and recent[index] == timestamp
 
 
+AGGREGATE_SUFFIXES = ("_avg", "_min", "_max")  # of --computations' aggregate ids
+
+
 @dataclass(slots=True)
 class Tally:
     messages: int = 0
@@ -93,6 +96,7 @@ class Tally:
     stale: int = 0  # a value more than values.MAX_FRESH_AGE seconds older than its timestamp
     repeated: int = 0  # duplicate or out of order
     late: int = 0  # late mode: delivered after a newer reading of its point
+    computed: int = 0  # derived points' and aggregates' readings (--computations)
 
 
 class Subscriber(CloudClient):
@@ -104,6 +108,7 @@ class Subscriber(CloudClient):
         points: dict[str, PointState],
         *,
         health_bucket: str,
+        computed_bucket: str = "",
         clean_session: bool = True,
         late: bool = False,
     ) -> None:
@@ -122,6 +127,7 @@ class Subscriber(CloudClient):
         self.last_arrival = time.monotonic()
         self._pending: list[tuple[float, str, bytes]] = []
         self._health_suffix = f"/$data/{health_bucket}"
+        self._computed_suffix = f"/$data/{computed_bucket}" if computed_bucket else None
         self.health: dict[str, list[tuple[int, object]]] = {}
         # Per delivered reading: its timestamp (s) and latency (ms), for window statistics.
         self.timestamps = array("d")
@@ -149,8 +155,7 @@ class Subscriber(CloudClient):
         for arrival, topic, payload in pending:
             self.checked_arrivals.append(arrival)
             self.sizes.append(len(payload))
-            if topic.endswith(self._health_suffix):
-                self._note_health(payload)
+            if self._aside(topic, payload):
                 continue
             tally.messages += 1
             tally.bytes += len(payload)
@@ -167,7 +172,7 @@ class Subscriber(CloudClient):
                     value = reading["value"]
                     timestamp = int(reading["timestamp"])
                 except (KeyError, TypeError, ValueError):
-                    tally.malformed += 1
+                    self._unknown(reading)
                     continue
                 late = timestamp <= point.last_timestamp
                 if not point.deliver(timestamp):
@@ -183,6 +188,25 @@ class Subscriber(CloudClient):
                     tally.stale += 1
                 self.timestamps.append(timestamp / 1000)
                 self.latencies_ms.append(arrival * 1000 - timestamp)
+
+    def _unknown(self, reading: object) -> None:
+        """A reading of no plant point: an aggregate's (counted), or malformed."""
+        name = reading.get("id") if isinstance(reading, dict) else None
+        if isinstance(name, str) and name.endswith(AGGREGATE_SUFFIXES):
+            self.tally.computed += 1
+        else:
+            self.tally.malformed += 1
+
+    def _aside(self, topic: str, payload: bytes) -> bool:
+        """A message of the health bucket (noted) or the derived points' (counted): not
+        the plant's points."""
+        if topic.endswith(self._health_suffix):
+            self._note_health(payload)
+            return True
+        if self._computed_suffix is None or not topic.endswith(self._computed_suffix):
+            return False
+        self.tally.computed += len(json.loads(payload))
+        return True
 
     def _note_health(self, payload: bytes) -> None:
         try:

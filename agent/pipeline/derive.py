@@ -120,6 +120,8 @@ class Calculator:
                 log.warning("derived_failed", point=config.id, error=str(exc))
             return
         self.update(config.id, value, newest)
+        self.stats.cycles += 1
+        self.stats.last_ok_at = self._clock()
         if self._tap is not None:
             self._tap(config, value, newest)
         if config.publish and point.filter.admit(value, self._clock()):
