@@ -8,6 +8,7 @@ same window across a `kill -9` of the agent mid-window.
 from __future__ import annotations
 
 import json
+import marshal
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -172,35 +173,40 @@ async def test_a_window_survives_kill_9_mid_window(
     assert [] == agent.events("aggregate_state_dropped")
 
 
-def _state(queue: Path) -> dict[str, Any] | None:
+def _open_window(queue: Path) -> tuple[int, int] | None:
+    """(end ms, samples) of the open window the aggregates' state on disk holds: the
+    snapshot's window with the journalled samples after it."""
     try:
         with sqlite3.connect(f"file:{queue}?mode=ro", uri=True) as db:
             row = db.execute("SELECT value FROM state WHERE name = 'aggregates'").fetchone()
+            journal = [r[0] for r in db.execute("SELECT value FROM state_journal ORDER BY seq")]
     except sqlite3.Error:
         return None
-    return None if row is None else json.loads(row[0])
-
-
-def _window(queue: Path) -> dict[str, Any] | None:
-    """The open window of the one aggregate, as the state on disk holds it."""
-    state = _state(queue)
-    if not state or not state["windows"]:
+    if row is None:
         return None
-    aggregate = state["windows"][0]["state"]
-    window = aggregate.get("window")
-    return None if window is None else {**window, "window_ms": aggregate["window_ms"]}
+    state: dict[str, Any] = marshal.loads(row[0])
+    samples = [entry for blob in journal for entry in marshal.loads(blob)]
+    width = WINDOW * 1000
+    window = state["windows"][0].get("window")
+    if samples:
+        end = (samples[-1][1] // width + 1) * width
+        held = window["count"] if window is not None and window["start_ms"] + width == end else 0
+        return end, held + len([e for e in samples if e[1] >= end - width])
+    if window is None:
+        return None
+    return int(window["start_ms"]) + width, int(window["count"])
 
 
 def open_count(queue: Path) -> int:
-    window = _window(queue)
-    return 0 if window is None else int(window["count"])
+    found = _open_window(queue)
+    return 0 if found is None else found[1]
 
 
 def open_window(queue: Path) -> int:
     """The end (ms) of the window the state on disk holds open."""
-    window = _window(queue)
-    assert window is not None
-    return int(window["start_ms"]) + int(window["window_ms"])
+    found = _open_window(queue)
+    assert found is not None
+    return found[0]
 
 
 # -- config -------------------------------------------------------------------------------

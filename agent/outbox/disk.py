@@ -44,7 +44,7 @@ from agent.outbox.front import QueueFront
 from agent.outbox.iothread import QueueThread
 from agent.outbox.memory import ReadLane
 from agent.outbox.port import Message
-from agent.outbox.rows import Row, Unpacked, unpack_payload, unpacked
+from agent.outbox.rows import Row, StateWrite, Unpacked, unpack_payload, unpacked
 from agent.outbox.settings import QueueSettings
 from agent.outbox.store import Opened, QueueStore, Written
 
@@ -74,16 +74,18 @@ class DiskOutbox(QueueFront):
         self._age_at = 0.0
         self._closing = False
         self._busy = asyncio.Lock()  # the queue's task and aclose: one at a time
-        self._states: dict[str, Callable[[], bytes]] = {}  # kept with the commits
+        self._states: dict[str, Callable[[], StateWrite]] = {}  # kept with the commits
         self._states_due = False
-        self.saved_states: dict[str, bytes] = {}  # what the file held at start-up
+        # What the file held at start-up: name -> (snapshot, journal entries after it).
+        self.saved_states: dict[str, tuple[bytes | None, list[bytes]]] = {}
         self._open_file()
 
     # -- state kept with the commits -------------------------------------------------------
 
-    def keep_state(self, name: str, provider: Callable[[], bytes]) -> None:
-        """`provider()`'s bytes are written under `name` in the commit after each
-        `state_changed()`, in the same transaction as the messages put before it."""
+    def keep_state(self, name: str, provider: Callable[[], StateWrite]) -> None:
+        """What `provider()` gives is kept under `name` by the commit after each
+        `state_changed()`, in the same transaction as the messages put before it (and as
+        those the provider puts)."""
         self._states[name] = provider
 
     def state_changed(self) -> None:
@@ -264,10 +266,11 @@ class DiskOutbox(QueueFront):
             and not states_due
         ):
             return
-        batch = self._unwritten.batch(self._commit_bytes, upto=upto) if messages else []
-        # Taken now, with the messages: what the state holds was made before them.
+        # Taken first: a provider may put messages (what its state no longer holds), and
+        # they must go into this same commit.
         states = {name: provider() for name, provider in self._states.items()} if states_due else {}
         self._states_due = False
+        batch = self._unwritten.batch(self._commit_bytes, upto=upto) if messages else []
         rows = [unpacked(message) for message in batch]
         deletes = sorted(self._acked)
         supersede = list(self._supersede_due.items())

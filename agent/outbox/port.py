@@ -13,11 +13,14 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from agent.clock import Clock, Stamp
+
+if TYPE_CHECKING:
+    from agent.outbox.rows import StateWrite  # rows imports this module
 
 log = structlog.get_logger("agent.outbox")
 
@@ -88,10 +91,12 @@ class Outbox(Protocol):
     async def aclose(self) -> None:
         """Store what is pending and release the outbox's resources."""
 
-    saved_states: dict[str, bytes]  # what a durable outbox held at start-up, by name
+    # What a durable outbox held at start-up: name -> (snapshot, journal entries after it).
+    saved_states: dict[str, tuple[bytes | None, list[bytes]]]
 
-    def keep_state(self, name: str, provider: Callable[[], bytes]) -> None:
-        """Store `provider()` under `name` with the commit after each `state_changed`."""
+    def keep_state(self, name: str, provider: Callable[[], StateWrite]) -> None:
+        """Store what `provider()` gives under `name` with the commit after each
+        `state_changed` (agent.outbox.rows.StateWrite)."""
 
     def state_changed(self) -> None: ...
 
@@ -110,9 +115,9 @@ class MemoryOutbox:
         self._empty = asyncio.Event()
         self._empty.set()
         self._stats = OutboxStats()
-        self.saved_states: dict[str, bytes] = {}  # nothing survives a memory outbox
+        self.saved_states: dict[str, tuple[bytes | None, list[bytes]]] = {}  # nothing kept
 
-    def keep_state(self, name: str, provider: Callable[[], bytes]) -> None:
+    def keep_state(self, name: str, provider: Callable[[], StateWrite]) -> None:
         """Nothing is kept: a memory outbox loses everything at a restart."""
 
     def state_changed(self) -> None:

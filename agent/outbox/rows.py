@@ -10,6 +10,7 @@ here.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 from agent.clock import Stamp
 from agent.outbox.port import Message
@@ -28,6 +29,20 @@ CREATE TABLE IF NOT EXISTS messages (
 COLUMNS = "seq, topic, payload, codec, boot_id, wall_ms, boot_ms"
 # What the agent keeps beside its messages, committed with them (aggregates' open windows).
 STATE_SCHEMA = "CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value BLOB NOT NULL)"
+JOURNAL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS state_journal"
+    " (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, value BLOB NOT NULL)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """What one commit keeps of a state: a snapshot (replacing the last one and its
+    journal), and/or entries appended to its journal."""
+
+    snapshot: bytes | None = None
+    journal: bytes | None = None
+
 
 # A row as stored and read back: (seq, topic, packed payload, codec, boot_id, wall_ms, boot_ms)
 Row = tuple[int, str, bytes, int, str, int, int]

@@ -25,7 +25,16 @@ from pathlib import Path
 from agent.errors import QueueCorrupt, QueueDiskFull, QueueError, QueueIOError
 from agent.outbox.budget import ROW_OVERHEAD, DiskBudget
 from agent.outbox.files import Reserve, files_bytes, move_aside, sync_dir, sync_wal
-from agent.outbox.rows import COLUMNS, SCHEMA, STATE_SCHEMA, Row, Unpacked, packed_row
+from agent.outbox.rows import (
+    COLUMNS,
+    JOURNAL_SCHEMA,
+    SCHEMA,
+    STATE_SCHEMA,
+    Row,
+    StateWrite,
+    Unpacked,
+    packed_row,
+)
 from agent.outbox.translate import translate, translate_os
 
 CACHE_KIB = 512  # SQLite's page cache: a queue touches the ends of one table only
@@ -42,7 +51,8 @@ class Opened:
     oldest_ms: int | None
     moved_aside: Path | None = None
     corruption: str | None = None
-    states: dict[str, bytes] = field(default_factory=dict)  # name -> what was kept
+    # name -> (the last snapshot, the journal entries after it, oldest first)
+    states: dict[str, tuple[bytes | None, list[bytes]]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -75,6 +85,7 @@ class QueueStore:
         self._page_size = 4096
         self._reserve = Reserve(path, size=self.budget.reserve_bytes)
         self._dir_synced = False
+        self._state_tables = False  # the state and state_journal tables exist
 
     # -- opening and closing --------------------------------------------------------------
 
@@ -93,9 +104,7 @@ class QueueStore:
             max_seq = int(
                 self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
             )
-            states = {
-                str(r[0]): bytes(r[1]) for r in self._conn.execute("SELECT name, value FROM state")
-            }
+            states = self._saved_states()
         count, size = self._count()
         return Opened(max_seq, count, size, self._oldest(), moved, corruption, states)
 
@@ -117,7 +126,7 @@ class QueueStore:
         held: Collection[int] = (),
         age_cutoff_ms: int | None = None,
         recount: bool = False,
-        states: Mapping[str, bytes] | None = None,
+        states: Mapping[str, StateWrite] | None = None,
     ) -> Written:
         """Insert `rows` and delete `delete` in one transaction, then keep the bounds.
 
@@ -125,7 +134,8 @@ class QueueStore:
         `held`: seqs that are being sent, never dropped for the bounds.
         `recount`: count the rows afterwards (after failures, when the caller's count
         may be off: a failed commit may have landed).
-        `states`: name -> value, kept in the same transaction (the aggregates' windows).
+        `states`: name -> what to keep in the same transaction: a snapshot replaces the
+        name's snapshot and journal, journal entries are appended (the aggregates' windows).
         A full disk is met by making room (the reserve, then the oldest rows) and trying
         once more; QueueDiskFull if even that does not fit.
         """
@@ -212,7 +222,6 @@ class QueueStore:
                 if check != "ok":
                     raise QueueCorrupt(f"quick_check: {check}")
                 db.execute(SCHEMA)
-                db.execute(STATE_SCHEMA)
         except BaseException:
             db.close()
             raise
@@ -225,7 +234,7 @@ class QueueStore:
         supersede: list[tuple[str, int]],
         held: Collection[int],
         result: Written,
-        states: Mapping[str, bytes],
+        states: Mapping[str, StateWrite],
     ) -> None:
         db = self._conn
         inserted = deleted = deleted_bytes = 0
@@ -252,15 +261,45 @@ class QueueStore:
                 ]
                 count, size = self._delete(victims)
                 deleted, deleted_bytes = deleted + count, deleted_bytes + size
-            for name, value in states.items():
-                db.execute(
-                    "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, value)
-                )
+            for name, write in states.items():
+                self._keep(name, write)
             db.execute("COMMIT")
         result.inserted += inserted
         result.inserted_bytes += inserted_bytes
         result.deleted += deleted
         result.deleted_bytes += deleted_bytes
+
+    def _keep(self, name: str, write: StateWrite) -> None:
+        """A state's snapshot and journal, inside the caller's transaction."""
+        db = self._conn
+        if not self._state_tables:  # made when first used: a file without them stays so
+            db.execute(STATE_SCHEMA)
+            db.execute(JOURNAL_SCHEMA)
+            self._state_tables = True
+        if write.snapshot is not None:
+            db.execute(
+                "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, write.snapshot)
+            )
+            db.execute("DELETE FROM state_journal WHERE name = ?", (name,))
+        if write.journal is not None:
+            db.execute(
+                "INSERT INTO state_journal (name, value) VALUES (?, ?)", (name, write.journal)
+            )
+
+    def _saved_states(self) -> dict[str, tuple[bytes | None, list[bytes]]]:
+        found: dict[str, tuple[bytes | None, list[bytes]]] = {}
+        tables = {
+            str(r[0])
+            for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        self._state_tables = {"state", "state_journal"} <= tables
+        if not self._state_tables:
+            return found
+        for name, value in self._conn.execute("SELECT name, value FROM state"):
+            found[str(name)] = (bytes(value), [])
+        for name, value in self._conn.execute("SELECT name, value FROM state_journal ORDER BY seq"):
+            found.setdefault(str(name), (None, []))[1].append(bytes(value))
+        return found
 
     def _delete(self, seqs: Sequence[int]) -> tuple[int, int]:
         """Delete rows inside the caller's transaction: (rows, payload bytes) removed.

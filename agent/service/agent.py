@@ -234,12 +234,14 @@ class Agent:
             for point in device.points
             if point.aggregate is not None
         ] + [(d.bucket, d.id, d.aggregate) for d in config.derived if d.aggregate is not None]
-        previous = getattr(self, "aggregation", None)
+        previous: Aggregation | None = getattr(self, "aggregation", None)
         self.aggregation = Aggregation(aggregated, emit=self._put_aggregates)
-        saved = previous.state() if previous else self.outbox.saved_states.get(AGGREGATES)
-        if saved and self.aggregation:
-            self.aggregation.restore(saved)
-        self.outbox.keep_state(AGGREGATES, self.aggregation.state)
+        snapshot, journal = self.outbox.saved_states.get(AGGREGATES, (None, []))
+        if previous is not None:
+            self.aggregation.adopt(previous)
+        elif snapshot is not None and self.aggregation:
+            self.aggregation.restore(snapshot, journal)
+        self.outbox.keep_state(AGGREGATES, self.aggregation.write)
         self.calculator = Calculator(config.derived, emit=self.batcher.add, tap=self._tap_derived)
         for poller in self.pollers:
             self._tap(poller)
@@ -260,6 +262,7 @@ class Agent:
 
     def _after_cycle(self) -> None:
         self.calculator.evaluate()
+        self.aggregation.flush()
         if self.aggregation.dirty:
             self.outbox.state_changed()
 

@@ -1,0 +1,82 @@
+"""agent.pipeline.aggregation: the windows kept as a snapshot and a journal of samples,
+restored to exactly where they were."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config.model import Aggregate
+from agent.outbox.rows import StateWrite
+from agent.pipeline.aggregates import Result
+from agent.pipeline.aggregation import Aggregation
+
+AGGREGATE = Aggregate(
+    10,
+    ("avg", "min", "max", "count"),
+    (("avg", "v_avg"), ("min", "v_min"), ("max", "v_max"), ("count", "v_count")),
+)
+
+
+class Kept:
+    """What the queue's file would hold: the last snapshot and the journal after it."""
+
+    def __init__(self) -> None:
+        self.snapshot: bytes | None = None
+        self.journal: list[bytes] = []
+
+    def commit(self, write: StateWrite) -> None:
+        if write.snapshot is not None:
+            self.snapshot, self.journal = write.snapshot, []
+        if write.journal is not None:
+            self.journal.append(write.journal)
+
+
+def aggregation(into: list[Result]) -> Aggregation:
+    return Aggregation([("b", "v", AGGREGATE)], emit=lambda bucket, results: into.extend(results))
+
+
+samples = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=3_000), st.integers(-1000, 1000)),
+    min_size=1,
+    max_size=60,
+).map(
+    lambda steps: [
+        (1_000_000 + sum(s for s, _ in steps[: i + 1]), v) for i, (_, v) in enumerate(steps)
+    ]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, st.data())
+def test_a_restart_anywhere_gives_the_results_of_a_run_without_one(
+    taken: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    whole: list[Result] = []
+    reference = aggregation(whole)
+    feed = reference.tap("b", "v")
+    for stamp, value in taken:
+        feed(value, stamp)
+    reference.close_due(10**12)
+
+    cut = data.draw(st.integers(0, len(taken)))
+    commits = set(data.draw(st.lists(st.integers(0, len(taken)), max_size=10)))
+    before: list[Result] = []
+    first = aggregation(before)
+    kept = Kept()
+    feed = first.tap("b", "v")
+    for n, (stamp, value) in enumerate(taken[:cut]):
+        feed(value, stamp)
+        first.flush()
+        if n in commits or n == cut - 1:
+            kept.commit(first.write())
+    after: list[Result] = []
+    second = aggregation(after)
+    if kept.snapshot is not None:
+        second.restore(kept.snapshot, kept.journal)
+    feed = second.tap("b", "v")
+    for stamp, value in taken[cut:]:
+        feed(value, stamp)
+    second.close_due(10**12)
+
+    assert whole == before + after
