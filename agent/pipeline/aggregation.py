@@ -70,27 +70,20 @@ class Aggregation:
         journal = self._journal
 
         def add(value: Value | None, timestamp_ms: int) -> None:
-            if value is None or isinstance(value, bool) or not isinstance(value, int | float):
-                return  # a failed read, or a value the checks keep from an aggregate
-            self._add(key, index, value, timestamp_ms, journal)
+            # The hot path, once per sample: one call into the window, no more.
+            kind = type(value)
+            if kind is not float and kind is not int:
+                return  # a failed read (None), or a value the checks keep from an aggregate
+            assert isinstance(value, int | float)
+            results = self._windows[key].add(value, timestamp_ms)
+            self.dirty = True
+            if results:
+                self._snapshot_due = True
+                self._pending.setdefault(bucket, []).extend(results)
+            else:
+                journal.append((index, timestamp_ms, value))
 
         return add
-
-    def _add(
-        self,
-        key: Key,
-        index: int,
-        value: int | float,
-        timestamp_ms: int,
-        journal: list[tuple[int, int, int | float]],
-    ) -> None:
-        results = self._windows[key].add(value, timestamp_ms)
-        self.dirty = True
-        if results:
-            self._snapshot_due = True
-            self._pending.setdefault(key[0], []).extend(results)
-        else:
-            journal.append((index, timestamp_ms, value))
 
     def close_due(self, now_ms: int) -> None:
         for key, window in self._windows.items():

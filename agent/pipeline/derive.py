@@ -93,7 +93,11 @@ class Calculator:
         return set(self._users)
 
     def update(self, point_id: str, value: Value | None, timestamp_ms: int) -> None:
-        self._latest[point_id] = _Latest(value, timestamp_ms, self._clock())
+        latest = self._latest.get(point_id)
+        if latest is None:
+            self._latest[point_id] = _Latest(value, timestamp_ms, self._clock())
+        else:  # in place: no object per reading
+            latest.value, latest.timestamp_ms, latest.at = value, timestamp_ms, self._clock()
         for point in self._users.get(point_id, ()):
             point.dirty = True
 
