@@ -473,3 +473,34 @@ async def test_an_error_while_framing_a_line_ends_run_with_it_and_closes_the_por
         fcntl.flock(device, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the agent's lock is gone
     finally:
         os.close(device)
+
+
+async def test_an_instruments_point_is_aggregated_and_its_samples_kept_unpublished(
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
+) -> None:
+    body = r"""
+format = "regex"
+pattern = '^V=(?P<v>\d+)$'
+interval = 0.2
+points = [ { id = "v", field = "v", value_type = "integer", publish = false, aggregate = { window = 1, functions = ["max", "count"] } } ]
+"""
+    with instrument_end(pty_pair) as fd:
+        async with running_agent(
+            tmp_path, agent_toml(broker, serial_block(pty_pair, body))
+        ) as agent:
+            await port_open(agent)
+            for n in range(1, 31):  # 3 s at 10 Hz, sampled every 0.2 s
+                os.write(fd, b"V=%d\n" % n)
+                await asyncio.sleep(0.1)
+            await cloud.wait_for(
+                lambda m: len({r["timestamp"] for r in cloud.readings("s")}) >= 2, timeout=WAIT
+            )
+
+    readings = cloud.readings("s")
+    assert {"v_max", "v_count"} == {r["id"] for r in readings}  # no raw "v"
+    assert all(int(r["timestamp"]) % 1000 == 0 for r in readings)
+    counts = [r["value"] for r in readings if r["id"] == "v_count"]
+    assert all(1 <= c <= 6 for c in counts), counts

@@ -119,6 +119,7 @@ def wanted(config: Config, health: Mapping[str, ValueType]) -> Buckets:
     bucket's shapes (agent.service.health), if the config has one."""
     buckets: Buckets = {}
     published: list[_Published] = [p for _, d in config.all_devices() for p in d.points]
+    published += [p for i in config.instruments for p in i.points]
     published += config.derived
     for point in published:
         shapes = buckets.setdefault(point.bucket, {})
@@ -127,11 +128,6 @@ def wanted(config: Config, health: Mapping[str, ValueType]) -> Buckets:
         if point.aggregate is not None:
             for output, value_type in aggregate_shapes(point.aggregate, point.shape).items():
                 shapes[output] = Shape(value_type, point.alias, point.unit)
-    for instrument in config.instruments:
-        for ipoint in instrument.points:
-            buckets.setdefault(ipoint.bucket, {})[ipoint.id] = Shape(
-                ipoint.shape, ipoint.alias, ipoint.unit
-            )
     if config.health.bucket is not None:
         shapes = buckets.setdefault(config.health.bucket, {})
         shapes.update({shape_id: Shape(kind) for shape_id, kind in health.items()})

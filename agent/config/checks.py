@@ -33,6 +33,7 @@ from agent.config.schema import (
     MqttConfig,
     PointConfig,
     SerialConfig,
+    SerialPointConfig,
     SettingConfig,
     TemplateConfig,
 )
@@ -271,8 +272,27 @@ def _check_serial(
                     "coordinate is for the NMEA `coordinate` field, which is always a coordinate",
                 )
             )
-        found += _claim_id(point_key, point.id, point.bucket or instrument.bucket, bucket_ids)
+        found += _instrument_aggregate(point_key, point, instrument, bucket_ids)
     return found
+
+
+def _instrument_aggregate(
+    key: str,
+    point: SerialPointConfig,
+    instrument: SerialConfig,
+    bucket_ids: dict[tuple[str, str], str],
+) -> Problems:
+    """The point's id claimed in its bucket, and its aggregate's ids too."""
+    bucket = point.bucket or instrument.bucket
+    claimed = _claim_id(key, point.id, bucket, bucket_ids)
+    if point.aggregate is None:
+        return claimed
+    shape = registers.instrument_shape(point, instrument)
+    found = [(f"{key}.{sub}", m) for sub, m in derived.aggregate_problems(point.aggregate, shape)]
+    if bucket is not None:
+        for output in derived.aggregate_ids(point.id, point.aggregate).values():
+            found += _claim_id(f"{key}.aggregate", output, bucket, bucket_ids)
+    return claimed + found
 
 
 def _pattern_problems(key: str, instrument: SerialConfig) -> tuple[Problems, set[str]]:

@@ -157,6 +157,8 @@ class InstrumentPoint:
     max_silence: float | None
     alias: str | None = None  # its data shape's, in the cloud
     unit: str | None = None
+    publish: bool = True
+    aggregate: Aggregate | None = None
 
 
 @dataclass(frozen=True, slots=True)

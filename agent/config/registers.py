@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import cast
 
-from agent.config.schema import RegisterRef
+from agent.config.schema import RegisterRef, SerialConfig, SerialPointConfig
 from agent.pipeline.readings import ValueType
 from agent.sources.modbus.points import (
     PointType,
@@ -150,3 +150,16 @@ def _scale_problems(ref: RegisterRef, kind: PointType) -> Problems:
     if scaled and kind in ("bool", "string", "hex"):
         found.append(("scale", f"scale and offset apply to numbers, not {kind}"))
     return found
+
+
+def instrument_shape(point: SerialPointConfig, instrument: SerialConfig) -> ValueType:
+    """An instrument point's data shape type: its `value_type`, else a coordinate for the
+    NMEA coordinate, an integer for satellites and fix quality, a float otherwise."""
+    nmea = instrument.format == "nmea"
+    if point.value_type is not None:
+        return point.value_type
+    if nmea and point.field == "coordinate":
+        return "coordinate"
+    if nmea and point.field in ("satellites", "fix_quality"):
+        return "integer"
+    return "float"

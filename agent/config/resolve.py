@@ -42,7 +42,6 @@ from agent.config.schema import (
     SettingConfig,
     TemplateConfig,
 )
-from agent.pipeline.readings import ValueType
 from agent.sources.modbus.plan import Limits
 from agent.sources.modbus.points import ByteOrder
 
@@ -225,15 +224,7 @@ def instrument(config: SerialConfig) -> Instrument:
 def _instrument_point(point: SerialPointConfig, config: SerialConfig) -> InstrumentPoint:
     bucket = point.bucket or config.bucket
     assert bucket is not None, "checked by agent.config.checks"
-    nmea = config.format == "nmea"
-    if point.value_type is not None:
-        shape: ValueType = point.value_type
-    elif nmea and point.field == "coordinate":
-        shape = "coordinate"
-    elif nmea and point.field in ("satellites", "fix_quality"):
-        shape = "integer"
-    else:
-        shape = "float"
+    shape = registers.instrument_shape(point, config)
     return InstrumentPoint(
         id=point.id,
         bucket=bucket,
@@ -245,6 +236,8 @@ def _instrument_point(point: SerialPointConfig, config: SerialConfig) -> Instrum
         max_silence=point.max_silence,
         alias=point.alias,
         unit=point.unit,
+        publish=point.publish,
+        aggregate=aggregate(point.id, point.aggregate),
     )
 
 

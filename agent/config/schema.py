@@ -265,6 +265,8 @@ class SerialPointConfig(_Section):
     bucket: Name | None = None
     alias: str | None = Field(None, max_length=256)  # the data shape's, in the cloud
     unit: str | None = Field(None, max_length=64)
+    publish: bool = True  # false: only its aggregate is published
+    aggregate: AggregateConfig | None = None
 
 
 class SerialConfig(_Section):

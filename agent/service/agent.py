@@ -233,7 +233,14 @@ class Agent:
             for _, device in config.all_devices()
             for point in device.points
             if point.aggregate is not None
-        ] + [(d.bucket, d.id, d.aggregate) for d in config.derived if d.aggregate is not None]
+        ]
+        aggregated += [
+            (point.bucket, point.id, point.aggregate)
+            for instrument in config.instruments
+            for point in instrument.points
+            if point.aggregate is not None
+        ]
+        aggregated += [(d.bucket, d.id, d.aggregate) for d in config.derived if d.aggregate]
         previous: Aggregation | None = getattr(self, "aggregation", None)
         self.aggregation = Aggregation(aggregated, emit=self._put_aggregates)
         snapshot, journal = self.outbox.saved_states.get(AGGREGATES, (None, []))
@@ -245,6 +252,10 @@ class Agent:
         self.calculator = Calculator(config.derived, emit=self.batcher.add, tap=self._tap_derived)
         for poller in self.pollers:
             self._tap(poller)
+        for instrument, its in zip(self.instruments, config.instruments, strict=True):
+            for ipoint in its.points:
+                if ipoint.aggregate is not None:
+                    instrument.set_tap(ipoint.id, self.aggregation.tap(ipoint.bucket, ipoint.id))
 
     def _tap(self, poller: DevicePoller) -> None:
         """Give the calculator and the aggregates the values they need of this poller."""

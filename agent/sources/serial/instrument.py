@@ -68,8 +68,11 @@ class SerialLine(Protocol):
 OpenLine = Callable[[SerialConfig, Callable[[bytes], None]], SerialLine]
 
 
+Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its time, ms
+
+
 class _Point:
-    __slots__ = ("bucket", "field", "filter", "id", "offset", "scale", "shape")
+    __slots__ = ("bucket", "field", "filter", "id", "offset", "publish", "scale", "shape", "tap")
 
     def __init__(self, point: model.InstrumentPoint) -> None:
         self.id = point.id
@@ -79,6 +82,8 @@ class _Point:
         self.scale = point.scale
         self.offset = point.offset
         self.filter = ChangeFilter(point.deadband, point.max_silence)
+        self.publish = point.publish
+        self.tap: Tap | None = None  # set by the agent for an aggregated point
 
     def value(self, raw: Field) -> Value:
         """Type a field to the point's data shape; ValueError when it cannot be."""
@@ -172,6 +177,12 @@ class Instrument:
 
     def set_interval(self, interval: float) -> None:
         self.interval = interval
+
+    def set_tap(self, point_id: str, tap: Tap) -> None:
+        """`tap` is given every value of that point this instrument takes."""
+        for point in self._points:
+            if point.id == point_id:
+                point.tap = tap
 
     async def _talk_until_lost(self) -> None:
         """Talk to the open port until it is lost (or something fails)."""
@@ -300,7 +311,9 @@ class Instrument:
                 if self._throttle.allow(("value", point.id)):
                     self._log.warning("instrument_value_invalid", point=point.id, error=str(exc))
                 continue
-            if point.filter.admit(value, now):
+            if point.tap is not None:
+                point.tap(value, timestamp)
+            if point.publish and point.filter.admit(value, now):
                 self.stats.readings += 1
                 self._emit(Reading(point.bucket, point.id, value, timestamp))
 
