@@ -28,8 +28,7 @@ class Kept:
     def commit(self, write: StateWrite) -> None:
         if write.snapshot is not None:
             self.snapshot, self.journal = write.snapshot, []
-        if write.journal is not None:
-            self.journal.append(write.journal)
+        self.journal.extend(write.journal)
 
 
 def aggregation(into: list[Result]) -> Aggregation:
@@ -80,3 +79,9 @@ def test_a_restart_anywhere_gives_the_results_of_a_run_without_one(
     second.close_due(10**12)
 
     assert whole == before + after
+
+
+def test_a_failed_commit_is_tried_again_with_what_came_since() -> None:
+    first = StateWrite(snapshot=b"s1", journal=(b"a",))
+    assert StateWrite(b"s1", (b"a", b"b")) == first.then(StateWrite(journal=(b"b",)))
+    assert StateWrite(b"s2", (b"c",)) == first.then(StateWrite(b"s2", (b"c",)))

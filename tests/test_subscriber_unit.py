@@ -71,3 +71,16 @@ def test_a_reload_tries_the_refused_filters_again() -> None:
     sub.retry_refused()
 
     assert FILTERS == sub.start(FILTERS)
+
+
+def test_a_loss_long_after_the_subscribe_is_the_networks_not_the_filters() -> None:
+    now = [0.0]
+    sub = Subscriber(structlog.get_logger("test"), clock=lambda: now[0])
+    sub.start(FILTERS)
+    sub.lost()  # at once: one filter at a time from now on
+    for _ in range(3):
+        sub.start(FILTERS)
+        now[0] += 60.0  # a keepalive time-out, long after the SUBSCRIBE
+        sub.lost()
+
+    assert set() == sub.refused

@@ -355,3 +355,12 @@ async def test_twenty_meters_from_one_template_each_publish_their_own_values(
     # Each unit was asked for its two blocks, coalesced as the template's max_gap allows.
     for unit in units:
         assert {(0, 4), (100, 2)} == {(r.address, r.count) for r in unit.requests}
+
+
+def test_a_template_id_that_comes_out_like_another_is_refused(tmp_path: Path) -> None:
+    template = METER.replace('"{device}_voltage"', '"{device}"').replace(
+        '"{device}_current"', '"m01"'
+    )
+    problems = rendered(write(tmp_path, HEAD + template + connection(meters(1))))
+
+    assert any("point id 'm01' comes twice out of the template" in p for p in problems), problems

@@ -97,7 +97,16 @@ class PaasClient:
             items += data
             paging = body.get("paging") or {}
             url = paging.get("nextLink") if isinstance(paging, dict) else None
+            if url is not None:
+                self._check_link(str(url))
         raise PaasError(f"GET {path}: more than {_MAX_PAGES} pages")
+
+    def _check_link(self, url: str) -> None:
+        """A nextLink elsewhere than the API itself is not followed: the credentials would
+        go with it."""
+        link, base = httpx.URL(urljoin(self.base_url, url)), httpx.URL(self.base_url)
+        if (link.scheme, link.host, link.port) != (base.scheme, base.host, base.port):
+            raise PaasError(f"a nextLink to another host or scheme was not followed: {link.host}")
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._data(self.request("POST", path, body))

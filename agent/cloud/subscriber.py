@@ -8,7 +8,8 @@ group's filter would take the whole link down, data included, at every reconnect
 So: the first connection subscribes to every filter in one packet. If the connection
 is lost before that SUBACK, the following connections subscribe one filter at a time,
 each after the last one's SUBACK; a filter whose SUBSCRIBE loses the connection twice
-is taken as refused. A refused filter, either way, is logged at ERROR
+is taken as refused; a loss more than STRIKE_WINDOW seconds after the SUBSCRIBE is not
+counted (the link, not the filter). A refused filter, either way, is logged at ERROR
 (`subscription_refused`) and left out of the following connections' subscriptions,
 until `retry_refused` (a reload) lets it be tried again.
 
@@ -18,18 +19,26 @@ the losses; the unit tests drive it directly.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import structlog
 
 FAILURE = 0x80  # a SUBACK return code this high refuses the filter (MQTT 3.1.1, 3.9.3)
 STRIKES = 2  # connections lost at a filter's own SUBSCRIBE before it counts as refused
+STRIKE_WINDOW = 5.0  # seconds: a loss later than this after the SUBSCRIBE is the network's
 
 
 class Subscriber:
-    def __init__(self, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self,
+        log: structlog.typing.FilteringBoundLogger,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._log = log
+        self._clock = clock
+        self._sent_at = 0.0
         self.one_at_a_time = False
         self.refused: set[str] = set()  # by the broker: left out until retry_refused
         self._strikes: Counter[str] = Counter()
@@ -43,6 +52,7 @@ class Subscriber:
             self._waiting = wanted[1:]
             wanted = wanted[:1]
         self._sent = wanted or None
+        self._sent_at = self._clock()
         return wanted
 
     def acknowledged(self, codes: Sequence[int]) -> list[str]:
@@ -55,13 +65,14 @@ class Subscriber:
         if not self._waiting:
             return []
         self._sent, self._waiting = self._waiting[:1], self._waiting[1:]
+        self._sent_at = self._clock()
         return self._sent
 
     def lost(self) -> None:
         """The connection is gone: was it at a SUBSCRIBE?"""
         sent, self._sent, self._waiting = self._sent, None, []
-        if not sent:
-            return
+        if not sent or self._clock() - self._sent_at > STRIKE_WINDOW:
+            return  # not at a SUBSCRIBE: the network, a broker restart
         if not self.one_at_a_time:
             self.one_at_a_time = True
             self._log.warning(

@@ -393,6 +393,8 @@ def _check_device(
         for origin in applied.origins
     ]
     found += _points_problems(keys, run.points)
+    if device.template is not None:
+        found += _twice_in_device(dev_key, run)
     for key, point in zip(keys, run.points, strict=True):
         found += _as_input(key, dev_key, point, run, context, bucket_ids)
         if key.startswith("templates."):
@@ -402,6 +404,21 @@ def _check_device(
         if interval is not None:
             found.append((f"{key}.interval", interval))
         found += _claim_id(key, point.id, point.bucket or run.bucket, bucket_ids)
+    return found
+
+
+def _twice_in_device(dev_key: str, device: DeviceConfig) -> Problems:
+    """Two of a device's points, as its template's names came out, with one id in one
+    bucket (a template's "{device}" beside a point named like the device)."""
+    seen: set[tuple[str | None, str]] = set()
+    found: Problems = []
+    for point in device.points:
+        claim = (point.bucket or device.bucket, point.id)
+        if claim in seen:
+            found.append(
+                (f"{dev_key}.template", f"point id {point.id!r} comes twice out of the template")
+            )
+        seen.add(claim)
     return found
 
 

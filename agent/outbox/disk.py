@@ -76,6 +76,7 @@ class DiskOutbox(QueueFront):
         self._busy = asyncio.Lock()  # the queue's task and aclose: one at a time
         self._states: dict[str, Callable[[], StateWrite]] = {}  # kept with the commits
         self._states_due = False
+        self._states_unsaved: dict[str, StateWrite] = {}  # what a failed commit did not keep
         # What the file held at start-up: name -> (snapshot, journal entries after it).
         self.saved_states: dict[str, tuple[bytes | None, list[bytes]]] = {}
         self._open_file()
@@ -87,6 +88,14 @@ class DiskOutbox(QueueFront):
         `state_changed()`, in the same transaction as the messages put before it (and as
         those the provider puts)."""
         self._states[name] = provider
+
+    def _states_to_write(self) -> dict[str, StateWrite]:
+        """Each provider's write, after what a failed commit did not keep of it."""
+        unsaved, self._states_unsaved = self._states_unsaved, {}
+        return {
+            name: unsaved[name].then(provider()) if name in unsaved else provider()
+            for name, provider in self._states.items()
+        }
 
     def state_changed(self) -> None:
         self._states_due = True
@@ -268,7 +277,7 @@ class DiskOutbox(QueueFront):
             return
         # Taken first: a provider may put messages (what its state no longer holds), and
         # they must go into this same commit.
-        states = {name: provider() for name, provider in self._states.items()} if states_due else {}
+        states = self._states_to_write() if states_due else {}
         self._states_due = False
         batch = self._unwritten.batch(self._commit_bytes, upto=upto) if messages else []
         rows = [unpacked(message) for message in batch]
@@ -293,7 +302,9 @@ class DiskOutbox(QueueFront):
                 states=states,
             )
         except QueueError as exc:
-            self._states_due = self._states_due or bool(states)  # written at the next try
+            if states:  # kept for the next try, with what comes meanwhile
+                self._states_unsaved = states
+                self._states_due = True
             self._writing = set()
             if isinstance(exc.partial, Written):
                 self._applied(exc.partial, [])

@@ -41,7 +41,14 @@ class StateWrite:
     journal), and/or entries appended to its journal."""
 
     snapshot: bytes | None = None
-    journal: bytes | None = None
+    journal: tuple[bytes, ...] = ()  # entries to append, oldest first
+
+    def then(self, later: StateWrite) -> StateWrite:
+        """This write followed by `later`, as one (a commit that failed is tried again
+        with what came since): a later snapshot replaces everything before it."""
+        if later.snapshot is not None:
+            return later
+        return StateWrite(self.snapshot, self.journal + later.journal)
 
 
 # A row as stored and read back: (seq, topic, packed payload, codec, boot_id, wall_ms, boot_ms)

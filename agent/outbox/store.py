@@ -85,7 +85,6 @@ class QueueStore:
         self._page_size = 4096
         self._reserve = Reserve(path, size=self.budget.reserve_bytes)
         self._dir_synced = False
-        self._state_tables = False  # the state and state_journal tables exist
 
     # -- opening and closing --------------------------------------------------------------
 
@@ -272,19 +271,17 @@ class QueueStore:
     def _keep(self, name: str, write: StateWrite) -> None:
         """A state's snapshot and journal, inside the caller's transaction."""
         db = self._conn
-        if not self._state_tables:  # made when first used: a file without them stays so
-            db.execute(STATE_SCHEMA)
-            db.execute(JOURNAL_SCHEMA)
-            self._state_tables = True
+        # Made when first used (a file without them stays so); IF NOT EXISTS every time,
+        # since a transaction that rolls back takes a CREATE with it.
+        db.execute(STATE_SCHEMA)
+        db.execute(JOURNAL_SCHEMA)
         if write.snapshot is not None:
             db.execute(
                 "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)", (name, write.snapshot)
             )
             db.execute("DELETE FROM state_journal WHERE name = ?", (name,))
-        if write.journal is not None:
-            db.execute(
-                "INSERT INTO state_journal (name, value) VALUES (?, ?)", (name, write.journal)
-            )
+        for entries in write.journal:
+            db.execute("INSERT INTO state_journal (name, value) VALUES (?, ?)", (name, entries))
 
     def _saved_states(self) -> dict[str, tuple[bytes | None, list[bytes]]]:
         found: dict[str, tuple[bytes | None, list[bytes]]] = {}
@@ -292,8 +289,7 @@ class QueueStore:
             str(r[0])
             for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        self._state_tables = {"state", "state_journal"} <= tables
-        if not self._state_tables:
+        if not {"state", "state_journal"} <= tables:
             return found
         for name, value in self._conn.execute("SELECT name, value FROM state"):
             found[str(name)] = (bytes(value), [])

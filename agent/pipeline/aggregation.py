@@ -58,6 +58,7 @@ class Aggregation:
         self.dirty = False  # something to write since `write()` was last called
         self._snapshot_due = True  # a window closed (or nothing was ever written)
         self._journal: list[tuple[int, int, int | float]] = []
+        self._journalled = 0  # samples written to the journal since the last snapshot
         self._pending: dict[str, list[Result]] = {}  # closed windows' results, by bucket
 
     def __bool__(self) -> bool:
@@ -111,15 +112,17 @@ class Aggregation:
         """For the queue's next commit (its results put first, into the same commit)."""
         self.flush()
         self.dirty = False
-        if self._snapshot_due or len(self._journal) > JOURNAL_LIMIT:
+        if self._snapshot_due or self._journalled + len(self._journal) > JOURNAL_LIMIT:
             self._snapshot_due = False
             self._journal.clear()
+            self._journalled = 0
             return StateWrite(snapshot=self.snapshot())
         if not self._journal:
             return StateWrite()
         entries = list(self._journal)
         self._journal.clear()
-        return StateWrite(journal=marshal.dumps(entries))
+        self._journalled += len(entries)  # on disk since the last snapshot
+        return StateWrite(journal=(marshal.dumps(entries),))
 
     def snapshot(self) -> bytes:
         """Every open window (marshal of plain data: six times quicker than JSON)."""
@@ -170,7 +173,8 @@ class Aggregation:
         return order
 
     def adopt(self, previous: Aggregation) -> None:
-        """A reload: the open windows of the aggregates both configs have, as they are."""
+        """A reload: the open windows of the aggregates both configs have, as they are
+        (the previous one's closed windows' results are flushed first, by the agent)."""
         for key, window in previous._windows.items():
             mine = self._windows.get(key)
             if mine is not None and mine.spec == window.spec:

@@ -62,6 +62,7 @@ SOURCE_BACKOFF_MAX = 60.0  # seconds: the cap
 SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
 AGGREGATES = "aggregates"  # the name of the aggregates' state in the queue's file
 WINDOW_CHECK = 1.0  # seconds: the longest the window timer sleeps
+MAX_SCAN = 255 * 8 * 3  # addresses by speeds by parities a scan through the agent may ask
 
 
 def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
@@ -152,8 +153,8 @@ class Agent:
                     "hello": self._hello,
                     "status": self._status,
                     "poll_once": self._poll_once,
-                    "read": self._exchange,
-                    "write": self._exchange,
+                    "read": self._read,
+                    "write": self._write,
                     "settings": self._settings,
                     "scan": self._scan,
                 },
@@ -242,6 +243,8 @@ class Agent:
         ]
         aggregated += [(d.bucket, d.id, d.aggregate) for d in config.derived if d.aggregate]
         previous: Aggregation | None = getattr(self, "aggregation", None)
+        if previous is not None:
+            previous.flush()  # the results of windows closed in a cycle the reload cut
         self.aggregation = Aggregation(aggregated, emit=self._put_aggregates)
         snapshot, journal = self.outbox.saved_states.get(AGGREGATES, (None, []))
         if previous is not None:
@@ -273,6 +276,10 @@ class Agent:
 
     def _after_cycle(self) -> None:
         self.calculator.evaluate()
+        self._keep_aggregates()
+
+    def _keep_aggregates(self) -> None:
+        """Closed windows' results into the queue, and the open ones into its next commit."""
         self.aggregation.flush()
         if self.aggregation.dirty:
             self.outbox.state_changed()
@@ -294,6 +301,7 @@ class Agent:
         while True:
             now = self.clock.wall_ms()
             self.aggregation.close_due(now)
+            self._keep_aggregates()  # samples from instruments, which have no cycle hook
             due = self.aggregation.next_close_ms()
             wait = WINDOW_CHECK if due is None else min(WINDOW_CHECK, max(0, due - now) / 1000)
             await asyncio.sleep(wait)
@@ -355,8 +363,11 @@ class Agent:
                     sources, link = await self._reload(sources, link)
                 self._notifier.notify("STOPPING=1")
                 log.info("agent_stopping")
+                # The control channel first: a scan or a poll-once holding a line ends now.
+                await _cancel([t for t in steady if t.get_name() == "control"])
                 await _cancel(sources)
                 self.batcher.flush_all()
+                self._keep_aggregates()
                 await self._drain(DRAIN_ON_STOP)
                 await self._stop_link(link)
                 await _cancel([*steady, queue])
@@ -534,6 +545,18 @@ class Agent:
             answer["published"] = {"ok": True, "message": f"{count} readings into the queue"}
         return answer
 
+    async def _read(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        if "values" in args:
+            raise ControlError("bad_request", 'a read takes "count", not "values"')
+        return await self._exchange(args)
+
+    async def _write(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(args.get("values"), list):
+            raise ControlError("bad_request", 'a write takes "values", a list')
+        if args.get("table") not in ("coil", "holding"):
+            raise ControlError("bad_request", "only coils and holding registers are written")
+        return await self._exchange(args)
+
     async def _exchange(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """`orio-agent read`/`write` on the agent's connection of that name or endpoint,
         between its pollers' requests. A write is logged at warning: it was not the cloud."""
@@ -579,9 +602,11 @@ class Agent:
             parities = [str(p) for p in args["parities"]]
             units = [int(u) for u in args["units"]]
             turnaround = float(args["turnaround"])
+            if len(speeds) * len(parities) * len(units) > MAX_SCAN or not 0 < turnaround <= 5:
+                raise ValueError("too large a scan")
         except (KeyError, TypeError, ValueError):
             raise ControlError(
-                "bad_request", "needs baudrates, parities, units and turnaround"
+                "bad_request", "needs baudrates, parities, units and turnaround, within bounds"
             ) from None
         if not isinstance(conn.endpoint, SerialSettings) or conn.framing != "rtu":
             raise ControlError("bad_request", f"{line.name!r} is not an RTU line")

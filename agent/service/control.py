@@ -36,6 +36,7 @@ log = structlog.get_logger("agent.control")
 VERSION = 1
 MAX_REQUEST = 64 * 1024  # bytes in one request line
 SOCKET_MODE = 0o660
+IDLE_TIMEOUT = 60.0  # seconds a connection may wait between requests
 _SHOWN = 200  # characters of a refused request, in its log line
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]
@@ -57,6 +58,7 @@ class ControlServer:
         self._handlers = handlers
         self._group = group
         self.refused = 0  # requests answered with an error (for tests and the state)
+        self._clients: set[asyncio.Task[Any]] = set()  # cancelled when the server stops
 
     async def run(self) -> None:
         """Serve until cancelled; a socket that cannot be made is logged, not fatal."""
@@ -75,6 +77,8 @@ class ControlServer:
             async with server:
                 await server.serve_forever()
         finally:
+            for client in list(self._clients):  # a scan holding a line, say: stop it too
+                client.cancel()
             with contextlib.suppress(OSError):
                 if self.path.is_socket():
                     self.path.unlink()
@@ -95,12 +99,17 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         said = False  # one refusal logged per connection
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
         try:
             while True:
                 try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    return  # the client is done
+                    async with asyncio.timeout(IDLE_TIMEOUT):
+                        line = await reader.readuntil(b"\n")
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return  # the client is done, or has said nothing for too long
                 except asyncio.LimitOverrunError:
                     reply = _error(None, "too_large", f"a request is at most {MAX_REQUEST} bytes")
                     said = self._refused(b"", "too_large", said)
