@@ -81,7 +81,13 @@ def test_a_restart_anywhere_gives_the_results_of_a_run_without_one(
     assert whole == before + after
 
 
-def test_a_failed_commit_is_tried_again_with_what_came_since() -> None:
-    first = StateWrite(snapshot=b"s1", journal=(b"a",))
-    assert StateWrite(b"s1", (b"a", b"b")) == first.then(StateWrite(journal=(b"b",)))
-    assert StateWrite(b"s2", (b"c",)) == first.then(StateWrite(b"s2", (b"c",)))
+def test_a_whole_write_is_a_snapshot_whatever_is_due() -> None:
+    results: list[Result] = []
+    windows = aggregation(results)
+    windows.write()  # the first: a snapshot
+    windows.tap("b", "v")(5, 1_000_000)
+
+    assert (None, 1) == (windows.write().snapshot, 1)  # a journal entry only
+    windows.tap("b", "v")(6, 1_000_500)
+    whole = windows.write(whole=True)
+    assert (True, ()) == (whole.snapshot is not None, whole.journal)

@@ -8,15 +8,18 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from agent.clock import Clock
+from agent.errors import QueueIOError
 from agent.outbox.budget import SHM_BYTES, wal_limit_for
 from agent.outbox.disk import DiskOutbox, QueueSettings, unpack_payload
 from agent.outbox.port import Message
-from tests.helpers import running_queue
+from agent.outbox.rows import StateWrite
+from tests.helpers import poll_until, running_queue
 
 TOPIC = "$thing/xY6Eie5hv/$data/b"
 GENEROUS = 5.0
@@ -423,3 +426,57 @@ async def test_the_pollers_wait_while_the_disk_is_behind_and_nothing_is_dropped(
         kept = len(rows(tmp_path / "q.db"))
 
     assert (0, 55) == (dropped, kept)
+
+
+async def test_a_state_whose_commit_failed_is_written_whole_at_the_next(tmp_path: Path) -> None:
+    """A failed commit's state write is not on disk: the next one is a whole snapshot, and
+    nothing piles up in memory however long the disk fails."""
+    asked: list[bool] = []
+
+    def provider(whole: bool) -> StateWrite:
+        asked.append(whole)
+        return StateWrite(snapshot=b"all") if whole else StateWrite(journal=(b"part",))
+
+    path = tmp_path / "q.db"
+    async with running(path) as queue:
+        queue.keep_state("s", provider)
+        real, failures = queue._store.write, [QueueIOError("injected: the disk refused")]
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            if failures and kwargs.get("states"):
+                raise failures.pop()
+            return real(*args, **kwargs)
+
+        queue._store.write = write  # type: ignore[method-assign]  # the commit of the state fails
+        queue.state_changed()
+        await poll_until(lambda: len(asked) >= 2, timeout=30.0, what="the retried commit")
+
+    assert [False, True] == asked[:2]
+    reopened = DiskOutbox(settings(path), clock=CLOCK)
+    try:
+        assert (b"all", []) == reopened.saved_states["s"]
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_state_changed_once_at_start_up_is_written(tmp_path: Path) -> None:
+    """The age sweep at start-up commits without messages; it leaves the state due."""
+    path = tmp_path / "q.db"
+    async with running(path) as queue:
+        queue.keep_state("s", lambda whole: StateWrite(snapshot=b"once"))
+        queue.state_changed()
+        await poll_until(
+            lambda: (
+                sqlite3.connect(path)
+                .execute("SELECT count(*) FROM sqlite_master WHERE name = 'state'")
+                .fetchone()[0]
+            ),
+            timeout=30.0,
+            what="the state table",
+        )
+
+    reopened = DiskOutbox(settings(path), clock=CLOCK)
+    try:
+        assert (b"once", []) == reopened.saved_states["s"]
+    finally:
+        await reopened.aclose()

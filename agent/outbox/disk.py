@@ -44,7 +44,7 @@ from agent.outbox.front import QueueFront
 from agent.outbox.iothread import QueueThread
 from agent.outbox.memory import ReadLane
 from agent.outbox.port import Message
-from agent.outbox.rows import Row, StateWrite, Unpacked, unpack_payload, unpacked
+from agent.outbox.rows import Row, StateProvider, StateWrite, Unpacked, unpack_payload, unpacked
 from agent.outbox.settings import QueueSettings
 from agent.outbox.store import Opened, QueueStore, Written
 
@@ -74,28 +74,26 @@ class DiskOutbox(QueueFront):
         self._age_at = 0.0
         self._closing = False
         self._busy = asyncio.Lock()  # the queue's task and aclose: one at a time
-        self._states: dict[str, Callable[[], StateWrite]] = {}  # kept with the commits
+        self._states: dict[str, StateProvider] = {}  # kept with the commits
         self._states_due = False
-        self._states_unsaved: dict[str, StateWrite] = {}  # what a failed commit did not keep
+        self._states_lost = False  # a commit with states failed: the next writes them whole
         # What the file held at start-up: name -> (snapshot, journal entries after it).
         self.saved_states: dict[str, tuple[bytes | None, list[bytes]]] = {}
         self._open_file()
 
     # -- state kept with the commits -------------------------------------------------------
 
-    def keep_state(self, name: str, provider: Callable[[], StateWrite]) -> None:
-        """What `provider()` gives is kept under `name` by the commit after each
+    def keep_state(self, name: str, provider: StateProvider) -> None:
+        """What `provider(whole)` gives is kept under `name` by the commit after each
         `state_changed()`, in the same transaction as the messages put before it (and as
         those the provider puts)."""
         self._states[name] = provider
 
     def _states_to_write(self) -> dict[str, StateWrite]:
-        """Each provider's write, after what a failed commit did not keep of it."""
-        unsaved, self._states_unsaved = self._states_unsaved, {}
-        return {
-            name: unsaved[name].then(provider()) if name in unsaved else provider()
-            for name, provider in self._states.items()
-        }
+        """Each provider's write; whole after a commit that failed (its write is not on
+        disk, and however long the disk fails nothing piles up meanwhile)."""
+        whole, self._states_lost = self._states_lost, False
+        return {name: provider(whole) for name, provider in self._states.items()}
 
     def state_changed(self) -> None:
         self._states_due = True
@@ -277,8 +275,10 @@ class DiskOutbox(QueueFront):
             return
         # Taken first: a provider may put messages (what its state no longer holds), and
         # they must go into this same commit.
-        states = self._states_to_write() if states_due else {}
-        self._states_due = False
+        states: dict[str, StateWrite] = {}
+        if states_due:  # (a sweep alone, messages=False, leaves them due)
+            states = self._states_to_write()
+            self._states_due = False
         batch = self._unwritten.batch(self._commit_bytes, upto=upto) if messages else []
         rows = [unpacked(message) for message in batch]
         deletes = sorted(self._acked)
@@ -302,9 +302,8 @@ class DiskOutbox(QueueFront):
                 states=states,
             )
         except QueueError as exc:
-            if states:  # kept for the next try, with what comes meanwhile
-                self._states_unsaved = states
-                self._states_due = True
+            if states:  # written whole at the next try
+                self._states_lost = self._states_due = True
             self._writing = set()
             if isinstance(exc.partial, Written):
                 self._applied(exc.partial, [])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,7 +19,7 @@ import structlog
 from agent.clock import Clock, Stamp
 
 if TYPE_CHECKING:
-    from agent.outbox.rows import StateWrite  # rows imports this module
+    from agent.outbox.rows import StateProvider  # rows imports this module
 
 log = structlog.get_logger("agent.outbox")
 
@@ -94,8 +93,8 @@ class Outbox(Protocol):
     # What a durable outbox held at start-up: name -> (snapshot, journal entries after it).
     saved_states: dict[str, tuple[bytes | None, list[bytes]]]
 
-    def keep_state(self, name: str, provider: Callable[[], StateWrite]) -> None:
-        """Store what `provider()` gives under `name` with the commit after each
+    def keep_state(self, name: str, provider: StateProvider) -> None:
+        """Store what `provider(whole)` gives under `name` with the commit after each
         `state_changed` (agent.outbox.rows.StateWrite)."""
 
     def state_changed(self) -> None: ...
@@ -117,7 +116,7 @@ class MemoryOutbox:
         self._stats = OutboxStats()
         self.saved_states: dict[str, tuple[bytes | None, list[bytes]]] = {}  # nothing kept
 
-    def keep_state(self, name: str, provider: Callable[[], StateWrite]) -> None:
+    def keep_state(self, name: str, provider: StateProvider) -> None:
         """Nothing is kept: a memory outbox loses everything at a restart."""
 
     def state_changed(self) -> None:

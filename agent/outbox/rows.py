@@ -10,6 +10,7 @@ here.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.clock import Stamp
@@ -43,12 +44,10 @@ class StateWrite:
     snapshot: bytes | None = None
     journal: tuple[bytes, ...] = ()  # entries to append, oldest first
 
-    def then(self, later: StateWrite) -> StateWrite:
-        """This write followed by `later`, as one (a commit that failed is tried again
-        with what came since): a later snapshot replaces everything before it."""
-        if later.snapshot is not None:
-            return later
-        return StateWrite(self.snapshot, self.journal + later.journal)
+
+# A state's provider: its write for the next commit; with `whole`, a snapshot of all it
+# holds (after a commit that failed, whatever that commit's write held is not on disk).
+StateProvider = Callable[[bool], StateWrite]
 
 
 # A row as stored and read back: (seq, topic, packed payload, codec, boot_id, wall_ms, boot_ms)

@@ -108,11 +108,12 @@ class Aggregation:
 
     # -- durability -------------------------------------------------------------------------
 
-    def write(self) -> StateWrite:
-        """For the queue's next commit (its results put first, into the same commit)."""
+    def write(self, whole: bool = False) -> StateWrite:
+        """For the queue's next commit (its results put first, into the same commit);
+        `whole`: a snapshot, whatever is due (the last write did not reach the disk)."""
         self.flush()
         self.dirty = False
-        if self._snapshot_due or self._journalled + len(self._journal) > JOURNAL_LIMIT:
+        if whole or self._snapshot_due or self._journalled + len(self._journal) > JOURNAL_LIMIT:
             self._snapshot_due = False
             self._journal.clear()
             self._journalled = 0
