@@ -3,8 +3,6 @@ over real HTTP on loopback, each command run as a process as an engineer would r
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 from sim.broker import Broker
 from sim.paas import PaasSimulator
 from tests.helpers import agent_toml, poll_until, running_agent
-from tests.test_control import REPO
+from tests.test_control import orio_agent
 
 WAIT = 30.0
 THING = "xY6Eie5hv"
@@ -82,20 +80,8 @@ socket = "{tmp_path}/none.sock"
 
 
 async def cloud(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "agent",
-        "cloud",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(WAIT):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    """`orio-agent cloud ARGS` as a process."""
+    return await orio_agent("cloud", *args)
 
 
 async def test_plan_on_an_empty_thing_lists_every_bucket_and_shape(

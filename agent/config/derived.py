@@ -34,6 +34,7 @@ class Inputs:
     kinds: dict[str, Kind | None] = field(default_factory=dict)  # None: not a number or boolean
     intervals: dict[str, float] = field(default_factory=dict)
     declared: dict[str, list[str]] = field(default_factory=dict)  # id -> the keys naming it
+    _usable: dict[str, Kind] = field(default_factory=dict)  # kept as ids are added
 
     def add(self, point_id: str, shape: ValueType, interval: float, key: str) -> None:
         kind: Kind | None = None
@@ -44,14 +45,14 @@ class Inputs:
         self.kinds[point_id] = kind
         self.intervals[point_id] = max(interval, self.intervals.get(point_id, 0.0))
         self.declared.setdefault(point_id, []).append(key)
+        if kind is not None and len(self.declared[point_id]) == 1:
+            self._usable[point_id] = kind
+        else:
+            self._usable.pop(point_id, None)
 
     def usable(self) -> dict[str, Kind]:
-        """The ids an expression may name: once declared, a number or a boolean."""
-        return {
-            point_id: kind
-            for point_id, kind in self.kinds.items()
-            if kind is not None and len(self.declared[point_id]) == 1
-        }
+        """The ids an expression may name: declared once, a number or a boolean."""
+        return self._usable
 
 
 def aggregate_ids(point_id: str, aggregate: AggregateConfig) -> dict[str, str]:
