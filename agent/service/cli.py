@@ -153,16 +153,21 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(_run(config, path, args.control))
 
 
+def _config_and_control(command: argparse.ArgumentParser) -> None:
+    """The two options every command that may ask the running agent takes."""
+    command.add_argument(
+        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
+    )
+    command.add_argument("--control", type=Path, help="the running agent's control socket")
+
+
 def _add_doctor(commands: Any) -> None:
     examine = commands.add_parser(
         "doctor",
         help="check config, serial ports, endpoints, broker, clock and queue, with hints",
         description="Exit status 1 when any check fails.",
     )
-    examine.add_argument(
-        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
-    )
-    examine.add_argument("--control", type=Path, help="the control socket to ask")
+    _config_and_control(examine)
 
 
 def _adhoc(args: argparse.Namespace) -> int:
@@ -204,10 +209,7 @@ def _add_adhoc(commands: Any) -> None:
         command.add_argument("address", help='classic ("40001"), or 0-based with --table')
         command.add_argument("--unit", type=int, default=1, help="unit id (default 1)")
         command.add_argument("--table", choices=["coil", "discrete", "input", "holding"])
-        command.add_argument(
-            "--config", type=Path, default=DEFAULT_PATH, help="for a connection by name"
-        )
-        command.add_argument("--control", type=Path, help="the control socket to ask")
+        _config_and_control(command)
     read.add_argument("--count", type=int, default=1, help="registers or bits (default 1)")
     read.add_argument("--json", action="store_true")
     write.add_argument("value", help="a number (for a register) or 1/0, true/false (a coil)")
@@ -237,10 +239,7 @@ def _add_cloud(commands: Any) -> None:
     }
     for name, text in helps.items():
         action = actions.add_parser(name, help=text, description=text)
-        action.add_argument(
-            "--config", type=Path, default=DEFAULT_PATH, help=f"config (default {DEFAULT_PATH})"
-        )
-        action.add_argument("--control", type=Path, help="the running agent's control socket")
+        _config_and_control(action)
         if name == "apply":
             action.add_argument("--prune", action="store_true", help="delete what the config lacks")
             action.add_argument(
@@ -273,8 +272,7 @@ def _add_scan(commands: Any) -> None:
         default=DEFAULT_TURNAROUND,
         help=f"seconds a unit may take to answer (default {DEFAULT_TURNAROUND})",
     )
-    find.add_argument("--config", type=Path, default=DEFAULT_PATH, help="for a connection by name")
-    find.add_argument("--control", type=Path, help="the control socket to ask")
+    _config_and_control(find)
 
 
 def _add_poll_once(commands: Any) -> None:
@@ -286,13 +284,10 @@ def _add_poll_once(commands: Any) -> None:
         "connections of its own otherwise. Exit status: 0 all answered and decoded, 1 a "
         "device failed, 2 no such device, 78 a bad config file.",
     )
-    once.add_argument(
-        "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})"
-    )
+    _config_and_control(once)
     once.add_argument("--device", help="only this device")
     once.add_argument("--publish", action="store_true", help="publish the readings too")
     once.add_argument("--json", action="store_true", help="the results as JSON")
-    once.add_argument("--control", type=Path, help="the control socket to ask")
 
 
 def _add_status(commands: Any) -> None:
