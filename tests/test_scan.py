@@ -122,3 +122,31 @@ def test_the_command_lines_defaults_are_the_modules() -> None:
         cli.DEFAULT_TURNAROUND,
         cli.DEFAULT_SINCE,
     )
+
+
+async def test_a_unit_whose_replies_are_garbled_is_flagged_not_found(
+    tmp_path: Path, pty_pair: PtyPair
+) -> None:
+    good, bad = SimUnit(2), SimUnit(5)
+    bad.garble = True  # its CRC is wrong: what two units answering together look like
+    plant = await serve_rtu([good, bad], str(pty_pair.device_b), baudrate=115200)
+    try:
+        code, out, err = await orio_agent(
+            "scan",
+            f"rtu:{pty_pair.device_a}?baudrate=115200",
+            "--units",
+            "1-6",
+            "--turnaround",
+            "0.03",
+            "--control",
+            str(tmp_path / "none.sock"),
+        )
+    finally:
+        await plant.stop()
+
+    assert 0 == code, err
+    found = [line.split()[1] for line in out.splitlines() if line.endswith("answers function 3")]
+    assert ["2"] == found
+    garbled = [line for line in out.splitlines() if "GARBLED" in line]
+    assert 1 == len(garbled), out
+    assert garbled[0].startswith("  unit   5 at 115200 baud, parity N: GARBLED reply (")
