@@ -11,11 +11,7 @@ from agent.outbox.rows import StateWrite
 from agent.pipeline.aggregates import Result
 from agent.pipeline.aggregation import Aggregation
 
-AGGREGATE = Aggregate(
-    10,
-    ("avg", "min", "max", "count"),
-    (("avg", "v_avg"), ("min", "v_min"), ("max", "v_max"), ("count", "v_count")),
-)
+AGGREGATE = Aggregate(10, ("avg", "min", "max", "count"))
 
 
 class Kept:

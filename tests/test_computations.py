@@ -7,6 +7,7 @@ same window across a `kill -9` of the agent mid-window.
 
 from __future__ import annotations
 
+import io
 import json
 import marshal
 import sqlite3
@@ -184,10 +185,12 @@ def _open_window(queue: Path) -> tuple[int, int] | None:
         return None
     if row is None:
         return None
-    state: dict[str, Any] = marshal.loads(row[0])
+    snapshot = io.BytesIO(row[0])
+    marshal.load(snapshot)  # the header; the one window's state follows it
+    state: dict[str, Any] = marshal.load(snapshot)
     samples = [entry for blob in journal for entry in marshal.loads(blob)]
     width = WINDOW * 1000
-    window = state["windows"][0].get("window")
+    window = state.get("window")
     if samples:
         end = (samples[-1][1] // width + 1) * width
         held = window["count"] if window is not None and window["start_ms"] + width == end else 0

@@ -7,7 +7,7 @@ import fcntl
 import itertools
 import os
 import resource
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from agent.sources.serial.instrument import Instrument
 from agent.sources.serial.lines import LineFramer
 from agent.sources.serial.port import SerialPort
 from sim.broker import Broker
-from sim.cloud import CloudClient
+from sim.cloud import CloudClient, Message
 from sim.gps import sentence
 from sim.pty import PtyPair
 from tests.helpers import agent_toml, poll_until, running_agent
@@ -504,3 +504,38 @@ points = [ { id = "v", field = "v", value_type = "integer", publish = false, agg
     assert all(int(r["timestamp"]) % 1000 == 0 for r in readings)
     counts = [r["value"] for r in readings if r["id"] == "v_count"]
     assert all(1 <= c <= 6 for c in counts), counts
+
+
+async def test_an_instruments_point_is_a_derived_points_input(
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    pty_pair: PtyPair,
+) -> None:
+    body = r"""
+format = "regex"
+pattern = '^V=(?P<v>\d+)$'
+interval = 0.2
+points = [ { id = "v", field = "v", value_type = "integer" } ]
+"""
+    derived = '\n[[derived]]\nid = "twice"\nbucket = "s"\nexpression = "v * 2"\n'
+    with instrument_end(pty_pair) as fd:
+        async with running_agent(
+            tmp_path, agent_toml(broker, serial_block(pty_pair, body)) + derived
+        ) as agent:
+            await port_open(agent)
+            for n in range(1, 11):
+                os.write(fd, b"V=%d\n" % n)
+                await cloud.wait_for(_seen(cloud, {"id": "v", "value": n}), timeout=WAIT)
+            await cloud.wait_for(_seen(cloud, {"id": "twice", "value": 20}), timeout=WAIT)
+
+    readings = cloud.readings("s")
+    raw = {r["timestamp"]: r["value"] for r in readings if r["id"] == "v"}
+    twice = {r["timestamp"]: r["value"] for r in readings if r["id"] == "twice"}
+    assert twice, "no derived readings"
+    assert {stamp: 2 * raw[stamp] for stamp in twice} == twice  # each from the reading it read
+
+
+def _seen(cloud: CloudClient, reading: dict[str, object]) -> Callable[[Message], bool]:
+    """Whether the cloud has had a reading of that id and value in bucket s."""
+    return lambda _: reading in [{"id": r["id"], "value": r["value"]} for r in cloud.readings("s")]

@@ -126,7 +126,8 @@ def wanted(config: Config, health: Mapping[str, ValueType]) -> Buckets:
         if point.publish:
             shapes[point.id] = Shape(point.shape, point.alias, point.unit)
         if point.aggregate is not None:
-            for output, value_type in aggregate_shapes(point.aggregate, point.shape).items():
+            outputs = aggregate_shapes(point.id, point.aggregate, point.shape)
+            for output, value_type in outputs.items():
                 shapes[output] = Shape(value_type, point.alias, point.unit)
     if config.health.bucket is not None:
         shapes = buckets.setdefault(config.health.bucket, {})
@@ -147,9 +148,12 @@ _AGGREGATE_TYPE: dict[str, ValueType | None] = {
 }
 
 
-def aggregate_shapes(aggregate: Aggregate, shape: ValueType) -> dict[str, ValueType]:
-    """Each published id of an aggregate, with its value type."""
-    return {output: _AGGREGATE_TYPE.get(function) or shape for function, output in aggregate.ids}
+def aggregate_shapes(point_id: str, aggregate: Aggregate, shape: ValueType) -> dict[str, ValueType]:
+    """Each published id of a point's aggregate, with its value type."""
+    return {
+        output: _AGGREGATE_TYPE.get(function) or shape
+        for function, output in aggregate.ids(point_id)
+    }
 
 
 def have(listed: list[Any]) -> Buckets:

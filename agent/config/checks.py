@@ -81,7 +81,7 @@ def check(sections: Sections) -> Problems:
         found += _check_connection(f"modbus[{c}]", conn, context, connections, devices, bucket_ids)
     modbus_devices = set(devices) | sections.named_devices
     for i, instrument in sections.serial:
-        found += _check_serial(f"serial[{i}]", instrument, bucket_ids)
+        found += _check_serial(f"serial[{i}]", instrument, bucket_ids, context.inputs)
         if instrument.name in devices:
             found.append(
                 (
@@ -238,7 +238,10 @@ def _agent_target_problems(
 
 
 def _check_serial(
-    key: str, instrument: SerialConfig, bucket_ids: dict[tuple[str, str], str]
+    key: str,
+    instrument: SerialConfig,
+    bucket_ids: dict[tuple[str, str], str],
+    inputs: derived.Inputs,
 ) -> Problems:
     found, groups = _pattern_problems(key, instrument)
     if instrument.timestamp == "gps" and instrument.format != "nmea":
@@ -273,6 +276,8 @@ def _check_serial(
                 )
             )
         found += _instrument_aggregate(point_key, point, instrument, bucket_ids)
+        shape = registers.instrument_shape(point, instrument)
+        inputs.add(point.id, shape, instrument.interval, key)  # as derived points name it
     return found
 
 

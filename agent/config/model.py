@@ -53,11 +53,17 @@ def rtu_silence(baudrate: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Aggregate:
-    """A point's windowed aggregates (agent.pipeline.aggregates)."""
+    """A point's windowed aggregates (agent.pipeline.aggregates). One object serves every
+    point with the same window, functions and names (a thousand points, one aggregate)."""
 
     window_s: int
     functions: tuple[str, ...]
-    ids: tuple[tuple[str, str], ...]  # (function, the id it publishes)
+    names: tuple[tuple[str, str], ...] = ()  # (function, the id it publishes instead)
+
+    def ids(self, point_id: str) -> tuple[tuple[str, str], ...]:
+        """(function, the id it publishes): `<point id>_<function>` unless `names` says."""
+        names = dict(self.names)
+        return tuple((f, names.get(f, f"{point_id}_{f}")) for f in self.functions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ these functions to build a source from a section written inline.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -51,6 +52,7 @@ def resolve(settings: AgentSettings) -> Config:
     assert settings.thing.secret is not None, "SecretSource fills it or reports why not"
     connections = tuple(connection(conn, settings.templates) for conn in settings.modbus)
     byte_orders = {device.name: device.byte_order for c in connections for device in c.devices}
+    instruments = tuple(instrument(i) for i in settings.serial)
     return Config(
         thing_id=settings.thing.id,
         secret=SecretStr(settings.thing.secret.get_secret_value()),
@@ -62,13 +64,13 @@ def resolve(settings: AgentSettings) -> Config:
         control=settings.control,
         paas=settings.paas,
         connections=connections,
-        instruments=tuple(instrument(i) for i in settings.serial),
+        instruments=instruments,
         settings=tuple(
             setting(group.name, s, byte_orders)
             for group in settings.config_groups
             for s in group.settings
         ),
-        derived=derived_points(connections, settings.derived),
+        derived=derived_points(connections, instruments, settings.derived),
     )
 
 
@@ -169,11 +171,22 @@ def aggregate(point_id: str, config: AggregateConfig | None) -> Aggregate | None
     if config is None:
         return None
     ids = derived.aggregate_ids(point_id, config)
-    return Aggregate(config.window, tuple(ids), tuple(ids.items()))
+    renamed = tuple((f, output) for f, output in ids.items() if output != f"{point_id}_{f}")
+    return _shared_aggregate(config.window, tuple(ids), renamed)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_aggregate(
+    window_s: int, functions: tuple[str, ...], names: tuple[tuple[str, str], ...]
+) -> Aggregate:
+    """One object for every point with the same aggregate (points are many, kinds few)."""
+    return Aggregate(window_s, functions, names)
 
 
 def derived_points(
-    connections: tuple[Connection, ...], entries: list[DerivedConfig]
+    connections: tuple[Connection, ...],
+    instruments: tuple[Instrument, ...],
+    entries: list[DerivedConfig],
 ) -> tuple[Derived, ...]:
     """The `[[derived]]` points, compiled against the points declared before each."""
     inputs = derived.Inputs()
@@ -181,6 +194,9 @@ def derived_points(
         for device in conn.devices:
             for point in device.points:
                 inputs.add(point.id, point.shape, point.interval or device.interval, device.name)
+    for instrument in instruments:
+        for ipoint in instrument.points:
+            inputs.add(ipoint.id, ipoint.shape, instrument.line.interval, instrument.name)
     found = []
     for entry in entries:
         expression = derived.compile_derived(entry, inputs)

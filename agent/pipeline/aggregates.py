@@ -53,8 +53,9 @@ results, to the bit, for the same samples and calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 FUNCTIONS: tuple[str, ...] = ("avg", "min", "max", "sum", "count", "first", "last", "integral")
@@ -64,9 +65,10 @@ _WINDOW_TOLERANCE_MS = 1e-6  # how far window_s * 1000 may stray from a whole nu
 _TWICE_MS_PER_S = 2_000  # the area is kept doubled, in value·ms: halve and rescale at the end
 
 Number = int | float
+NO_NAMES: Mapping[str, str] = MappingProxyType({})  # a spec's names when none are given
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WindowSpec:
     """What to aggregate for one point: the window length and the functions to publish.
 
@@ -78,7 +80,7 @@ class WindowSpec:
     point_id: str
     window_s: float
     functions: tuple[str, ...]
-    names: Mapping[str, str] = field(default_factory=dict)  # function -> output id override
+    names: Mapping[str, str] = field(default_factory=lambda: NO_NAMES)  # function -> own id
 
     def __post_init__(self) -> None:
         _check_window(self.window_s)
@@ -107,64 +109,124 @@ class Result:
 
 
 class Aggregator:
-    """One point's open window; see the module docstring for the exact semantics."""
+    """One point's open window; see the module docstring for the exact semantics.
 
-    __slots__ = ("_floor_ms", "_ids", "_previous", "_width", "_window", "late", "spec")
+    The window's accumulators are the aggregator's own fields (no object per window), so
+    that a sample of the open window, the hot path, is one method call on one object.
+    `journal`, when set, is given `(index, timestamp_ms, value)` for every sample taken;
+    `on_close`, when set, is given the results of every window closed (both are for
+    agent.pipeline.aggregation, which keeps them durable and publishes them).
+    """
+
+    __slots__ = (
+        "_area",
+        "_count",
+        "_end_ms",
+        "_first",
+        "_float_error",
+        "_float_sum",
+        "_floor_ms",
+        "_has_float",
+        "_int_sum",
+        "_last",
+        "_last_ms",
+        "_maximum",
+        "_minimum",
+        "_previous",
+        "_width",
+        "index",
+        "journal",
+        "late",
+        "on_close",
+        "spec",
+    )
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
         self.late = 0  # samples dropped as older than one already taken or a closed window
-        self._ids = tuple(spec.output_ids().items())
+        self.journal: list[tuple[int, int, Number]] | None = None
+        self.index = 0  # what this aggregator is called in `journal`
+        self.on_close: Callable[[list[Result]], None] | None = None
         self._width = spec.window_ms
-        self._window: _Window | None = None
+        # The open window: [end - width, end), or no window while `_end_ms` is -1 (then
+        # every sample takes the slow path, which opens one).
+        self._end_ms = -1
+        self._count = 0
+        self._int_sum = 0
+        self._float_sum = 0.0  # Neumaier: the running sum of the float samples...
+        self._float_error = 0.0  # ...and the rounding error it has lost so far
+        self._has_float = False
+        self._minimum: Number = 0
+        self._maximum: Number = 0
+        self._first: Number = 0
+        self._last: Number = 0
+        self._last_ms = 0
+        # Twice the integral so far, in value·ms: exact in ints while every sample is one.
+        self._area: Number = 0
         # The last sample of the last closed window: where the next window's integral starts.
         self._previous: tuple[int, Number] | None = None
         self._floor_ms: float = -math.inf  # a sample before this is late
 
-    def add(self, value: Number, timestamp_ms: int) -> list[Result]:
+    def add(self, value: Number | None, timestamp_ms: int) -> Sequence[Result]:
         """Fold in one sample; return the results of the window it closed, if it closed one.
 
-        Raises TypeError for anything but an int or a float (booleans included) and
-        ValueError for NaN or an infinity: those are the caller's to filter out.
+        None (no value: a failed read) is ignored. Raises TypeError for anything else but
+        an int or a float (booleans included) and ValueError for NaN or an infinity: those
+        are the caller's to filter out.
         """
-        if timestamp_ms < self._floor_ms:
-            self.late += 1
-            return []
-        kind = type(value)
-        if kind is not int and (kind is not float or not math.isfinite(value)):
-            raise _not_a_sample(value)
-        window = self._window
-        if window is not None and timestamp_ms < window.end_ms:
-            window.add(value, timestamp_ms)
-            self._floor_ms = timestamp_ms
-            return []
-        closed = self._close(window) if window is not None else []
-        self._open(value, timestamp_ms)
-        self._floor_ms = timestamp_ms  # after the close, which moved it to the window's end
-        return closed
+        sample: Any = value  # the checks below narrow it; mypy cannot follow them
+        kind = type(sample)
+        if (
+            self._last_ms <= timestamp_ms < self._end_ms
+            and (kind is float or kind is int)
+            and sample - sample == 0  # finite: inf - inf is NaN
+        ):
+            # The hot path: a sample of the open window, no older than the last one.
+            self._count += 1
+            if kind is int:
+                self._int_sum += sample
+            else:
+                running = self._float_sum
+                total = running + sample
+                if abs(running) >= abs(sample):
+                    self._float_error += (running - total) + sample
+                else:
+                    self._float_error += (sample - total) + running
+                self._float_sum = total
+                self._has_float = True
+            if sample < self._minimum:
+                self._minimum = sample
+            elif sample > self._maximum:
+                self._maximum = sample
+            self._area += (self._last + sample) * (timestamp_ms - self._last_ms)
+            self._last = sample
+            self._last_ms = timestamp_ms
+            if self.journal is not None:
+                self.journal.append((self.index, timestamp_ms, sample))
+            return ()
+        return self._add_otherwise(value, timestamp_ms)
 
-    def close_due(self, now_ms: int) -> list[Result]:
+    def close_due(self, now_ms: int) -> Sequence[Result]:
         """Close the open window if it ended at or before `now_ms`; return its results."""
-        window = self._window
-        if window is None or window.end_ms > now_ms:
-            return []
-        return self._close(window)
+        if self._end_ms < 0 or self._end_ms > now_ms:
+            return ()
+        return self._close()
 
     def next_close_ms(self) -> int | None:
         """The end of the open window (when `close_due` will close it), None if none is open."""
-        return None if self._window is None else self._window.end_ms
+        return None if self._end_ms < 0 else self._end_ms
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, as plain JSON-able data."""
-        window = self._window
-        last = self._previous if window is None else (window.last_ms, window.last)
+        is_open = self._end_ms >= 0
+        last = (self._last_ms, self._last) if is_open else self._previous
         return {
             "version": STATE_VERSION,
             "point_id": self.spec.point_id,
             "window_ms": self._width,
             "late": self.late,
             "last": None if last is None else list(last),  # the newest sample taken
-            "window": None if window is None else window.state(),
+            "window": self._window_state() if is_open else None,
         }
 
     @classmethod
@@ -186,157 +248,133 @@ class Aggregator:
             return aggregator
         if last is None:
             raise ValueError("aggregate state: an open window without its last sample")
-        window = _Window.restore(window_state, aggregator._width, last)
-        aggregator._window = window
-        aggregator._floor_ms = window.last_ms
+        aggregator._restore_window(window_state, last)
         return aggregator
+
+    # -- the slow path: everything but a sample of the open window ---------------------------
+
+    def _add_otherwise(self, value: Number | None, timestamp_ms: int) -> Sequence[Result]:
+        if value is None:
+            return ()
+        floor_ms = self._last_ms if self._end_ms >= 0 else self._floor_ms
+        if timestamp_ms < floor_ms:
+            self.late += 1
+            return ()
+        kind = type(value)
+        if kind is not int and (kind is not float or not math.isfinite(value)):
+            raise _not_a_sample(value)
+        closed = self._close() if self._end_ms >= 0 else ()
+        self._open(value, timestamp_ms)
+        if self.journal is not None:
+            self.journal.append((self.index, timestamp_ms, value))
+        return closed
 
     def _open(self, value: Number, timestamp_ms: int) -> None:
         start_ms = timestamp_ms - timestamp_ms % self._width
-        window = _Window(start_ms, start_ms + self._width, value, timestamp_ms)
+        self._end_ms = start_ms + self._width
+        self._count = 1
+        self._has_float = type(value) is not int
+        self._int_sum = 0
+        self._float_sum = 0.0
+        if self._has_float:
+            self._float_sum = value
+        else:
+            self._int_sum = int(value)
+        self._float_error = 0.0
+        self._minimum = self._maximum = self._first = self._last = value
+        self._last_ms = timestamp_ms
+        self._floor_ms = timestamp_ms
+        self._area = 0
         if self._previous is not None:
             held_until_ms = _window_end(self._previous[0], self._width)
-            window.area = _lead_in_area(held_until_ms, self._previous[1], window)
-        self._window = window
+            self._area = _lead_in_area(
+                held_until_ms, self._previous[1], start_ms, value, timestamp_ms
+            )
 
-    def _close(self, window: _Window) -> list[Result]:
-        self._window = None
-        self._previous = (window.last_ms, window.last)
-        self._floor_ms = window.end_ms
-        values = window.results()
-        return [
-            Result(output_id, values[function], window.end_ms) for function, output_id in self._ids
+    def _close(self) -> list[Result]:
+        end_ms = self._end_ms
+        self._end_ms = -1
+        self._previous = (self._last_ms, self._last)
+        self._floor_ms = end_ms
+        values = self._results(end_ms)
+        results = [
+            Result(output_id, values[function], end_ms)
+            for function, output_id in self.spec.output_ids().items()
         ]
+        if self.on_close is not None:
+            self.on_close(results)
+        return results
 
-
-class _Window:
-    """The accumulators of one open window: a fixed handful of numbers, never the samples."""
-
-    __slots__ = (
-        "area",
-        "count",
-        "end_ms",
-        "first",
-        "float_error",
-        "float_sum",
-        "has_float",
-        "int_sum",
-        "last",
-        "last_ms",
-        "maximum",
-        "minimum",
-        "start_ms",
-    )
-
-    def __init__(self, start_ms: int, end_ms: int, value: Number, timestamp_ms: int) -> None:
-        self.start_ms = start_ms
-        self.end_ms = end_ms
-        self.count = 1
-        self.int_sum = 0
-        self.float_sum = 0.0  # Neumaier: the running sum of the float samples...
-        self.float_error = 0.0  # ...and the rounding error it has lost so far
-        self.has_float = type(value) is not int
-        if self.has_float:
-            self.float_sum = value
-        else:
-            self.int_sum = int(value)
-        self.minimum = self.maximum = self.first = self.last = value
-        self.last_ms = timestamp_ms
-        # Twice the integral so far, in value·ms: exact in ints while every sample is one.
-        self.area: Number = 0
-
-    def add(self, value: Number, timestamp_ms: int) -> None:
-        """Fold in a sample of this window, no older than the last one (the hot path)."""
-        self.count += 1
-        if type(value) is int:
-            self.int_sum += value
-        else:
-            running = self.float_sum
-            total = running + value
-            if abs(running) >= abs(value):
-                self.float_error += (running - total) + value
-            else:
-                self.float_error += (value - total) + running
-            self.float_sum = total
-            self.has_float = True
-        if value < self.minimum:
-            self.minimum = value
-        elif value > self.maximum:
-            self.maximum = value
-        self.area += (self.last + value) * (timestamp_ms - self.last_ms)
-        self.last = value
-        self.last_ms = timestamp_ms
-
-    def results(self) -> dict[str, Number]:
-        """Every function's value for this window, the last sample held to its end."""
-        total = self.total()
-        area = self.area + 2 * self.last * (self.end_ms - self.last_ms)
+    def _results(self, end_ms: int) -> dict[str, Number]:
+        """Every function's value for the open window, the last sample held to its end."""
+        total = self._total()
+        area = self._area + 2 * self._last * (end_ms - self._last_ms)
         return {
-            "avg": total / self.count,
-            "min": self.minimum,
-            "max": self.maximum,
+            "avg": total / self._count,
+            "min": self._minimum,
+            "max": self._maximum,
             "sum": total,
-            "count": self.count,
-            "first": self.first,
-            "last": self.last,
+            "count": self._count,
+            "first": self._first,
+            "last": self._last,
             "integral": area / _TWICE_MS_PER_S,
         }
 
-    def total(self) -> Number:
+    def _total(self) -> Number:
         """The sum of the samples: exact for ints, correctly rounded from the float parts."""
-        if not self.has_float:
-            return self.int_sum
+        if not self._has_float:
+            return self._int_sum
         # The int part, split into two floats that hold it exactly (below 2**106), and the
         # compensated float sum, added by fsum, which rounds only once.
-        high = float(self.int_sum)
-        low = float(self.int_sum - int(high))
-        return math.fsum((self.float_sum, self.float_error, high, low))
+        high = float(self._int_sum)
+        low = float(self._int_sum - int(high))
+        return math.fsum((self._float_sum, self._float_error, high, low))
 
-    def state(self) -> dict[str, Any]:
+    def _window_state(self) -> dict[str, Any]:
         return {
-            "start_ms": self.start_ms,
-            "count": self.count,
-            "int_sum": self.int_sum,
-            "float_sum": [self.float_sum, self.float_error] if self.has_float else None,
-            "min": self.minimum,
-            "max": self.maximum,
-            "first": self.first,
-            "area": self.area,
+            "start_ms": self._end_ms - self._width,
+            "count": self._count,
+            "int_sum": self._int_sum,
+            "float_sum": [self._float_sum, self._float_error] if self._has_float else None,
+            "min": self._minimum,
+            "max": self._maximum,
+            "first": self._first,
+            "area": self._area,
         }
 
-    @classmethod
-    def restore(cls, state: object, width_ms: int, last: tuple[int, Number]) -> _Window:
+    def _restore_window(self, state: object, last: tuple[int, Number]) -> None:
         """The window `state()` wrote, `last` its newest sample; ValueError if malformed."""
         if not isinstance(state, Mapping):
             raise ValueError(f"aggregate state: the window is not a mapping: {state!r}")
         start_ms = _read_int(state, "start_ms")
         last_ms, last_value = last
-        if start_ms % width_ms or not start_ms <= last_ms < start_ms + width_ms:
+        if start_ms % self._width or not start_ms <= last_ms < start_ms + self._width:
             raise ValueError(f"aggregate state: a window at {start_ms} with a sample at {last_ms}")
-        window = cls(start_ms, start_ms + width_ms, last_value, last_ms)
-        window.count = _read_count(state, "count")
-        if not window.count:
+        count = _read_count(state, "count")
+        if not count:
             raise ValueError("aggregate state: an open window without samples")
-        window.int_sum = _read_int(state, "int_sum")
-        window.minimum = _read_number(state, "min")
-        window.maximum = _read_number(state, "max")
-        window.first = _read_number(state, "first")
-        window.area = _read_number(state, "area")
-        window.has_float = state.get("float_sum") is not None
-        if window.has_float:
-            window.float_sum, window.float_error = _read_pair(state, "float_sum")
-        else:
-            window.float_sum = 0.0
-        return window
+        self._end_ms = start_ms + self._width
+        self._count = count
+        self._int_sum = _read_int(state, "int_sum")
+        self._minimum = _read_number(state, "min")
+        self._maximum = _read_number(state, "max")
+        self._first = _read_number(state, "first")
+        self._area = _read_number(state, "area")
+        self._last, self._last_ms = last_value, last_ms
+        self._floor_ms = last_ms
+        self._has_float = state.get("float_sum") is not None
+        if self._has_float:
+            self._float_sum, self._float_error = _read_pair(state, "float_sum")
 
 
-def _lead_in_area(held_until_ms: int, held: Number, window: _Window) -> Number:
+def _lead_in_area(
+    held_until_ms: int, held: Number, start_ms: int, first: Number, first_ms: int
+) -> Number:
     """Twice the integral from a new window's start to its first sample, in value·ms.
 
     f runs straight from the value `held` at the end of the previous sample's window to the
     first sample; the part of that line inside the new window is its lead-in.
     """
-    start_ms, first, first_ms = window.start_ms, window.first, window.last_ms
     if held_until_ms == start_ms:  # the previous sample is in the window just before
         return (held + first) * (first_ms - start_ms)
     # Windows without samples lie between: f crosses them on its way to the first sample.

@@ -20,6 +20,7 @@ start-up with what it had (its `count` says how many).
 
 from __future__ import annotations
 
+import io
 import marshal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,12 +29,12 @@ import structlog
 
 from agent.config.model import Aggregate
 from agent.outbox.rows import StateWrite
-from agent.pipeline.aggregates import Aggregator, Result, WindowSpec
+from agent.pipeline.aggregates import NO_NAMES, Aggregator, Result, WindowSpec
 from agent.pipeline.readings import Value
 
 log = structlog.get_logger("agent.aggregates")
 
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the windows streamed after a header
 RESULTS_PER_MESSAGE = 100  # readings in one message of results
 JOURNAL_LIMIT = 100_000  # samples in the journal before a snapshot replaces it
 
@@ -48,50 +49,52 @@ class Aggregation:
         emit: Callable[[str, list[Result]], None],
     ) -> None:
         self._emit = emit
-        self._windows: dict[Key, Aggregator] = {}
-        for bucket, point_id, aggregate in points:
-            spec = WindowSpec(
-                point_id, float(aggregate.window_s), aggregate.functions, names=dict(aggregate.ids)
-            )
-            self._windows[(bucket, point_id)] = Aggregator(spec)
-        self._order = list(self._windows)  # a journal entry's first field indexes it
-        self.dirty = False  # something to write since `write()` was last called
-        self._snapshot_due = True  # a window closed (or nothing was ever written)
         self._journal: list[tuple[int, int, int | float]] = []
-        self._journalled = 0  # samples written to the journal since the last snapshot
+        self._windows: dict[Key, Aggregator] = {}
         self._pending: dict[str, list[Result]] = {}  # closed windows' results, by bucket
+        self._on_close: dict[str, Callable[[list[Result]], None]] = {}  # one per bucket
+        for bucket, point_id, aggregate in points:
+            names = dict(aggregate.names) if aggregate.names else NO_NAMES
+            spec = WindowSpec(point_id, float(aggregate.window_s), aggregate.functions, names)
+            window = Aggregator(spec)
+            window.index = len(self._windows)  # a journal entry's first field
+            self._windows[(bucket, point_id)] = window
+            self._wire((bucket, point_id), window)
+        self._order = list(self._windows)
+        self._snapshot_due = True  # a window closed (or nothing was ever written)
+        self._journalled = 0  # samples written to the journal since the last snapshot
 
     def __bool__(self) -> bool:
         return bool(self._windows)
 
+    @property
+    def dirty(self) -> bool:
+        """Something to write since `write()` was last called."""
+        return bool(self._journal) or self._snapshot_due
+
     def tap(self, bucket: str, point_id: str) -> Callable[[Value | None, int], None]:
-        """What a poller calls with each value of that point."""
-        key = (bucket, point_id)
-        index = self._order.index(key)
-        journal = self._journal
+        """What a poller calls with each value of that point (None: the read failed): the
+        window's own `add`, one call per sample (the hot path)."""
+        return self._windows[(bucket, point_id)].add  # type: ignore[return-value]
 
-        def add(value: Value | None, timestamp_ms: int) -> None:
-            # The hot path, once per sample: one call into the window, no more.
-            kind = type(value)
-            if kind is not float and kind is not int:
-                return  # a failed read (None), or a value the checks keep from an aggregate
-            assert isinstance(value, int | float)
-            results = self._windows[key].add(value, timestamp_ms)
-            self.dirty = True
-            if results:
-                self._snapshot_due = True
-                self._pending.setdefault(bucket, []).extend(results)
-            else:
-                journal.append((index, timestamp_ms, value))
+    def _wire(self, key: Key, window: Aggregator) -> None:
+        """`window` serves `key` here: its samples go into this journal, its results here."""
+        window.index = self._windows[key].index  # the place of `key` in this config
+        window.journal = self._journal
+        window.on_close = self._on_close.get(key[0]) or self._closed(key[0])
+        self._windows[key] = window
 
-        return add
+    def _closed(self, bucket: str) -> Callable[[list[Result]], None]:
+        def closed(results: list[Result]) -> None:
+            self._snapshot_due = True
+            self._pending.setdefault(bucket, []).extend(results)
+
+        self._on_close[bucket] = closed
+        return closed
 
     def close_due(self, now_ms: int) -> None:
-        for key, window in self._windows.items():
-            results = window.close_due(now_ms)
-            if results:
-                self.dirty = self._snapshot_due = True
-                self._pending.setdefault(key[0], []).extend(results)
+        for window in self._windows.values():
+            window.close_due(now_ms)
         self.flush()
 
     def flush(self) -> None:
@@ -112,7 +115,6 @@ class Aggregation:
         """For the queue's next commit (its results put first, into the same commit);
         `whole`: a snapshot, whatever is due (the last write did not reach the disk)."""
         self.flush()
-        self.dirty = False
         if whole or self._snapshot_due or self._journalled + len(self._journal) > JOURNAL_LIMIT:
             self._snapshot_due = False
             self._journal.clear()
@@ -120,20 +122,17 @@ class Aggregation:
             return StateWrite(snapshot=self.snapshot())
         if not self._journal:
             return StateWrite()
-        entries = list(self._journal)
+        entries = marshal.dumps(self._journal)
+        self._journalled += len(self._journal)  # on disk since the last snapshot
         self._journal.clear()
-        self._journalled += len(entries)  # on disk since the last snapshot
-        return StateWrite(journal=(marshal.dumps(entries),))
+        return StateWrite(journal=(entries,))
 
     def snapshot(self) -> bytes:
-        """Every open window (marshal of plain data: six times quicker than JSON)."""
-        return marshal.dumps(
-            {
-                "version": STATE_VERSION,
-                "order": [list(key) for key in self._order],
-                "windows": [self._windows[key].state() for key in self._order],
-            }
-        )
+        """Every open window: a header, then each window's state, one marshal after another
+        (plain data, six times quicker than JSON; one window's state at a time in memory,
+        not a thousand)."""
+        header = marshal.dumps({"version": STATE_VERSION, "order": [list(k) for k in self._order]})
+        return header + b"".join(marshal.dumps(self._windows[k].state()) for k in self._order)
 
     def restore(self, snapshot: bytes, journal: Sequence[bytes] = ()) -> None:
         """The windows as a snapshot left them, then the samples journalled after it;
@@ -150,28 +149,32 @@ class Aggregation:
                         replayed += 1
             except (ValueError, TypeError, EOFError) as exc:
                 log.warning("aggregates_journal_unusable", reason=str(exc))
+        self._journal.clear()  # what the replay put there is in the next snapshot
         self._snapshot_due = True  # the next commit writes what this came to
         log.info("aggregates_restored", windows=len(order), samples_replayed=replayed)
 
     def _restore_snapshot(self, snapshot: bytes) -> list[Key | None]:
+        stream = io.BytesIO(snapshot)
         try:
-            data: Any = marshal.loads(snapshot)
-            if data.get("version") != STATE_VERSION:
-                raise ValueError(f"state version {data.get('version')}")
-            order: list[Key | None] = [(str(key[0]), str(key[1])) for key in data["order"]]
-            states = data["windows"]
+            header: Any = marshal.load(stream)
+            if header.get("version") != STATE_VERSION:
+                raise ValueError(f"state version {header.get('version')}")
+            order: list[Key | None] = [(str(key[0]), str(key[1])) for key in header["order"]]
+            for key in order:
+                self._restore_window(key, marshal.load(stream))
         except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
             log.warning("aggregates_state_unusable", reason=str(exc))
             return []
-        for key, state in zip(order, states, strict=False):
-            window = self._windows.get(key) if key is not None else None
-            if key is None or window is None:
-                continue
-            try:
-                self._windows[key] = Aggregator.restore(window.spec, state)
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("aggregate_state_dropped", point=key[1], reason=str(exc))
         return order
+
+    def _restore_window(self, key: Key | None, state: Any) -> None:
+        window = self._windows.get(key) if key is not None else None
+        if key is None or window is None:
+            return
+        try:
+            self._wire(key, Aggregator.restore(window.spec, state))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("aggregate_state_dropped", point=key[1], reason=str(exc))
 
     def adopt(self, previous: Aggregation) -> None:
         """A reload: the open windows of the aggregates both configs have, as they are
@@ -179,5 +182,5 @@ class Aggregation:
         for key, window in previous._windows.items():
             mine = self._windows.get(key)
             if mine is not None and mine.spec == window.spec:
-                self._windows[key] = window
+                self._wire(key, window)
         self._snapshot_due = True

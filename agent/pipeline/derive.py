@@ -16,23 +16,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
 from agent.config.model import Derived
 from agent.pipeline.expressions import EvaluationError
-from agent.pipeline.readings import ChangeFilter, Reading, Value, to_shape
+from agent.pipeline.readings import (
+    ChangeFilter,
+    Value,
+    encode_value,
+    id_prefix,
+    timestamp_suffix,
+    to_shape,
+)
 from agent.service.logs import Throttle
 from agent.sources.source import Cadence, PointView, SourceStats, point_views
 
 log = structlog.get_logger("agent.derived")
 
-
-@dataclass(slots=True)
-class _Latest:
-    value: Value | None  # None: the last read of it failed
-    timestamp_ms: int
-    at: float  # monotonic, when it came
+Tap = Callable[[Value | None, int], None]
+_NONE: Any = object()  # no value yet (None is a failed read)
 
 
 @dataclass(slots=True)
@@ -45,12 +49,14 @@ class _Shown:
 
 
 class _Point:
-    __slots__ = ("config", "dirty", "filter")
+    __slots__ = ("config", "dirty", "filter", "prefix", "tap")
 
     def __init__(self, config: Derived) -> None:
         self.config = config
         self.filter = ChangeFilter(config.deadband, config.max_silence)
         self.dirty = False
+        self.prefix = id_prefix(config.id)  # the start of its readings' fragments
+        self.tap: Tap | None = None  # given every value worked out (its aggregate)
 
 
 class Calculator:
@@ -60,15 +66,17 @@ class Calculator:
         self,
         derived: Sequence[Derived],
         *,
-        emit: Callable[[Reading], None],
-        tap: Callable[[Derived, Value | None, int], None] | None = None,
+        emit: Callable[[str, list[bytes]], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._points = [_Point(d) for d in derived]
-        self._emit = emit
-        self._tap = tap  # for the aggregates of derived points
+        self._emit = emit  # (bucket, encoded readings), as Batcher.add_encoded takes them
         self._clock = clock
-        self._latest: dict[str, _Latest] = {}
+        # Each input's latest value (None: its last read failed), where the expressions
+        # read it; when it came (monotonic) and its timestamp.
+        self._values: dict[str, Value | None] = {}
+        self._at: dict[str, float] = {}
+        self._stamps: dict[str, int] = {}
         self._users: dict[str, list[_Point]] = {}
         for point in self._points:
             for name in point.config.expression.inputs:
@@ -92,30 +100,38 @@ class Calculator:
         """The ids the pollers should tap."""
         return set(self._users)
 
+    def set_tap(self, point_id: str, tap: Tap) -> None:
+        """`tap` is given every value of that derived point worked out (its aggregate)."""
+        for point in self._points:
+            if point.config.id == point_id:
+                point.tap = tap
+
     def update(self, point_id: str, value: Value | None, timestamp_ms: int) -> None:
-        latest = self._latest.get(point_id)
-        if latest is None:
-            self._latest[point_id] = _Latest(value, timestamp_ms, self._clock())
-        else:  # in place: no object per reading
-            latest.value, latest.timestamp_ms, latest.at = value, timestamp_ms, self._clock()
+        self._values[point_id] = value
+        self._stamps[point_id] = timestamp_ms
+        self._at[point_id] = self._clock()
         for point in self._users.get(point_id, ()):
             point.dirty = True
 
     def evaluate(self) -> None:
-        """Each derived point whose inputs changed, in declared order."""
+        """Each derived point whose inputs changed, in declared order; the readings of one
+        call go to `emit` together, per bucket."""
+        readings: dict[str, list[bytes]] = {}
         for point in self._points:
             if point.dirty:
                 point.dirty = False
-                self._evaluate(point)
+                self._evaluate(point, readings)
+        for bucket, parts in readings.items():
+            self._emit(bucket, parts)
 
-    def _evaluate(self, point: _Point) -> None:
+    def _evaluate(self, point: _Point, readings: dict[str, list[bytes]]) -> None:
         config = point.config
-        values, newest, missing = self._inputs(config)
+        newest, missing = self._check_inputs(config)
         if missing is not None:
             self._skip(config, missing)
             return
         try:
-            raw = config.expression(values)
+            raw = config.expression(self._values)  # type: ignore[arg-type]  # checked above
             value = to_shape(raw, config.shape)
         except (EvaluationError, ValueError) as exc:
             self.failed += 1
@@ -124,32 +140,34 @@ class Calculator:
                 log.warning("derived_failed", point=config.id, error=str(exc))
             return
         self.update(config.id, value, newest)
-        self.stats.cycles += 1
-        self.stats.last_ok_at = self._clock()
-        if self._tap is not None:
-            self._tap(config, value, newest)
-        if config.publish and point.filter.admit(value, self._clock()):
-            self.stats.readings += 1
-            self._emit(Reading(config.bucket, config.id, value, newest))
-
-    def _inputs(self, config: Derived) -> tuple[dict[str, int | float | bool], int, str | None]:
-        """The inputs' values, the newest timestamp, and what is wrong if one is unusable."""
         now = self._clock()
-        values: dict[str, int | float | bool] = {}
+        self.stats.cycles += 1
+        self.stats.last_ok_at = now
+        if point.tap is not None:
+            point.tap(value, newest)
+        if config.publish and point.filter.admit(value, now):
+            self.stats.readings += 1
+            fragment = point.prefix + encode_value(value) + timestamp_suffix(newest)
+            readings.setdefault(config.bucket, []).append(fragment)
+
+    def _check_inputs(self, config: Derived) -> tuple[int, str | None]:
+        """The newest input's timestamp, and what is wrong if an input is unusable."""
+        now = self._clock()
         newest = 0
         for name in config.expression.inputs:
-            latest = self._latest.get(name)
-            if latest is None:
-                return values, newest, f"no value of {name!r} yet"
-            if latest.value is None:
-                return values, newest, f"the last read of {name!r} failed"
-            if now - latest.at > config.max_input_age:
-                return values, newest, f"{name!r} is {now - latest.at:.0f} s old"
-            if not isinstance(latest.value, int | float):  # bool is an int: kept
-                return values, newest, f"{name!r} is not a number or a boolean"
-            values[name] = latest.value
-            newest = max(newest, latest.timestamp_ms)
-        return values, newest, None
+            value = self._values.get(name, _NONE)
+            if value is _NONE:
+                return newest, f"no value of {name!r} yet"
+            if value is None:
+                return newest, f"the last read of {name!r} failed"
+            if now - self._at[name] > config.max_input_age:
+                return newest, f"{name!r} is {now - self._at[name]:.0f} s old"
+            if not isinstance(value, int | float):  # bool is an int: kept
+                return newest, f"{name!r} is not a number or a boolean"
+            stamp = self._stamps[name]
+            if stamp > newest:
+                newest = stamp
+        return newest, None
 
     def _skip(self, config: Derived, why: str) -> None:
         self.skipped += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
 from agent.cloud.remembered import SettingsState
 from agent.config import Config, load_config
-from agent.config.model import Derived, SerialSettings
+from agent.config.model import InstrumentPoint, Point, SerialSettings
 from agent.config.schema import QueueConfig
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
@@ -37,7 +37,7 @@ from agent.pipeline.aggregation import Aggregation
 from agent.pipeline.batches import Batch, Batcher
 from agent.pipeline.derive import Calculator
 from agent.pipeline.readings import Reading, Value
-from agent.service import logs
+from agent.service import heap, logs
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
 from agent.service.health import health_readings
@@ -252,27 +252,33 @@ class Agent:
         elif snapshot is not None and self.aggregation:
             self.aggregation.restore(snapshot, journal)
         self.outbox.keep_state(AGGREGATES, self.aggregation.write)
-        self.calculator = Calculator(config.derived, emit=self.batcher.add, tap=self._tap_derived)
+        self.calculator = Calculator(config.derived, emit=self.batcher.add_encoded)
+        for entry in config.derived:
+            if entry.aggregate is not None:
+                self.calculator.set_tap(entry.id, self.aggregation.tap(entry.bucket, entry.id))
         for poller in self.pollers:
-            self._tap(poller)
+            self._tap(poller, poller.device.points)
         for instrument, its in zip(self.instruments, config.instruments, strict=True):
-            for ipoint in its.points:
-                if ipoint.aggregate is not None:
-                    instrument.set_tap(ipoint.id, self.aggregation.tap(ipoint.bucket, ipoint.id))
+            self._tap(instrument, its.points)
 
-    def _tap(self, poller: DevicePoller) -> None:
-        """Give the calculator and the aggregates the values they need of this poller."""
+    def _tap(
+        self, source: DevicePoller | Instrument, points: Iterable[Point | InstrumentPoint]
+    ) -> None:
+        """Give the calculator and the aggregates the values they need of this source."""
         inputs = self.calculator.inputs
-        for point in poller.device.points:
+        for point in points:
             taps: list[Tap] = []
             if point.id in inputs:
                 taps.append(partial(self.calculator.update, point.id))
             if point.aggregate is not None:
                 taps.append(self.aggregation.tap(point.bucket, point.id))
             if taps:
-                poller.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
+                source.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
         if inputs or self.aggregation:
-            poller.on_cycle = self._after_cycle
+            if isinstance(source, DevicePoller):
+                source.on_cycle = self._after_cycle
+            else:
+                source.on_report = self._after_cycle
 
     def _after_cycle(self) -> None:
         self.calculator.evaluate()
@@ -283,10 +289,6 @@ class Agent:
         self.aggregation.flush()
         if self.aggregation.dirty:
             self.outbox.state_changed()
-
-    def _tap_derived(self, derived: Derived, value: Value | None, timestamp_ms: int) -> None:
-        if derived.aggregate is not None:
-            self.aggregation.tap(derived.bucket, derived.id)(value, timestamp_ms)
 
     def _put_aggregates(self, bucket: str, results: list[Result]) -> None:
         """A window's results straight into the queue, with the state that closed it."""
@@ -334,6 +336,7 @@ class Agent:
     async def run(self, stop: asyncio.Event, reload: asyncio.Event | None = None) -> None:
         """Run until `stop` is set, reloading the config file whenever `reload` is set."""
         reload = reload or asyncio.Event()
+        heap.settle()
         self._notifier.notify("READY=1")
         log.info(
             "agent_started",
@@ -429,6 +432,7 @@ class Agent:
             instruments=len(self.instruments),
             broker_session="new" if relink else "kept",
         )
+        heap.settle()
         self._notifier.notify("READY=1")
         return sources, link
 

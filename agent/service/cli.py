@@ -149,6 +149,7 @@ def _agent(args: argparse.Namespace) -> int:
         except BrokenPipeError:  # `check-config | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    del settings  # the validated file (megabytes for a big one): the agent keeps `config`
     logs.configure(level=config.log.level, fmt=config.log.format)
     return asyncio.run(_run(config, path, args.control))
 
@@ -361,7 +362,7 @@ def _computed_lines(config: Config) -> list[str]:
 
 
 def _aggregate_line(point_id: str, aggregate: Aggregate, publish: bool) -> str:
-    ids = ", ".join(output for _, output in aggregate.ids)
+    ids = ", ".join(output for _, output in aggregate.ids(point_id))
     raw = "" if publish else "; its readings not published"
     return f"aggregate of {point_id!r} every {aggregate.window_s} s: {ids}{raw}"
 

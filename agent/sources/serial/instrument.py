@@ -144,6 +144,7 @@ class Instrument:
         self.where = config.line.device  # the port, for the agent's state
         self._log = log.bind(instrument=config.name, device=config.line.device)
         self._outage = Outage(self._log, self.stats, "instrument")
+        self.on_report: Callable[[], None] | None = None  # after each report's values
 
     async def run(self) -> None:
         """Read the instrument until cancelled, reopening a lost device with back-off.
@@ -316,6 +317,8 @@ class Instrument:
             if point.publish and point.filter.admit(value, now):
                 self.stats.readings += 1
                 self._emit(Reading(point.bucket, point.id, value, timestamp))
+        if self.on_report is not None:
+            self.on_report()
 
     def _unmatched(self, line: str, reason: str) -> None:
         self.stats.unmatched += 1
