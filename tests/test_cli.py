@@ -142,7 +142,12 @@ def test_check_config_prints_the_resolved_config_with_defaults(
         "max_inflight": 32,
         "max_config_payload": 65536,
     }
-    assert resolved["batch"] == {"max_readings": 100, "max_bytes": 65536, "max_delay": 1.0}
+    assert resolved["batch"] == {
+        "max_readings": 100,
+        "max_bytes": 65536,
+        "max_delay": 1.0,
+        "flush_at_cycle_end": True,
+    }
 
 
 def test_check_config_never_prints_the_secret(

@@ -14,6 +14,8 @@ import os
 import socket
 import stat
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,24 @@ async def orio_agent(*args: str) -> tuple[int, str, str]:
         out, err = await process.communicate()
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+def _source(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(source for source in status["sources"] if source["name"] == name)
+
+
+async def status_until(
+    path: Path, predicate: Callable[[dict[str, Any]], bool], *, what: str
+) -> dict[str, Any]:
+    """The agent's status, asked again until `predicate` holds (WAIT at most)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        status = await status_json(path)
+        if predicate(status):
+            return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status never showed {what}: {status}")
+        await asyncio.sleep(0.05)
 
 
 async def status_json(path: Path) -> dict[str, Any]:
@@ -80,7 +100,11 @@ async def test_status_shows_what_the_units_and_the_broker_saw(
         async with running_agent(tmp_path, text):
             await cloud.wait_for(lambda m: bool(cloud.readings("b")), timeout=WAIT)
             await poll_until(control.is_socket, timeout=WAIT, what="the control socket")
-            up = await status_json(control)
+            up = await status_until(
+                control,
+                lambda status: _source(status, "dead")["state"] == "failing",
+                what="the dead unit failing",  # its first cycle timing out
+            )
             code, shown, _ = await orio_agent("status", "--points", "--control", str(control))
 
             await broker.stop_async()

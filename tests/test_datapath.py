@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from sim.broker import Broker
@@ -133,6 +134,45 @@ async def test_batches_are_cut_at_max_readings(
     assert [3, 3, 1] == [len(json.loads(m.payload)) for m in messages]
     ids = [r["id"] for m in messages for r in json.loads(m.payload)]
     assert [f"p{i}" for i in range(7)] == ids
+
+
+async def test_a_cycles_readings_leave_when_it_ends_not_max_delay_later(
+    tmp_path: Path,
+    broker: Broker,
+    cloud: CloudClient,
+    sim_unit: SimUnit,
+    tcp_plant: PlantServer,
+) -> None:
+    """flush_at_cycle_end (the default): each cycle is its own message, at once; off,
+    cycles share a message until max_delay."""
+    devices = """
+  [[modbus.devices]]
+  name = "meter1"
+  interval = 0.2
+  bucket = "b"
+  points = [ { id = "p0", table = "holding", address = 0 }, { id = "p1", table = "holding", address = 1 } ]
+"""
+    topic = data_topic(broker.thing_id, "b")
+    fresh = agent_toml(broker, tcp_connection(tcp_plant, devices), batch="max_delay = 60")
+    (tmp_path / "fresh").mkdir()
+    async with running_agent(tmp_path / "fresh", fresh):
+        # Within seconds, although a batch may wait a minute for more readings.
+        messages = await cloud.wait_for_topic(topic, count=3, timeout=15)
+        arrived = time.time()
+    assert [2, 2, 2] == [len(json.loads(m.payload)) for m in messages[:3]]
+    newest = max(int(r["timestamp"]) for r in json.loads(messages[2].payload)) / 1000
+    assert arrived - newest < 5
+
+    cloud.clear()
+    packed = agent_toml(
+        broker,
+        tcp_connection(tcp_plant, devices),
+        batch="max_delay = 1.0\nflush_at_cycle_end = false",
+    )
+    (tmp_path / "packed").mkdir()
+    async with running_agent(tmp_path / "packed", packed):
+        messages = await cloud.wait_for_topic(topic, count=2, timeout=WAIT)
+    assert all(len(json.loads(m.payload)) >= 4 for m in messages[1:2]), "cycles share a message"
 
 
 async def test_a_dead_device_does_not_delay_a_live_one_on_another_connection(

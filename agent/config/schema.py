@@ -84,6 +84,9 @@ class BatchConfig(_Section):
     max_readings: int = Field(100, ge=1, le=100_000)
     max_bytes: int = Field(65536, ge=256, le=256 * 1024 * 1024)
     max_delay: float = Field(1.0, ge=0, le=3600)
+    # A poll cycle's readings go out when it ends, not max_delay later: fresh data. False
+    # packs several cycles into each message (fewer, larger ones on a metered link).
+    flush_at_cycle_end: bool = True
 
 
 class HealthConfig(_Section):

@@ -274,15 +274,20 @@ class Agent:
                 taps.append(self.aggregation.tap(point.bucket, point.id))
             if taps:
                 source.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
-        if inputs or self.aggregation:
+        if inputs or self.aggregation or self.config.batch.flush_at_cycle_end:
             if isinstance(source, DevicePoller):
                 source.on_cycle = self._after_cycle
             else:
                 source.on_report = self._after_cycle
 
     def _after_cycle(self) -> None:
+        """A source's cycle (or an instrument's report) ended: its derived points worked
+        out, its aggregates kept, and its readings sent (no more are coming now)."""
         self.calculator.evaluate()
-        self._keep_aggregates()
+        if self.aggregation:
+            self._keep_aggregates()
+        if self.config.batch.flush_at_cycle_end:
+            self.batcher.flush_all()
 
     def _keep_aggregates(self) -> None:
         """Closed windows' results into the queue, and the open ones into its next commit."""
