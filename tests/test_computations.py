@@ -149,17 +149,17 @@ async def test_a_window_survives_kill_9_mid_window(
             broker, tcp_connection(plant, counter()), queue_path=queue, batch="max_delay = 0"
         )
     )
-    agent = AgentProcess(config, log_dir=tmp_path)
     try:
-        await agent.start()
-        await cloud.wait_for(lambda m: len(results(cloud.readings("b"))) >= 1, timeout=WAIT)
-        # Mid-window: the open window's state is on disk with two samples or more.
-        await poll_until(lambda: open_count(queue) >= 2, timeout=WAIT, what="a window on disk")
-        killed_in = open_window(queue)
-        await agent.kill()
-        await agent.start()
-        await cloud.wait_for(lambda m: killed_in in results(cloud.readings("b")), timeout=WAIT)
-        await agent.stop()
+        async with AgentProcess(config, log_dir=tmp_path) as agent:  # killed if still running
+            await agent.start()
+            await cloud.wait_for(lambda m: len(results(cloud.readings("b"))) >= 1, timeout=WAIT)
+            # Mid-window: the open window's state is on disk with two samples or more.
+            await poll_until(lambda: open_count(queue) >= 2, timeout=WAIT, what="a window on disk")
+            killed_in = open_window(queue)
+            await agent.kill()
+            await agent.start()
+            await cloud.wait_for(lambda m: killed_in in results(cloud.readings("b")), timeout=WAIT)
+            await agent.stop()
     finally:
         await plant.stop()
 

@@ -96,21 +96,23 @@ async def test_notify_protocol_ready_watchdog_status_stopping(
     config = tmp_path / "agent.toml"
     config.write_text(device_config(broker, tcp_plant, tmp_path, interval=0.5))
     with notify_socket(tmp_path, monkeypatch, watchdog_usec=400_000) as systemd:
-        agent = AgentProcess(config, log_dir=tmp_path)
-        await agent.start()
-        await poll_until(
-            lambda: len(systemd.seen("WATCHDOG=1")) >= 4, timeout=WAIT, what="four watchdog pings"
-        )
-        await poll_until(
-            lambda: any(
-                "connected; queue" in m
-                for _, m in systemd.seen("STATUS=")
-                if "not connected" not in m
-            ),
-            timeout=WAIT,
-            what="STATUS saying connected",
-        )
-        assert 0 == await agent.stop()
+        async with AgentProcess(config, log_dir=tmp_path) as agent:  # killed if still running
+            await agent.start()
+            await poll_until(
+                lambda: len(systemd.seen("WATCHDOG=1")) >= 4,
+                timeout=WAIT,
+                what="four watchdog pings",
+            )
+            await poll_until(
+                lambda: any(
+                    "connected; queue" in m
+                    for _, m in systemd.seen("STATUS=")
+                    if "not connected" not in m
+                ),
+                timeout=WAIT,
+                what="STATUS saying connected",
+            )
+            assert 0 == await agent.stop()
 
     messages = [m for _, m in systemd.messages]
     assert "READY=1" == messages[0]
@@ -156,18 +158,18 @@ async def test_sigterm_exits_0_and_loses_no_reading(
     sim_unit.count_reads("holding", 0)
     config = tmp_path / "agent.toml"
     config.write_text(device_config(broker, tcp_plant, tmp_path, interval=0.1))
-    agent = AgentProcess(config, log_dir=tmp_path)
-    await agent.start()
-    await cloud.wait_for(lambda m: len(cloud.readings("b")) >= 10, timeout=WAIT)
-    assert 0 == await agent.stop()
-    answered = polls(sim_unit)
+    async with AgentProcess(config, log_dir=tmp_path) as agent:  # killed if still running
+        await agent.start()
+        await cloud.wait_for(lambda m: len(cloud.readings("b")) >= 10, timeout=WAIT)
+        assert 0 == await agent.stop()
+        answered = polls(sim_unit)
 
-    await agent.start()  # whatever SIGTERM left queued goes out now
-    await cloud.wait_for(
-        lambda m: set(range(1, answered + 1)) <= {r["value"] for r in cloud.readings("b")},
-        timeout=WAIT,
-    )
-    await agent.stop()
+        await agent.start()  # whatever SIGTERM left queued goes out now
+        await cloud.wait_for(
+            lambda m: set(range(1, answered + 1)) <= {r["value"] for r in cloud.readings("b")},
+            timeout=WAIT,
+        )
+        await agent.stop()
 
 
 async def test_sighup_reloads_the_poll_interval_and_keeps_the_broker_session(
