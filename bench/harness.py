@@ -110,8 +110,9 @@ class Layout:
     interval: float
     baudrate: int = 0  # rtu
     emulate_line: bool = False  # rtu: the plant answers at the line's speed
-    # A one-minute avg/min/max on every point, and DERIVED_POINTS derived points.
-    computations: bool = False
+    # "aggregates": a one-minute avg/min/max on every point; "derived": DERIVED_POINTS
+    # derived points; "both"; "": neither.
+    computations: str = ""
 
     @property
     def registers_per_unit(self) -> int:
@@ -204,7 +205,7 @@ def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
     if args.interval is not None:
         changes["interval"] = args.interval
     if args.computations:
-        changes["computations"] = True
+        changes["computations"] = args.computations
     layout = dataclasses.replace(layout, **changes)
     if args.scale != 1:
         layout = dataclasses.replace(layout, units=layout.units * args.scale)
@@ -525,7 +526,7 @@ def agent_config(
     ]
 
     aggregate = ', aggregate = { window = 60, functions = ["avg", "min", "max"] }'
-    extra = aggregate if layout.computations else ""
+    extra = aggregate if layout.computations in ("aggregates", "both") else ""
 
     def device_block(unit_index: int, unit_id: int) -> list[str]:
         points = ",\n".join(
@@ -569,7 +570,7 @@ def agent_config(
         ]
         for n in range(layout.units):
             text += device_block(n, n + 1)
-    if layout.computations:
+    if layout.computations in ("derived", "both"):
         text += derived_block(layout)
     return "\n".join(text) + "\n"
 
@@ -1676,8 +1677,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, help="poll interval, seconds")
     parser.add_argument(
         "--computations",
-        action="store_true",
-        help=f"add a one-minute avg/min/max to every point and {DERIVED_POINTS} derived points",
+        nargs="?",
+        const="both",
+        choices=("aggregates", "derived", "both"),
+        help=f"add a one-minute avg/min/max to every point (aggregates), {DERIVED_POINTS} "
+        "derived points (derived), or both (the default)",
     )
     parser.add_argument("--max-readings", type=int, help="batch.max_readings")
     parser.add_argument(

@@ -87,3 +87,21 @@ def test_a_whole_write_is_a_snapshot_whatever_is_due() -> None:
     windows.tap("b", "v")(6, 1_000_500)
     whole = windows.write(whole=True)
     assert (True, ()) == (whole.snapshot is not None, whole.journal)
+
+
+def test_the_next_close_is_the_earliest_window_end_whichever_opened_last() -> None:
+    results: list[Result] = []
+    windows = Aggregation(
+        [("b", "slow", Aggregate(60, ("count",))), ("b", "fast", Aggregate(10, ("count",)))],
+        emit=lambda bucket, closed: results.extend(closed),
+    )
+    windows.tap("b", "slow")(1, 1_000_000)  # its window ends at 1,020,000
+    windows.close_due(1_000_500)
+    windows.tap("b", "fast")(2, 1_001_000)  # opened after: ends at 1,010,000
+
+    assert 1_010_000 == windows.next_close_ms()
+    windows.close_due(1_009_999)
+    assert [] == results
+    windows.close_due(1_010_000)
+    assert [Result("fast_count", 1, 1_010_000)] == results
+    assert 1_020_000 == windows.next_close_ms()

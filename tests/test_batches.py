@@ -143,6 +143,27 @@ def test_flushed_at_max_delay_after_the_first_reading(sent: Sent, clock: FakeClo
     assert [ids(b) for b in sent] == [["p0", "p1"]]
 
 
+def test_a_hurried_batch_goes_within_the_settle_time_and_takes_what_comes_meanwhile(
+    sent: Sent, clock: FakeClock
+) -> None:
+    """A poll cycle ended: its batch waits only for the cycles ending with it."""
+    batches = batcher(sent, clock, max_delay=30.0)
+    announced: list[float] = []
+    batches.on_new_deadline = announced.append
+    batches.add(reading(0))
+    batches.add(reading(1, bucket="other"))
+    batches.hurry(0.02)
+    clock.now += 0.01
+    batches.add(reading(2))  # another device's cycle, ending a moment later
+    batches.hurry(0.02)  # does not push the first one's deadline back
+
+    assert batches.flush_due() == 1000.02
+    clock.now += 0.01
+    assert batches.flush_due() is None
+    assert [["p0", "p2"], ["p1"]] == [ids(b) for b in sent]
+    assert [1030.0, 1030.0, 1000.02, 1000.02] == announced
+
+
 def test_a_new_batch_starts_its_own_delay(sent: Sent, clock: FakeClock) -> None:
     batches = batcher(sent, clock, max_delay=2.0)
     batches.add(reading(0))

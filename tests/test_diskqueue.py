@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -67,6 +68,49 @@ def rows(path: Path) -> list[bytes]:
             unpack_payload(r[0], r[1])
             for r in db.execute("SELECT payload, codec FROM messages ORDER BY seq")
         ]
+
+
+def count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+def failing_writes(queue: DiskOutbox, times: int | None = None) -> None:
+    """The queue's writes of messages fail (`times` of them, or all): a disk that refuses
+    them (the age sweep, which writes none, still goes through)."""
+    real = queue._store.write
+    left = [times]
+
+    def write(messages: Any, *args: Any, **kwargs: Any) -> Any:
+        if messages and (left[0] is None or left[0] > 0):
+            left[0] = None if left[0] is None else left[0] - 1
+            raise QueueIOError("injected: the disk refused")
+        return real(messages, *args, **kwargs)
+
+    queue._store.write = write  # type: ignore[method-assign]
+
+
+class HeldWrite:
+    """The queue's writes of messages held in the I/O thread until `let_go`: what the
+    event loop does meanwhile (take, ack) happens while such a commit is under way."""
+
+    def __init__(self, queue: DiskOutbox) -> None:
+        self._real = queue._store.write
+        self._started = threading.Event()
+        self._go = threading.Event()
+        queue._store.write = self._write  # type: ignore[method-assign]
+
+    def _write(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        if messages:
+            self._started.set()
+            self._go.wait(GENEROUS)
+        return self._real(messages, *args, **kwargs)
+
+    async def started(self) -> None:
+        assert await asyncio.to_thread(self._started.wait, GENEROUS), "no write started"
+
+    def let_go(self) -> None:
+        self._go.set()
 
 
 def files_bytes(path: Path) -> int:
@@ -480,3 +524,112 @@ async def test_a_state_changed_once_at_start_up_is_written(tmp_path: Path) -> No
         assert (b"once", []) == reopened.saved_states["s"]
     finally:
         await reopened.aclose()
+
+
+# -- the depth: never fewer than the messages not yet acknowledged ----------------------------
+
+
+async def test_acknowledgements_while_the_disk_fails_come_off_the_depth_once(
+    tmp_path: Path,
+) -> None:
+    """Messages a failed write was to store, delivered from memory and acknowledged: their
+    deletion waits for the disk (the failed write may have kept them), but the depth does
+    not count them off twice (it once said 0 with messages on disk and in flight)."""
+    path = tmp_path / "q.db"
+    async with running(path) as queue:
+        for n in range(3):
+            queue.put(TOPIC, b"on-disk-%d" % n)
+        await queue.flush()
+        failing_writes(queue)
+        for n in range(2):
+            queue.put(TOPIC, b"in-memory-%d" % n)
+        await until(lambda: queue.stats().disk != "ok")
+        taken = [await take(queue) for _ in range(5)]
+        for message in taken[3:]:
+            queue.ack(message)
+
+        assert [b"on-disk-0", b"on-disk-1", b"on-disk-2"] == [m.payload for m in taken[:3]]
+        assert 3 == queue.stats().depth
+
+
+async def test_an_acknowledgement_during_the_commit_that_writes_it_comes_off_the_depth_once(
+    tmp_path: Path,
+) -> None:
+    """After a failed write, messages go out from memory before their commit; one
+    acknowledged while that commit is in the I/O thread is not yet in the file's count."""
+    path = tmp_path / "q.db"
+    async with running(path, commit_interval=60) as queue:
+        for n in range(3):
+            queue.put(TOPIC, b"on-disk-%d" % n)
+        await queue.flush()
+        failing_writes(queue, times=1)
+        queue.put(TOPIC, b"failed")
+        await queue.flush()
+        queue.put(TOPIC, b"made-while-failing")  # after the failure: not suspect
+        held = HeldWrite(queue)
+        flush = asyncio.create_task(queue.flush())
+        await held.started()
+        taken = [await take(queue) for _ in range(5)]
+        queue.ack(taken[4])
+        during = queue.stats().depth
+        held.let_go()
+        await flush
+        after = queue.stats().depth
+
+    assert b"made-while-failing" == taken[4].payload
+    assert (4, 4) == (during, after)
+
+
+@pytest.mark.parametrize("acked", ["during_the_commit", "after_it"])
+async def test_a_message_taken_during_the_commit_that_drops_it_for_space_is_counted_once(
+    tmp_path: Path,
+    acked: str,
+) -> None:
+    """`held` is what was in flight when a commit began: one taken while it is in the I/O
+    thread may be dropped for the bounds; its acknowledgement is then nothing to delete."""
+    path = tmp_path / "q.db"
+    async with running(path, max_bytes=64 * 1024, commit_interval=60) as queue:
+        for n in range(16):  # as much as fits
+            queue.put(TOPIC, b"%06d" % n + os.urandom(994))
+        await queue.flush()
+        held = HeldWrite(queue)
+        for n in range(16, 20):  # one commit more
+            queue.put(TOPIC, b"%06d" % n + os.urandom(994))
+        flush = asyncio.create_task(queue.flush())
+        await held.started()
+        oldest = await take(queue)
+        if acked == "during_the_commit":
+            queue.ack(oldest)
+        held.let_go()
+        await flush
+        out = queue.stats().depth - count(path)  # the one taken, until it is acknowledged
+        if acked == "after_it":
+            queue.ack(oldest)
+        kept = [int(p[:6]) for p in rows(path)]
+        depth = queue.stats().depth
+
+    assert 0 < kept[0], "the oldest was dropped for space"
+    assert 0 == int(oldest.payload[:6])
+    assert (0 if acked == "during_the_commit" else 1) == out
+    assert len(kept) == depth
+
+
+async def test_the_depth_after_a_stop_that_cancelled_a_commit_counts_what_it_wrote(
+    tmp_path: Path,
+) -> None:
+    """The queue's task cancelled (the agent stopping) while its commit is in the I/O
+    thread: the commit lands, its outcome is lost, and the last one finds its rows there
+    already; the depth the agent reports after the stop still counts them."""
+    path = tmp_path / "q.db"
+    queue = DiskOutbox(settings(path), clock=CLOCK)
+    task = asyncio.create_task(queue.run(), name="queue")
+    held = HeldWrite(queue)
+    for n in range(3):
+        queue.put(TOPIC, b"%d" % n)
+    await held.started()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    held.let_go()
+    await queue.aclose()
+
+    assert 3 == count(path) == queue.stats().depth

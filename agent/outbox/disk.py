@@ -129,10 +129,12 @@ class DiskOutbox(QueueFront):
         self._closing = True
         self._wake.set()
         try:
-            await self._thread.settle()  # a call the queue's task left running (cancelled)
+            # A write the queue's task left running (cancelled) may have landed uncounted:
+            # the last commit counts the file again, for the depth the agent reports.
+            lost = await self._thread.settle()
             async with self._busy:
                 if self._open:
-                    await self._write()
+                    await self._write(recount=lost)
                 self._drops.log(force=True)
                 if self._unwritten:
                     log.error(
@@ -244,11 +246,13 @@ class DiskOutbox(QueueFront):
         self._seq = max(self._seq, time.time_ns() // 1000)
         self._sendable = self._seq
 
-    async def _write(self, *, sweep: bool = False, messages: bool = True) -> None:
+    async def _write(
+        self, *, sweep: bool = False, messages: bool = True, recount: bool = False
+    ) -> None:
         """Commit what is unwritten now, in commits of at most `_commit_bytes` each (what
         is put meanwhile waits for the next round: the queue's task has reads to do too)."""
         upto = self._seq
-        await self._commit(sweep=sweep, messages=messages)
+        await self._commit(sweep=sweep, messages=messages, recount=recount)
         while (
             messages
             and self._open
@@ -259,10 +263,16 @@ class DiskOutbox(QueueFront):
             await self._commit(upto=upto)
 
     async def _commit(
-        self, *, sweep: bool = False, messages: bool = True, upto: int | None = None
+        self,
+        *,
+        sweep: bool = False,
+        messages: bool = True,
+        upto: int | None = None,
+        recount: bool = False,
     ) -> None:
         """One commit: unwritten messages in, acknowledged (and superseded) ones out; with
-        `sweep`, the file's messages past max_age dropped too."""
+        `sweep`, the file's messages past max_age dropped too; with `recount` (or after a
+        failure), the file's rows counted again after it."""
         if messages:
             self._commit_at = None
         if not self._open:
@@ -298,7 +308,7 @@ class DiskOutbox(QueueFront):
                 supersede=supersede,
                 held=held,
                 age_cutoff_ms=cutoff,
-                recount=not self._health.ok,
+                recount=recount or not self._health.ok,
                 states=states,
             )
         except QueueError as exc:
@@ -331,7 +341,9 @@ class DiskOutbox(QueueFront):
             self.commits += 1
         for message in batch:
             self._unwritten.pop(message.seq)
+            self._uncounted.discard(message.seq)  # in `_disk_count` from now on
         self._acked.difference_update(deletes)
+        self._uncounted.difference_update(deletes)
         for topic, seq in supersede:
             if self._supersede_due.get(topic) == seq:
                 del self._supersede_due[topic]
@@ -364,11 +376,20 @@ class DiskOutbox(QueueFront):
                 files_bytes=result.files_bytes,
             )
         if result.dropped:
-            dropped = set(result.dropped)
-            self._discard(lambda seq, _topic: seq in dropped)
-            self._drops.count(
-                result.dropped_for or "max_bytes", len(result.dropped), result.dropped_bytes
-            )
+            self._dropped(result)
+
+    def _dropped(self, result: Written) -> None:
+        """Rows the bounds dropped: out of memory too. Those acknowledged, or taken, while
+        the commit was under way are off the file and off `_disk_count` already: nothing
+        to delete, and not to be taken off the depth a second time."""
+        dropped = set(result.dropped)
+        self._discard(lambda seq, _topic: seq in dropped)
+        self._acked -= dropped
+        self._uncounted -= dropped
+        self._gone |= dropped & (self._in_flight.keys() | self._retry.keys())
+        self._drops.count(
+            result.dropped_for or "max_bytes", len(result.dropped), result.dropped_bytes
+        )
 
     async def _write_failed(self, exc: QueueError) -> None:
         self._suspect_upto = self._seq
@@ -389,6 +410,8 @@ class DiskOutbox(QueueFront):
         self._disk_count = self._disk_bytes = 0
         self._unwritten.restore([*self._memory, *self._in_flight.values(), *self._retry.values()])
         self._acked.clear()
+        self._uncounted.clear()
+        self._gone.clear()
         self._backlog, self._live = ReadLane(0), ReadLane(self._backlog_end)
         log.error("queue_restarted_after_corruption", messages_lost=lost)
 

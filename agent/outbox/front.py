@@ -65,6 +65,14 @@ class QueueFront:
         self._in_flight: dict[int, Message] = {}
         self._retry: dict[int, Message] = {}  # released: sent again first
         self._acked: set[int] = set()  # on disk, acknowledged, deletion not yet committed
+        # Of those, the ones `_disk_count` does not count: acknowledged while a write that
+        # failed, or one still in the I/O thread, was to store them. Deleted all the same,
+        # but not taken off the depth (they are off it already, as unwritten no more).
+        self._uncounted: set[int] = set()
+        # Taken while a commit was under way, then dropped from the file by it (for the
+        # bounds; `held` was what was out when it began): counted in the depth until done
+        # with, and then there is nothing to delete.
+        self._gone: set[int] = set()
         # topic → the seq that replaced older unsent ones, until the file has deleted them
         # (reads from the file skip them meanwhile)
         self._supersede_due: dict[str, int] = {}
@@ -289,15 +297,21 @@ class QueueFront:
     def _forget(self, message: Message) -> None:
         """A taken message is done with (sent, dropped): off the disk too, in time."""
         seq = message.seq
+        if seq in self._gone:
+            self._gone.discard(seq)  # the file dropped it already
+            return
         unwritten = self._unwritten.pop(seq)
-        if unwritten is None or seq in self._writing or seq <= self._suspect_upto:
-            self._acked.add(seq)  # on disk (or about to be): delete it
-            if len(self._acked) >= self._settings.ack_batch:
-                self._commit_at = self._time()
-                self._wake.set()
-            elif self._commit_at is None:
-                self._commit_at = self._time() + self._settings.commit_interval
-                self._wake.set()
+        if unwritten is not None and seq not in self._writing and seq > self._suspect_upto:
+            return  # never written: nothing to delete
+        self._acked.add(seq)  # on disk (or perhaps): delete it
+        if unwritten is not None:
+            self._uncounted.add(seq)  # not in `_disk_count`: its write failed or is under way
+        if len(self._acked) >= self._settings.ack_batch:
+            self._commit_at = self._time()
+            self._wake.set()
+        elif self._commit_at is None:
+            self._commit_at = self._time() + self._settings.commit_interval
+            self._wake.set()
 
     def _trim_memory(self) -> None:
         """Keep memory bounded: committed messages leave it (they are read back later);
@@ -331,8 +345,12 @@ class QueueFront:
             self._forget(self._retry.pop(seq))
 
     def _depth(self) -> int:
-        """Messages not yet acknowledged (on disk or in memory)."""
-        return max(0, self._disk_count - len(self._acked)) + len(self._unwritten)
+        """Messages not yet acknowledged (on disk or in memory). Never fewer: only the
+        acknowledgements `_disk_count` counts are taken off it (it once said 0 during a
+        disk outage with messages on disk and in flight); a few more, for as long as a
+        failed write's rows wait to be deleted."""
+        counted = len(self._acked) - len(self._uncounted)
+        return max(0, self._disk_count - counted) + len(self._unwritten) + len(self._gone)
 
     def _backlog_waiting(self) -> int:
         if self._backlog_end == 0:

@@ -44,11 +44,14 @@ class QueueThread:
             if self._job is job and job.done():
                 self._job = None
 
-    async def settle(self) -> None:
-        """Wait for a call its caller left running (cancelled), whatever its outcome."""
-        if self._job is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._job)
+    async def settle(self) -> bool:
+        """Wait for a call its caller left running (cancelled), whatever its outcome; True
+        if there was one (what it did may never have reached its caller)."""
+        if self._job is None:
+            return False
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._job)
+        return True
 
     def shutdown(self) -> None:
         """Wait for the thread's work and end it."""

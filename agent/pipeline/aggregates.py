@@ -114,8 +114,9 @@ class Aggregator:
     The window's accumulators are the aggregator's own fields (no object per window), so
     that a sample of the open window, the hot path, is one method call on one object.
     `journal`, when set, is given `(index, timestamp_ms, value)` for every sample taken;
-    `on_close`, when set, is given the results of every window closed (both are for
-    agent.pipeline.aggregation, which keeps them durable and publishes them).
+    `on_close`, when set, is given the results of every window closed, and `on_open` the
+    end of every window opened (all three are for agent.pipeline.aggregation, which keeps
+    them durable, publishes them and knows when the next window closes).
     """
 
     __slots__ = (
@@ -138,6 +139,7 @@ class Aggregator:
         "journal",
         "late",
         "on_close",
+        "on_open",
         "spec",
     )
 
@@ -147,6 +149,7 @@ class Aggregator:
         self.journal: list[tuple[int, int, Number]] | None = None
         self.index = 0  # what this aggregator is called in `journal`
         self.on_close: Callable[[list[Result]], None] | None = None
+        self.on_open: Callable[[int], None] | None = None  # given each new window's end
         self._width = spec.window_ms
         # The open window: [end - width, end), or no window while `_end_ms` is -1 (then
         # every sample takes the slow path, which opens one).
@@ -285,6 +288,8 @@ class Aggregator:
         self._last_ms = timestamp_ms
         self._floor_ms = timestamp_ms
         self._area = 0
+        if self.on_open is not None:
+            self.on_open(self._end_ms)
         if self._previous is not None:
             held_until_ms = _window_end(self._previous[0], self._width)
             self._area = _lead_in_area(

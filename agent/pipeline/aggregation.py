@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import marshal
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,6 +54,7 @@ class Aggregation:
         self._windows: dict[Key, Aggregator] = {}
         self._pending: dict[str, list[Result]] = {}  # closed windows' results, by bucket
         self._on_close: dict[str, Callable[[list[Result]], None]] = {}  # one per bucket
+        self._earliest_ms = math.inf  # no open window ends before this
         for bucket, point_id, aggregate in points:
             names = dict(aggregate.names) if aggregate.names else NO_NAMES
             spec = WindowSpec(point_id, float(aggregate.window_s), aggregate.functions, names)
@@ -82,7 +84,15 @@ class Aggregation:
         window.index = self._windows[key].index  # the place of `key` in this config
         window.journal = self._journal
         window.on_close = self._on_close.get(key[0]) or self._closed(key[0])
+        window.on_open = self._opened
         self._windows[key] = window
+        due = window.next_close_ms()
+        if due is not None:
+            self._opened(due)
+
+    def _opened(self, end_ms: int) -> None:
+        if end_ms < self._earliest_ms:
+            self._earliest_ms = end_ms
 
     def _closed(self, bucket: str) -> Callable[[list[Result]], None]:
         def closed(results: list[Result]) -> None:
@@ -93,8 +103,15 @@ class Aggregation:
         return closed
 
     def close_due(self, now_ms: int) -> None:
-        for window in self._windows.values():
-            window.close_due(now_ms)
+        """Close every window that ended at or before `now_ms` (called each second: a
+        look at one number until the earliest window's end, then one pass over all)."""
+        if now_ms >= self._earliest_ms:
+            self._earliest_ms = math.inf
+            for window in self._windows.values():
+                window.close_due(now_ms)
+                due = window.next_close_ms()
+                if due is not None and due < self._earliest_ms:
+                    self._earliest_ms = due
         self.flush()
 
     def flush(self) -> None:
@@ -106,8 +123,7 @@ class Aggregation:
                 self._emit(bucket, results[start : start + RESULTS_PER_MESSAGE])
 
     def next_close_ms(self) -> int | None:
-        due = [t for w in self._windows.values() if (t := w.next_close_ms()) is not None]
-        return min(due, default=None)
+        return None if self._earliest_ms == math.inf else int(self._earliest_ms)
 
     # -- durability -------------------------------------------------------------------------
 

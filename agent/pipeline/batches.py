@@ -108,6 +108,15 @@ class Batcher:
             self._emit(bucket)
         return min((batch.deadline for batch in self._open.values()), default=None)
 
+    def hurry(self, within: float) -> None:
+        """No more readings are coming for now (a poll cycle ended): every open batch goes
+        out within `within` seconds, so that cycles ending together share a message."""
+        soon = self._clock() + within
+        for batch in self._open.values():
+            if batch.deadline > soon:
+                batch.deadline = soon
+                self.on_new_deadline(soon)
+
     def flush_all(self) -> None:
         for bucket in list(self._open):
             self._emit(bucket)

@@ -62,6 +62,9 @@ SOURCE_BACKOFF_MAX = 60.0  # seconds: the cap
 SETTINGS_STATE_FILE = "settings.json"  # beside the queue: what the cloud last asked for
 AGGREGATES = "aggregates"  # the name of the aggregates' state in the queue's file
 WINDOW_CHECK = 1.0  # seconds: the longest the window timer sleeps
+# After a poll cycle, its batches wait this long for the cycles ending with it (devices
+# polled on one grid answer within milliseconds of each other): one message, not twenty.
+CYCLE_SETTLE = 0.02
 MAX_SCAN = 255 * 8 * 3  # addresses by speeds by parities a scan through the agent may ask
 
 
@@ -287,7 +290,7 @@ class Agent:
         if self.aggregation:
             self._keep_aggregates()
         if self.config.batch.flush_at_cycle_end:
-            self.batcher.flush_all()
+            self.batcher.hurry(CYCLE_SETTLE)
 
     def _keep_aggregates(self) -> None:
         """Closed windows' results into the queue, and the open ones into its next commit."""
