@@ -139,6 +139,9 @@ class MqttClient:
         self.keepalive = keepalive
         self.messages: list[Message] = []
         self.arrivals: list[float] = []  # wall-clock seconds each message arrived, in step
+        # Each data message's readings, decoded once: (thing, bucket, readings), in step
+        # with `messages` as far as `readings()` has looked (tests ask it at every arrival).
+        self._decoded: list[tuple[str, str, list[dict[str, Any]]] | None] = []
         #: granted QoS per subscription from the last SUBACK (128 = refused)
         self.granted: dict[str, int] = {}
         self._storage = _AckStorage()
@@ -242,6 +245,7 @@ class MqttClient:
     def clear(self) -> None:
         self.messages.clear()
         self.arrivals.clear()
+        self._decoded.clear()
 
     def on_topic(self, topic: str) -> list[Message]:
         return [message for message in self.messages if message.topic == topic]
@@ -363,17 +367,24 @@ class CloudClient(MqttClient):
 
         A payload may be one object or an array of objects (the document allows both).
         """
-        found: list[dict[str, Any]] = []
-        for message in self.messages:
+        if len(self._decoded) > len(self.messages):  # cleared meanwhile
+            self._decoded.clear()
+        for message in self.messages[len(self._decoded) :]:
             parts = message.topic.split("/")
             if len(parts) != 4 or parts[0] != "$thing" or parts[2] != "$data":
-                continue
-            if (bucket is not None and parts[3] != bucket) or (
-                thing_id is not None and parts[1] != thing_id
-            ):
+                self._decoded.append(None)
                 continue
             decoded = message.json()
-            found.extend(decoded if isinstance(decoded, list) else [decoded])
+            self._decoded.append(
+                (parts[1], parts[3], decoded if isinstance(decoded, list) else [decoded])
+            )
+        found: list[dict[str, Any]] = []
+        for entry in self._decoded:
+            if entry is None:
+                continue
+            thing, its_bucket, readings = entry
+            if (bucket is None or its_bucket == bucket) and (thing_id is None or thing == thing_id):
+                found.extend(readings)
         return found
 
     def reported(

@@ -135,7 +135,9 @@ async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flo
         broker,
         counting_device(tcp_plant, interval=0.02, points=40),
         queue_path=queue_path,
-        batch="max_delay = 0.1",
+        # Batches of five cycles, not one message per cycle: 50 cycles a second, and the
+        # cloud side, the plant and the agent share this process's event loop.
+        batch="max_delay = 0.1\nflush_at_cycle_end = false",
         log_format="logfmt",
     )
     with capture_logs() as logs:
@@ -159,8 +161,14 @@ async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flo
             await broker.start_async()
             await cloud.wait_connected(timeout=WAIT)
             back_at = reads(sim_unit)
-            await cloud.wait_for(
-                lambda _: max(received(cloud), default=0) >= back_at + 50, timeout=WAIT
+            # Checked every 0.1 s, not at each of the many messages arriving: a check
+            # counts every reading so far, and at each arrival it would starve the loop
+            # the agent and the simulated unit share (its requests then time out).
+            await poll_until(
+                lambda: max(received(cloud), default=0) >= back_at + 50,
+                timeout=WAIT,
+                what="live readings after the broker came back",
+                interval=0.1,
             )
             await asyncio.to_thread(small_disk.free)
             await poll_until(
@@ -171,8 +179,11 @@ async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flo
             sim_unit.dead = True
             last = reads(sim_unit)
             with contextlib.suppress(TimeoutError):  # the assertions say what is missing
-                await cloud.wait_for(
-                    lambda _: set(range(full_at, last + 1)) <= set(received(cloud)), timeout=WAIT
+                await poll_until(
+                    lambda: set(range(full_at, last + 1)) <= set(received(cloud)),
+                    timeout=WAIT,
+                    what="every reading made after the disk filled",
+                    interval=0.1,
                 )
             # A batch still open (the last read's readings past max_readings, without the
             # counter the cloud waited for) is not in the queue yet: the stop would queue

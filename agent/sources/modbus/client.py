@@ -306,8 +306,14 @@ class ModbusLine:
         # pymodbus applies its own time-out; ours is the backstop.
         backstop = asyncio.timeout(self._config.timeout * 2 + 1)
 
+        waiting = True
+
         def expire(_: asyncio.Future[None]) -> None:
-            backstop.reschedule(loop.time())
+            # Scheduled when the connection closed, it may run after the request ended
+            # (removing a done callback does not unschedule it): a finished time-out
+            # cannot be rescheduled.
+            if waiting:
+                backstop.reschedule(loop.time())
 
         lost.add_done_callback(expire)
         try:
@@ -318,6 +324,7 @@ class ModbusLine:
                 raise ConnectionException("the connection closed during the request") from None
             raise
         finally:
+            waiting = False
             lost.remove_done_callback(expire)
         _raise_if_cancelled()
         return response
