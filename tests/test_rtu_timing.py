@@ -10,7 +10,6 @@ is what is tested here: what the agent says, and whether it still polls.
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -98,8 +97,9 @@ async def test_a_short_wait_is_never_early_nor_rounded_up_to_the_millisecond(
         lateness.append(time.monotonic() - deadline)
 
     assert min(lateness) >= 0
-    # asyncio.sleep(0.0002) wakes 0.8 ms late at best: its selector's 1 ms, less the wait.
-    assert statistics.median(lateness) < (ROUNDING - SHORT) / 2, lateness
+    # asyncio.sleep(0.0002) wakes 0.8 ms late at best: its selector's 1 ms, less the wait;
+    # the least lateness is the wake a loaded machine did not delay.
+    assert min(lateness) < (ROUNDING - SHORT) / 2, lateness
 
 
 async def test_a_cancelled_wait_does_not_end_the_next_one_early(timer: Timer) -> None:
@@ -145,7 +145,9 @@ async def test_the_silence_is_kept_and_not_rounded_up(pty_pair: PtyPair) -> None
     gaps = silences(plant.wire)
     assert 29 == len(gaps)
     assert min(gaps) >= silence, "from the reply's end, not shorter"
-    assert statistics.median(gaps) < silence + ROUNDING / 2, gaps
+    # Rounded up to asyncio's millisecond, no gap could be under 2 ms; kept, most are
+    # (the least of them is the one a loaded machine woke on time: noise only adds).
+    assert min(gaps) < silence + ROUNDING * 3 / 4, gaps
 
 
 async def test_only_what_is_left_of_the_silence_is_waited(pty_pair: PtyPair) -> None:
@@ -167,8 +169,10 @@ async def test_only_what_is_left_of_the_silence_is_waited(pty_pair: PtyPair) -> 
 
     gaps = silences(plant.wire)
     assert all(gap >= silence for gap in gaps), gaps
-    assert silence - busy - 0.005 < waited < silence - busy + 0.01, waited
-    assert at_once < 0.005, at_once
+    # Bounds wide enough for a loaded machine, narrow enough to tell the rest of the
+    # silence (0.02 s) from the whole of it (0.05 s), and at once from either.
+    assert silence - busy - 0.005 < waited < silence - 0.01, waited
+    assert at_once < (silence - busy) / 2, at_once
 
 
 # -- the port's modes on a port without them ------------------------------------------------
