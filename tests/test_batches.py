@@ -152,16 +152,30 @@ def test_a_hurried_batch_goes_within_the_settle_time_and_takes_what_comes_meanwh
     batches.on_new_deadline = announced.append
     batches.add(reading(0))
     batches.add(reading(1, bucket="other"))
-    batches.hurry(0.02)
+    batches.hurry(0.02, quiet_for=60)
     clock.now += 0.01
     batches.add(reading(2))  # another device's cycle, ending a moment later
-    batches.hurry(0.02)  # does not push the first one's deadline back
+    batches.hurry(0.02, quiet_for=60)  # does not push the first one's deadline back
 
     assert batches.flush_due() == 1000.02
     clock.now += 0.01
     assert batches.flush_due() is None
     assert [["p0", "p2"], ["p1"]] == [ids(b) for b in sent]
     assert [1030.0, 1030.0, 1000.02, 1000.02] == announced
+
+
+def test_a_batch_the_next_cycle_can_join_is_not_hurried(sent: Sent, clock: FakeClock) -> None:
+    """A source polled every 0.1 s with max_delay 1: its cycles pack into one message."""
+    batches = batcher(sent, clock, max_delay=1.0)
+    batches.add(reading(0))
+    batches.hurry(0.02, quiet_for=0.1)
+
+    assert batches.flush_due() == 1001.0
+    clock.now += 0.1
+    batches.add(reading(1))
+    clock.now += 0.9
+    batches.flush_due()
+    assert [["p0", "p1"]] == [ids(b) for b in sent]
 
 
 def test_a_new_batch_starts_its_own_delay(sent: Sent, clock: FakeClock) -> None:

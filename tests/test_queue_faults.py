@@ -135,9 +135,7 @@ async def test_a_full_disk_during_an_outage_keeps_the_agent_up_and_live_data_flo
         broker,
         counting_device(tcp_plant, interval=0.02, points=40),
         queue_path=queue_path,
-        # Batches of five cycles, not one message per cycle: 50 cycles a second, and the
-        # cloud side, the plant and the agent share this process's event loop.
-        batch="max_delay = 0.1\nflush_at_cycle_end = false",
+        batch="max_delay = 0.1",
         log_format="logfmt",
     )
     with capture_logs() as logs:

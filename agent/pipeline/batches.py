@@ -108,12 +108,16 @@ class Batcher:
             self._emit(bucket)
         return min((batch.deadline for batch in self._open.values()), default=None)
 
-    def hurry(self, within: float) -> None:
-        """No more readings are coming for now (a poll cycle ended): every open batch goes
-        out within `within` seconds, so that cycles ending together share a message."""
-        soon = self._clock() + within
+    def hurry(self, within: float, *, quiet_for: float = 0.0) -> None:
+        """A poll cycle ended and its source is quiet for `quiet_for` seconds: an open
+        batch that would wait beyond that for readings that cannot come goes out within
+        `within` instead (so that cycles ending together share a message). One that its
+        next cycle can still join before its max_delay waits as it would (a fast poller
+        packs several cycles, as max_delay allows)."""
+        now = self._clock()
+        soon, next_cycle = now + within, now + quiet_for
         for batch in self._open.values():
-            if batch.deadline > soon:
+            if batch.deadline > soon and batch.deadline <= next_cycle + within:
                 batch.deadline = soon
                 self.on_new_deadline(soon)
 

@@ -278,19 +278,21 @@ class Agent:
             if taps:
                 source.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
         if inputs or self.aggregation or self.config.batch.flush_at_cycle_end:
+            ended = partial(self._after_cycle, source)
             if isinstance(source, DevicePoller):
-                source.on_cycle = self._after_cycle
+                source.on_cycle = ended
             else:
-                source.on_report = self._after_cycle
+                source.on_report = ended
 
-    def _after_cycle(self) -> None:
+    def _after_cycle(self, source: DevicePoller | Instrument) -> None:
         """A source's cycle (or an instrument's report) ended: its derived points worked
-        out, its aggregates kept, and its readings sent (no more are coming now)."""
+        out, its aggregates kept, and its readings sent if no more of them can join the
+        batch before it would go anyway (the next cycle comes after its max_delay)."""
         self.calculator.evaluate()
         if self.aggregation:
             self._keep_aggregates()
         if self.config.batch.flush_at_cycle_end:
-            self.batcher.hurry(CYCLE_SETTLE)
+            self.batcher.hurry(CYCLE_SETTLE, quiet_for=source.interval)
 
     def _keep_aggregates(self) -> None:
         """Closed windows' results into the queue, and the open ones into its next commit."""
@@ -311,7 +313,7 @@ class Agent:
         while True:
             now = self.clock.wall_ms()
             self.aggregation.close_due(now)
-            self._keep_aggregates()  # samples from instruments, which have no cycle hook
+            self._keep_aggregates()  # the state of the windows close_due closed
             due = self.aggregation.next_close_ms()
             wait = WINDOW_CHECK if due is None else min(WINDOW_CHECK, max(0, due - now) / 1000)
             await asyncio.sleep(wait)
