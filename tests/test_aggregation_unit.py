@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from agent.config.model import Aggregate
 from agent.outbox.rows import StateWrite
@@ -105,3 +106,53 @@ def test_the_next_close_is_the_earliest_window_end_whichever_opened_last() -> No
     windows.close_due(1_010_000)
     assert [Result("fast_count", 1, 1_010_000)] == results
     assert 1_020_000 == windows.next_close_ms()
+
+
+def test_a_snapshot_cut_short_keeps_the_windows_before_the_cut_and_replays_the_journal() -> None:
+    def two(into: list[Result]) -> Aggregation:
+        points = [("b", "v", AGGREGATE), ("b", "w", AGGREGATE)]
+        return Aggregation(points, emit=lambda bucket, results: into.extend(results))
+
+    results: list[Result] = []
+    first = two([])
+    first.tap("b", "v")(5, 1_000_000)
+    first.tap("b", "w")(1, 1_000_000)
+    snapshot = first.write().snapshot
+    assert snapshot is not None
+    first.tap("b", "v")(7, 1_001_000)
+    journal = first.write().journal
+
+    with capture_logs() as logs:
+        second = two(results)
+        second.restore(snapshot[:-3], journal)  # w's state cut short
+    second.tap("b", "v")(9, 1_002_000)
+    second.close_due(10**12)
+
+    assert ["aggregates_state_unusable"] == [
+        e["event"] for e in logs if e["log_level"] == "warning"
+    ]
+    assert {"v_count": 3, "v_max": 9} == {  # 5 from the snapshot, 7 from the journal, 9
+        r.id: r.value for r in results if r.id in ("v_count", "v_max")
+    }
+    assert [] == [r for r in results if r.id.startswith("w_")]  # started afresh, no samples
+
+
+def test_an_unreadable_journal_entry_is_said_and_the_others_replayed() -> None:
+    results: list[Result] = []
+    first = aggregation([])
+    snapshot = first.write().snapshot  # no window open
+    assert snapshot is not None
+    first.tap("b", "v")(6, 1_000_500)
+    good = first.write().journal
+
+    with capture_logs() as logs:
+        second = aggregation(results)
+        second.restore(snapshot, [b"\x00garbage", *good])
+    second.close_due(10**12)
+
+    assert ["aggregates_journal_unusable"] == [
+        e["event"] for e in logs if e["log_level"] == "warning"
+    ]
+    assert {"v_count": 1, "v_max": 6} == {
+        r.id: r.value for r in results if r.id in ("v_count", "v_max")
+    }

@@ -176,11 +176,18 @@ class Aggregation:
             if header.get("version") != STATE_VERSION:
                 raise ValueError(f"state version {header.get('version')}")
             order: list[Key | None] = [(str(key[0]), str(key[1])) for key in header["order"]]
-            for key in order:
-                self._restore_window(key, marshal.load(stream))
         except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
             log.warning("aggregates_state_unusable", reason=str(exc))
             return []
+        for key in order:
+            try:
+                state = marshal.load(stream)
+            except (ValueError, TypeError, EOFError) as exc:
+                # Cut short: the windows before are kept, the rest start afresh; the
+                # journal still replays onto all of them (`order` is whole).
+                log.warning("aggregates_state_unusable", reason=str(exc), from_point=key)
+                break
+            self._restore_window(key, state)
         return order
 
     def _restore_window(self, key: Key | None, state: Any) -> None:
