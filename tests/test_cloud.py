@@ -201,6 +201,33 @@ async def test_a_503_is_retried_and_a_404_is_not(tmp_path: Path, paas: PaasSimul
     assert 2 == code, out
     assert 3 == len([r for r in paas.requests if r.path.endswith("/data-buckets")])
 
+    paas.requests.clear()
+    paas.fail_next(404)
+    code, out, err = await cloud("plan", "--config", str(config))
+
+    assert 1 == code, out
+    assert "404" in err
+    assert 1 == len([r for r in paas.requests if r.path.endswith("/data-buckets")])
+
+
+async def test_a_token_shorter_lived_than_the_margin_is_fetched_once_not_per_request(
+    tmp_path: Path,
+) -> None:
+    with PaasSimulator(api_key=KEY, things={THING: "gw"}, page_size=2, token_lifetime=10) as short:
+        (tmp_path / "client-secret").write_text(short.client_secret)
+        extra = (
+            'auth = "oauth"\n'
+            f'client_id = "{short.client_id}"\n'
+            f'client_secret_file = "{tmp_path / "client-secret"}"\n'
+        )
+        config = write_config(tmp_path, short, extra=extra)
+        assert 0 == (await cloud("apply", "--config", str(config)))[0]
+
+        tokens = [r for r in short.requests if r.path.endswith("/oauth/token")]
+        others = [r for r in short.requests if not r.path.endswith("/oauth/token")]
+    assert len(others) > 2, "enough requests to tell one token from one a request"
+    assert 1 == len(tokens)
+
 
 async def test_oauth_client_credentials_get_a_token(tmp_path: Path, paas: PaasSimulator) -> None:
     (tmp_path / "client-secret").write_text(paas.client_secret)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.cloud.provision import Shape, compare, have, render, wanted
 from agent.config import Config, load_config
+from agent.errors import PaasError
 from agent.service.health import health_shapes
 
 CONFIG = """
@@ -145,3 +148,12 @@ def test_the_same_on_both_sides_is_nothing_to_do(tmp_path: Path) -> None:
     assert ["The thing's data buckets and shapes match the config: nothing to do."] == render(
         [], got
     )
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [[{"dataShapes": []}], ["sensorData"], [{"id": "b", "dataShapes": [{"valueType": "float"}]}]],
+)
+def test_a_listing_that_is_not_buckets_and_shapes_is_a_paas_error(listed: list[object]) -> None:
+    with pytest.raises(PaasError, match="the platform listed"):
+        have(listed)

@@ -21,10 +21,10 @@ from typing import Any, Literal, Protocol
 
 from agent.config import Config
 from agent.config.model import Aggregate
+from agent.errors import PaasError
 from agent.pipeline.readings import ValueType
 
 _PRUNED = "(not in the config: apply --prune deletes it)"
-VALUE_TYPES = ("string", "integer", "float", "hex", "boolean", "coordinate")
 
 
 @dataclass(frozen=True)
@@ -160,12 +160,19 @@ def have(listed: list[Any]) -> Buckets:
     """The thing's buckets, from List Data Buckets' `data`."""
     buckets: Buckets = {}
     for bucket in listed:
-        shapes = buckets.setdefault(str(bucket["id"]), {})
-        for shape in bucket.get("dataShapes") or []:
-            shapes[str(shape["id"])] = Shape(
+        shapes = buckets.setdefault(str(_field(bucket, "id", "a data bucket")), {})
+        for shape in _field(bucket, "dataShapes", "a data bucket", default=[]) or []:
+            shapes[str(_field(shape, "id", "a data shape"))] = Shape(
                 str(shape.get("valueType")), shape.get("alias"), shape.get("unit")
             )
     return buckets
+
+
+def _field(item: Any, key: str, what: str, *, default: Any = None) -> Any:
+    """`item[key]` of a listed object; PaasError (said, not a traceback) if it is not one."""
+    if not isinstance(item, dict) or (default is None and key not in item):
+        raise PaasError(f"the platform listed {what} without {key!r}: {str(item)[:80]!r}")
+    return item.get(key, default)
 
 
 def compare(want: Buckets, got: Buckets) -> list[Change]:

@@ -17,6 +17,7 @@ commands are short, sequential runs) and a pluggable transport.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ class PaasClient:
         credentials = self._credentials
         if credentials.api_key is not None:
             return f"ApiKey {credentials.api_key}"
-        if self._token is None or time.monotonic() > self._token_until - TOKEN_MARGIN:
+        if self._token is None or time.monotonic() > self._token_until:
             self._fetch_token()
         return f"Bearer {self._token}"
 
@@ -184,7 +185,13 @@ class PaasClient:
         if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
             raise PaasError(f"POST {url}: the reply holds no access_token")
         self._token = token["access_token"]
-        self._token_until = time.monotonic() + float(token.get("expires_in") or 0)
+        lifetime = token.get("expires_in")
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+            # No usable lifetime: kept until a 401 says otherwise (one token, not one a
+            # request, which a missing or a short `expires_in` would have meant).
+            lifetime = math.inf
+        # Fetched again a margin before it ends: half its life for a short-lived one.
+        self._token_until = time.monotonic() + lifetime - min(TOKEN_MARGIN, lifetime / 2)
 
     @staticmethod
     def _data(body: Any) -> Any:
