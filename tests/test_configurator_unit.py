@@ -262,6 +262,20 @@ async def test_unknown_and_rejected_entries_write_nothing_and_are_summed_up_in_o
     assert 1 == len(await rig.reports())  # the group is reported all the same
 
 
+async def test_a_thousand_made_up_ids_keep_a_bounded_list_of_refusals() -> None:
+    rig = Rig()
+    with captured_logs():
+        for n in range(10):
+            await rig.apply("gw-1-setting", **{f"junk{n}_{i}": 1 for i in range(100)})
+
+    said = rig.configurator.refusals["gw-1-setting"]
+    assert 100 == len(said)
+    assert "junk9_99" in said  # the newest kept
+    assert "junk0_0" not in said
+    assert 1000 == rig.configurator.rejected
+    assert [] == rig.writes()
+
+
 async def test_an_agent_setting_goes_to_its_source_and_is_reported_from_it() -> None:
     rig = Rig()
 

@@ -57,6 +57,8 @@ from agent.sources.modbus.points import Table
 
 log = structlog.get_logger("agent.config")
 
+REFUSALS_KEPT = 100  # per group: what `cloud config` shows as refused
+
 LOG_INTERVAL = 10.0
 """Seconds between two warnings of one kind about one group's cloud input."""
 SHOWN_IDS = 5
@@ -232,10 +234,14 @@ class Configurator:
                 refused.append((entry.id, str(exc)))
         self.rejected += len(unknown) + len(refused)
         said = self.refusals.setdefault(group, {})
-        said.update({key: "not declared in this group" for key in unknown})
+        for key in unknown:  # the newest last, so that the oldest go first
+            said.pop(key, None)
+            said[key] = "not declared in this group"
         said.update(dict(refused))
         for setting, _, _ in accepted:
             said.pop(setting.id, None)
+        while len(said) > REFUSALS_KEPT:  # ids the cloud made up: no end to them
+            del said[next(iter(said))]
         self._summarize(group, unknown, refused)
         for setting, value, form in accepted:
             await self._apply_one(setting, value, form)
