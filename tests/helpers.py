@@ -170,10 +170,12 @@ def runs(values: Iterable[int]) -> list[tuple[int, int]]:
 
 
 @asynccontextmanager
-async def running_queue(settings: QueueSettings, *, clock: Clock) -> AsyncIterator[DiskOutbox]:
+async def running_queue(
+    settings: QueueSettings, *, clock: Clock, loop_time: Callable[[], float] | None = None
+) -> AsyncIterator[DiskOutbox]:
     """A DiskOutbox with its task running, as the service runs it; closed (committing
     what is pending) on exit."""
-    queue = DiskOutbox(settings, clock=clock)
+    queue = DiskOutbox(settings, clock=clock, loop_time=loop_time)
     task = asyncio.create_task(queue.run(), name="queue")
     try:
         yield queue

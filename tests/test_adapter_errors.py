@@ -36,6 +36,7 @@ from agent.cloud import mqtt
 from agent.cloud.mqtt import MqttSession
 from agent.config import resolve
 from agent.config.schema import ModbusConfig, MqttConfig, SerialConfig
+from agent.config.sections import InstrumentLine, MqttSection
 from agent.errors import (
     BrokerAuthRefused,
     BrokerError,
@@ -301,7 +302,7 @@ async def test_a_serial_line_that_vanishes_under_a_request_is_told_at_once(
 # -- serial instruments -------------------------------------------------------------------
 
 
-def serial_config(device: str | Path) -> SerialConfig:
+def serial_section(device: str | Path) -> SerialConfig:
     return SerialConfig.model_validate(
         {
             "name": "inst",
@@ -311,6 +312,10 @@ def serial_config(device: str | Path) -> SerialConfig:
             "points": [{"id": "sats", "field": "satellites"}],
         }
     )
+
+
+def serial_config(device: str | Path) -> InstrumentLine:
+    return resolve.instrument(serial_section(device)).line
 
 
 def open_error(device: str | Path) -> DeviceError:
@@ -373,7 +378,7 @@ async def test_the_instrument_counts_bad_checksums_by_their_type(pty_pair: PtyPa
     malformed = sentence("GPGGA,123519,48x7.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
     source = Instrument(
         open_line=SerialPort,
-        config=resolve.instrument(serial_config(pty_pair.device_b)),
+        config=resolve.instrument(serial_section(pty_pair.device_b)),
         emit=lambda _: None,
     )
     with instrument_end(pty_pair) as fd:
@@ -405,8 +410,8 @@ def test_a_bad_checksum_is_a_checksum_error_and_a_bad_field_is_not() -> None:
 # -- MQTT ---------------------------------------------------------------------------------
 
 
-def mqtt_config(host: str, mqtt_port: int, **options: Any) -> MqttConfig:
-    return MqttConfig.model_validate(
+def mqtt_config(host: str, mqtt_port: int, **options: Any) -> MqttSection:
+    config = MqttConfig.model_validate(
         {
             "host": host,
             "port": mqtt_port,
@@ -417,13 +422,14 @@ def mqtt_config(host: str, mqtt_port: int, **options: Any) -> MqttConfig:
             **options,
         }
     )
+    return resolve.mqtt(config)
 
 
 def connect_failures(logs: Logs) -> Logs:
     return [e for e in logs if e["event"] in ("mqtt_connect_failed", "mqtt_auth_refused")]
 
 
-async def first_connect_failure(*, thing_id: str, secret: str, config: MqttConfig) -> Logs:
+async def first_connect_failure(*, thing_id: str, secret: str, config: MqttSection) -> Logs:
     """The session's first failed connect, as logged: [event]."""
     with captured_logs() as logs:
         session = MqttSession(thing_id=thing_id, secret=secret, config=config)

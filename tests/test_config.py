@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from agent.config import (
     AgentTarget,
     RegisterTarget,
     SerialSettings,
+    confined,
     load_config,
     load_settings,
     masked,
@@ -1187,8 +1189,45 @@ def test_the_resolved_config_cannot_be_changed(write: Write) -> None:
 
     with pytest.raises(AttributeError):
         config.connections[0].devices[0].points[0].bucket = "elsewhere"  # type: ignore[misc]
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.mqtt.port = 1  # type: ignore[misc]
+
+
+def test_the_config_the_agent_receives_holds_no_pydantic_and_comes_back_whole() -> None:
+    """Validated by a child (agent.config.confined): the agent's process unpickles plain
+    objects, secret and compiled expressions included, and never imports pydantic."""
+    probe = (
+        "import sys; from agent.config import confined; "
+        "config = confined.start('config.example.toml').result(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0].startswith('pydantic'))); "
+        "print(config.secret.get_secret_value() != '', repr(config.secret)); "
+        "d = config.derived[0]; print(d.expression({'temperature': 10.0}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "ORIO_AGENT_THING__SECRET": "s3cr3t-value"},
+    )
+
+    modules, secret, derived = result.stdout.splitlines()
+    assert "[]" == modules
+    assert "True Secret('**********')" == secret
+    assert "50.0" == derived  # temperature * 1.8 + 32
+    assert "s3cr3t-value" not in result.stdout + result.stderr
+
+
+def test_a_bad_file_is_the_same_config_error_from_the_confined_loader(write: Write) -> None:
+    path = write(BASE.replace("port = 8083", 'port = "five"', 1))
+    with pytest.raises(ConfigError) as in_process:
+        load_config(path)
+    with pytest.raises(ConfigError) as confined_error:
+        confined.start(path).result()
+
+    assert str(in_process.value) == str(confined_error.value)
+    assert in_process.value.problems == confined_error.value.problems
 
 
 def test_importlib_metadata_stays_out_of_the_agent() -> None:

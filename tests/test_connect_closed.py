@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from agent.cloud.mqtt import MqttSession
-from agent.config.schema import MqttConfig
+from agent.config.sections import MqttSection
 from agent.testing import captured_logs
 from sim.broker import LOOPBACK
 from tests.helpers import poll_until
@@ -69,7 +69,7 @@ async def closing_listener(how: str) -> AsyncIterator[ClosingListener]:
 
 
 @asynccontextmanager
-async def session_running(config: MqttConfig) -> AsyncIterator[Logs]:
+async def session_running(config: MqttSection) -> AsyncIterator[Logs]:
     """A session connecting to `config`'s broker; its log lines."""
     with captured_logs() as logs:
         session = MqttSession(thing_id="t1", secret="s", config=config)

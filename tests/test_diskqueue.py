@@ -119,25 +119,80 @@ def files_bytes(path: Path) -> int:
     )
 
 
-async def test_a_message_is_committed_before_it_can_be_taken(tmp_path: Path) -> None:
+async def test_a_message_acknowledged_before_its_commit_never_touches_the_disk(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "q.db"
-    async with running(path, commit_interval=60) as queue:
-        queue.put(TOPIC, b"[1]")
+    async with running(path, commit_interval=0.2) as queue:
+        queue.put(TOPIC, b"acked")
+        queue.put(TOPIC, b"unsent")
+        acked = await take(queue)  # at once: no commit before delivery
+        queue.ack(acked)
+        await until(lambda: count(path) == 1)  # the timed commit
 
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(queue.take(), 0.2)
-        await queue.flush()
-
-        assert [b"[1]"] == rows(path)
-        assert b"[1]" == (await take(queue)).payload
+        assert [b"unsent"] == rows(path)
+        assert b"acked" == acked.payload
 
 
-async def test_the_commit_comes_by_itself_after_commit_interval(tmp_path: Path) -> None:
+async def test_a_message_in_flight_too_long_is_written_by_its_commit(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     async with running(path, commit_interval=0.1) as queue:
         queue.put(TOPIC, b"[1]")
         assert b"[1]" == (await take(queue)).payload
+        await until(lambda: count(path) == 1)  # never acknowledged: written all the same
+
         assert [b"[1]"] == rows(path)
+
+
+async def test_a_commit_leaves_messages_in_flight_less_than_half_its_interval(
+    tmp_path: Path,
+) -> None:
+    """The acknowledgement of a message just sent is expected before the commit: it is
+    left for the next, due when it is commit_interval old (durability as before)."""
+    now = [0.0]
+    path = tmp_path / "q.db"
+    async with running_queue(
+        settings(path, commit_interval=60), clock=CLOCK, loop_time=lambda: now[0]
+    ) as queue:
+        queue.put(TOPIC, b"waiting")
+        queue.put(TOPIC, b"sent")
+        waiting, sent = await take(queue), await take(queue)
+        queue.release(waiting)  # not in flight: due whatever its age
+        now[0] = 20.0  # both put 20 s ago: less than half of 60
+        async with queue._busy:
+            await queue._write()
+        assert [b"waiting"] == rows(path)
+        assert 60.0 == queue._commit_at  # when `sent` is commit_interval old
+
+        now[0] = 31.0
+        async with queue._busy:
+            await queue._write()
+        assert [b"waiting", b"sent"] == rows(path)
+        assert (b"waiting", b"sent") == (waiting.payload, sent.payload)
+
+
+async def test_a_commit_leaves_a_new_message_delivery_is_waiting_to_take(
+    tmp_path: Path,
+) -> None:
+    """Delivery waiting in take() takes what is put as soon as the loop comes round: a
+    commit in between does not write it. Nobody waiting (the broker away): written."""
+    now = [0.0]
+    path = tmp_path / "q.db"
+    async with running_queue(
+        settings(path, commit_interval=60), clock=CLOCK, loop_time=lambda: now[0]
+    ) as queue:
+        taker = asyncio.create_task(queue.take())
+        await until(lambda: queue._taker_waiting)
+        queue.put(TOPIC, b"taken soon")
+        async with queue._busy:  # before the taker runs again
+            await queue._write()
+        assert [] == rows(path)
+        assert b"taken soon" == (await asyncio.wait_for(taker, GENEROUS)).payload
+
+        queue.put(TOPIC, b"nobody waiting")
+        async with queue._busy:
+            await queue._write()
+        assert [b"nobody waiting"] == rows(path)
 
 
 async def test_messages_go_oldest_first_and_survive_reopening(tmp_path: Path) -> None:
@@ -369,7 +424,8 @@ async def test_inserts_and_deletes_are_grouped_into_few_commits(tmp_path: Path) 
     async with running(path, commit_interval=0.2, ack_batch=1000) as queue:
         for n in range(100):
             queue.put(TOPIC, b"%d" % n)
-        taken = [await take(queue) for _ in range(100)]  # the first waits for the timed commit
+        await until(lambda: count(path) == 100)  # nothing taken: all in the timed commit
+        taken = [await take(queue) for _ in range(100)]
         for message in taken:
             queue.ack(message)
     # closing commits the deletions

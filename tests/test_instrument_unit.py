@@ -14,6 +14,7 @@ import pytest
 
 from agent.config import resolve
 from agent.config.schema import SerialConfig
+from agent.config.sections import InstrumentLine
 from agent.pipeline.readings import Reading
 from agent.sources.serial.instrument import Instrument
 from agent.testing import FakeSerialLine, captured_logs, run_in_virtual_time
@@ -25,7 +26,7 @@ PATTERN = r"^T=(?P<t>[-\d.]+)$"
 MADE: list[FakeSerialLine] = []  # the lines `make` opened, for the `lines` fixture
 
 
-def fake_line(config: SerialConfig, on_data: Callable[[bytes], None]) -> FakeSerialLine:
+def fake_line(config: InstrumentLine, on_data: Callable[[bytes], None]) -> FakeSerialLine:
     MADE.append(FakeSerialLine(on_data, name=config.name))
     return MADE[-1]
 

@@ -35,7 +35,7 @@ from gmqtt.mqtt.handler import MQTTConnectError
 from gmqtt.storage import PersistentStorage
 
 from agent.cloud.subscriber import Subscriber
-from agent.config.schema import MqttConfig
+from agent.config.sections import MqttSection
 from agent.errors import (
     BrokerAuthRefused,
     BrokerError,
@@ -143,7 +143,7 @@ class MqttSession:
         *,
         thing_id: str,
         secret: str,
-        config: MqttConfig,
+        config: MqttSection,
         subscriptions: Topics = _no_topics,
         on_message: MessageHandler | None = None,
         on_connect: Callable[[], None] | None = None,

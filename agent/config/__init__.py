@@ -7,13 +7,20 @@ config the agent runs on.
     checks.py    the rules that span keys (registers.py: those of one register reference)
     problems.py  errors reworded, with key and line (tomlpos.py finds the line)
     resolve.py   defaults, inheritance and targets resolved, once
-    model.py     the frozen objects the rest of the agent receives
+    model.py     the frozen objects the rest of the agent receives (sections.py: the
+                 sections that need no resolving, as plain copies)
     load.py      load_config: all of the above, every problem reported in one run
+    confined.py  load_config in a process of its own, for the agent: it never imports
+                 pydantic
+
+Importing this package imports nothing of pydantic: `load_config`, `load_settings` and
+`masked` are imported from agent.config.load when first asked for.
 """
 
-import agent.config.no_plugins  # noqa: F401  (first: before pydantic builds a model)
-from agent.config.load import DEFAULT_PATH, load_config, load_settings, masked
+from typing import TYPE_CHECKING, Any
+
 from agent.config.model import (
+    DEFAULT_PATH,
     MASK,
     AgentTarget,
     Config,
@@ -27,6 +34,20 @@ from agent.config.model import (
     Setting,
     TcpEndpoint,
 )
+
+if TYPE_CHECKING:
+    from agent.config.load import load_config, load_settings, masked
+
+_FROM_LOAD = ("load_config", "load_settings", "masked")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_LOAD:
+        from agent.config import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_PATH",

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import agent.config.no_plugins  # noqa: F401  (first: before pydantic builds a model)
+
+# isort: split
 from pydantic import BaseModel, ValidationError
 
 from agent.config import checks, include, resolve, tomlpos
@@ -37,8 +40,6 @@ from agent.config.sources import (
     refused_variables,
 )
 from agent.errors import ConfigError, ConfigProblem
-
-DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
 
 
 def load_config(path: str | Path) -> Config:

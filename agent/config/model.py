@@ -5,34 +5,38 @@ is Optional that the agent would have to narrow later: a point knows its bucket,
 0-based address, type and byte order; a device its request limits; a setting its
 target. Optional fields mean "not wanted" (no scale, no deadband, no health bucket).
 
-Sections that need no resolving (queue, batch, log, health, mqtt) are the frozen
-models of `agent.config.schema` themselves.
+Sections that need no resolving (queue, batch, log, health, mqtt, ...) are plain copies
+of the schema's models (agent.config.sections). Nothing here imports pydantic: a
+`Config` pickles without it (agent.config.confined).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
-
-from agent.config.schema import (
-    BatchConfig,
-    ControlConfig,
-    HealthConfig,
-    LogConfig,
-    MqttConfig,
-    PaasConfig,
-    QueueConfig,
-    SerialConfig,
+from agent.config.sections import (
+    MASK as MASK,
+)
+from agent.config.sections import (
+    BatchSection,
+    ControlSection,
+    HealthSection,
+    InstrumentLine,
+    LogSection,
+    MqttSection,
+    PaasSection,
+    QueueSection,
+    Secret,
 )
 from agent.pipeline.expressions import Expression
 from agent.pipeline.readings import ValueType
 from agent.sources.modbus.plan import Limits
 from agent.sources.modbus.points import ByteOrder, PointType, Table
 
-MASK = "**********"
+DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
 
 # How requests are framed: MBAP (Modbus TCP), RTU (binary with CRC, on a serial line or
 # a TCP socket), ASCII (hex text between ':' and CR LF, on a serial line).
@@ -172,7 +176,7 @@ class Instrument:
     """A serial instrument: its line settings (`line`), framing and points."""
 
     name: str
-    line: SerialConfig
+    line: InstrumentLine
     pattern: re.Pattern[str] | None
     request: bytes | None  # escapes resolved, encoded
     terminator: bytes
@@ -246,14 +250,14 @@ class Config:
     """The whole agent's config."""
 
     thing_id: str
-    secret: SecretStr
-    mqtt: MqttConfig
-    queue: QueueConfig
-    batch: BatchConfig
-    log: LogConfig
-    health: HealthConfig
-    control: ControlConfig
-    paas: PaasConfig
+    secret: Secret
+    mqtt: MqttSection
+    queue: QueueSection
+    batch: BatchSection
+    log: LogSection
+    health: HealthSection
+    control: ControlSection
+    paas: PaasSection
     connections: tuple[Connection, ...]
     instruments: tuple[Instrument, ...]
     settings: tuple[Setting, ...]

@@ -11,8 +11,6 @@ import functools
 import re
 from collections.abc import Mapping
 
-from pydantic import SecretStr
-
 from agent.config import checks, derived, registers, templates
 from agent.config.model import (
     AgentTarget,
@@ -37,11 +35,24 @@ from agent.config.schema import (
     DerivedConfig,
     DeviceConfig,
     ModbusConfig,
+    MqttConfig,
     PointConfig,
     SerialConfig,
     SerialPointConfig,
     SettingConfig,
     TemplateConfig,
+)
+from agent.config.sections import (
+    BatchSection,
+    ControlSection,
+    HealthSection,
+    InstrumentLine,
+    LogSection,
+    MqttSection,
+    PaasSection,
+    QueueSection,
+    Secret,
+    section,
 )
 from agent.sources.modbus.plan import Limits
 from agent.sources.modbus.points import ByteOrder
@@ -55,14 +66,14 @@ def resolve(settings: AgentSettings) -> Config:
     instruments = tuple(instrument(i) for i in settings.serial)
     return Config(
         thing_id=settings.thing.id,
-        secret=SecretStr(settings.thing.secret.get_secret_value()),
-        mqtt=settings.mqtt,
-        queue=settings.queue,
-        batch=settings.batch,
-        log=settings.log,
-        health=settings.health,
-        control=settings.control,
-        paas=settings.paas,
+        secret=Secret(settings.thing.secret.get_secret_value()),
+        mqtt=mqtt(settings.mqtt),
+        queue=section(QueueSection, settings.queue),
+        batch=section(BatchSection, settings.batch),
+        log=section(LogSection, settings.log),
+        health=section(HealthSection, settings.health),
+        control=section(ControlSection, settings.control),
+        paas=section(PaasSection, settings.paas),
         connections=connections,
         instruments=instruments,
         settings=tuple(
@@ -72,6 +83,10 @@ def resolve(settings: AgentSettings) -> Config:
         ),
         derived=derived_points(connections, instruments, settings.derived),
     )
+
+
+def mqtt(config: MqttConfig) -> MqttSection:
+    return section(MqttSection, config)
 
 
 _FRAMING: dict[str, Framing] = {
@@ -229,7 +244,7 @@ def _same(interval: float | None, device: float) -> bool:
 def instrument(config: SerialConfig) -> Instrument:
     return Instrument(
         name=config.name,
-        line=config,
+        line=section(InstrumentLine, config),
         pattern=re.compile(config.pattern) if config.pattern else None,
         request=checks.unescape(config.request).encode(config.encoding) if config.request else None,
         terminator=checks.unescape(config.terminator).encode("latin-1"),

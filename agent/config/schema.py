@@ -16,6 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import agent.config.no_plugins  # noqa: F401  (first: before pydantic builds a model)
+
+# isort: split
 from pydantic import (
     BaseModel,
     ConfigDict,

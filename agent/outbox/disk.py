@@ -7,10 +7,13 @@ disk raises into a poller or into delivery: the port's methods (`put`, `take`, `
 ...) touch memory only; they are agent.outbox.front's, the base of `DiskOutbox`. This
 module is the rest: the queue's task, its commits, reads, syncs and recoveries.
 
-Write economy. Messages wait in memory until the next commit, `commit_interval` after the
-first uncommitted one (0.5 s), or at once beyond `commit_bytes`; acknowledged messages
-are deleted in the same transactions. A message is handed to delivery once it is
-committed, so what the broker may have seen is on disk.
+Write economy. A message is handed to delivery as soon as it is put, and written only if
+the broker has not acknowledged it by its commit: `commit_interval` (0.5 s) after it was
+put, or at once beyond `commit_bytes`; a message in flight for less than half
+`commit_interval` is left for the commit after. With the broker up, a message is
+acknowledged within milliseconds and never touches the disk; with it down, every
+message is written `commit_interval` after it was put, as before. Acknowledged messages
+that were written are deleted in the same transactions.
 
 Durability. `synchronous = "normal"`: a commit survives the agent being killed at once,
 and a power cut once the WAL has been synced, which happens every `sync_interval`
@@ -42,7 +45,7 @@ from agent.clock import Clock
 from agent.errors import QueueCorrupt, QueueError
 from agent.outbox.front import QueueFront
 from agent.outbox.iothread import QueueThread
-from agent.outbox.memory import ReadLane
+from agent.outbox.memory import ReadLane, Spared
 from agent.outbox.port import Message
 from agent.outbox.rows import Row, StateProvider, StateWrite, Unpacked, unpack_payload, unpacked
 from agent.outbox.settings import QueueSettings
@@ -93,6 +96,7 @@ class DiskOutbox(QueueFront):
         """Each provider's write; whole after a commit that failed (its write is not on
         disk, and however long the disk fails nothing piles up meanwhile)."""
         whole, self._states_lost = self._states_lost, False
+        self._states_due = False
         return {name: provider(whole) for name, provider in self._states.items()}
 
     def state_changed(self) -> None:
@@ -120,7 +124,7 @@ class DiskOutbox(QueueFront):
     async def flush(self) -> None:
         """Commit what is pending now (and wait for it)."""
         async with self._busy:
-            await self._write()
+            await self._write(everything=True)
 
     async def aclose(self) -> None:
         """Commit what is pending, sync and close the file. Unacknowledged messages stay."""
@@ -134,7 +138,7 @@ class DiskOutbox(QueueFront):
             lost = await self._thread.settle()
             async with self._busy:
                 if self._open:
-                    await self._write(recount=lost)
+                    await self._write(recount=lost, everything=True)
                 self._drops.log(force=True)
                 if self._unwritten:
                     log.error(
@@ -163,7 +167,7 @@ class DiskOutbox(QueueFront):
             deadlines.append(self._health.retry_at)
         elif self._commit_at is not None:
             deadlines.append(self._commit_at)
-        if not self._synced and self._settings.synchronous == "normal":
+        if self._sync_due_at() is not None:
             deadlines.append(self._sync_at)
         if self._open:
             deadlines.append(self._age_at)
@@ -185,11 +189,32 @@ class DiskOutbox(QueueFront):
         failing = not self._health.ok
         due = self._health.retry_at if failing else self._commit_at
         if due is not None and now >= due:
+            failures = self._health.failures
             await self._write(sweep=now >= self._age_at)
+            if failing and self._health.failures == failures and not self._health.ok:
+                await self._probe()  # nothing was due for writing: is the disk back?
         elif now >= self._age_at:
             await self._write(sweep=True, messages=False)
-        if not self._synced and self._settings.synchronous == "normal" and now >= self._sync_at:
+        sync_at = self._sync_due_at()
+        if sync_at is not None and now >= sync_at:
             await self._sync()
+
+    def _sync_due_at(self) -> float | None:
+        """When the WAL is due for a sync (never while the disk fails: the back-off's
+        tries come first)."""
+        if self._synced or self._settings.synchronous != "normal" or not self._health.ok:
+            return None
+        return self._sync_at
+
+    async def _probe(self) -> None:
+        """The disk failed, and a retry found nothing to write (the broker acknowledged
+        everything meanwhile): a sync tells whether it takes writes again."""
+        try:
+            await self._thread.call(self._store.sync)
+        except QueueError as exc:
+            await self._write_failed(exc)
+            return
+        self._health.recovered(messages_on_disk=self._disk_count)
 
     def _open_file(self) -> None:
         """Open the file at start-up (before the loop runs anything else: READY waits)."""
@@ -224,7 +249,6 @@ class DiskOutbox(QueueFront):
         # Everything on the file is older than anything in memory: backlog.
         self._mem_floor = max(self._mem_floor, opened.max_seq)
         self._backlog_end = max(self._backlog_end, opened.max_seq)
-        self._sendable = max(self._sendable, opened.max_seq)
         self._disk_count, self._disk_bytes = opened.count, opened.payload_bytes
         if not self.saved_states:
             self.saved_states = dict(opened.states)
@@ -244,23 +268,44 @@ class DiskOutbox(QueueFront):
         self._degrade()
         # Messages made now must not take the seqs of rows the file may still hold.
         self._seq = max(self._seq, time.time_ns() // 1000)
-        self._sendable = self._seq
 
     async def _write(
-        self, *, sweep: bool = False, messages: bool = True, recount: bool = False
+        self,
+        *,
+        sweep: bool = False,
+        messages: bool = True,
+        recount: bool = False,
+        everything: bool = False,
     ) -> None:
-        """Commit what is unwritten now, in commits of at most `_commit_bytes` each (what
-        is put meanwhile waits for the next round: the queue's task has reads to do too)."""
+        """Commit what is due now, in commits of at most `_commit_bytes` each (what is put
+        meanwhile waits for the next round: the queue's task has reads to do too). Due:
+        every unwritten message but those put less than half `commit_interval` ago that
+        are in flight or about to be (the broker's acknowledgement is expected first), or
+        with `everything` all of them. The next commit is then due when the oldest left
+        reaches `commit_interval`."""
         upto = self._seq
-        await self._commit(sweep=sweep, messages=messages, recount=recount)
-        while (
-            messages
-            and self._open
-            and self._health.ok
-            and (first := self._unwritten.first()) is not None
-            and first.seq <= upto
-        ):
-            await self._commit(upto=upto)
+        spare = None if everything else self._spared()
+        more = await self._commit(
+            sweep=sweep, messages=messages, recount=recount, upto=upto, spare=spare
+        )
+        while more and messages and self._open and self._health.ok:
+            more = await self._commit(upto=upto, spare=spare)
+        made = self._unwritten.first_made()
+        if self._commit_at is None and made is not None and self._health.ok:
+            self._commit_at = made + self._settings.commit_interval
+            self._wake.set()
+
+    def _spared(self) -> Spared:
+        """What a timed commit leaves out: messages put less than half a commit_interval
+        ago that are in flight, or that delivery, waiting for messages, takes as soon as
+        the loop comes round; their acknowledgement will most likely come first (a
+        message acknowledged before its commit never touches the disk). With the broker
+        away, or behind, nothing waits to take them: they are written."""
+        young = self._time() - self._settings.commit_interval / 2
+        in_flight = self._in_flight
+        if self._taker_waiting:
+            return lambda _seq, made: made > young
+        return lambda seq, made: made > young and seq in in_flight
 
     async def _commit(
         self,
@@ -269,27 +314,26 @@ class DiskOutbox(QueueFront):
         messages: bool = True,
         upto: int | None = None,
         recount: bool = False,
-    ) -> None:
-        """One commit: unwritten messages in, acknowledged (and superseded) ones out; with
-        `sweep`, the file's messages past max_age dropped too; with `recount` (or after a
-        failure), the file's rows counted again after it."""
+        spare: Spared | None = None,
+    ) -> bool:
+        """One commit: unwritten messages in (none that `spare` spares), acknowledged (and
+        superseded) ones out; with `sweep`, the file's messages past max_age dropped too;
+        with `recount` (or after a failure), the file's rows counted again after it.
+        Whether messages it could have written are left for another."""
         if messages:
             self._commit_at = None
         if not self._open:
-            return
-        states_due = messages and self._states_due
-        if (
-            not ((messages and self._unwritten) or self._acked or self._supersede_due or sweep)
-            and not states_due
-        ):
-            return
+            return False
         # Taken first: a provider may put messages (what its state no longer holds), and
-        # they must go into this same commit.
-        states: dict[str, StateWrite] = {}
-        if states_due:  # (a sweep alone, messages=False, leaves them due)
-            states = self._states_to_write()
-            self._states_due = False
-        batch = self._unwritten.batch(self._commit_bytes, upto=upto) if messages else []
+        # they must go into this same commit. (A sweep alone, messages=False, leaves them.)
+        states = self._states_to_write() if messages and self._states_due else {}
+        batch, more = (
+            self._unwritten.batch(self._commit_bytes, upto=upto, spare=spare)
+            if messages
+            else ([], False)
+        )
+        if not (batch or self._acked or self._supersede_due or sweep or states):
+            return False
         rows = [unpacked(message) for message in batch]
         deletes = sorted(self._acked)
         supersede = list(self._supersede_due.items())
@@ -318,7 +362,7 @@ class DiskOutbox(QueueFront):
             if isinstance(exc.partial, Written):
                 self._applied(exc.partial, [])
             await self._write_failed(exc)
-            return
+            return False
         finally:
             self._writing = set()
             self._deleting = 0
@@ -327,6 +371,7 @@ class DiskOutbox(QueueFront):
         if result.after_error is not None:
             await self._write_failed(result.after_error)
         self._trim_memory()
+        return more
 
     def _committed(
         self,
@@ -365,9 +410,6 @@ class DiskOutbox(QueueFront):
         if self._synced:
             self._sync_at = self._time() + self._settings.sync_interval
         self._synced = False
-        if rows:
-            self._sendable = max(self._sendable, rows[-1][0])
-            self._ready.set()
         if result.disk_full:
             log.error(
                 "queue_disk_full",
@@ -418,7 +460,6 @@ class DiskOutbox(QueueFront):
     def _degrade(self) -> None:
         """The disk failed (`_health` says how): deliver from memory meanwhile."""
         self._room.set()  # polling goes on; memory keeps the newest
-        self._sendable = self._seq  # deliver from memory what cannot wait for the disk
         self._ready.set()
 
     async def _refill(self) -> None:

@@ -8,8 +8,9 @@ and keeps the front's view of the file up to date (the attributes so marked in
 messages are handed out and what becomes of them after; there, what is written, read
 back and recovered.
 
-Live first. The newest messages stay in memory (up to MEMORY_CACHE_BYTES, 2 MiB) after their
-commit, and are delivered from there without reading them back. When a connection comes
+Live first. A message can be taken as soon as it is put; the newest messages stay in
+memory (up to MEMORY_CACHE_BYTES, 2 MiB) after their commit too, and are delivered from
+there without reading them back. When a connection comes
 up, whatever is queued is backlog: it is read from disk in chunks and replayed at
 `replay_rate`, oldest first, while messages made after the reconnect go out at once.
 
@@ -61,8 +62,8 @@ class QueueFront:
         # a failed write's rows all the same, so their acknowledgements delete them to be
         # sure (a DELETE of a row that is not there costs nothing).
         self._suspect_upto = 0
-        self._sendable = 0  # messages in memory up to this seq may be handed out
         self._in_flight: dict[int, Message] = {}
+        self._taker_waiting = False  # delivery waits in take(): connected, and keeping up
         self._retry: dict[int, Message] = {}  # released: sent again first
         self._acked: set[int] = set()  # on disk, acknowledged, deletion not yet committed
         # Of those, the ones `_disk_count` does not count: acknowledged while a write that
@@ -114,15 +115,13 @@ class QueueFront:
         self._seq += 1
         message = Message(self._seq, topic, payload, stamp or self._clock.stamp())
         self._memory.add_live(message)
-        self._unwritten.add(message)
+        self._unwritten.add(message, self._time())
         self._stats.queued_total += 1
+        self._ready.set()  # delivered at once; written only if not acknowledged in time
         if self._health.ok and self._unwritten.bytes > self._settings.memory_bytes * 3 // 4:
             self._room.clear()  # the disk is behind: the pollers wait (wait_room)
             self._commit_at = self._time()  # and it is asked to catch up now
             self._wake.set()
-        if not self._health.ok:
-            self._sendable = message.seq  # nothing to wait for: it goes from memory
-            self._ready.set()
         if self._health.ok and self._unwritten.bytes >= self._commit_bytes:
             self._commit_at = self._time()
             self._wake.set()
@@ -137,9 +136,13 @@ class QueueFront:
             if message is None:
                 self._ready.clear()
                 wait = self._token_wait()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._ready.wait()
+                self._taker_waiting = True  # what is put now is taken at once
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._ready.wait()
+                finally:
+                    self._taker_waiting = False
                 continue
             if self._expired(message):
                 self._forget(message)
@@ -234,7 +237,7 @@ class QueueFront:
             self._want_rows()
             return True, None
         live = self._memory.live
-        if live and live[0].seq <= self._sendable:
+        if live:
             return True, self._memory.pop(live)
         return False, None
 
@@ -244,7 +247,7 @@ class QueueFront:
             self._want_rows()
             return None
         backlog = self._memory.backlog
-        if not backlog_first and not (backlog and backlog[0].seq <= self._sendable):
+        if not backlog_first and not backlog:
             return None
         if not self._pace.take():
             return None

@@ -17,6 +17,8 @@ from agent.outbox.rows import Row
 
 # Picks messages out by (seq, topic): the ones to drop or to forget.
 Doomed = Callable[[int, str], bool]
+# Picks out by (seq, when it was put) the unwritten messages a commit leaves for later.
+Spared = Callable[[int, float], bool]
 
 
 class MemoryLanes:
@@ -62,12 +64,13 @@ class MemoryLanes:
 
 
 class Unwritten:
-    """Messages not on disk (yet), oldest first, with their bytes."""
+    """Messages not on disk (yet), oldest first, with their bytes and when each was put."""
 
-    __slots__ = ("bytes", "messages")
+    __slots__ = ("bytes", "made", "messages")
 
     def __init__(self) -> None:
         self.messages: dict[int, Message] = {}
+        self.made: dict[int, float] = {}  # seq -> the queue's time when it was put
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -76,42 +79,55 @@ class Unwritten:
     def __contains__(self, seq: int) -> bool:
         return seq in self.messages
 
-    def add(self, message: Message) -> None:
+    def add(self, message: Message, made: float) -> None:
         self.messages[message.seq] = message
+        self.made[message.seq] = made
         self.bytes += len(message.payload)
 
     def pop(self, seq: int) -> Message | None:
         """The message `seq` off the list (None if it is not on it)."""
         message = self.messages.pop(seq, None)
         if message is not None:
+            del self.made[seq]
             self.bytes -= len(message.payload)
         return message
 
     def first(self) -> Message | None:
         return next(iter(self.messages.values()), None)
 
+    def first_made(self) -> float | None:
+        """When the oldest was put (None: the list is empty)."""
+        return next(iter(self.made.values()), None)
+
     def on_topic(self, topic: str) -> list[Message]:
         return [m for m in self.messages.values() if m.topic == topic]
 
-    def batch(self, limit: int, *, upto: int | None = None) -> list[Message]:
-        """The oldest messages up to `limit` bytes (at least one), none newer than `upto`."""
+    def batch(
+        self, limit: int, *, upto: int | None = None, spare: Spared | None = None
+    ) -> tuple[list[Message], bool]:
+        """The oldest messages up to `limit` bytes (at least one), none newer than `upto`,
+        none that `spare(seq, made)` spares; and whether any it could have taken are left."""
         batch: list[Message] = []
         size = 0
-        for message in self.messages.values():
+        for seq, message in self.messages.items():
+            if upto is not None and seq > upto:
+                break
+            if spare is not None and spare(seq, self.made[seq]):
+                continue
             if batch and size + len(message.payload) > limit:
-                break
-            if upto is not None and message.seq > upto:
-                break
+                return batch, True
             batch.append(message)
             size += len(message.payload)
-        return batch
+        return batch, False
 
     def restore(self, messages: Iterable[Message]) -> None:
-        """Put `messages` back on the list (those not on it), keeping it oldest first."""
+        """Put `messages` back on the list (those not on it), keeping it oldest first;
+        they are due for writing at once."""
         for message in messages:
             if message.seq not in self.messages:
-                self.add(message)
+                self.add(message, 0.0)
         self.messages = dict(sorted(self.messages.items()))
+        self.made = {seq: self.made[seq] for seq in self.messages}
 
 
 class ReadLane:

@@ -123,6 +123,15 @@ class Expression:
     inputs: tuple[str, ...]  # the point ids it reads, each once, in order of first appearance
     kind: Kind  # of the result
     _evaluate: Evaluate = field(repr=False, compare=False)
+    input_kinds: tuple[Kind, ...] = ()  # each input's, as it was compiled against
+
+    def __reduce__(self) -> tuple[Callable[..., Expression], tuple[str, dict[str, Kind]]]:
+        """Pickled as its text and its inputs' kinds, compiled again when unpickled (a
+        compiled expression is closures; agent.config.confined pickles the config)."""
+        return compile_expression, (
+            self.source,
+            dict(zip(self.inputs, self.input_kinds, strict=True)),
+        )
 
     def __call__(self, values: Mapping[str, int | float | bool]) -> int | float | bool:
         """The result for `values`, which hold every input; raises EvaluationError."""
@@ -150,8 +159,13 @@ def compile_expression(text: str, known: Mapping[str, Kind]) -> Expression:
     source = _read(text)
     compiler = _Compiler(source, known)
     result = compiler.part(_parse(source, known), depth=1)
+    inputs = compiler.inputs()
     return Expression(
-        source=text, inputs=compiler.inputs(), kind=result.kind, _evaluate=result.evaluate
+        source=text,
+        inputs=inputs,
+        kind=result.kind,
+        _evaluate=result.evaluate,
+        input_kinds=tuple(known[name] for name in inputs),
     )
 
 

@@ -26,9 +26,9 @@ from agent.cloud.delivery import Delivery
 from agent.cloud.messages import expected_prefix
 from agent.cloud.mqtt import MqttSession
 from agent.cloud.remembered import SettingsState
-from agent.config import Config, load_config
+from agent.config import Config, confined
 from agent.config.model import InstrumentPoint, Point, SerialSettings
-from agent.config.schema import QueueConfig
+from agent.config.sections import QueueSection
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
 from agent.outbox.port import MemoryOutbox, Outbox
@@ -68,7 +68,7 @@ CYCLE_SETTLE = 0.02
 MAX_SCAN = 255 * 8 * 3  # addresses by speeds by parities a scan through the agent may ask
 
 
-def open_outbox(config: QueueConfig, clock: Clock) -> Outbox:
+def open_outbox(config: QueueSection, clock: Clock) -> Outbox:
     """The durable SQLite queue, or memory for `path = ":memory:"` (lost on restart)."""
     if config.path == ":memory:":
         return MemoryOutbox(max_bytes=config.max_bytes, clock=clock)
@@ -403,7 +403,7 @@ class Agent:
         try:
             if self.config_path is None:
                 raise ConfigError("<none>", [ConfigProblem("", "no config file to reload")])
-            new = load_config(self.config_path)
+            new = await confined.load_async(self.config_path)
         except ConfigError as exc:
             log.error(
                 "config_reload_failed",

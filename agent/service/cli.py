@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from agent import __version__
-from agent.config import DEFAULT_PATH, Config, load_settings, masked, resolve
+from agent.config import DEFAULT_PATH, Config, confined
 from agent.config.model import Aggregate, Device
 from agent.errors import ConfigError
 from agent.service import allocator, logs
@@ -137,21 +137,40 @@ def _agent(args: argparse.Namespace) -> int:
     path: Path = (
         args.config or (args.path if args.command == "check-config" else None) or DEFAULT_PATH
     )
+    if args.command == "check-config":
+        return _check_config(path)
+    # Validated by a child while the agent's modules are imported here: pydantic and the
+    # validated file never take memory in the agent (agent.config.confined).
+    pending = confined.start(path)
+    from agent.service import agent  # noqa: F401  (imported meanwhile: READY comes sooner)
+
+    try:
+        config = pending.result()
+    except ConfigError as exc:
+        print(f"orio-agent: invalid config\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except confined.ConfinedLoadFailed as exc:
+        print(f"orio-agent: {exc}", file=sys.stderr)
+        return EXIT_SOFTWARE
+    logs.configure(level=config.log.level, fmt=config.log.format)
+    return asyncio.run(_run(config, path, args.control))
+
+
+def _check_config(path: Path) -> int:
+    """`check-config`: the file loaded here (pydantic and all), and described."""
+    from agent.config import load_settings, masked, resolve
+
     try:
         settings = load_settings(path)
     except ConfigError as exc:
         print(f"orio-agent: invalid config\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
     config = resolve.resolve(settings)
-    if args.command == "check-config":
-        try:
-            print(describe(config, path, masked(settings)), flush=True)
-        except BrokenPipeError:  # `check-config | head`: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    del settings  # the validated file (megabytes for a big one): the agent keeps `config`
-    logs.configure(level=config.log.level, fmt=config.log.format)
-    return asyncio.run(_run(config, path, args.control))
+    try:
+        print(describe(config, path, masked(settings)), flush=True)
+    except BrokenPipeError:  # `check-config | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
 
 
 def _config_and_control(command: argparse.ArgumentParser) -> None:

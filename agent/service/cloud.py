@@ -27,11 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
-from pydantic import SecretStr
-
 from agent.cloud import provision
 from agent.config import Config, load_config
-from agent.config.schema import PaasConfig
+from agent.config.sections import PaasSection, Secret
 from agent.errors import ConfigError, PaasError
 from agent.service.control_client import NotRunning, Refused, Unreachable, ask
 from agent.service.health import health_shapes
@@ -86,7 +84,7 @@ def cloud(
 Environ = dict[str, str] | os._Environ[str]
 
 
-def read_credentials(paas: PaasConfig, environ: Environ) -> Credentials:
+def read_credentials(paas: PaasSection, environ: Environ) -> Credentials:
     """The API key, or the client credentials, from the config, a file or a credential."""
     from agent.cloud.rest import Credentials
 
@@ -108,7 +106,7 @@ def read_credentials(paas: PaasConfig, environ: Environ) -> Credentials:
 
 
 def _secret(
-    given: SecretStr | None,
+    given: Secret | None,
     file: Path | None,
     credential: str,
     environ: Environ,

@@ -44,7 +44,7 @@ from agent.testing.settings import FakeDelays, FakeLogLevel, FakeTunable
 from agent.testing.time import VirtualTimeLoop, run_in_virtual_time, settle
 
 if TYPE_CHECKING:
-    from agent.config.schema import SerialConfig
+    from agent.config.sections import InstrumentLine
 
 # -- each fake satisfies its port: mypy checks this block, nothing runs it ---------------
 
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from agent.sources.modbus.poller import RegisterBus
     from agent.sources.serial.port import SerialPort
 
-    def _conformance(config: SerialConfig) -> None:
+    def _conformance(config: InstrumentLine) -> None:
         register_bus: RegisterBus = FakeRegisterBus()
         settings_bus: Bus = FakeRegisterBus()
         publisher: Publisher = FakePublisher()

@@ -142,6 +142,7 @@ class ModbusLine:
         self.name = config.name
         self._config = config
         self._lock = asyncio.Lock()
+        self._queued = 0  # requests waiting for the lock
         self._client: Client | None = None
         self._wire: _Wire | None = None
         self._quiet_since = 0.0  # time.monotonic() at the end of the last frame on the line
@@ -220,10 +221,14 @@ class ModbusLine:
         return found
 
     async def end_cycle(self) -> None:
-        """Called after a device's poll cycle: honours `close_after_cycle`."""
+        """Called after a device's poll cycle: honours `close_after_cycle`. When another
+        device's request waits for the line, it is let go first: the caller's work after
+        its cycle (decoding the last response) is then done while that request is out."""
         if self._config.close_after_cycle:
             async with self._lock:
                 self._close()
+        elif self._queued:
+            await asyncio.sleep(0)
 
     async def close(self) -> None:
         async with self._lock:
@@ -249,7 +254,12 @@ class ModbusLine:
     async def _request(
         self, call: Call, *, unit: int, function: int, address: int, count: int
     ) -> ModbusPDU:
-        async with self._lock:
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
             client, wire = await self._connected()
             # Bytes that came in since (a late reply) end a frame too.
             await self._timer.sleep_until(max(self._quiet_since, wire.heard_at) + self._delay)
@@ -290,6 +300,8 @@ class ModbusLine:
                     received=wire.received,
                 )
             return response
+        finally:
+            self._lock.release()
 
     async def _exchange(
         self, request: Coroutine[Any, Any, ModbusPDU], lost: asyncio.Future[None]

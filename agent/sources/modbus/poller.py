@@ -98,6 +98,9 @@ log = structlog.get_logger("agent.poller")
 
 REFUSED_RETRY_CYCLES = 60  # a parked request is tried again this many cycles on
 
+# A response to deliver: its request, its values, its wall time (ms) and monotonic time.
+_Response = tuple[ReadRequest, list[int] | list[bool], int, float]
+
 
 class RegisterBus(Protocol):
     """What a poller needs from a connection (the Modbus adapter provides it)."""
@@ -251,6 +254,10 @@ class DevicePoller:
         self._refusals = Refusals()  # what the unit refused as a layout problem
         self._parked: dict[ReadRequest, int] = {}  # a parked request → the cycle it is retried
         self._replan = False  # what was learnt in this cycle changes the plan
+        # The last response, not yet turned into readings (`_defer`), and what delivering
+        # it outside this task raised (raised again in it).
+        self._pending: _Response | None = None
+        self._deferred_error: Exception | None = None
         self.stats = SourceStats()
         self.cadence = Cadence()
         # Called after every cycle that asked the unit (derived points are worked out
@@ -322,7 +329,12 @@ class DevicePoller:
         try:
             answered, failure = await self._ask(work)
         finally:
-            await self._bus.end_cycle()
+            try:
+                # The line may let another device's request go meanwhile: the last
+                # response is decoded after it has left.
+                await self._bus.end_cycle()
+            finally:
+                self._deliver_pending()
         if work:  # cut short
             self._keep_unanswered(work)
             self._tap_failed(work)
@@ -431,13 +443,41 @@ class DevicePoller:
             answered = True
             stats.requests_ok += 1
             self._answered(request)
-            self._deliver(request, values, self._wall_ms())
+            self._defer((request, values, self._wall_ms(), time.monotonic()))
         return answered, None
 
+    def _defer(self, response: _Response) -> None:
+        """Turn `response` into readings once the next request has left: in a callback that
+        runs when this task next waits (for that request's reply, or for the line while
+        another device's request goes first), or at the cycle's end, whichever is first.
+        Its readings keep the time the response came in; their order is the responses'."""
+        self._deliver_pending()  # (never more than one waits)
+        self._pending = response
+        asyncio.get_running_loop().call_soon(self._deliver_deferred)
+
+    def _deliver_deferred(self) -> None:
+        try:
+            self._deliver_pending()
+        except Exception as exc:  # raised again in the poller's task, at its next delivery
+            self._deferred_error = exc
+
+    def _deliver_pending(self) -> None:
+        """Deliver the response `_defer` holds, if any; raise what delivering the last one
+        raised in its callback."""
+        error, self._deferred_error = self._deferred_error, None
+        if error is not None:
+            raise error
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._deliver(*pending)
+
     def _deliver(
-        self, request: ReadRequest, values: list[int] | list[bool], timestamp_ms: int
+        self,
+        request: ReadRequest,
+        values: list[int] | list[bool],
+        timestamp_ms: int,
+        now: float,
     ) -> None:
-        now = time.monotonic()
         suffix = timestamp_suffix(timestamp_ms)
         by_bucket: dict[str, list[bytes]] = {}
         for span in request.spans:

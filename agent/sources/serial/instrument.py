@@ -27,7 +27,7 @@ from typing import Protocol
 import structlog
 
 from agent.config import model
-from agent.config.schema import SerialConfig
+from agent.config.sections import InstrumentLine
 from agent.errors import DeviceUnreachable
 from agent.pipeline.readings import ChangeFilter, Reading, Value, ValueType, now_ms
 from agent.service.logs import Throttle
@@ -65,7 +65,7 @@ class SerialLine(Protocol):
     def close(self) -> None: ...
 
 
-OpenLine = Callable[[SerialConfig, Callable[[bytes], None]], SerialLine]
+OpenLine = Callable[[InstrumentLine, Callable[[bytes], None]], SerialLine]
 
 
 Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its time, ms

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 import serial
 
-from agent.config.schema import SerialConfig
+from agent.config.sections import InstrumentLine
 from agent.errors import DeviceError, DeviceUnreachable
 
 READ_CHUNK = 4096
@@ -58,7 +58,7 @@ REASONS: Mapping[int, str] = {
 
 
 class SerialPort:
-    def __init__(self, config: SerialConfig, on_data: Callable[[bytes], None]) -> None:
+    def __init__(self, config: InstrumentLine, on_data: Callable[[bytes], None]) -> None:
         self._config = config
         self._on_data = on_data
         self._port: serial.Serial | None = None
