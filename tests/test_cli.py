@@ -15,7 +15,8 @@ import pytest
 
 from agent import __version__
 from agent.config import DEFAULT_PATH, MASK
-from agent.service.cli import CRASH_AFTER, main
+from agent.service.cli import main
+from agent.service.running import CRASH_AFTER
 from sim.broker import free_port
 
 REPO = Path(__file__).parents[1]

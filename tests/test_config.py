@@ -1219,6 +1219,17 @@ def test_the_config_the_agent_receives_holds_no_pydantic_and_comes_back_whole() 
     assert "s3cr3t-value" not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
+def test_the_confined_loader_gives_the_config_load_config_gives(
+    write: Write, fork: bool
+) -> None:
+    path = write(BASE)
+
+    received = confined.Pending(path, fork=fork).result()
+
+    assert load_config(path) == received
+
+
 def test_a_bad_file_is_the_same_config_error_from_the_confined_loader(write: Write) -> None:
     path = write(BASE.replace("port = 8083", 'port = "five"', 1))
     with pytest.raises(ConfigError) as in_process:

@@ -13,40 +13,63 @@ config the agent runs on.
     confined.py  load_config in a process of its own, for the agent: it never imports
                  pydantic
 
-Importing this package imports nothing of pydantic: `load_config`, `load_settings` and
-`masked` are imported from agent.config.load when first asked for.
+Importing this package imports nothing: each name below is imported from its module when
+first asked for (`load_config` and pydantic with it only by those who call it).
 """
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.config.model import (
-    DEFAULT_PATH,
-    MASK,
-    AgentTarget,
-    Config,
-    Connection,
-    Device,
-    Instrument,
-    InstrumentPoint,
-    Point,
-    RegisterTarget,
-    SerialSettings,
-    Setting,
-    TcpEndpoint,
-)
+DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
 
 if TYPE_CHECKING:
     from agent.config.load import load_config, load_settings, masked
+    from agent.config.model import (
+        MASK,
+        AgentTarget,
+        Config,
+        Connection,
+        Device,
+        Instrument,
+        InstrumentPoint,
+        Point,
+        RegisterTarget,
+        SerialSettings,
+        Setting,
+        TcpEndpoint,
+    )
 
-_FROM_LOAD = ("load_config", "load_settings", "masked")
+# name -> the module it is imported from when first asked for: `agent.config.confined`,
+# imported first thing by `orio-agent run`, needs none of them.
+_LAZY = {
+    **dict.fromkeys(("load_config", "load_settings", "masked"), "agent.config.load"),
+    **dict.fromkeys(
+        (
+            "MASK",
+            "AgentTarget",
+            "Config",
+            "Connection",
+            "Device",
+            "Instrument",
+            "InstrumentPoint",
+            "Point",
+            "RegisterTarget",
+            "SerialSettings",
+            "Setting",
+            "TcpEndpoint",
+        ),
+        "agent.config.model",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_LOAD:
-        from agent.config import load
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(load, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [

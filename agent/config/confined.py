@@ -16,21 +16,26 @@ ConfinedLoadFailed, with the child's traceback on its stderr (the agent's journa
 The pickle is trusted: it comes from our own child, over a pipe, never from a file or
 the network.
 
-    pending = start(path)   # at start-up: the child validates while the agent imports
+    pending = start(path)   # at start-up: a forked child validates while the agent imports
     config = pending.result()
     config = await load_async(path)   # SIGHUP: the event loop goes on meanwhile
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import pickle
 import subprocess
 import sys
+import threading
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.config.model import Config
 from agent.errors import ConfigError
+
+if TYPE_CHECKING:  # imported when a config comes back: the fork comes first
+    from agent.config.model import Config
 
 CHILD = [sys.executable, "-m", "agent.config.confined"]
 
@@ -41,23 +46,58 @@ class ConfinedLoadFailed(RuntimeError):
 
 
 class Pending:
-    """A child validating `path`; `result()` waits for it."""
+    """A child validating `path`; `result()` waits for it.
 
-    def __init__(self, path: Path) -> None:
+    Forked at start-up (the process has no thread yet, and the child then needs no
+    interpreter start-up of its own, nor the modules the agent imported already:
+    READY=1 comes sooner); a fresh interpreter otherwise (`spawn`)."""
+
+    def __init__(self, path: Path, *, fork: bool) -> None:
         self.path = path
-        self._child = subprocess.Popen([*CHILD, str(path)], stdout=subprocess.PIPE)
+        self._child: subprocess.Popen[bytes] | None = None
+        self._pid = 0
+        self._output = -1
+        if fork:
+            self._fork()
+        else:
+            self._child = subprocess.Popen([*CHILD, str(path)], stdout=subprocess.PIPE)
+
+    def _fork(self) -> None:
+        readable, writable = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(readable)
+            status = 1
+            try:
+                with os.fdopen(writable, "wb") as out:
+                    out.write(outcome_of(self.path))
+                status = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        os.close(writable)
+        self._pid, self._output = pid, readable
 
     def result(self) -> Config:
         """The resolved config; ConfigError for a bad file, ConfinedLoadFailed else."""
-        output, _ = self._child.communicate()
-        return received(self.path, self._child.returncode, output)
+        if self._child is not None:
+            output, _ = self._child.communicate()
+            return received(self.path, self._child.returncode, output)
+        with os.fdopen(self._output, "rb") as pipe:
+            output = pipe.read()
+        _, status = os.waitpid(self._pid, 0)
+        return received(self.path, os.waitstatus_to_exitcode(status), output)
 
 
 def start(path: str | Path) -> Pending:
-    return Pending(Path(path))
+    """A child validating `path`: forked if this process has no other thread yet."""
+    return Pending(Path(path), fork=threading.active_count() == 1)
 
 
 async def load_async(path: str | Path) -> Config:
+    import asyncio
+
     child = await asyncio.create_subprocess_exec(*CHILD, str(path), stdout=subprocess.PIPE)
     output, _ = await child.communicate()
     assert child.returncode is not None, "communicate() waits for the exit"
@@ -66,6 +106,8 @@ async def load_async(path: str | Path) -> Config:
 
 def received(path: Path, returncode: int, output: bytes) -> Config:
     """What the child wrote: the config, or the ConfigError it met, raised here."""
+    from agent.config.model import Config
+
     if returncode != 0 or not output:
         raise ConfinedLoadFailed(f"validating {path} failed: the process exited {returncode}")
     outcome = pickle.loads(output)
@@ -75,16 +117,20 @@ def received(path: Path, returncode: int, output: bytes) -> Config:
     raise ConfigError(shown, problems)
 
 
-def main(argv: list[str]) -> int:
-    """The child: load `argv[1]`, write the outcome to stdout."""
+def outcome_of(path: str | Path) -> bytes:
+    """What the child writes: the pickled config, or the ConfigError's file and problems."""
     from agent.config.load import load_config  # here only: pydantic is imported by the child
 
-    path = argv[1]
     try:
         outcome: object = load_config(path)
     except ConfigError as exc:
         outcome = (exc.path, exc.problems)
-    sys.stdout.buffer.write(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+    return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def main(argv: list[str]) -> int:
+    """The spawned child: load `argv[1]`, write the outcome to stdout."""
+    sys.stdout.buffer.write(outcome_of(argv[1]))
     sys.stdout.buffer.flush()
     return 0
 

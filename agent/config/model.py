@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from agent.config.sections import (
@@ -35,8 +34,6 @@ from agent.pipeline.expressions import Expression
 from agent.pipeline.readings import ValueType
 from agent.sources.modbus.plan import Limits
 from agent.sources.modbus.points import ByteOrder, PointType, Table
-
-DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
 
 # How requests are framed: MBAP (Modbus TCP), RTU (binary with CRC, on a serial line or
 # a TCP socket), ASCII (hex text between ':' and CR LF, on a serial line).

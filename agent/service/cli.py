@@ -9,36 +9,22 @@ traceback, and systemd's `Restart=on-failure` starts it again.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from agent import __version__
-from agent.config import DEFAULT_PATH, Config, confined
-from agent.config.model import Aggregate, Device
+from agent.config import DEFAULT_PATH, confined
 from agent.errors import ConfigError
-from agent.service import allocator, logs
-from agent.service.supervise import describe_error, primary
-from agent.sources.modbus.plan import ReadRequest
-from agent.sources.modbus.poller import plan_groups
+from agent.service import allocator
 
-log = structlog.get_logger("agent.cli")
+# Light on purpose: `run` forks the config's validating child (agent.config.confined) as
+# soon as it has its arguments, and imports the rest while the child works.
 
-EXIT_OK = 0
 DEFAULT_TURNAROUND = 0.05  # seconds: scan's, as agent.service.scan has it
 DEFAULT_SINCE = 300.0  # seconds: cloud verify's
-EXIT_SOFTWARE = 70  # EX_SOFTWARE: stopped by an unexpected error
 EXIT_CONFIG = ConfigError.exit_code
-# Test-only: `run` fails with an unexpected error after this many seconds (the exit
-# status test, tests/test_cli.py). Not ORIO_AGENT_*: those are config overrides.
-CRASH_AFTER = "ORIO_TEST_CRASH_AFTER"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tool = TOOLS.get(args.command)
     if tool is not None:
+        from agent.service import logs
+
         # The commands keep stdout for their own output; the adapters' log lines go to
         # stderr, warnings and worse only.
         logs.configure(level="warning", fmt="console", stream=sys.stderr)
@@ -138,11 +126,13 @@ def _agent(args: argparse.Namespace) -> int:
         args.config or (args.path if args.command == "check-config" else None) or DEFAULT_PATH
     )
     if args.command == "check-config":
-        return _check_config(path)
+        from agent.service import report
+
+        return report.check_config(path)
     # Validated by a child while the agent's modules are imported here: pydantic and the
     # validated file never take memory in the agent (agent.config.confined).
     pending = confined.start(path)
-    from agent.service import agent  # noqa: F401  (imported meanwhile: READY comes sooner)
+    from agent.service import logs, running  # imported meanwhile: READY comes sooner
 
     try:
         config = pending.result()
@@ -151,26 +141,9 @@ def _agent(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     except confined.ConfinedLoadFailed as exc:
         print(f"orio-agent: {exc}", file=sys.stderr)
-        return EXIT_SOFTWARE
+        return running.EXIT_SOFTWARE
     logs.configure(level=config.log.level, fmt=config.log.format)
-    return asyncio.run(_run(config, path, args.control))
-
-
-def _check_config(path: Path) -> int:
-    """`check-config`: the file loaded here (pydantic and all), and described."""
-    from agent.config import load_settings, masked, resolve
-
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        print(f"orio-agent: invalid config\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    config = resolve.resolve(settings)
-    try:
-        print(describe(config, path, masked(settings)), flush=True)
-    except BrokenPipeError:  # `check-config | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return EXIT_OK
+    return running.main(config, path, args.control)
 
 
 def _config_and_control(command: argparse.ArgumentParser) -> None:
@@ -324,120 +297,6 @@ def _add_status(commands: Any) -> None:
     show.add_argument(
         "--config", type=Path, help=f"read [control] socket from this file (default {DEFAULT_PATH})"
     )
-
-
-def describe(config: Config, path: Path, shown: dict[str, Any]) -> str:
-    """check-config's report: the plan per device, then the resolved config as JSON."""
-    lines = [f"{path}: OK"]
-    total_requests = total_rate = 0.0
-    for conn, device in config.all_devices():
-        groups = plan_groups(device)
-        count = sum(len(requests) for _, requests in groups)
-        total_requests += count
-        total_rate += sum(len(requests) / seconds for seconds, requests in groups)
-        template = f" (template {device.template!r})" if device.template else ""
-        lines.append(
-            f"  device {device.name!r} on {conn.name!r} unit {device.unit}: "
-            f"{len(device.points)} points in {count} request{'s' if count != 1 else ''} "
-            f"every {device.interval:g} s{template}"
-        )
-        for seconds, requests in groups:
-            every = "" if seconds == device.interval else f"every {seconds:g} s: "
-            lines += [f"    {every}{_request_line(request, device)}" for request in requests]
-    if config.connections:
-        points = sum(len(device.points) for _, device in config.all_devices())
-        lines.append(
-            f"  modbus total: {len(config.all_devices())} devices, {points} points, "
-            f"{total_requests:g} requests, {total_rate:.3g} requests/s"
-        )
-    lines += _computed_lines(config)
-    for instrument in config.instruments:
-        mode = "polled" if instrument.request else "sampled"
-        line = instrument.line
-        lines.append(
-            f"  instrument {instrument.name!r} on {line.device}: "
-            f"{line.format}, {len(instrument.points)} points {mode} every {line.interval:g} s"
-        )
-    lines.append(json.dumps(shown, indent=2))
-    return "\n".join(lines)
-
-
-def _computed_lines(config: Config) -> list[str]:
-    """check-config's lines for the aggregates and the derived points."""
-    lines = []
-    for _, device in config.all_devices():
-        for point in device.points:
-            if point.aggregate is not None:
-                lines.append(f"  {_aggregate_line(point.id, point.aggregate, point.publish)}")
-    for entry in config.derived:
-        inputs = ", ".join(entry.expression.inputs)
-        lines.append(
-            f"  derived {entry.id!r} in {entry.bucket!r} = {entry.expression.source}"
-            f" ({entry.shape}; inputs {inputs}; each no older than {entry.max_input_age:g} s)"
-        )
-        if entry.aggregate is not None:
-            lines.append(f"    {_aggregate_line(entry.id, entry.aggregate, entry.publish)}")
-    return lines
-
-
-def _aggregate_line(point_id: str, aggregate: Aggregate, publish: bool) -> str:
-    ids = ", ".join(output for _, output in aggregate.ids(point_id))
-    raw = "" if publish else "; its readings not published"
-    return f"aggregate of {point_id!r} every {aggregate.window_s} s: {ids}{raw}"
-
-
-_SHOWN_POINTS = 6  # of a request's, in check-config's plan
-
-
-def _request_line(request: ReadRequest, device: Device) -> str:
-    """One planned read: `holding 0-9 (10 registers): a, b, c`."""
-    unit = "bit" if request.table.is_bits else "register"
-    where = f"{request.start}-{request.end - 1}" if request.count > 1 else str(request.start)
-    ids = [device.points[span.index].id for span in request.spans]
-    shown = ", ".join(ids[:_SHOWN_POINTS])
-    if len(ids) > _SHOWN_POINTS:
-        shown += f" and {len(ids) - _SHOWN_POINTS} more"
-    size = f"{request.count} {unit}{'s' if request.count != 1 else ''}"
-    return f"{request.table} {where} ({size}): {shown}"
-
-
-async def _run(config: Config, path: Path, control: Path | None) -> int:
-    from agent.service.agent import Agent  # deferred: check-config need not import the adapters
-
-    stop, reload = asyncio.Event(), asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload.set)
-    during = "start"
-    try:
-        agent = Agent(config, config_path=path, control_path=control)
-        during = "run"
-        async with asyncio.TaskGroup() as group:
-            group.create_task(agent.run(stop, reload), name="agent")
-            crash_after = os.environ.get(CRASH_AFTER)
-            if crash_after:
-                group.create_task(_crash_after(float(crash_after), stop), name="test-crash")
-    except Exception as exc:  # whatever stopped the agent: said once, and a failed exit
-        log.error(
-            "agent_failed",
-            during=during,
-            error_type=type(primary(exc)).__name__,
-            error=describe_error(exc),
-            exit_status=EXIT_SOFTWARE,
-            exc_info=primary(exc),
-        )
-        return EXIT_SOFTWARE
-    return EXIT_OK
-
-
-async def _crash_after(seconds: float, stop: asyncio.Event) -> None:
-    """The test-only failure of CRASH_AFTER, unless the agent is stopped first."""
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        raise RuntimeError(f"{CRASH_AFTER}={seconds:g}: an injected failure") from None
 
 
 # The commands other than `run` and `check-config`, by name.
