@@ -21,6 +21,9 @@ Scenarios (see bench/README.md for what each figure means):
   (``--readings``), the plant then paused; the broker started again and the time until the
   subscriber has all of them measured (queue replay unlimited), with the agent's CPU,
   peak memory and disk writes during that drain.
+- ``compare``: the bare reference poller (:mod:`bench.bare`) and the agent, one after the
+  other, on the same plant at several scales, several rounds each (:mod:`bench.compare`,
+  its own options: ``compare --help``).
 - ``soak``: the ``workload`` for a long time (30 min by default) with the broker restarted
   every 180 s (``--restart-every``, down ``--outage`` s each time); the agent's memory
   sampled every 5 s, and after the warm-up its slope by least squares (MB/hour) and its
@@ -113,6 +116,7 @@ class Layout:
     # "aggregates": a one-minute avg/min/max on every point; "derived": DERIVED_POINTS
     # derived points; "both"; "": neither.
     computations: str = ""
+    units_per_connection: int = 1  # tcp: units behind one port (a gateway), ids 1..N
 
     @property
     def registers_per_unit(self) -> int:
@@ -120,7 +124,9 @@ class Layout:
 
     @property
     def connections(self) -> int:
-        return self.units if self.transport == "tcp" else 1
+        if self.transport != "tcp":
+            return 1
+        return -(-self.units // self.units_per_connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +212,8 @@ def build_runs(scenario: str, args: argparse.Namespace) -> list[RunSpec]:
         changes["interval"] = args.interval
     if args.computations:
         changes["computations"] = args.computations
+    if args.units_per_connection is not None:
+        changes["units_per_connection"] = args.units_per_connection
     layout = dataclasses.replace(layout, **changes)
     if args.scale != 1:
         layout = dataclasses.replace(layout, units=layout.units * args.scale)
@@ -547,6 +555,7 @@ def agent_config(
         ]
 
     if layout.transport == "tcp":
+        per = layout.units_per_connection
         for n, port in enumerate(ports):
             text += [
                 "",
@@ -557,7 +566,8 @@ def agent_config(
                 f"port = {port}",
                 "timeout = 1.0",
             ]
-            text += device_block(n, 1)
+            for unit in range(n * per, min((n + 1) * per, layout.units)):
+                text += device_block(unit, unit - n * per + 1)
     else:
         text += [
             "",
@@ -685,7 +695,11 @@ class BenchRun:
             stack.callback(broker.stop)
             device = None
             plant_spec = PlantSpec(
-                spec.layout.transport, spec.layout.units, spec.layout.points, spec.layout.kind
+                spec.layout.transport,
+                spec.layout.units,
+                spec.layout.points,
+                spec.layout.kind,
+                units_per_connection=spec.layout.units_per_connection,
             )
             if spec.layout.transport == "rtu":
                 pair = PtyPair(directory / "line", name_a="plant", name_b="agent").start()
@@ -1671,7 +1685,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", type=Path, help="result file (default bench/results/SCENARIO.json)"
     )
-    parser.add_argument("--units", type=int, help="units (TCP: one connection each)")
+    parser.add_argument("--units", type=int, help="units (TCP: one connection each by default)")
+    parser.add_argument(
+        "--units-per-connection",
+        type=int,
+        help="TCP: units on one connection (one port, unit ids 1..N, as behind a gateway)",
+    )
     parser.add_argument("--points", type=int, help="points per unit")
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of units")
     parser.add_argument("--interval", type=float, help="poll interval, seconds")
@@ -1767,6 +1786,11 @@ async def run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["compare"]:  # options of its own: bench.compare
+        from bench import compare
+
+        return compare.main(arguments[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="bench: %(message)s")
     logging.getLogger("gmqtt").setLevel(logging.CRITICAL)  # reconnect chatter is not data

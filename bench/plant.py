@@ -6,7 +6,9 @@ SPEC is a JSON object: ``transport`` ("tcp" or "rtu"), ``units``, ``points`` (pe
 the reply, `EmulatedLine`: a pty carries bytes at memory speed whatever its baud rate).
 
 - TCP: one server per unit, each on its own loopback port, unit id 1: one ``[[modbus]]``
-  connection per unit, as separate meters on a plant network are.
+  connection per unit, as separate meters on a plant network are. With
+  ``units_per_connection`` N > 1, one server per N units (the last may have fewer), unit
+  ids 1..N on each, as the units behind one Modbus TCP gateway are.
 - RTU: one server on the serial device with unit ids 1..N.
 
 Each unit's points are consecutive holding registers from 0, their values changing at
@@ -15,7 +17,8 @@ serving requests does not share an interpreter with the subscriber that measures
 
 It talks to the harness over stdin and stdout, one JSON object per line:
 
-- it prints ``{"event": "ready", "ports": [...]}`` once serving (TCP ports in unit order);
+- it prints ``{"event": "ready", "ports": [...]}`` once serving (TCP ports in unit order,
+  one per connection);
 - ``stats`` on stdin → ``{"event": "stats", "time": T, "units": [[requests, registers], ...]}``
   (read requests and registers read, per unit, since start; T is wall-clock seconds);
 - ``pause`` → ``{"event": "paused"}``: the servers are closed, with their connections (the
@@ -54,6 +57,7 @@ class PlantSpec:
     device: str | None = None
     baudrate: int = 9600
     emulate_line: bool = False
+    units_per_connection: int = 1  # tcp: units served on one port, ids 1..N
 
     @classmethod
     def from_json(cls, text: str) -> PlantSpec:
@@ -143,7 +147,8 @@ class Plant:
         elif spec.transport == "rtu":
             self.units = [SimUnit(n + 1, max_address=size) for n in range(spec.units)]
         else:
-            self.units = [SimUnit(1, max_address=size) for _ in range(spec.units)]
+            per = spec.units_per_connection
+            self.units = [SimUnit(n % per + 1, max_address=size) for n in range(spec.units)]
         self._counters = [_Counter(unit) for unit in self.units]
         self.servers: list[PlantServer] = []
 
@@ -157,7 +162,8 @@ class Plant:
             )
 
     async def serve(self, stack: contextlib.AsyncExitStack) -> list[int]:
-        """Start the servers; return the TCP ports in unit order (none for RTU)."""
+        """Start the servers; return the TCP ports in unit order, one a connection (none
+        for RTU)."""
         stack.push_async_callback(self.pause)
         if self.spec.transport == "rtu":
             assert self.spec.device is not None
@@ -166,8 +172,9 @@ class Plant:
             if self.line is not None:
                 self.line.attach(server)
             return []
-        for unit in self.units:
-            server = await serve_tcp([unit])
+        per = self.spec.units_per_connection
+        for first in range(0, len(self.units), per):
+            server = await serve_tcp(self.units[first : first + per])
             self.servers.append(server)
         return [server.port for server in self.servers]
 

@@ -348,6 +348,20 @@ def test_a_restored_aggregator_still_drops_samples_older_than_its_newest() -> No
     assert [Result("meter_count", 2, T0 + MINUTE_MS)] == flush(after)
 
 
+def test_a_window_kept_without_its_integral_is_refused_by_a_config_that_wants_one() -> None:
+    """The area is kept only when the integral is asked for: a window kept without it
+    cannot give one (agent.pipeline.aggregation then starts afresh and says so)."""
+    before = Aggregator(spec(functions=("avg",)))
+    feed(before, [(T0 + 10_000, 1), (T0 + 20_000, 2)])
+    state = json.loads(json.dumps(before.state()))
+
+    with pytest.raises(ValueError, match="without its integral"):
+        Aggregator.restore(spec(functions=("avg", "integral")), state)
+    assert [Result("meter_avg", 1.5, T0 + MINUTE_MS)] == flush(
+        Aggregator.restore(spec(functions=("avg",)), state)
+    )
+
+
 # Late samples ----------------------------------------------------------------------------------
 
 

@@ -1220,9 +1220,7 @@ def test_the_config_the_agent_receives_holds_no_pydantic_and_comes_back_whole() 
 
 
 @pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
-def test_the_confined_loader_gives_the_config_load_config_gives(
-    write: Write, fork: bool
-) -> None:
+def test_the_confined_loader_gives_the_config_load_config_gives(write: Write, fork: bool) -> None:
     path = write(BASE)
 
     received = confined.Pending(path, fork=fork).result()

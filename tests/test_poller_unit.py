@@ -53,7 +53,12 @@ class Emitted:
 
 
 def make_poller(
-    bus: FakeRegisterBus, points: Sequence[dict[str, Any]], *, interval: float = 1.0, **device: Any
+    bus: FakeRegisterBus,
+    points: Sequence[dict[str, Any]],
+    *,
+    interval: float = 1.0,
+    emitted: Emitted | None = None,
+    **device: Any,
 ) -> tuple[DevicePoller, Emitted]:
     connection = resolve.connection(
         ModbusConfig.model_validate(
@@ -74,7 +79,7 @@ def make_poller(
             }
         )
     )
-    emitted = Emitted()
+    emitted = Emitted() if emitted is None else emitted
     poller = DevicePoller(
         device=connection.devices[0],
         bus=bus,
@@ -499,3 +504,35 @@ async def test_readings_carry_the_bucket_and_the_time_of_the_response() -> None:
     assert [
         {"bucket": "power", "id": "v", "value": 54.48, "timestamp": str(WALL_MS)}
     ] == emitted.readings
+
+
+# -- delivery: each response's readings made while the next request is out ----------------
+
+FAR_APART = holding(0, 20, 40)  # beyond max_gap: three requests a cycle
+
+
+class BrokenSink(Emitted):
+    def __call__(self, bucket: str, fragments: list[bytes]) -> None:
+        raise RuntimeError("the sink is broken")
+
+
+async def test_a_cycles_readings_are_all_delivered_before_it_ends_and_derived_points_run() -> None:
+    bus = FakeRegisterBus(latency=0.001)  # every read waits: deliveries run meanwhile
+    bus.set_registers(UNIT, Table.HOLDING, 0, list(range(41)))
+    poller, emitted = make_poller(bus, FAR_APART)
+    seen_by_on_cycle: list[dict[str, Any]] = []
+    poller.on_cycle = lambda: seen_by_on_cycle.append(emitted.values())
+
+    await poller.poll_once()
+
+    assert [(HOLDING, 0, 1), (HOLDING, 20, 1), (HOLDING, 40, 1)] == bus.calls()
+    assert ["p0", "p20", "p40"] == [r["id"] for r in emitted.readings], "in the responses' order"
+    assert [{"p0": 0, "p20": 20, "p40": 40}] == seen_by_on_cycle
+
+
+async def test_what_a_delivery_raises_ends_the_cycle_in_the_pollers_task() -> None:
+    bus = FakeRegisterBus(latency=0.001)
+    poller, _ = make_poller(bus, FAR_APART, emitted=BrokenSink())
+
+    with pytest.raises(RuntimeError, match="the sink is broken"):
+        await poller.poll_once()

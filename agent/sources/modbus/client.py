@@ -2,7 +2,9 @@
 
 Every request on a connection goes through `ModbusLine._request`, one at a time (a
 serial line or a TCP endpoint answers one request at a time), with the connection's
-pauses applied. What can go wrong is translated there, once, into the agent's errors:
+pauses applied. When a device's cycle ends and another device's request waits for the
+line, `end_cycle` lets it go before the caller goes on (and decodes its last response).
+What can go wrong is translated in `_request`, once, into the agent's errors:
 
 - a Modbus exception response, which pymodbus returns as a value (`isError()`):
   DeviceRefused with its code;

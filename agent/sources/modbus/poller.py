@@ -56,6 +56,13 @@ group is due), then the parked requests due for a retry.
   the new grid, at most one new period away).
 - What the unit refused is one record for the device (an address map) and every group is
   planned around it; a parked request keeps its retry cycle whatever its group.
+
+Decoding. A connection carries one request at a time, so what is done between a reply and
+the line's next request is time the line stands idle. A response is turned into readings
+once the next request has left (`_defer`): while the device's next request is out, or
+another device's on the same connection (`end_cycle` lets that one go first), and at the
+latest when the cycle ends, before `on_cycle`. Its readings keep the time the response
+came in, and come in the order of the responses.
 """
 
 from __future__ import annotations
