@@ -13,6 +13,7 @@ from agent.sources.modbus.decode import (
     FLOAT32_MAX,
     INTEGER_RANGES,
     RawValue,
+    block_decoder,
     decode_registers,
     encode_registers,
     unscale_value,
@@ -679,7 +680,7 @@ def test_decode_reads_back_what_encode_wrote_for_every_type_and_byte_order(
         assert type(value) is type(decoded)
 
 
-_WIDTHS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4}
+_WIDTHS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}  # the rest: 4
 _INTEGER_REGISTERS = st.sampled_from(sorted(_WIDTHS)).flatmap(
     lambda point_type: st.tuples(
         st.just(point_type),
@@ -699,3 +700,84 @@ def test_every_register_pattern_of_an_integer_type_encodes_back_unchanged(
     value = decode_registers(registers, point_type, byte_order=byte_order)
 
     assert registers == encode_registers(value, point_type, byte_order=byte_order)
+
+
+# -- a whole read at once (the poller's hot path) -------------------------------------------
+
+_FIXED_TYPES: list[PointType] = [
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+]
+_WIDTHS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}  # the rest: 4
+
+
+@st.composite
+def _blocks(draw: st.DrawFn) -> tuple[list[tuple[int, PointType]], ByteOrder, list[int]]:
+    """Fixed-width points at increasing offsets with gaps, one byte order, and registers."""
+    byte_order = draw(st.sampled_from(BYTE_ORDERS))
+    fields: list[tuple[int, PointType]] = []
+    position = 0
+    for point_type in draw(st.lists(st.sampled_from(_FIXED_TYPES), min_size=1, max_size=12)):
+        position += draw(st.integers(0, 3))  # a gap
+        fields.append((position, point_type))
+        position += _WIDTHS.get(point_type, 4)
+    count = position + draw(st.integers(0, 3))
+    registers = draw(st.lists(st.integers(0, 0xFFFF), min_size=count, max_size=count))
+    return fields, byte_order, registers
+
+
+def _same(a: object, b: object) -> bool:
+    return a == b or (
+        isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    )
+
+
+@given(_blocks())
+def test_a_whole_read_decodes_to_what_each_point_decodes_to(
+    block: tuple[list[tuple[int, PointType]], ByteOrder, list[int]],
+) -> None:
+    fields, byte_order, registers = block
+    decoder = block_decoder(len(registers), [(o, t, byte_order, None) for o, t in fields])
+    assert decoder is not None
+
+    each = [
+        decode_registers(
+            registers[offset : offset + _WIDTHS.get(t, 4)],
+            t,
+            byte_order=byte_order,
+        )
+        for offset, t in fields
+    ]
+    at_once = decoder(registers)
+    assert at_once is not None
+    assert all(_same(a, b) for a, b in zip(each, at_once, strict=True))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(0, "uint16", "ABCD", 3)],  # a bit of a register
+        [(0, "string", "ABCD", None)],
+        [(0, "uint16", "ABCD", None), (0, "int16", "ABCD", None)],  # overlapping
+        [(0, "uint16", "ABCD", None), (1, "uint16", "CDAB", None)],  # two byte orders
+        [(0, "float32", "ABCD", None), (1, "uint16", "ABCD", None)],  # inside the float
+    ],
+)
+def test_a_read_that_cannot_be_decoded_at_once_has_no_block_decoder(
+    fields: list[tuple[int, PointType, ByteOrder, int | None]],
+) -> None:
+    assert block_decoder(4, fields) is None
+
+
+def test_a_short_answer_is_left_to_the_points_to_report() -> None:
+    decoder = block_decoder(2, [(0, "float32", "ABCD", None)])
+    assert decoder is not None
+
+    assert decoder([1]) is None
+    assert decoder([1, 70000]) is None

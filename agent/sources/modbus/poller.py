@@ -88,7 +88,7 @@ from agent.pipeline.readings import (
     to_shape,
 )
 from agent.service.logs import Throttle
-from agent.sources.modbus.decode import decode_registers
+from agent.sources.modbus.decode import BlockDecoder, RawValue, block_decoder, decode_registers
 from agent.sources.modbus.plan import Limits, ReadRequest, Refusals, Span, plan_reads, split
 from agent.sources.modbus.points import Table
 from agent.sources.source import (
@@ -104,6 +104,8 @@ from agent.sources.source import (
 log = structlog.get_logger("agent.poller")
 
 REFUSED_RETRY_CYCLES = 60  # a parked request is tried again this many cycles on
+
+_NUMBERS = (int, float)  # a value of these types (not bool) is its own repr in JSON
 
 # A response to deliver: its request, its values, its wall time (ms) and monotonic time.
 _Response = tuple[ReadRequest, list[int] | list[bool], int, float]
@@ -134,6 +136,7 @@ class PointReader:
         "filter",
         "id",
         "offset",
+        "plain_float",
         "prefix",
         "publish",
         "scale",
@@ -155,6 +158,7 @@ class PointReader:
         self.offset = point.offset
         self.scaled = point.scale is not None or point.offset is not None
         self.shape = point.shape
+        self.plain_float = point.shape == "float" and not self.scaled
         self.width = point.width
         self.filter = ChangeFilter(point.deadband, point.max_silence)
         self.publish = point.publish
@@ -165,13 +169,19 @@ class PointReader:
     def value(self, raw_values: list[int] | list[bool]) -> Value:
         """The point's value from its registers, typed to its data shape."""
         if raw_values and isinstance(raw_values[0], bool):
-            raw: int | float | bool | str = bool(raw_values[0])
-        else:
-            raw = decode_registers(raw_values, self.type, byte_order=self.byte_order, bit=self.bit)
-            if self.scaled and isinstance(raw, int | float) and not isinstance(raw, bool):
-                # A register's integer has no decimals; a float's are not rounded.
-                places = 0 if isinstance(raw, int) else None
-                raw = scale(raw, scale=self.scale, offset=self.offset, raw_places=places)
+            return to_shape(bool(raw_values[0]), self.shape, width=self.width)
+        raw = decode_registers(raw_values, self.type, byte_order=self.byte_order, bit=self.bit)
+        return self.typed(raw)
+
+    def typed(self, raw: RawValue) -> Value:
+        """The point's value from what its registers decode to (`value`, or a whole read's
+        `BlockDecoder`): scaled, typed to its data shape."""
+        if self.scaled and isinstance(raw, int | float) and not isinstance(raw, bool):
+            # A register's integer has no decimals; a float's are not rounded.
+            places = 0 if isinstance(raw, int) else None
+            raw = scale(raw, scale=self.scale, offset=self.offset, raw_places=places)
+        elif self.plain_float and type(raw) is float and raw - raw == 0.0:
+            return raw  # what to_shape gives a finite float for "float": itself
         return to_shape(raw, self.shape, width=self.width)
 
 
@@ -265,6 +275,9 @@ class DevicePoller:
         # it outside this task raised (raised again in it).
         self._pending: _Response | None = None
         self._deferred_error: Exception | None = None
+        # Each planned read's decoder of all its values at once, when it has one (made at
+        # its first response; forgotten when the plan changes).
+        self._decoders: dict[ReadRequest, BlockDecoder | None] = {}
         self.stats = SourceStats()
         self.cadence = Cadence()
         # Called after every cycle that asked the unit (derived points are worked out
@@ -487,11 +500,15 @@ class DevicePoller:
     ) -> None:
         suffix = timestamp_suffix(timestamp_ms)
         by_bucket: dict[str, list[bytes]] = {}
-        for span in request.spans:
+        raws = self._decoded(request, values)
+        for n, span in enumerate(request.spans):
             reader = self._readers[span.index]
-            begin = span.start - request.start
             try:
-                value = reader.value(values[begin : begin + span.width])
+                if raws is None:
+                    begin = span.start - request.start
+                    value = reader.value(values[begin : begin + span.width])
+                else:
+                    value = reader.typed(raws[n])
             except ValueError as exc:
                 self.stats.decode_errors += 1
                 if self._throttle.allow(("decode", reader.id)):
@@ -502,12 +519,32 @@ class DevicePoller:
             if reader.tap is not None:
                 reader.tap(value, timestamp_ms)
             if reader.publish and reader.filter.admit(value, now):
-                by_bucket.setdefault(reader.bucket, []).append(
-                    reader.prefix + encode_value(value) + suffix
-                )
+                text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
+                by_bucket.setdefault(reader.bucket, []).append(reader.prefix + text + suffix)
         for bucket, parts in by_bucket.items():
             self.stats.readings += len(parts)
             self._emit(bucket, parts)
+
+    def _decoded(
+        self, request: ReadRequest, values: list[int] | list[bool]
+    ) -> tuple[RawValue, ...] | None:
+        """Every span's raw value from one struct call, or None (bits, a string, a bit of
+        a register, mixed byte orders, overlapping points, a short answer): then each
+        point decodes its own registers."""
+        try:
+            decoder = self._decoders[request]
+        except KeyError:
+            decoder = self._decoders[request] = self._decoder(request)
+        return None if decoder is None else decoder(values)
+
+    def _decoder(self, request: ReadRequest) -> BlockDecoder | None:
+        if request.table.is_bits:
+            return None  # values are booleans
+        fields = []
+        for span in request.spans:
+            reader = self._readers[span.index]
+            fields.append((span.start - request.start, reader.type, reader.byte_order, reader.bit))
+        return block_decoder(request.count, fields)
 
     def _refused(self, request: ReadRequest, exc: DeviceRefused) -> list[ReadRequest]:
         """What to ask instead of a refused request: its halves, or nothing (it is parked)."""
@@ -553,6 +590,7 @@ class DevicePoller:
     def _plan(self) -> None:
         """Each group's requests for its points not parked, around what the unit refused."""
         self._replan = False
+        self._decoders.clear()
         parked = {span.index for request in self._parked for span in request.spans}
         refused = self._refusals.ranges()
         for group in self._groups:
