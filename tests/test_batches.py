@@ -293,3 +293,41 @@ def test_every_reading_is_sent_once_in_order_within_the_limits(
         assert batch.count == len(items)
         assert 1 <= batch.count <= max_readings
         assert len(batch.payload) <= max_bytes
+
+
+def one_at_a_time(
+    responses: list[list[bytes]], *, max_readings: int, max_bytes: int
+) -> list[list[bytes]]:
+    """The batches that adding each part alone gives: the rule, written out."""
+    done: list[list[bytes]] = []
+    parts: list[bytes] = []
+    size = 2  # the brackets
+    for response in responses:
+        for part in response:
+            if parts and size + 1 + len(part) > max_bytes:
+                done.append(parts)
+                parts, size = [], 2
+            size += len(part) + (1 if parts else 0)
+            parts.append(part)
+            if len(parts) >= max_readings or size >= max_bytes:
+                done.append(parts)
+                parts, size = [], 2
+    return done + ([parts] if parts else [])
+
+
+@given(
+    st.lists(st.lists(st.binary(min_size=1, max_size=60), max_size=30), max_size=8),
+    st.integers(1, 12),
+    st.integers(256, 600),
+)
+def test_a_response_added_at_once_makes_the_batches_its_parts_would_one_at_a_time(
+    responses: list[list[bytes]], max_readings: int, max_bytes: int
+) -> None:
+    sent: list[Batch] = []
+    batches = batcher(sent, FakeClock(), max_readings=max_readings, max_bytes=max_bytes)
+    for response in responses:
+        batches.add_encoded("b", response)
+    batches.flush_all()
+
+    expected = one_at_a_time(responses, max_readings=max_readings, max_bytes=max_bytes)
+    assert [b"[" + b",".join(parts) + b"]" for parts in expected] == [b.payload for b in sent]

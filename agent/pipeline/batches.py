@@ -87,19 +87,42 @@ class Batcher:
             self._emit(bucket)
             batch = None
         max_bytes, max_readings = self._max_bytes, self._max_readings
-        for part in parts:
-            if batch is not None and batch.size + 1 + len(part) > max_bytes:
-                self._emit(bucket)
-                batch = None
+        taken = 0
+        while taken < len(parts):
             if batch is None:
-                deadline = self._clock() + self._delays.get(bucket, self._max_delay)
-                batch = self._open[bucket] = _OpenBatch(deadline, stamp)
-                self.on_new_deadline(deadline)
-            batch.size += len(part) + (1 if batch.parts else 0)
-            batch.parts.append(part)
+                batch = self._new_batch(bucket, stamp)
+            # As many as the batch has room for, at once when their bytes fit too (the
+            # common case: the same batches as part by part, at a fraction of the calls).
+            chunk = parts[taken : taken + max(1, max_readings - len(batch.parts))]
+            size = sum(map(len, chunk)) + len(chunk) - (0 if batch.parts else 1)
+            if batch.size + size <= max_bytes:
+                batch.parts.extend(chunk)
+                batch.size += size
+                taken += len(chunk)
+            else:
+                batch = self._add_one(bucket, batch, parts[taken], stamp)
+                taken += 1
             if len(batch.parts) >= max_readings or batch.size >= max_bytes:
                 self._emit(bucket)
-                batch = None
+            batch = self._open.get(bucket)
+
+    def _new_batch(self, bucket: str, stamp: Stamp | None) -> _OpenBatch:
+        deadline = self._clock() + self._delays.get(bucket, self._max_delay)
+        batch = self._open[bucket] = _OpenBatch(deadline, stamp)
+        self.on_new_deadline(deadline)
+        return batch
+
+    def _add_one(
+        self, bucket: str, batch: _OpenBatch, part: bytes, stamp: Stamp | None
+    ) -> _OpenBatch:
+        """One part into a batch whose bytes it would overflow: the batch goes first
+        (unless it is empty: a part larger than max_bytes goes alone). The batch it is in."""
+        if batch.parts:
+            self._emit(bucket)
+            batch = self._new_batch(bucket, stamp)
+        batch.size += len(part)
+        batch.parts.append(part)
+        return batch
 
     def flush_due(self) -> float | None:
         """Flush batches whose delay has passed; return the next deadline, if any."""

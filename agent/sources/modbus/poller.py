@@ -275,9 +275,9 @@ class DevicePoller:
         # it outside this task raised (raised again in it).
         self._pending: _Response | None = None
         self._deferred_error: Exception | None = None
-        # Each planned read's decoder of all its values at once, when it has one (made at
-        # its first response; forgotten when the plan changes).
-        self._decoders: dict[ReadRequest, BlockDecoder | None] = {}
+        # Each read's decoder of all its values at once, when it has one (made at its first
+        # response; forgotten when the plan changes), by the request's id.
+        self._decoders: dict[int, tuple[ReadRequest, BlockDecoder | None]] = {}
         self.stats = SourceStats()
         self.cadence = Cadence()
         # Called after every cycle that asked the unit (derived points are worked out
@@ -531,10 +531,12 @@ class DevicePoller:
         """Every span's raw value from one struct call, or None (bits, a string, a bit of
         a register, mixed byte orders, overlapping points, a short answer): then each
         point decodes its own registers."""
-        try:
-            decoder = self._decoders[request]
-        except KeyError:
-            decoder = self._decoders[request] = self._decoder(request)
+        # By identity (hashing a request hashes all its spans), and checked: a request made
+        # for one cycle (a split) may be gone, and its id another's.
+        known = self._decoders.get(id(request))
+        if known is None or known[0] is not request:
+            known = self._decoders[id(request)] = (request, self._decoder(request))
+        decoder = known[1]
         return None if decoder is None else decoder(values)
 
     def _decoder(self, request: ReadRequest) -> BlockDecoder | None:
