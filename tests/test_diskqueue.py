@@ -689,3 +689,179 @@ async def test_the_depth_after_a_stop_that_cancelled_a_commit_counts_what_it_wro
     await queue.aclose()
 
     assert 3 == count(path) == queue.stats().depth
+
+
+# -- publishing first: the commits that still must happen, and only those -------------------
+
+
+def queue_at(path: Path, now: list[float], **overrides: object) -> DiskOutbox:
+    """A queue on a fake loop clock whose task the test runs itself (`step`)."""
+    return DiskOutbox(settings(path, **overrides), clock=CLOCK, loop_time=lambda: now[0])
+
+
+async def step(queue: DiskOutbox) -> None:
+    """One round of the queue's task, as `run()` does it."""
+    async with queue._busy:
+        await queue._service()
+
+
+def states(path: Path) -> dict[str, bytes]:
+    with sqlite3.connect(path) as db:
+        return {
+            str(name): bytes(value) for name, value in db.execute("SELECT name, value FROM state")
+        }
+
+
+@pytest.mark.parametrize("how", ["flush", "aclose"])
+async def test_what_a_state_provider_puts_goes_into_the_commit_of_its_state(
+    tmp_path: Path, how: str
+) -> None:
+    """A window's result, put by the provider as its state is taken, is in the same
+    commit as the state that no longer holds the window (a stop included)."""
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10)
+
+    def provider(whole: bool) -> StateWrite:
+        queue.put(TOPIC, b"window result")
+        return StateWrite(snapshot=b"window closed")
+
+    queue.keep_state("s", provider)
+    queue.state_changed()
+    await (queue.flush() if how == "flush" else queue.aclose())
+
+    assert [b"window result"] == rows(path)
+    assert {"s": b"window closed"} == states(path)
+    await queue.aclose()
+
+
+async def test_a_state_is_committed_with_a_message_put_before_it_even_one_in_flight(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10)
+    try:
+        queue.put(TOPIC, b"older")  # a commit due at 10
+        await take(queue)
+        now[0] = 8.0
+        queue.keep_state("s", lambda whole: StateWrite(snapshot=b"window closed"))
+        queue.put(TOPIC, b"window result")
+        queue.state_changed()
+        await take(queue)  # published at once, young: a commit without a state spares it
+        now[0] = 10.0
+        await step(queue)
+
+        assert {"s": b"window closed"} == states(path)
+        assert b"window result" in rows(path)
+    finally:
+        await queue.aclose()
+
+
+async def test_a_message_spared_while_the_disk_failed_is_due_once_a_probe_finds_it_back(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10)
+    try:
+        await step(queue)  # the start-up sweep (the next at 60)
+        queue.put(TOPIC, b"x")
+        await queue.flush()  # the WAL wants a sync at 2
+        queue.ack(await take(queue))
+        await queue.flush()
+        real_sync, fails = queue._store.sync, [QueueIOError("injected: sync failed")]
+
+        def sync() -> None:
+            if fails:
+                raise fails.pop()
+            real_sync()
+
+        queue._store.sync = sync  # type: ignore[method-assign]
+        now[0] = 2.0
+        await step(queue)  # the sync fails: tried again in 1 to 2 s
+        assert not queue._health.ok
+        now[0] = 2.5
+        queue.put(TOPIC, b"in flight")
+        message = await take(queue)
+        now[0] = 4.0  # the retry: nothing due (the message is young), the probe syncs
+        await step(queue)
+        assert queue._health.ok
+        queue.release(message)  # the connection drops: nobody acknowledges it
+
+        now[0] = 12.5  # commit_interval after it was put
+        await step(queue)
+        assert [b"in flight"] == rows(path)
+    finally:
+        await queue.aclose()
+
+
+async def test_a_put_during_a_commit_does_not_delay_a_spared_message(tmp_path: Path) -> None:
+    """A spared message is due when it is commit_interval old, whatever is put while the
+    commit that spared it runs."""
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10)
+    try:
+        queue.put(TOPIC, b"a")  # a commit due at 10
+        now[0] = 6.0
+        queue.put(TOPIC, b"b")
+        a, _ = await take(queue), await take(queue)
+        queue.release(a)  # not in flight: written at 10, whatever its age
+        held = HeldWrite(queue)
+        now[0] = 10.0
+        commit = asyncio.create_task(step(queue))  # writes a, spares b (4 s, in flight)
+        await held.started()
+        now[0] = 10.1
+        queue.put(TOPIC, b"c")
+        held.let_go()
+        await asyncio.wait_for(commit, GENEROUS)
+
+        assert [b"a"] == rows(path)
+        assert queue._commit_at == 16.0  # when b is commit_interval old
+    finally:
+        await queue.aclose()
+
+
+async def test_the_pollers_go_on_once_what_held_them_is_acknowledged_unwritten(
+    tmp_path: Path,
+) -> None:
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10, memory_bytes=4000)
+    try:
+        await step(queue)
+        taker = asyncio.create_task(queue.take())
+        await until(lambda: queue._taker_waiting)
+        queue.put(TOPIC, b"x" * 3100)  # beyond 3/4 of memory_bytes: the pollers wait
+        assert not queue._room.is_set()
+        await step(queue)  # spared: delivery is about to take it
+        queue.ack(await asyncio.wait_for(taker, GENEROUS))  # never written
+
+        assert queue._room.is_set()
+        assert 0 == queue._unwritten.bytes
+    finally:
+        await queue.aclose()
+
+
+async def test_a_full_window_in_flight_does_not_make_every_put_a_commit(tmp_path: Path) -> None:
+    """commit_bytes counts what waits for the disk, not the window in flight (mostly
+    acknowledged before its commit)."""
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10, max_bytes=1024 * 1024)  # commit_bytes 64 KiB
+    try:
+        await step(queue)
+        for n in range(32):  # the window, beyond commit_bytes: acknowledgements on the way
+            queue.put(TOPIC, b"%04d" % n + b"x" * 2100)
+            await take(queue)
+        await step(queue)
+        base = queue.commits
+        for n in range(10):  # delivery waits for an acknowledgement, not in take()
+            now[0] += 0.01
+            queue.put(TOPIC, b"new %d" % n)
+            await step(queue)
+
+        assert queue.commits - base <= 1
+    finally:
+        await queue.aclose()

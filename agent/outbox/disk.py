@@ -215,6 +215,8 @@ class DiskOutbox(QueueFront):
             await self._write_failed(exc)
             return
         self._health.recovered(messages_on_disk=self._disk_count)
+        self._next_commit()  # what was spared meanwhile is due as usual
+        self._update_room()
 
     def _open_file(self) -> None:
         """Open the file at start-up (before the loop runs anything else: READY waits)."""
@@ -289,11 +291,16 @@ class DiskOutbox(QueueFront):
             sweep=sweep, messages=messages, recount=recount, upto=upto, spare=spare
         )
         while more and messages and self._open and self._health.ok:
-            more = await self._commit(upto=upto, spare=spare)
+            more = await self._commit(upto=self._seq if everything else upto, spare=spare)
+        self._next_commit()
+        self._update_room()
+
+    def _next_commit(self) -> None:
+        """The next commit: when the oldest unwritten message is commit_interval old (or
+        earlier, if one is due already)."""
         made = self._unwritten.first_made()
-        if self._commit_at is None and made is not None and self._health.ok:
-            self._commit_at = made + self._settings.commit_interval
-            self._wake.set()
+        if made is not None and self._health.ok:
+            self._commit_due(made + self._settings.commit_interval)
 
     def _spared(self) -> Spared:
         """What a timed commit leaves out: messages put less than half a commit_interval
@@ -325,8 +332,11 @@ class DiskOutbox(QueueFront):
         if not self._open:
             return False
         # Taken first: a provider may put messages (what its state no longer holds), and
-        # they must go into this same commit. (A sweep alone, messages=False, leaves them.)
+        # they must go into this same commit, with every message put before the state
+        # changed (`keep_state`): none is spared then. (A sweep alone leaves them.)
         states = self._states_to_write() if messages and self._states_due else {}
+        if states:
+            upto, spare = self._seq, None
         batch, more = (
             self._unwritten.batch(self._commit_bytes, upto=upto, spare=spare)
             if messages

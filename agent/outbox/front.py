@@ -63,6 +63,7 @@ class QueueFront:
         # sure (a DELETE of a row that is not there costs nothing).
         self._suspect_upto = 0
         self._in_flight: dict[int, Message] = {}
+        self._in_flight_bytes = 0  # their payloads (unwritten or not)
         self._taker_waiting = False  # delivery waits in take(): connected, and keeping up
         self._retry: dict[int, Message] = {}  # released: sent again first
         self._acked: set[int] = set()  # on disk, acknowledged, deletion not yet committed
@@ -118,11 +119,14 @@ class QueueFront:
         self._unwritten.add(message, self._time())
         self._stats.queued_total += 1
         self._ready.set()  # delivered at once; written only if not acknowledged in time
-        if self._health.ok and self._unwritten.bytes > self._settings.memory_bytes * 3 // 4:
+        # What waits for the disk: not what is in flight (it is mostly acknowledged before
+        # its commit; counted, a full window would ask for a commit at every put).
+        waiting = self._unwritten.bytes - self._in_flight_bytes
+        if self._health.ok and waiting > self._settings.memory_bytes * 3 // 4:
             self._room.clear()  # the disk is behind: the pollers wait (wait_room)
             self._commit_at = self._time()  # and it is asked to catch up now
             self._wake.set()
-        if self._health.ok and self._unwritten.bytes >= self._commit_bytes:
+        if self._health.ok and waiting >= self._commit_bytes:
             self._commit_at = self._time()
             self._wake.set()
         elif self._commit_at is None:
@@ -150,25 +154,33 @@ class QueueFront:
                 self._wake.set()  # the queue's task logs them, one line for many
                 continue
             self._in_flight[message.seq] = message
+            self._in_flight_bytes += len(message.payload)
             return message
 
     def ack(self, message: Message) -> None:
-        if self._in_flight.pop(message.seq, None) is None:
+        if not self._landed(message):
             return
         self._stats.sent_total += 1
         self._forget(message)
 
     def release(self, message: Message) -> None:
-        if self._in_flight.pop(message.seq, None) is not None:
+        if self._landed(message):
             self._retry[message.seq] = message
             self._ready.set()
 
     def drop(self, message: Message, reason: str) -> None:
         """Forget a taken message that must never be sent (its time cannot be known)."""
-        if self._in_flight.pop(message.seq, None) is not None:
+        if self._landed(message):
             self._forget(message)
             self._stats.dropped_total += 1
             log.error("message_dropped", seq=message.seq, topic=message.topic, reason=reason)
+
+    def _landed(self, message: Message) -> bool:
+        """`message` is no longer in flight; whether it was."""
+        if self._in_flight.pop(message.seq, None) is None:
+            return False
+        self._in_flight_bytes -= len(message.payload)
+        return True
 
     def mark_backlog(self) -> None:
         """A connection came up: what is queued now is backlog, replayed at replay_rate;
@@ -211,12 +223,15 @@ class QueueFront:
         await self._room.wait()
 
     def _update_room(self) -> None:
-        if (
-            not self._health.ok
-            or self._closed
-            or (self._unwritten.bytes <= self._settings.memory_bytes // 2)
-        ):
+        waiting = self._unwritten.bytes - self._in_flight_bytes
+        if not self._health.ok or self._closed or waiting <= self._settings.memory_bytes // 2:
             self._room.set()
+
+    def _commit_due(self, at: float) -> None:
+        """A commit at `at` at the latest (an earlier one already due stays)."""
+        if self._commit_at is None or at < self._commit_at:
+            self._commit_at = at
+            self._wake.set()
 
     # -- choosing the next message ----------------------------------------------------------
 
@@ -304,6 +319,8 @@ class QueueFront:
             self._gone.discard(seq)  # the file dropped it already
             return
         unwritten = self._unwritten.pop(seq)
+        if unwritten is not None and not self._room.is_set():
+            self._update_room()  # less to write: the pollers may go on
         if unwritten is not None and seq not in self._writing and seq > self._suspect_upto:
             return  # never written: nothing to delete
         self._acked.add(seq)  # on disk (or perhaps): delete it

@@ -89,12 +89,23 @@ class ControlServer:
                 raise OSError(f"another process is listening at {self.path}")
             self.path.unlink()  # left by an agent that was killed
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Bound under a name of its own, given its mode and group, then renamed into place:
+        # the socket never shows at its path with other permissions than its own (a
+        # client, or the .deb's test, could find it between bind and chmod).
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        staging.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(
-            self._serve, path=str(self.path), limit=MAX_REQUEST + 1
+            self._serve, path=str(staging), limit=MAX_REQUEST + 1
         )
-        os.chmod(self.path, SOCKET_MODE)
-        with contextlib.suppress(KeyError, PermissionError):
-            os.chown(self.path, -1, grp.getgrnam(self._group).gr_gid)
+        try:
+            os.chmod(staging, SOCKET_MODE)
+            with contextlib.suppress(KeyError, PermissionError):
+                os.chown(staging, -1, grp.getgrnam(self._group).gr_gid)
+            os.replace(staging, self.path)
+        except OSError:
+            server.close()
+            staging.unlink(missing_ok=True)
+            raise
         return server
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
