@@ -865,3 +865,28 @@ async def test_a_full_window_in_flight_does_not_make_every_put_a_commit(tmp_path
         assert queue.commits - base <= 1
     finally:
         await queue.aclose()
+
+
+async def test_a_journal_entry_alone_does_not_write_a_message_about_to_be_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """A journal holds samples, no one's message: its commit spares a young message in
+    flight as any commit does (a snapshot's does not)."""
+    now = [0.0]
+    path = tmp_path / "q.db"
+    queue = queue_at(path, now, commit_interval=10)
+    try:
+        queue.put(TOPIC, b"older")  # a commit due at 10
+        older = await take(queue)
+        queue.keep_state("s", lambda whole: StateWrite(journal=(b"samples",)))
+        now[0] = 8.0
+        queue.put(TOPIC, b"in flight")
+        queue.state_changed()
+        await take(queue)
+        queue.release(older)  # not in flight: written at 10
+        now[0] = 10.0
+        await step(queue)
+
+        assert [b"older"] == rows(path)
+    finally:
+        await queue.aclose()

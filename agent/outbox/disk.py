@@ -88,8 +88,9 @@ class DiskOutbox(QueueFront):
 
     def keep_state(self, name: str, provider: StateProvider) -> None:
         """What `provider(whole)` gives is kept under `name` by the commit after each
-        `state_changed()`, in the same transaction as the messages put before it (and as
-        those the provider puts)."""
+        `state_changed()`; a snapshot in the same transaction as the messages put before
+        it (and as those the provider puts), a journal entry with those not acknowledged
+        in time."""
         self._states[name] = provider
 
     def _states_to_write(self) -> dict[str, StateWrite]:
@@ -332,11 +333,12 @@ class DiskOutbox(QueueFront):
         if not self._open:
             return False
         # Taken first: a provider may put messages (what its state no longer holds), and
-        # they must go into this same commit, with every message put before the state
-        # changed (`keep_state`): none is spared then. (A sweep alone leaves them.)
+        # they must go into this same commit. A snapshot goes with every message put
+        # before it (`keep_state`: what it no longer holds was put then), none spared; a
+        # journal alone holds no one's message. (A sweep alone leaves the states.)
         states = self._states_to_write() if messages and self._states_due else {}
         if states:
-            upto, spare = self._seq, None
+            upto, spare = self._seq, _snapshot_spares_none(states, spare)
         batch, more = (
             self._unwritten.batch(self._commit_bytes, upto=upto, spare=spare)
             if messages
@@ -516,3 +518,8 @@ class DiskOutbox(QueueFront):
         except QueueError as exc:
             self._synced = False
             await self._write_failed(exc)
+
+
+def _snapshot_spares_none(states: dict[str, StateWrite], spare: Spared | None) -> Spared | None:
+    """A commit with a snapshot writes every message put before it, none spared."""
+    return None if any(write.snapshot is not None for write in states.values()) else spare
