@@ -166,6 +166,13 @@ async def test_every_reading_polled_during_a_broker_outage_arrives(
             await broker.restart_async()  # saves the cloud's session: a killed broker keeps it
             await cloud.wait_connected(timeout=WAIT)
             await agent.session.wait_connected()
+            # What the broker acknowledged before it hangs is its own to deliver: the
+            # cloud has all of it first (a broker killed with an acknowledged message
+            # still queued for the cloud loses it; that is not the agent's to resend).
+            before = reads(sim_unit)
+            await cloud.wait_for(
+                lambda _: set(range(1, before)) <= set(received(cloud)), timeout=WAIT
+            )
             assert broker.pid is not None
             os.kill(broker.pid, signal.SIGSTOP)
             stopped_at = reads(sim_unit)
