@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -1364,3 +1365,32 @@ def test_a_point_interval_that_is_not_a_multiple_of_its_devices_is_refused(
         f"FILE:{line_of(text, 'm2_b')}: modbus[0].devices[1].points[1].interval: {interval} s "
         "is not a whole multiple of the device's interval (2 s)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("returncode", "output", "said"),
+    [
+        (0, b"", "exited 0"),
+        (3, b"", "exited 3"),
+        (0, b"not a pickle", "an unreadable answer"),
+        (0, pickle.dumps(42), "an answer of int"),
+    ],
+)
+def test_a_confined_child_that_answers_otherwise_is_a_load_failure_not_a_traceback(
+    returncode: int, output: bytes, said: str
+) -> None:
+    with pytest.raises(confined.ConfinedLoadFailed, match=said):
+        confined.received(Path("agent.toml"), returncode, output)
+
+
+@pytest.mark.parametrize(
+    "child",
+    [["/nonexistent/python"], [sys.executable, "-c", "import sys; sys.exit(3)"]],
+    ids=["no_process", "dies"],
+)
+async def test_a_reload_whose_child_fails_is_a_load_failure(
+    write: Write, monkeypatch: pytest.MonkeyPatch, child: list[str]
+) -> None:
+    monkeypatch.setattr(confined, "CHILD", child)
+    with pytest.raises(confined.ConfinedLoadFailed, match="validating"):
+        await confined.load_async(write(BASE))

@@ -57,14 +57,22 @@ class Pending:
         self._child: subprocess.Popen[bytes] | None = None
         self._pid = 0
         self._output = -1
-        if fork:
-            self._fork()
-        else:
-            self._child = subprocess.Popen([*CHILD, str(path)], stdout=subprocess.PIPE)
+        try:
+            if fork:
+                self._fork()
+            else:
+                self._child = subprocess.Popen([*CHILD, str(path)], stdout=subprocess.PIPE)
+        except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): said, not a traceback
+            raise ConfinedLoadFailed(f"validating {path} failed: {exc}") from exc
 
     def _fork(self) -> None:
         readable, writable = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(readable)
+            os.close(writable)
+            raise
         if pid == 0:  # the child: never returns
             os.close(readable)
             status = 1
@@ -98,7 +106,10 @@ def start(path: str | Path) -> Pending:
 async def load_async(path: str | Path) -> Config:
     import asyncio
 
-    child = await asyncio.create_subprocess_exec(*CHILD, str(path), stdout=subprocess.PIPE)
+    try:
+        child = await asyncio.create_subprocess_exec(*CHILD, str(path), stdout=subprocess.PIPE)
+    except OSError as exc:
+        raise ConfinedLoadFailed(f"validating {path} failed: {exc}") from exc
     output, _ = await child.communicate()
     assert child.returncode is not None, "communicate() waits for the exit"
     return received(Path(path), child.returncode, output)
@@ -110,11 +121,16 @@ def received(path: Path, returncode: int, output: bytes) -> Config:
 
     if returncode != 0 or not output:
         raise ConfinedLoadFailed(f"validating {path} failed: the process exited {returncode}")
-    outcome = pickle.loads(output)
+    try:
+        outcome = pickle.loads(output)
+    except Exception as exc:  # what a child that wrote something else left: anything
+        raise ConfinedLoadFailed(f"validating {path} failed: an unreadable answer") from exc
     if isinstance(outcome, Config):
         return outcome
-    shown, problems = outcome
-    raise ConfigError(shown, problems)
+    if isinstance(outcome, tuple) and len(outcome) == 2:
+        shown, problems = outcome
+        raise ConfigError(shown, problems)
+    raise ConfinedLoadFailed(f"validating {path} failed: an answer of {type(outcome).__name__}")
 
 
 def outcome_of(path: str | Path) -> bytes:

@@ -404,12 +404,13 @@ class Agent:
             if self.config_path is None:
                 raise ConfigError("<none>", [ConfigProblem("", "no config file to reload")])
             new = await confined.load_async(self.config_path)
-        except ConfigError as exc:
-            log.error(
-                "config_reload_failed",
-                file=str(self.config_path),
-                problems=[p.render(str(self.config_path)) for p in exc.problems],
+        except (ConfigError, confined.ConfinedLoadFailed) as exc:
+            problems = (
+                [p.render(str(self.config_path)) for p in exc.problems]
+                if isinstance(exc, ConfigError)
+                else [str(exc)]  # no process, or one that died: the running config stays
             )
+            log.error("config_reload_failed", file=str(self.config_path), problems=problems)
             self._notifier.notify("READY=1")
             return sources, link
         old, self.config = self.config, new
