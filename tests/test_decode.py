@@ -18,7 +18,7 @@ from agent.sources.modbus.decode import (
     encode_registers,
     unscale_value,
 )
-from agent.sources.modbus.points import ByteOrder, PointType
+from agent.sources.modbus.points import ByteOrder, PointType, register_count
 
 BYTE_ORDERS: tuple[ByteOrder, ...] = get_args(ByteOrder)
 
@@ -680,7 +680,7 @@ def test_decode_reads_back_what_encode_wrote_for_every_type_and_byte_order(
         assert type(value) is type(decoded)
 
 
-_WIDTHS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}  # the rest: 4
+_WIDTHS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "uint64": 4}
 _INTEGER_REGISTERS = st.sampled_from(sorted(_WIDTHS)).flatmap(
     lambda point_type: st.tuples(
         st.just(point_type),
@@ -704,17 +704,10 @@ def test_every_register_pattern_of_an_integer_type_encodes_back_unchanged(
 
 # -- a whole read at once (the poller's hot path) -------------------------------------------
 
+# Every fixed-width type: those a whole read decodes at once.
 _FIXED_TYPES: list[PointType] = [
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float32",
-    "float64",
+    t for t in get_args(PointType) if t not in ("bool", "string", "hex")
 ]
-_WIDTHS = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}  # the rest: 4
 
 
 @st.composite
@@ -726,7 +719,7 @@ def _blocks(draw: st.DrawFn) -> tuple[list[tuple[int, PointType]], ByteOrder, li
     for point_type in draw(st.lists(st.sampled_from(_FIXED_TYPES), min_size=1, max_size=12)):
         position += draw(st.integers(0, 3))  # a gap
         fields.append((position, point_type))
-        position += _WIDTHS.get(point_type, 4)
+        position += register_count(point_type, None)
     count = position + draw(st.integers(0, 3))
     registers = draw(st.lists(st.integers(0, 0xFFFF), min_size=count, max_size=count))
     return fields, byte_order, registers
@@ -748,7 +741,7 @@ def test_a_whole_read_decodes_to_what_each_point_decodes_to(
 
     each = [
         decode_registers(
-            registers[offset : offset + _WIDTHS.get(t, 4)],
+            registers[offset : offset + register_count(t, None)],
             t,
             byte_order=byte_order,
         )

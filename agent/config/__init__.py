@@ -13,63 +13,43 @@ config the agent runs on.
     confined.py  load_config in a process of its own, for the agent: it never imports
                  pydantic
 
-Importing this package imports nothing: each name below is imported from its module when
-first asked for (`load_config` and pydantic with it only by those who call it).
+Importing this package imports no pydantic: `load_config`, `load_settings` and `masked`
+are imported from agent.config.load when first asked for. (The model is imported at once:
+the agent needs it, and the config's child, forked after it, then need not.)
 """
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.config.model import (
+    MASK,
+    AgentTarget,
+    Config,
+    Connection,
+    Device,
+    Instrument,
+    InstrumentPoint,
+    Point,
+    RegisterTarget,
+    SerialSettings,
+    Setting,
+    TcpEndpoint,
+)
+
 DEFAULT_PATH = Path("/etc/orio-agent/config.toml")
 
 if TYPE_CHECKING:
     from agent.config.load import load_config, load_settings, masked
-    from agent.config.model import (
-        MASK,
-        AgentTarget,
-        Config,
-        Connection,
-        Device,
-        Instrument,
-        InstrumentPoint,
-        Point,
-        RegisterTarget,
-        SerialSettings,
-        Setting,
-        TcpEndpoint,
-    )
 
-# name -> the module it is imported from when first asked for: `agent.config.confined`,
-# imported first thing by `orio-agent run`, needs none of them.
-_LAZY = {
-    **dict.fromkeys(("load_config", "load_settings", "masked"), "agent.config.load"),
-    **dict.fromkeys(
-        (
-            "MASK",
-            "AgentTarget",
-            "Config",
-            "Connection",
-            "Device",
-            "Instrument",
-            "InstrumentPoint",
-            "Point",
-            "RegisterTarget",
-            "SerialSettings",
-            "Setting",
-            "TcpEndpoint",
-        ),
-        "agent.config.model",
-    ),
-}
+_FROM_LOAD = ("load_config", "load_settings", "masked")
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in _FROM_LOAD:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    from agent.config import load  # pydantic with it: only for those who call these
 
-    return getattr(importlib.import_module(module), name)
+    return getattr(load, name)
 
 
 __all__ = [
