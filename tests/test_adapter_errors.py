@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import ssl
+import struct
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -23,6 +24,8 @@ import pymodbus.exceptions
 import pytest
 import serial
 from gmqtt.mqtt.handler import MQTTConnectError
+from hypothesis import given
+from hypothesis import strategies as st
 from pymodbus.exceptions import (
     ConnectionException,
     ModbusException,
@@ -31,6 +34,10 @@ from pymodbus.exceptions import (
     ParameterException,
 )
 from pymodbus.framer import FramerRTU
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+)
 
 from agent.cloud import mqtt
 from agent.cloud.mqtt import MqttSession
@@ -50,7 +57,7 @@ from agent.errors import (
     DeviceUnreachable,
 )
 from agent.sources.modbus import client
-from agent.sources.modbus.client import ModbusLine
+from agent.sources.modbus.client import REGISTER_RESPONSES, ModbusLine
 from agent.sources.modbus.points import Table
 from agent.sources.modbus.poller import DevicePoller
 from agent.sources.serial import nmea, port
@@ -623,3 +630,27 @@ async def test_a_line_says_whether_it_is_connected_for_the_agents_state() -> Non
     assert (False, True, False) == (before, during, line.connected)
     assert f"127.0.0.1:{port}" == line.endpoint
     assert values
+
+
+# -- the adapter's own decoding of register replies ------------------------------------
+
+
+def _decoded(response_class: type[Any], data: bytes) -> list[int] | type[Exception]:
+    """What a reply class makes of a reply's data: its registers, or what it raised."""
+    reply = response_class()
+    try:
+        reply.decode(data)
+    except (ModbusIOException, IndexError, struct.error) as exc:
+        return ModbusIOException if isinstance(exc, ModbusIOException) else IndexError
+    return list(reply.registers)
+
+
+@given(data=st.binary(max_size=260))
+def test_a_register_reply_decodes_as_pymodbus_decodes_it(data: bytes) -> None:
+    """Whatever the bytes, short, odd or garbage: the same registers, or the same refusal."""
+    for ours, theirs in zip(
+        REGISTER_RESPONSES, (ReadHoldingRegistersResponse, ReadInputRegistersResponse), strict=True
+    ):
+        assert issubclass(ours, theirs)
+        assert ours.function_code == theirs.function_code
+        assert _decoded(theirs, data) == _decoded(ours, data)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import resolve
 from agent.config.schema import ModbusConfig
@@ -536,3 +539,107 @@ async def test_what_a_delivery_raises_ends_the_cycle_in_the_pollers_task() -> No
 
     with pytest.raises(RuntimeError, match="the sink is broken"):
         await poller.poll_once()
+
+
+# -- a run: a read of plain points, made into readings in one pass -------------------------
+
+_PLAIN = {  # a plain type, its registers, and the shape it is shown as
+    "float32": (2, "float"),
+    "float64": (4, "float"),
+    "int16": (1, "integer"),
+    "uint16": (1, "integer"),
+    "int32": (2, "integer"),
+    "uint64": (4, "integer"),
+}
+_REGISTER = st.integers(0, 0xFFFF) | st.sampled_from([0x7F80, 0x7FC0, 0xFF80, 0x8000])
+
+
+def _block(types: Sequence[str], **extra: Any) -> list[dict[str, Any]]:
+    """Points of `types` one after another from address 0, shown as themselves."""
+    points, address = [], 0
+    for n, point_type in enumerate(types):
+        width, shape = _PLAIN[point_type]
+        points.append(
+            {
+                "id": f"q{n}",
+                "table": "holding",
+                "address": address,
+                "type": point_type,
+                "value_type": shape,
+                **extra,
+            }
+        )
+        address += width
+    return points
+
+
+def _first_cycle(points: list[dict[str, Any]], registers: list[int]) -> tuple[Emitted, int, bool]:
+    """One cycle of a poller of `points` over `registers`: what it emitted, its decode
+    errors, and whether its one read is a run."""
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, registers)
+    poller, emitted = make_poller(bus, points)
+    asyncio.run(poller.poll_once())
+    (request,) = poller.requests
+    return emitted, poller.stats.decode_errors, poller._plan_of(request)[2] is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    types=st.lists(st.sampled_from(sorted(_PLAIN)), min_size=1, max_size=12),
+    data=st.data(),
+)
+def test_a_run_publishes_what_the_point_by_point_path_publishes(
+    types: list[str], data: st.DataObject
+) -> None:
+    """The same readings, errors and order whether a read is a run or, with a deadband of 0
+    on every point (a first value always goes), point by point; NaN and infinities
+    included (a run with one is delivered point by point, its bad value refused)."""
+    width = sum(_PLAIN[t][0] for t in types)
+    registers = data.draw(st.lists(_REGISTER, min_size=width, max_size=width))
+
+    fast, fast_errors, is_run = _first_cycle(_block(types), registers)
+    slow, slow_errors, slow_is_run = _first_cycle(_block(types, deadband=0), registers)
+
+    assert (is_run, slow_is_run) == (True, False)
+    assert slow.readings == fast.readings
+    assert slow_errors == fast_errors
+
+
+async def test_a_run_with_a_nan_publishes_the_others_and_counts_the_nan() -> None:
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [0x4120, 0, 0x7FC0, 0, 0x4140, 0])  # 10, NaN, 12
+    poller, emitted = make_poller(bus, _block(["float32"] * 3))
+
+    await poller.poll_once()
+
+    assert ({"q0": 10.0, "q2": 12.0}, 1) == (emitted.values(), poller.stats.decode_errors)
+
+
+async def test_a_tap_set_after_a_run_was_made_is_given_every_value() -> None:
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [1, 2, 3])
+    poller, emitted = make_poller(bus, holding(0, 1, 2))
+    await poller.poll_once()  # the run is made, without taps
+    tapped: list[tuple[Any, int]] = []
+    poller.set_tap("p1", lambda value, stamp: tapped.append((value, stamp)))
+    bus.set_registers(UNIT, Table.HOLDING, 1, [20])
+
+    await poller.poll_once()
+
+    assert [(20, WALL_MS)] == tapped
+    assert {"p0": 1, "p1": 20, "p2": 3} == emitted.values()
+
+
+async def test_status_shows_each_points_last_report_run_or_deadband() -> None:
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [1, 2, 3])
+    points = [*holding(0, 1), {"id": "d", "table": "holding", "address": 2, "deadband": 5}]
+    poller, _ = make_poller(bus, points)
+    assert [None, None, None] == [view.value for view in poller.point_views(0.0)]
+    await poller.poll_once()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [10, 20, 4])  # d moves less than its deadband
+
+    await poller.poll_once()
+
+    assert [10, 20, 3] == [view.value for view in poller.point_views(time.monotonic())]

@@ -101,6 +101,33 @@ def line_to(place: Served, *, timeout: float = TIMEOUT) -> ModbusLine:
     return ModbusLine(resolve.connection(modbus_config(**place.keys, timeout=timeout)))
 
 
+# -- the adapter's replies -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_whole_reads_of_both_register_tables_come_back_as_the_unit_holds_them(
+    transport: str, tmp_path: Path
+) -> None:
+    """The adapter decodes a read-registers reply itself (`REGISTER_RESPONSES`): every
+    register of the largest read, each table, each framing, as the unit holds it."""
+    unit = SimUnit(1)
+    holding = [(n * 7919) % 65536 for n in range(125)]
+    unit.set_registers("holding", 0, holding)
+    unit.set_registers("input", 0, holding[::-1])
+    async with served(transport, [unit], tmp_path) as place:
+        line = line_to(place, timeout=LONG_TIMEOUT)
+        try:
+            got_holding = await line.read(1, Table.HOLDING, 0, 125)
+            got_input = await line.read(1, Table.INPUT, 0, 125)
+            got_part = await line.read(1, Table.HOLDING, 3, 1)
+        finally:
+            await line.close()
+
+    assert holding == got_holding
+    assert holding[::-1] == got_input
+    assert [holding[3]] == got_part
+
+
 # -- the adapter's errors ------------------------------------------------------------------
 
 

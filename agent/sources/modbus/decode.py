@@ -164,6 +164,15 @@ class BlockDecoder:
         return values
 
 
+def decodes_as_shown(point_type: str, shape: str) -> bool:
+    """Whether a point of `point_type` shown as `shape`, without a bit or a scale, is
+    published as its registers decode: a float type as a float, an integer type as an
+    integer (a finite float, for a float: an infinity or NaN is refused)."""
+    if shape == "float":
+        return point_type in _FLOAT_TYPES
+    return shape == "integer" and point_type in _INTEGER_TYPES
+
+
 def block_decoder(
     count: int, fields: Sequence[tuple[int, PointType, ByteOrder, int | None]]
 ) -> BlockDecoder | None:

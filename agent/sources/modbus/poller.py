@@ -88,7 +88,13 @@ from agent.pipeline.readings import (
     to_shape,
 )
 from agent.service.logs import Throttle
-from agent.sources.modbus.decode import BlockDecoder, RawValue, block_decoder, decode_registers
+from agent.sources.modbus.decode import (
+    BlockDecoder,
+    RawValue,
+    block_decoder,
+    decode_registers,
+    decodes_as_shown,
+)
 from agent.sources.modbus.plan import Limits, ReadRequest, Refusals, Span, plan_reads, split
 from agent.sources.modbus.points import Table
 from agent.sources.source import (
@@ -97,7 +103,6 @@ from agent.sources.source import (
     PointView,
     SourceStats,
     backoff,
-    point_views,
     scale,
 )
 
@@ -127,40 +132,27 @@ Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its
 
 
 class PointReader:
-    """Everything needed to turn a point's registers into a reading, worked out once."""
+    """Everything needed to turn a point's registers into a reading, worked out once; the
+    rest is read from the point's config."""
 
-    __slots__ = (
-        "bit",
-        "bucket",
-        "byte_order",
-        "filter",
-        "id",
-        "offset",
-        "plain_float",
-        "prefix",
-        "publish",
-        "scale",
-        "scaled",
-        "shape",
-        "tap",
-        "type",
-        "width",
-    )
+    __slots__ = ("bucket", "filter", "id", "plain", "point", "prefix", "publish", "scaled", "tap")
 
     def __init__(self, point: Point) -> None:
+        self.point = point
         self.id = point.id
         self.prefix = id_prefix(point.id)
         self.bucket = point.bucket
-        self.type = point.type
-        self.byte_order = point.byte_order
-        self.bit = point.bit
-        self.scale = point.scale
-        self.offset = point.offset
         self.scaled = point.scale is not None or point.offset is not None
-        self.shape = point.shape
-        self.plain_float = point.shape == "float" and not self.scaled
-        self.width = point.width
-        self.filter = ChangeFilter(point.deadband, point.max_silence)
+        # Published as its registers decode (a finite float of a float point, an integer
+        # of an integer point): nothing to scale or type.
+        self.plain = (
+            not self.scaled and point.bit is None and decodes_as_shown(point.type, point.shape)
+        )
+        # Only a deadband holds a value back: without one every value is reported, and the
+        # poller keeps the last (`DevicePoller.point_views`).
+        self.filter = (
+            ChangeFilter(point.deadband, point.max_silence) if point.deadband is not None else None
+        )
         self.publish = point.publish
         # Set by the agent for a point that derived points or its aggregate use: given
         # every value read (None when the read failed), before the deadband.
@@ -168,21 +160,54 @@ class PointReader:
 
     def value(self, raw_values: list[int] | list[bool]) -> Value:
         """The point's value from its registers, typed to its data shape."""
+        point = self.point
         if raw_values and isinstance(raw_values[0], bool):
-            return to_shape(bool(raw_values[0]), self.shape, width=self.width)
-        raw = decode_registers(raw_values, self.type, byte_order=self.byte_order, bit=self.bit)
+            return to_shape(bool(raw_values[0]), point.shape, width=point.width)
+        raw = decode_registers(raw_values, point.type, byte_order=point.byte_order, bit=point.bit)
         return self.typed(raw)
 
     def typed(self, raw: RawValue) -> Value:
         """The point's value from what its registers decode to (`value`, or a whole read's
         `BlockDecoder`): scaled, typed to its data shape."""
+        point = self.point
         if self.scaled and isinstance(raw, int | float) and not isinstance(raw, bool):
             # A register's integer has no decimals; a float's are not rounded.
             places = 0 if isinstance(raw, int) else None
-            raw = scale(raw, scale=self.scale, offset=self.offset, raw_places=places)
-        elif self.plain_float and type(raw) is float and raw - raw == 0.0:
+            raw = scale(raw, scale=point.scale, offset=point.offset, raw_places=places)
+        elif self.plain and type(raw) is float and raw - raw == 0.0:
             return raw  # what to_shape gives a finite float for "float": itself
-        return to_shape(raw, self.shape, width=self.width)
+        return to_shape(raw, point.shape, width=point.width)
+
+
+class _Run:
+    """A read whose points are all plain (`PointReader.plain`), published, without a
+    deadband, of one bucket and declared in address order: its readings are made in one
+    pass, from one struct call (the hot path of a meter's block of floats)."""
+
+    __slots__ = ("bucket", "end", "first", "prefixes", "taps")
+
+    def __init__(self, readers: list[PointReader], first: int) -> None:
+        self.bucket = readers[0].bucket
+        self.first, self.end = first, first + len(readers)  # the points' indexes
+        self.prefixes = tuple(reader.prefix for reader in readers)
+        taps = tuple(reader.tap for reader in readers)
+        self.taps = taps if any(tap is not None for tap in taps) else None
+
+    @classmethod
+    def of(cls, readers: list[PointReader], spans: tuple[Span, ...]) -> _Run | None:
+        first = spans[0].index
+        if (
+            any(span.index != first + n for n, span in enumerate(spans))
+            or any(not r.plain or not r.publish or r.filter is not None for r in readers)
+            or len({reader.bucket for reader in readers}) != 1
+        ):
+            return None
+        return cls(readers, first)
+
+
+# What a poller works out once for a read: its decoder of all values at once, if it has
+# one, and its run, if it is one (see `_Run`).
+_ReadPlan = tuple[ReadRequest, BlockDecoder | None, _Run | None]
 
 
 def device_spans(device: Device) -> list[Span]:
@@ -263,7 +288,8 @@ class DevicePoller:
         self._readers = [PointReader(point) for point in device.points]
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
-        self._group_of = {span.index: group for group in self._groups for span in group.spans}
+        group_of = {span.index: group for group in self._groups for span in group.spans}
+        self._group_of = [group_of[index] for index in range(len(self._readers))]  # by point
         # No point has an interval of its own: one group, read in every cycle (the common
         # case, and the cheapest cycle: no slots are counted).
         self._uniform = [group.seconds for group in self._groups] == [None]
@@ -275,9 +301,13 @@ class DevicePoller:
         # it outside this task raised (raised again in it).
         self._pending: _Response | None = None
         self._deferred_error: Exception | None = None
-        # Each read's decoder of all its values at once, when it has one (made at its first
-        # response; forgotten when the plan changes), by the request's id.
-        self._decoders: dict[int, tuple[ReadRequest, BlockDecoder | None]] = {}
+        # Each read's plan (made at its first response; forgotten when the plan or a tap
+        # changes), by the request's id.
+        self._reads: dict[int, _ReadPlan] = {}
+        # Each point's last reading and when (monotonic), for a point without a deadband
+        # (one with a deadband: its filter's).
+        self._last: list[Value | None] = [None] * len(self._readers)
+        self._last_at: list[float] = [-math.inf] * len(self._readers)
         self.stats = SourceStats()
         self.cadence = Cadence()
         # Called after every cycle that asked the unit (derived points are worked out
@@ -335,6 +365,7 @@ class DevicePoller:
         for reader in self._readers:
             if reader.id == point_id:
                 reader.tap = tap
+        self._reads.clear()  # a read's run holds its taps
 
     def set_interval(self, interval: float) -> None:
         """Takes effect from the next cycle (`run` works out the groups' cycles again)."""
@@ -498,9 +529,44 @@ class DevicePoller:
         timestamp_ms: int,
         now: float,
     ) -> None:
+        _, decoder, run = self._plan_of(request)
+        raws = None if decoder is None else decoder(values)
+        if run is not None and raws is not None:
+            total = sum(raws)  # type: ignore[arg-type]  # (a run's values are numbers)
+            if total - total == 0:  # every value finite: an infinity or NaN is refused below
+                self._deliver_run(run, raws, timestamp_ms, now)
+                return
+        self._deliver_points(request, values, raws, timestamp_ms, now)
+
+    def _deliver_run(
+        self, run: _Run, raws: tuple[RawValue, ...], timestamp_ms: int, now: float
+    ) -> None:
+        """A run's readings: each value is its own JSON, tapped, and kept as the last."""
+        if run.taps is not None:
+            for tap, value in zip(run.taps, raws, strict=True):
+                if tap is not None:
+                    tap(value, timestamp_ms)
+        suffix = timestamp_suffix(timestamp_ms)
+        parts = [
+            prefix + repr(value).encode() + suffix
+            for prefix, value in zip(run.prefixes, raws, strict=True)
+        ]
+        self._last[run.first : run.end] = raws
+        self._last_at[run.first : run.end] = [now] * len(raws)
+        self.stats.readings += len(parts)
+        self._emit(run.bucket, parts)
+
+    def _deliver_points(
+        self,
+        request: ReadRequest,
+        values: list[int] | list[bool],
+        raws: tuple[RawValue, ...] | None,
+        timestamp_ms: int,
+        now: float,
+    ) -> None:
+        """A response's readings point by point: scaled, typed, filtered, each problem told."""
         suffix = timestamp_suffix(timestamp_ms)
         by_bucket: dict[str, list[bytes]] = {}
-        raws = self._decoded(request, values)
         for n, span in enumerate(request.spans):
             reader = self._readers[span.index]
             try:
@@ -510,34 +576,43 @@ class DevicePoller:
                 else:
                     value = reader.typed(raws[n])
             except ValueError as exc:
-                self.stats.decode_errors += 1
-                if self._throttle.allow(("decode", reader.id)):
-                    self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
-                if reader.tap is not None:
-                    reader.tap(None, timestamp_ms)
+                self._decode_failed(reader, exc, timestamp_ms)
                 continue
             if reader.tap is not None:
                 reader.tap(value, timestamp_ms)
-            if reader.publish and reader.filter.admit(value, now):
-                text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
-                by_bucket.setdefault(reader.bucket, []).append(reader.prefix + text + suffix)
+            if not reader.publish:
+                continue
+            if reader.filter is None:
+                self._last[span.index], self._last_at[span.index] = value, now
+            elif not reader.filter.admit(value, now):
+                continue
+            text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
+            by_bucket.setdefault(reader.bucket, []).append(reader.prefix + text + suffix)
         for bucket, parts in by_bucket.items():
             self.stats.readings += len(parts)
             self._emit(bucket, parts)
 
-    def _decoded(
-        self, request: ReadRequest, values: list[int] | list[bool]
-    ) -> tuple[RawValue, ...] | None:
-        """Every span's raw value from one struct call, or None (bits, a string, a bit of
-        a register, mixed byte orders, overlapping points, a short answer): then each
-        point decodes its own registers."""
+    def _decode_failed(self, reader: PointReader, exc: ValueError, timestamp_ms: int) -> None:
+        self.stats.decode_errors += 1
+        if self._throttle.allow(("decode", reader.id)):
+            self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
+        if reader.tap is not None:
+            reader.tap(None, timestamp_ms)
+
+    def _plan_of(self, request: ReadRequest) -> _ReadPlan:
+        """What `request`'s responses are decoded with: a decoder of every span's raw value
+        in one struct call, or None (bits, a string, a bit of a register, mixed byte orders,
+        overlapping points, a short answer: each point decodes its own registers); and its
+        run, if it is one."""
         # By identity (hashing a request hashes all its spans), and checked: a request made
         # for one cycle (a split) may be gone, and its id another's.
-        known = self._decoders.get(id(request))
+        known = self._reads.get(id(request))
         if known is None or known[0] is not request:
-            known = self._decoders[id(request)] = (request, self._decoder(request))
-        decoder = known[1]
-        return None if decoder is None else decoder(values)
+            decoder = self._decoder(request)
+            readers = [self._readers[span.index] for span in request.spans]
+            run = None if decoder is None else _Run.of(readers, request.spans)
+            known = self._reads[id(request)] = (request, decoder, run)
+        return known
 
     def _decoder(self, request: ReadRequest) -> BlockDecoder | None:
         if request.table.is_bits:
@@ -545,7 +620,8 @@ class DevicePoller:
         fields = []
         for span in request.spans:
             reader = self._readers[span.index]
-            fields.append((span.start - request.start, reader.type, reader.byte_order, reader.bit))
+            point = reader.point
+            fields.append((span.start - request.start, point.type, point.byte_order, point.bit))
         return block_decoder(request.count, fields)
 
     def _refused(self, request: ReadRequest, exc: DeviceRefused) -> list[ReadRequest]:
@@ -592,7 +668,7 @@ class DevicePoller:
     def _plan(self) -> None:
         """Each group's requests for its points not parked, around what the unit refused."""
         self._replan = False
-        self._decoders.clear()
+        self._reads.clear()
         parked = {span.index for request in self._parked for span in request.spans}
         refused = self._refusals.ranges()
         for group in self._groups:
@@ -610,7 +686,13 @@ class DevicePoller:
         return [self._readers[span.index].id for span in request.spans]
 
     def point_views(self, now: float) -> Iterator[PointView]:
-        return point_views(self._readers, now)
+        """Each point's last report and its age at monotonic `now`, for the agent's state."""
+        for index, reader in enumerate(self._readers):
+            if reader.filter is not None:
+                last, at = reader.filter.last()
+            else:
+                last, at = self._last[index], self._last_at[index]
+            yield PointView(reader.id, reader.bucket, last, None if last is None else now - at)
 
 
 def _where(request: ReadRequest) -> dict[str, object]:

@@ -88,8 +88,8 @@ def _point(reader: PointReader, raw: list[int] | list[bool], stamp: int) -> dict
     found: dict[str, Any] = {
         "id": reader.id,
         "bucket": reader.bucket,
-        "type": reader.type,
-        "byte_order": reader.byte_order,
+        "type": reader.point.type,
+        "byte_order": reader.point.byte_order,
         "raw": [int(v) for v in raw],
         "value": None,
         "published": None,
