@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Hashable, Mapping
+from typing import TypeVar, cast
 
 from agent.config import checks, derived, registers, templates
 from agent.config.model import (
@@ -23,6 +25,7 @@ from agent.config.model import (
     Instrument,
     InstrumentPoint,
     Point,
+    PointSpec,
     RegisterTarget,
     SerialSettings,
     Setting,
@@ -61,7 +64,8 @@ from agent.sources.modbus.points import ByteOrder
 def resolve(settings: AgentSettings) -> Config:
     """The agent's config from a checked file; its secret was filled by SecretSource."""
     assert settings.thing.secret is not None, "SecretSource fills it or reports why not"
-    connections = tuple(connection(conn, settings.templates) for conn in settings.modbus)
+    shared = Shared()
+    connections = tuple(connection(conn, settings.templates, shared) for conn in settings.modbus)
     byte_orders = {device.name: device.byte_order for c in connections for device in c.devices}
     instruments = tuple(instrument(i) for i in settings.serial)
     return Config(
@@ -97,8 +101,32 @@ _FRAMING: dict[str, Framing] = {
 }
 
 
-def connection(conn: ModbusConfig, known: Mapping[str, TemplateConfig] | None = None) -> Connection:
-    """`known`: the templates its devices may name."""
+H = TypeVar("H", bound=Hashable)
+
+
+class Shared:
+    """One object for each value met more than once: the first met, for every equal one.
+
+    A config of many points holds few distinct point specs and locations (a hundred
+    devices of the same two hundred registers: two hundred locations, one spec). The
+    pickle the confined loader writes keeps an object met again as a reference, so the
+    agent's process holds each of them once."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Hashable, Hashable] = {}
+
+    def __call__(self, value: H) -> H:
+        return cast(H, self._seen.setdefault(value, value))
+
+
+def connection(
+    conn: ModbusConfig,
+    known: Mapping[str, TemplateConfig] | None = None,
+    shared: Shared | None = None,
+) -> Connection:
+    """`known`: the templates its devices may name; `shared`: the objects its points may
+    share with others' (this connection's own by default)."""
+    shared = shared or Shared()
     endpoint: TcpEndpoint | SerialSettings
     if conn.transport in checks.TCP_TRANSPORTS:
         assert conn.host, "checked by agent.config.checks"
@@ -125,12 +153,15 @@ def connection(conn: ModbusConfig, known: Mapping[str, TemplateConfig] | None = 
         connect_delay=conn.connect_delay,
         request_delay=conn.request_delay,
         close_after_cycle=conn.close_after_cycle,
-        devices=tuple(_device(device, conn, known or {}) for device in conn.devices),
+        devices=tuple(_device(device, conn, known or {}, shared) for device in conn.devices),
     )
 
 
 def _device(
-    written: DeviceConfig, conn: ModbusConfig, known: Mapping[str, TemplateConfig]
+    written: DeviceConfig,
+    conn: ModbusConfig,
+    known: Mapping[str, TemplateConfig],
+    shared: Shared,
 ) -> Device:
     device = templates.apply(written, known).device
     limits = Limits(
@@ -146,40 +177,35 @@ def _device(
         byte_order=device.byte_order,
         limits=limits,
         backoff_max=device.backoff_max,
-        points=tuple(_point(point, device) for point in device.points),
+        points=tuple(_point(point, device, shared) for point in device.points),
         template=written.template,
     )
 
 
-def _point(point: PointConfig, device: DeviceConfig) -> Point:
+def _point(point: PointConfig, device: DeviceConfig, shared: Shared) -> Point:
     where = registers.location(point)
     bucket = point.bucket or device.bucket
     assert where is not None, "checked by agent.config.checks"
     assert bucket is not None, "checked by agent.config.checks"
     table, address = where
-    kind = registers.point_type(point, table)
-    shape = registers.shape(point, table)
-    return Point(
-        id=point.id,
-        bucket=bucket,
-        table=table,
-        address=address,
-        type=kind,
+    spec = PointSpec(
+        bucket=sys.intern(bucket),  # each device's from the file is a string of its own
+        type=registers.point_type(point, table),
         length=point.length,
         width=registers.width(point, table),
         bit=point.bit,
         byte_order=point.byte_order or device.byte_order,
         scale=point.scale,
         offset=point.offset,
-        shape=shape,
+        shape=registers.shape(point, table),
         deadband=point.deadband if point.deadband is not None else device.deadband,
         max_silence=point.max_silence if point.max_silence is not None else device.max_silence,
         interval=None if _same(point.interval, device.interval) else point.interval,
-        alias=point.alias,
-        unit=point.unit,
+        unit=None if point.unit is None else sys.intern(point.unit),
         publish=point.publish,
         aggregate=aggregate(point.id, point.aggregate),
     )
+    return Point.sharing(point.id, shared((table, address)), shared(spec), point.alias)
 
 
 def aggregate(point_id: str, config: AggregateConfig | None) -> Aggregate | None:
