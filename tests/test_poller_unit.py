@@ -11,6 +11,7 @@ import itertools
 import json
 import time
 from collections.abc import MutableMapping, Sequence
+from dataclasses import astuple
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from agent.config import resolve
 from agent.config.schema import ModbusConfig
 from agent.errors import DeviceRefused
 from agent.sources.modbus.points import Table
-from agent.sources.modbus.poller import REFUSED_RETRY_CYCLES, DevicePoller
+from agent.sources.modbus.poller import REFUSED_RETRY_CYCLES, DevicePoller, device_spans
 from agent.testing import FakeRegisterBus, captured_logs, run_in_virtual_time
 
 UNIT = 1
@@ -643,3 +644,16 @@ async def test_status_shows_each_points_last_report_run_or_deadband() -> None:
     await poller.poll_once()
 
     assert [10, 20, 3] == [view.value for view in poller.point_views(time.monotonic())]
+
+
+def test_devices_alike_share_their_spans_and_others_do_not() -> None:
+    bus = FakeRegisterBus()
+    one, _ = make_poller(bus, holding(0, 1, 2))
+    two, _ = make_poller(bus, holding(0, 1, 2))
+    other, _ = make_poller(bus, holding(0, 1, 3))
+
+    spans = [device_spans(p.device) for p in (one, two, other)]
+
+    assert all(a is b for a, b in zip(spans[0], spans[1], strict=True))
+    assert [True, True, False] == [a is b for a, b in zip(spans[0], spans[2], strict=True)]
+    assert (Table.HOLDING, 3, 1, 2) == astuple(spans[2][2])

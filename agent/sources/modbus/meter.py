@@ -2,8 +2,8 @@
 was busy with a request (utilisation) and the round trip's median and 95th percentile.
 
 `LineMeter.record` takes one request's start and end (monotonic seconds): two floats kept
-in a bounded deque, nothing else on the request's path. `snapshot` works the figures out
-over the last WINDOW seconds when the state asks.
+in a deque of the last WINDOW seconds (at most KEPT), nothing else on the request's path.
+`snapshot` works the figures out over the last WINDOW seconds when the state asks.
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ class LineMeter:
         self._since = now  # when counting began: the window is no longer than that
 
     def record(self, started: float, ended: float) -> None:
-        self._done.append((ended, ended - started))
+        done = self._done
+        done.append((ended, ended - started))
+        # Nothing older than the window is kept: a connection asked once a second holds
+        # sixty requests, not KEPT (460 KB of them, an hour on).
+        while done[0][0] < ended - WINDOW:
+            done.popleft()
+
+    def __len__(self) -> int:
+        """Requests remembered now."""
+        return len(self._done)
 
     def snapshot(self, now: float) -> LineLoad:
         span = min(WINDOW, max(now - self._since, 1e-9))

@@ -70,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
@@ -135,13 +136,11 @@ class PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once; the
     rest is read from the point's config."""
 
-    __slots__ = ("bucket", "filter", "id", "plain", "point", "prefix", "publish", "scaled", "tap")
+    __slots__ = ("filter", "plain", "point", "prefix", "scaled", "tap")  # 80 bytes a point
 
     def __init__(self, point: Point) -> None:
         self.point = point
-        self.id = point.id
         self.prefix = id_prefix(point.id)
-        self.bucket = point.bucket
         self.scaled = point.scale is not None or point.offset is not None
         # Published as its registers decode (a finite float of a float point, an integer
         # of an integer point): nothing to scale or type.
@@ -153,10 +152,21 @@ class PointReader:
         self.filter = (
             ChangeFilter(point.deadband, point.max_silence) if point.deadband is not None else None
         )
-        self.publish = point.publish
         # Set by the agent for a point that derived points or its aggregate use: given
         # every value read (None when the read failed), before the deadband.
         self.tap: Tap | None = None
+
+    @property
+    def id(self) -> str:
+        return self.point.id
+
+    @property
+    def bucket(self) -> str:
+        return self.point.bucket
+
+    @property
+    def publish(self) -> bool:
+        return self.point.publish
 
     def value(self, raw_values: list[int] | list[bool]) -> Value:
         """The point's value from its registers, typed to its data shape."""
@@ -210,9 +220,28 @@ class _Run:
 _ReadPlan = tuple[ReadRequest, BlockDecoder | None, _Run | None]
 
 
+# Every span in use, once: devices alike (the same meter, or the same template, many
+# times over) have their spans in common.
+_SPANS: weakref.WeakValueDictionary[tuple[Table, int, int, int], Span] = (
+    weakref.WeakValueDictionary()
+)
+
+
 def device_spans(device: Device) -> list[Span]:
-    """What a device's points cover, each span indexed by its point."""
-    return [Span(*point.location, point.width, index) for index, point in enumerate(device.points)]
+    """What a device's points cover, each span indexed by its point (one object for a span
+    alike on every device that has it)."""
+    return [
+        _shared_span(point.table, point.address, point.width, index)
+        for index, point in enumerate(device.points)
+    ]
+
+
+def _shared_span(table: Table, start: int, width: int, index: int) -> Span:
+    key = (table, start, width, index)
+    span = _SPANS.get(key)
+    if span is None:
+        span = _SPANS[key] = Span(table, start, width, index)
+    return span
 
 
 def interval_groups(device: Device) -> list[tuple[float | None, list[Span]]]:
@@ -288,11 +317,15 @@ class DevicePoller:
         self._readers = [PointReader(point) for point in device.points]
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
-        group_of = {span.index: group for group in self._groups for span in group.spans}
-        self._group_of = [group_of[index] for index in range(len(self._readers))]  # by point
         # No point has an interval of its own: one group, read in every cycle (the common
         # case, and the cheapest cycle: no slots are counted).
         self._uniform = [group.seconds for group in self._groups] == [None]
+        # Each point's group, by its index (only where there are several).
+        self._group_of = (
+            {}
+            if self._uniform
+            else {span.index: group for group in self._groups for span in group.spans}
+        )
         self._slot = 0  # the next cycle's slot on the schedule's grid, skipped ones counted
         self._refusals = Refusals()  # what the unit refused as a layout problem
         self._parked: dict[ReadRequest, int] = {}  # a parked request → the cycle it is retried
@@ -443,6 +476,8 @@ class DevicePoller:
     def _keep_unanswered(self, work: deque[ReadRequest]) -> None:
         """What a cycle cut short did not get answered, kept for the next cycle: a group read
         every cycle asks it then anyway, and a parked request keeps its retry cycle."""
+        if self._uniform:
+            return  # one group, read every cycle
         for request in work:
             group = self._group_of[request.spans[0].index]
             if group.every > 1 and request not in self._parked:
