@@ -4,6 +4,7 @@ integral, checked against an offline oracle that sees every window's samples at 
 from __future__ import annotations
 
 import json
+import marshal
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,7 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.pipeline.aggregates import FUNCTIONS, STATE_VERSION, Aggregator, Result, WindowSpec
+from agent.pipeline.aggregates import (
+    FUNCTIONS,
+    STATE_VERSION,
+    Aggregator,
+    Result,
+    WindowSpec,
+    unpacked_state,
+)
 
 Number = int | float
 Sample = tuple[int, Number]  # (timestamp_ms, value)
@@ -271,6 +279,47 @@ def test_a_restored_aggregator_continues_as_if_never_stopped(run: Run, data: st.
 
     assert saved == second.state()
     assert exactly(uninterrupted) == exactly(results + feed(second, after) + flush(second))
+
+
+@given(runs(), st.data())
+def test_a_packed_state_is_the_state_and_continues_as_if_never_stopped(
+    run: Run, data: st.DataObject
+) -> None:
+    uninterrupted, _ = run_through(run)
+    cut = data.draw(st.integers(0, len(run.samples)), label="cut")
+    before, after = run.samples[:cut], run.samples[cut:]
+    first = Aggregator(run.spec())
+    results = feed(first, before)
+    if cut and data.draw(st.booleans(), label="timer before the snapshot"):
+        until_ms = after[0][0] if after else before[-1][0] + MAX_WIDTH_MS
+        results += first.close_due(data.draw(st.integers(before[-1][0], until_ms)))
+
+    packed = marshal.loads(marshal.dumps(first.packed()))
+    state = unpacked_state(run.spec().point_id, packed)
+    assert first.state() == state
+    second = Aggregator.restore(run.spec(), state)
+
+    assert packed == second.packed()
+    assert exactly(uninterrupted) == exactly(results + feed(second, after) + flush(second))
+
+
+@pytest.mark.parametrize("packed", [[60_000, 0], (60_000,), (60_000, 0, T0), "x", None])
+def test_a_packed_state_of_another_shape_is_refused(packed: object) -> None:
+    with pytest.raises(ValueError, match="not a packed state"):
+        unpacked_state("meter", packed)
+
+
+def test_a_packed_state_is_checked_as_a_state_is() -> None:
+    aggregator = Aggregator(spec())
+    feed(aggregator, [(T0 + 1_000, 1.5), (T0 + 2_000, 2)])
+    packed = aggregator.packed()
+    for changed, problem in [
+        ((30_000, *packed[1:]), "ms window"),
+        ((*packed[:5], 0, *packed[6:]), "without samples"),
+        ((*packed[:7], 1, *packed[8:]), "two floats"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            Aggregator.restore(spec(), unpacked_state("meter", changed))
 
 
 # Windows and closing -------------------------------------------------------------------------

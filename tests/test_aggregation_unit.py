@@ -3,6 +3,8 @@ restored to exactly where they were."""
 
 from __future__ import annotations
 
+import marshal
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -10,7 +12,7 @@ from structlog.testing import capture_logs
 from agent.config.model import Aggregate
 from agent.outbox.rows import StateWrite
 from agent.pipeline.aggregates import Result
-from agent.pipeline.aggregation import Aggregation
+from agent.pipeline.aggregation import SAMPLES_PER_SNAPSHOT, Aggregation
 
 AGGREGATE = Aggregate(10, ("avg", "min", "max", "count"))
 
@@ -156,3 +158,50 @@ def test_an_unreadable_journal_entry_is_said_and_the_others_replayed() -> None:
     assert {"v_count": 1, "v_max": 6} == {
         r.id: r.value for r in results if r.id in ("v_count", "v_max")
     }
+
+
+def test_a_journal_bigger_than_a_snapshot_is_written_as_a_snapshot() -> None:
+    windows = aggregation([])
+    windows.write()
+    feed = windows.tap("b", "v")
+    for n in range(SAMPLES_PER_SNAPSHOT):
+        feed(n, 1_000_000 + n)
+    assert windows.write().snapshot is None  # a journal entry of as many samples
+    for n in range(SAMPLES_PER_SNAPSHOT + 1):
+        feed(n, 1_001_000 + n)
+    assert (True, ()) == (windows.write().snapshot is not None, windows.write().journal)
+
+
+def test_a_snapshot_of_version_3_is_restored() -> None:
+    """Before an upgrade: a header, then each window's state() dict."""
+    results: list[Result] = []
+    first = aggregation([])
+    first.tap("b", "v")(5, 1_000_000)
+    first.tap("b", "v")(7, 1_001_000)
+    window = first.tap("b", "v").__self__  # type: ignore[attr-defined]
+    old = marshal.dumps({"version": 3, "order": [["b", "v"]]}) + marshal.dumps(window.state())
+
+    second = aggregation(results)
+    second.restore(old)
+    second.tap("b", "v")(9, 1_002_000)
+    second.close_due(10**12)
+
+    assert {"v_count": 3, "v_max": 9, "v_min": 5, "v_avg": 7} == {r.id: r.value for r in results}
+
+
+def test_a_packed_state_that_cannot_be_used_is_said_and_the_others_restored() -> None:
+    points = [("b", "v", AGGREGATE), ("b", "w", AGGREGATE)]
+    first = Aggregation(points, emit=lambda bucket, results: None)
+    first.tap("b", "w")(1, 1_000_000)
+    w = first.tap("b", "w").__self__  # type: ignore[attr-defined]
+    header = marshal.dumps({"version": 4, "order": [("b", "v"), ("b", "w")]})
+    broken = header + marshal.dumps((10_000, 0, 1)) + marshal.dumps(w.packed())  # v's: 3 long
+
+    results: list[Result] = []
+    with capture_logs() as logs:
+        second = Aggregation(points, emit=lambda bucket, closed: results.extend(closed))
+        second.restore(broken)
+    second.close_due(10**12)
+
+    assert ["aggregate_state_dropped"] == [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert {"w_count": 1} == {r.id: r.value for r in results if r.id.endswith("_count")}

@@ -20,6 +20,7 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.pipeline.aggregates import unpacked_state
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.plant import SimUnit, serve_tcp
@@ -186,8 +187,8 @@ def _open_window(queue: Path) -> tuple[int, int] | None:
     if row is None:
         return None
     snapshot = io.BytesIO(row[0])
-    marshal.load(snapshot)  # the header; the one window's state follows it
-    state: dict[str, Any] = marshal.load(snapshot)
+    marshal.load(snapshot)  # the header; the one window's packed state follows it
+    state = unpacked_state("n", marshal.load(snapshot))
     samples = [entry for blob in journal for entry in marshal.loads(blob)]
     width = WINDOW * 1000
     window = state.get("window")

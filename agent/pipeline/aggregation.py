@@ -10,12 +10,13 @@ it are committed together.
 
 Durable at little cost: `write()` gives what the queue's next commit stores (agent.outbox
 `keep_state`). After a window closed, that is a snapshot of every open window; otherwise
-only the samples taken since the last write, appended to a journal, a few bytes each (a
-snapshot of a thousand windows is about 200 KB: writing one at every commit wore the
-flash at 300 KB/s). `restore(snapshot, journal)` rebuilds the windows from the snapshot
-and replays the journal's samples, so a kill or a restart mid-window resumes each window
-with the samples it had; one whose end passed while the agent was down is closed at
-start-up with what it had (its `count` says how many).
+only the samples taken since the last write, appended to a journal, about 20 bytes each (a
+snapshot of a thousand windows is about 110 KB, one marshal of each window's packed state:
+writing one at every commit would wear the flash at 200 KB/s), or a snapshot when that is
+smaller than the journal would be. `restore(snapshot, journal)` rebuilds the windows from
+the snapshot and replays the journal's samples, so a kill or a restart mid-window resumes
+each window with the samples it had at the last commit; one whose end passed while the
+agent was down is closed at start-up with what it had (its `count` says how many).
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ import structlog
 
 from agent.config.model import Aggregate
 from agent.outbox.rows import StateWrite
-from agent.pipeline.aggregates import NO_NAMES, Aggregator, Result, WindowSpec
+from agent.pipeline.aggregates import NO_NAMES, Aggregator, Result, WindowSpec, unpacked_state
 from agent.pipeline.readings import Value
 
 log = structlog.get_logger("agent.aggregates")
 
-STATE_VERSION = 3  # 3: the windows streamed after a header
+STATE_VERSION = 4  # 4: a header, then each window's packed state, one marshal after another
+_STREAMED = 3  # 3: a header, then each window's state() marshalled one after another
 RESULTS_PER_MESSAGE = 100  # readings in one message of results
 JOURNAL_LIMIT = 100_000  # samples in the journal before a snapshot replaces it
+# Samples a window's packed state is worth in the journal (about 110 bytes against 20): a
+# write of more samples than this many per window is a snapshot instead.
+SAMPLES_PER_SNAPSHOT = 5
 
 Key = tuple[str, str]  # (bucket, point id)
 
@@ -50,7 +55,8 @@ class Aggregation:
         emit: Callable[[str, list[Result]], None],
     ) -> None:
         self._emit = emit
-        self._journal: list[tuple[int, int, int | float]] = []
+        self._journal: list[tuple[int, int, int | float]] = []  # the samples since the last write
+        self._opened_bound = self._opened  # one bound method for every window
         self._windows: dict[Key, Aggregator] = {}
         self._pending: dict[str, list[Result]] = {}  # closed windows' results, by bucket
         self._on_close: dict[str, Callable[[list[Result]], None]] = {}  # one per bucket
@@ -63,8 +69,11 @@ class Aggregation:
             self._windows[(bucket, point_id)] = window
             self._wire((bucket, point_id), window)
         self._order = list(self._windows)
+        # The snapshot's header: the windows' keys in the order of their packed states.
+        self._header = marshal.dumps({"version": STATE_VERSION, "order": self._order})
         self._snapshot_due = True  # a window closed (or nothing was ever written)
         self._journalled = 0  # samples written to the journal since the last snapshot
+        self._journal_most = SAMPLES_PER_SNAPSHOT * len(self._windows)  # in one write
 
     def __bool__(self) -> bool:
         return bool(self._windows)
@@ -84,7 +93,7 @@ class Aggregation:
         window.index = self._windows[key].index  # the place of `key` in this config
         window.journal = self._journal
         window.on_close = self._on_close.get(key[0]) or self._closed(key[0])
-        window.on_open = self._opened
+        window.on_open = self._opened_bound
         self._windows[key] = window
         due = window.next_close_ms()
         if due is not None:
@@ -131,24 +140,30 @@ class Aggregation:
         """For the queue's next commit (its results put first, into the same commit);
         `whole`: a snapshot, whatever is due (the last write did not reach the disk)."""
         self.flush()
-        if whole or self._snapshot_due or self._journalled + len(self._journal) > JOURNAL_LIMIT:
+        journal = self._journal
+        if (
+            whole
+            or self._snapshot_due
+            or len(journal) > self._journal_most  # a snapshot is smaller
+            or self._journalled + len(journal) > JOURNAL_LIMIT
+        ):
             self._snapshot_due = False
-            self._journal.clear()
+            journal.clear()
             self._journalled = 0
             return StateWrite(snapshot=self.snapshot())
-        if not self._journal:
+        if not journal:
             return StateWrite()
-        entries = marshal.dumps(self._journal)
-        self._journalled += len(self._journal)  # on disk since the last snapshot
-        self._journal.clear()
+        entries = marshal.dumps(journal)
+        self._journalled += len(journal)  # on disk since the last snapshot
+        journal.clear()
         return StateWrite(journal=(entries,))
 
     def snapshot(self) -> bytes:
-        """Every open window: a header, then each window's state, one marshal after another
-        (plain data, six times quicker than JSON; one window's state at a time in memory,
-        not a thousand)."""
-        header = marshal.dumps({"version": STATE_VERSION, "order": [list(k) for k in self._order]})
-        return header + b"".join(marshal.dumps(self._windows[k].state()) for k in self._order)
+        """Every open window: a header (made once), then each window's packed state, one
+        marshal after another (plain data, exact; a thousand windows in about 0.6 ms and
+        110 KB, where their `state()` dicts took 3 ms and 230 KB)."""
+        windows, dumps = self._windows, marshal.dumps
+        return self._header + b"".join([dumps(windows[key].packed()) for key in self._order])
 
     def restore(self, snapshot: bytes, journal: Sequence[bytes] = ()) -> None:
         """The windows as a snapshot left them, then the samples journalled after it;
@@ -173,12 +188,14 @@ class Aggregation:
         stream = io.BytesIO(snapshot)
         try:
             header: Any = marshal.load(stream)
-            if header.get("version") != STATE_VERSION:
-                raise ValueError(f"state version {header.get('version')}")
+            version = header.get("version")
+            if version not in (STATE_VERSION, _STREAMED):
+                raise ValueError(f"state version {version}")
             order: list[Key | None] = [(str(key[0]), str(key[1])) for key in header["order"]]
         except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:
             log.warning("aggregates_state_unusable", reason=str(exc))
             return []
+        unpack = version == STATE_VERSION  # version 3 streamed each window's state() dict
         for key in order:
             try:
                 state = marshal.load(stream)
@@ -187,14 +204,16 @@ class Aggregation:
                 # journal still replays onto all of them (`order` is whole).
                 log.warning("aggregates_state_unusable", reason=str(exc), from_point=key)
                 break
-            self._restore_window(key, state)
+            self._restore_window(key, state, unpack=unpack)
         return order
 
-    def _restore_window(self, key: Key | None, state: Any) -> None:
+    def _restore_window(self, key: Key | None, state: Any, *, unpack: bool) -> None:
         window = self._windows.get(key) if key is not None else None
         if key is None or window is None:
             return
         try:
+            if unpack:
+                state = unpacked_state(window.spec.point_id, state)
             self._wire(key, Aggregator.restore(window.spec, state))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("aggregate_state_dropped", point=key[1], reason=str(exc))
