@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from agent.sources.modbus.points import Table
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
+@dataclass(frozen=True, slots=True)
 class Span:
     """One value to read: `width` registers (or bits) from `start` in `table`."""
 

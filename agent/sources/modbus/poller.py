@@ -220,28 +220,28 @@ class _Run:
 _ReadPlan = tuple[ReadRequest, BlockDecoder | None, _Run | None]
 
 
-# Every span in use, once: devices alike (the same meter, or the same template, many
-# times over) have their spans in common.
-_SPANS: weakref.WeakValueDictionary[tuple[Table, int, int, int], Span] = (
-    weakref.WeakValueDictionary()
-)
+class _Spans(list[Span]):
+    """A device's spans (a list that can be referred to weakly)."""
+
+    __slots__ = ("__weakref__",)
+
+
+# The spans of every device layout in use, once: devices alike (the same meter, or the same
+# template, many times over) have their spans in common, 64 bytes a point.
+_LAYOUTS: weakref.WeakValueDictionary[tuple[object, ...], _Spans] = weakref.WeakValueDictionary()
 
 
 def device_spans(device: Device) -> list[Span]:
-    """What a device's points cover, each span indexed by its point (one object for a span
-    alike on every device that has it)."""
-    return [
-        _shared_span(point.table, point.address, point.width, index)
-        for index, point in enumerate(device.points)
-    ]
-
-
-def _shared_span(table: Table, start: int, width: int, index: int) -> Span:
-    key = (table, start, width, index)
-    span = _SPANS.get(key)
-    if span is None:
-        span = _SPANS[key] = Span(table, start, width, index)
-    return span
+    """What a device's points cover, each span indexed by its point (one list for devices
+    whose points lie alike)."""
+    points = device.points
+    layout = (tuple(point.location for point in points), tuple(point.width for point in points))
+    spans = _LAYOUTS.get(layout)
+    if spans is None:
+        spans = _LAYOUTS[layout] = _Spans(
+            Span(*point.location, point.width, index) for index, point in enumerate(points)
+        )
+    return spans
 
 
 def interval_groups(device: Device) -> list[tuple[float | None, list[Span]]]:
@@ -315,6 +315,7 @@ class DevicePoller:
         self._emit = emit
         self._wall_ms = wall_ms
         self._readers = [PointReader(point) for point in device.points]
+        self._spans = device_spans(device)  # held: devices alike share them while it lives
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
         # No point has an interval of its own: one group, read in every cycle (the common
