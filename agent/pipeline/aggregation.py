@@ -12,8 +12,10 @@ Durable at little cost: `write()` gives what the queue's next commit stores (age
 `keep_state`). After a window closed, that is a snapshot of every open window; otherwise
 only the samples taken since the last write, appended to a journal, about 20 bytes each (a
 snapshot of a thousand windows is about 110 KB, one marshal of each window's packed state:
-writing one at every commit would wear the flash at 200 KB/s), or a snapshot when that is
-smaller than the journal would be. `restore(snapshot, journal)` rebuilds the windows from
+writing one at every commit would wear the flash at 200 KB/s). A journal entry stays one
+however many samples it holds: a commit with a snapshot writes every message put before
+it (agent.outbox), live ones the broker is about to acknowledge included, which only a
+window's close needs. `restore(snapshot, journal)` rebuilds the windows from
 the snapshot and replays the journal's samples, so a kill or a restart mid-window resumes
 each window with the samples it had at the last commit; one whose end passed while the
 agent was down is closed at start-up with what it had (its `count` says how many).
@@ -40,9 +42,6 @@ STATE_VERSION = 4  # 4: a header, then each window's packed state, one marshal a
 _STREAMED = 3  # 3: a header, then each window's state() marshalled one after another
 RESULTS_PER_MESSAGE = 100  # readings in one message of results
 JOURNAL_LIMIT = 100_000  # samples in the journal before a snapshot replaces it
-# Samples a window's packed state is worth in the journal (about 110 bytes against 20): a
-# write of more samples than this many per window is a snapshot instead.
-SAMPLES_PER_SNAPSHOT = 5
 
 Key = tuple[str, str]  # (bucket, point id)
 
@@ -73,7 +72,6 @@ class Aggregation:
         self._header = marshal.dumps({"version": STATE_VERSION, "order": self._order})
         self._snapshot_due = True  # a window closed (or nothing was ever written)
         self._journalled = 0  # samples written to the journal since the last snapshot
-        self._journal_most = SAMPLES_PER_SNAPSHOT * len(self._windows)  # in one write
 
     def __bool__(self) -> bool:
         return bool(self._windows)
@@ -141,12 +139,7 @@ class Aggregation:
         `whole`: a snapshot, whatever is due (the last write did not reach the disk)."""
         self.flush()
         journal = self._journal
-        if (
-            whole
-            or self._snapshot_due
-            or len(journal) > self._journal_most  # a snapshot is smaller
-            or self._journalled + len(journal) > JOURNAL_LIMIT
-        ):
+        if whole or self._snapshot_due or self._journalled + len(journal) > JOURNAL_LIMIT:
             self._snapshot_due = False
             journal.clear()
             self._journalled = 0
