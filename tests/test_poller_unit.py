@@ -659,3 +659,18 @@ def test_devices_alike_share_their_spans_and_others_do_not() -> None:
     assert all(a is b for a, b in zip(spans[0], spans[1], strict=True))
     assert not any(a is b for a, b in zip(spans[0], spans[2], strict=True))
     assert (Table.HOLDING, 3, 1, 2) == astuple(spans[2][2])
+
+
+async def test_a_point_read_only_in_runs_needs_no_reader_until_a_nan_comes() -> None:
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [0x4120, 0, 0x4140, 0])  # 10.0, 12.0
+    poller, emitted = make_poller(bus, _block(["float32"] * 2))
+    await poller.poll_once()
+    assert [None, None] == poller._readers  # the run held what the readings needed
+
+    bus.set_registers(UNIT, Table.HOLDING, 0, [0x7FC0, 0])  # q0 NaN: point by point
+    await poller.poll_once()
+
+    assert all(reader is not None for reader in poller._readers)
+    assert {"q0": 10.0, "q1": 12.0} == emitted.values()
+    assert 1 == poller.stats.decode_errors

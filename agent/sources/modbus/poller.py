@@ -136,25 +136,18 @@ class PointReader:
     """Everything needed to turn a point's registers into a reading, worked out once; the
     rest is read from the point's config."""
 
-    __slots__ = ("filter", "plain", "point", "prefix", "scaled", "tap")  # 80 bytes a point
+    __slots__ = ("filter", "plain", "point", "prefix", "scaled")
 
     def __init__(self, point: Point) -> None:
         self.point = point
         self.prefix = id_prefix(point.id)
         self.scaled = point.scale is not None or point.offset is not None
-        # Published as its registers decode (a finite float of a float point, an integer
-        # of an integer point): nothing to scale or type.
-        self.plain = (
-            not self.scaled and point.bit is None and decodes_as_shown(point.type, point.shape)
-        )
+        self.plain = is_plain(point)
         # Only a deadband holds a value back: without one every value is reported, and the
         # poller keeps the last (`DevicePoller.point_views`).
         self.filter = (
             ChangeFilter(point.deadband, point.max_silence) if point.deadband is not None else None
         )
-        # Set by the agent for a point that derived points or its aggregate use: given
-        # every value read (None when the read failed), before the deadband.
-        self.tap: Tap | None = None
 
     @property
     def id(self) -> str:
@@ -189,30 +182,46 @@ class PointReader:
         return to_shape(raw, point.shape, width=point.width)
 
 
+def is_plain(point: Point) -> bool:
+    """Published as its registers decode (a finite float of a float point, an integer of an
+    integer point): nothing to scale or type."""
+    return (
+        point.scale is None
+        and point.offset is None
+        and point.bit is None
+        and decodes_as_shown(point.type, point.shape)
+    )
+
+
 class _Run:
-    """A read whose points are all plain (`PointReader.plain`), published, without a
-    deadband, of one bucket and declared in address order: its readings are made in one
-    pass, from one struct call (the hot path of a meter's block of floats)."""
+    """A read whose points are all plain (`is_plain`), published, without a deadband, of
+    one bucket and declared in address order: its readings are made in one pass, from one
+    struct call (the hot path of a meter's block of floats). Its points need no
+    `PointReader`: the run holds their prefixes and taps."""
 
     __slots__ = ("bucket", "end", "first", "prefixes", "taps")
 
-    def __init__(self, readers: list[PointReader], first: int) -> None:
-        self.bucket = readers[0].bucket
-        self.first, self.end = first, first + len(readers)  # the points' indexes
-        self.prefixes = tuple(reader.prefix for reader in readers)
-        taps = tuple(reader.tap for reader in readers)
-        self.taps = taps if any(tap is not None for tap in taps) else None
+    def __init__(self, points: list[Point], first: int, taps: list[Tap | None]) -> None:
+        self.bucket = points[0].bucket
+        self.first, self.end = first, first + len(points)  # the points' indexes
+        self.prefixes = tuple(id_prefix(point.id) for point in points)
+        mine = tuple(taps[self.first : self.end])
+        self.taps = mine if any(tap is not None for tap in mine) else None
 
     @classmethod
-    def of(cls, readers: list[PointReader], spans: tuple[Span, ...]) -> _Run | None:
+    def of(
+        cls, points: tuple[Point, ...], spans: tuple[Span, ...], taps: list[Tap | None]
+    ) -> _Run | None:
         first = spans[0].index
+        if any(span.index != first + n for n, span in enumerate(spans)):
+            return None
+        mine = list(points[first : first + len(spans)])
         if (
-            any(span.index != first + n for n, span in enumerate(spans))
-            or any(not r.plain or not r.publish or r.filter is not None for r in readers)
-            or len({reader.bucket for reader in readers}) != 1
+            any(not is_plain(p) or not p.publish or p.deadband is not None for p in mine)
+            or len({point.bucket for point in mine}) != 1
         ):
             return None
-        return cls(readers, first)
+        return cls(mine, first, taps)
 
 
 # What a poller works out once for a read: its decoder of all values at once, if it has
@@ -314,7 +323,13 @@ class DevicePoller:
         self._bus = bus
         self._emit = emit
         self._wall_ms = wall_ms
-        self._readers = [PointReader(point) for point in device.points]
+        self._points = device.points
+        # Each point's reader, made when a response is first turned into its reading point
+        # by point (a point read only in runs never needs one).
+        self._readers: list[PointReader | None] = [None] * len(device.points)
+        # Set by the agent for a point that derived points or its aggregate use: given
+        # every value read (None when the read failed), before the deadband.
+        self._taps: list[Tap | None] = [None] * len(device.points)
         self._spans = device_spans(device)  # held: devices alike share them while it lives
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
@@ -396,9 +411,9 @@ class DevicePoller:
 
     def set_tap(self, point_id: str, tap: Tap) -> None:
         """`tap` is given every value of that point this poller reads (PointReader.tap)."""
-        for reader in self._readers:
-            if reader.id == point_id:
-                reader.tap = tap
+        for index, point in enumerate(self._points):
+            if point.id == point_id:
+                self._taps[index] = tap
         self._reads.clear()  # a read's run holds its taps
 
     def set_interval(self, interval: float) -> None:
@@ -446,7 +461,7 @@ class DevicePoller:
         stamp = self._wall_ms()
         for request in work:
             for span in request.spans:
-                tap = self._readers[span.index].tap
+                tap = self._taps[span.index]
                 if tap is not None:
                     tap(None, stamp)
 
@@ -604,7 +619,8 @@ class DevicePoller:
         suffix = timestamp_suffix(timestamp_ms)
         by_bucket: dict[str, list[bytes]] = {}
         for n, span in enumerate(request.spans):
-            reader = self._readers[span.index]
+            reader = self._readers[span.index] or self._reader(span.index)
+            tap = self._taps[span.index]
             try:
                 if raws is None:
                     begin = span.start - request.start
@@ -612,10 +628,12 @@ class DevicePoller:
                 else:
                     value = reader.typed(raws[n])
             except ValueError as exc:
-                self._decode_failed(reader, exc, timestamp_ms)
+                self._decode_failed(reader, exc)
+                if tap is not None:
+                    tap(None, timestamp_ms)
                 continue
-            if reader.tap is not None:
-                reader.tap(value, timestamp_ms)
+            if tap is not None:
+                tap(value, timestamp_ms)
             if not reader.publish:
                 continue
             if reader.filter is None:
@@ -628,12 +646,14 @@ class DevicePoller:
             self.stats.readings += len(parts)
             self._emit(bucket, parts)
 
-    def _decode_failed(self, reader: PointReader, exc: ValueError, timestamp_ms: int) -> None:
+    def _decode_failed(self, reader: PointReader, exc: ValueError) -> None:
         self.stats.decode_errors += 1
         if self._throttle.allow(("decode", reader.id)):
             self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
-        if reader.tap is not None:
-            reader.tap(None, timestamp_ms)
+
+    def _reader(self, index: int) -> PointReader:
+        reader = self._readers[index] = PointReader(self._points[index])
+        return reader
 
     def _plan_of(self, request: ReadRequest) -> _ReadPlan:
         """What `request`'s responses are decoded with: a decoder of every span's raw value
@@ -645,8 +665,7 @@ class DevicePoller:
         known = self._reads.get(id(request))
         if known is None or known[0] is not request:
             decoder = self._decoder(request)
-            readers = [self._readers[span.index] for span in request.spans]
-            run = None if decoder is None else _Run.of(readers, request.spans)
+            run = None if decoder is None else _Run.of(self._points, request.spans, self._taps)
             known = self._reads[id(request)] = (request, decoder, run)
         return known
 
@@ -655,8 +674,7 @@ class DevicePoller:
             return None  # values are booleans
         fields = []
         for span in request.spans:
-            reader = self._readers[span.index]
-            point = reader.point
+            point = self._points[span.index]
             fields.append((span.start - request.start, point.type, point.byte_order, point.bit))
         return block_decoder(request.count, fields)
 
@@ -687,7 +705,7 @@ class DevicePoller:
         say(
             "read_still_refused" if again else "read_refused",
             **_where(request),
-            points=self._points(request),
+            points=self._ids(request),
             **_code(exc),
             retry_in_cycles=REFUSED_RETRY_CYCLES,
         )
@@ -699,7 +717,7 @@ class DevicePoller:
         # (A request hashes all its spans: look only when something is parked.)
         if self._parked and self._parked.pop(request, None) is not None:
             self._replan = True
-            self._log.info("read_resumed", **_where(request), points=self._points(request))
+            self._log.info("read_resumed", **_where(request), points=self._ids(request))
 
     def _plan(self) -> None:
         """Each group's requests for its points not parked, around what the unit refused."""
@@ -718,17 +736,18 @@ class DevicePoller:
                 )
             group.requests = planned
 
-    def _points(self, request: ReadRequest) -> list[str]:
-        return [self._readers[span.index].id for span in request.spans]
+    def _ids(self, request: ReadRequest) -> list[str]:
+        return [self._points[span.index].id for span in request.spans]
 
     def point_views(self, now: float) -> Iterator[PointView]:
         """Each point's last report and its age at monotonic `now`, for the agent's state."""
-        for index, reader in enumerate(self._readers):
-            if reader.filter is not None:
+        for index, point in enumerate(self._points):
+            reader = self._readers[index]
+            if reader is not None and reader.filter is not None:
                 last, at = reader.filter.last()
-            else:
+            else:  # no reader, or no deadband: what the poller kept
                 last, at = self._last[index], self._last_at[index]
-            yield PointView(reader.id, reader.bucket, last, None if last is None else now - at)
+            yield PointView(point.id, point.bucket, last, None if last is None else now - at)
 
 
 def _where(request: ReadRequest) -> dict[str, object]:
