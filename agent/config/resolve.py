@@ -126,7 +126,8 @@ def connection(
 ) -> Connection:
     """`known`: the templates its devices may name; `shared`: the objects its points may
     share with others' (this connection's own by default)."""
-    shared = shared or Shared()
+    if shared is None:
+        shared = Shared()
     endpoint: TcpEndpoint | SerialSettings
     if conn.transport in checks.TCP_TRANSPORTS:
         assert conn.host, "checked by agent.config.checks"

@@ -10,12 +10,12 @@ it are committed together.
 
 Durable at little cost: `write()` gives what the queue's next commit stores (agent.outbox
 `keep_state`). After a window closed, that is a snapshot of every open window; otherwise
-only the samples taken since the last write, appended to a journal, about 20 bytes each (a
+only the samples taken since the last write, appended to a journal, about 25 bytes each (a
 snapshot of a thousand windows is about 110 KB, one marshal of each window's packed state:
-writing one at every commit would wear the flash at 200 KB/s). A journal entry stays one
-however many samples it holds: a commit with a snapshot writes every message put before
-it (agent.outbox), live ones the broker is about to acknowledge included, which only a
-window's close needs. `restore(snapshot, journal)` rebuilds the windows from
+writing one at every commit, twice a second, would wear the flash at 220 KB/s). A journal
+entry stays one however many samples it holds: a commit with a snapshot writes every
+message put before it (agent.outbox), live ones the broker is about to acknowledge
+included, which only a window's close needs. `restore(snapshot, journal)` rebuilds the windows from
 the snapshot and replays the journal's samples, so a kill or a restart mid-window resumes
 each window with the samples it had at the last commit; one whose end passed while the
 agent was down is closed at start-up with what it had (its `count` says how many).

@@ -39,7 +39,8 @@ class LineMeter:
         while done[0][0] < ended - WINDOW:
             done.popleft()
 
-    def __len__(self) -> int:
+    @property
+    def kept(self) -> int:
         """Requests remembered now."""
         return len(self._done)
 

@@ -410,7 +410,8 @@ class DevicePoller:
             await asyncio.sleep(max(0.0, due - loop.time()))
 
     def set_tap(self, point_id: str, tap: Tap) -> None:
-        """`tap` is given every value of that point this poller reads (PointReader.tap)."""
+        """`tap` is given every value of that point this poller reads (None: the read
+        failed), before the deadband."""
         for index, point in enumerate(self._points):
             if point.id == point_id:
                 self._taps[index] = tap

@@ -1,8 +1,9 @@
 """One commissioning pass over a device: its real request plan, each reply in raw form
 and decoded, what would be published, and each failure with its Modbus code.
 
-`probe` runs the same plan (`plan_groups`) and the same decoding (`PointReader`) as the
-poller, once, every interval group included, with no deadband and no refusal learning:
+`probe` runs the same plan (`plan_groups`) as the poller and its point-by-point decoding
+(`PointReader`; the poller's runs publish the same, byte for byte), once, every interval
+group included, with no deadband and no refusal learning:
 what the engineer sees is what the unit answers to the agent's requests. Its result is
 plain JSON, so that it can come from the running agent over the control channel as well
 as from a connection opened by `orio-agent poll-once` itself.
