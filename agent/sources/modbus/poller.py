@@ -149,18 +149,6 @@ class PointReader:
             ChangeFilter(point.deadband, point.max_silence) if point.deadband is not None else None
         )
 
-    @property
-    def id(self) -> str:
-        return self.point.id
-
-    @property
-    def bucket(self) -> str:
-        return self.point.bucket
-
-    @property
-    def publish(self) -> bool:
-        return self.point.publish
-
     def value(self, raw_values: list[int] | list[bool]) -> Value:
         """The point's value from its registers, typed to its data shape."""
         point = self.point
@@ -635,22 +623,23 @@ class DevicePoller:
                 continue
             if tap is not None:
                 tap(value, timestamp_ms)
-            if not reader.publish:
+            if not reader.point.publish:
                 continue
             if reader.filter is None:
                 self._last[span.index], self._last_at[span.index] = value, now
             elif not reader.filter.admit(value, now):
                 continue
             text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
-            by_bucket.setdefault(reader.bucket, []).append(reader.prefix + text + suffix)
+            by_bucket.setdefault(reader.point.bucket, []).append(reader.prefix + text + suffix)
         for bucket, parts in by_bucket.items():
             self.stats.readings += len(parts)
             self._emit(bucket, parts)
 
     def _decode_failed(self, reader: PointReader, exc: ValueError) -> None:
         self.stats.decode_errors += 1
-        if self._throttle.allow(("decode", reader.id)):
-            self._log.warning("point_decode_failed", point=reader.id, error=str(exc))
+        point_id = reader.point.id
+        if self._throttle.allow(("decode", point_id)):
+            self._log.warning("point_decode_failed", point=point_id, error=str(exc))
 
     def _reader(self, index: int) -> PointReader:
         reader = self._readers[index] = PointReader(self._points[index])

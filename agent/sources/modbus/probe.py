@@ -87,8 +87,8 @@ async def _ask(
 
 def _point(reader: PointReader, raw: list[int] | list[bool], stamp: int) -> dict[str, Any]:
     found: dict[str, Any] = {
-        "id": reader.id,
-        "bucket": reader.bucket,
+        "id": reader.point.id,
+        "bucket": reader.point.bucket,
         "type": reader.point.type,
         "byte_order": reader.point.byte_order,
         "raw": [int(v) for v in raw],
