@@ -122,9 +122,11 @@ class _Wire:
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def begin(self) -> asyncio.Future[None]:
-        """A request starts: forget the last one's bytes; the future is done at a loss."""
+        """A request starts: forget the last one's bytes; the future is done at a loss (kept
+        from request to request until one happens: `_exchange` takes its callback off)."""
         self.received = b""
-        self.lost = asyncio.get_running_loop().create_future()
+        if self.lost.done():
+            self.lost = asyncio.get_running_loop().create_future()
         return self.lost
 
     def trace_packet(self, sending: bool, data: bytes) -> bytes:
