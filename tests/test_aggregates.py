@@ -263,9 +263,9 @@ def test_timers_and_late_samples_change_no_result(run: Run, data: st.DataObject)
     assert stale == aggregator.late
 
 
-@given(runs(), st.data())
-def test_a_restored_aggregator_continues_as_if_never_stopped(run: Run, data: st.DataObject) -> None:
-    uninterrupted, _ = run_through(run)
+def stopped_midway(run: Run, data: st.DataObject) -> tuple[Aggregator, list[Result], list[Sample]]:
+    """An aggregator fed the samples of `run` up to a cut (its timer perhaps fired after
+    them), its results so far, and the samples after the cut."""
     cut = data.draw(st.integers(0, len(run.samples)), label="cut")
     before, after = run.samples[:cut], run.samples[cut:]
     first = Aggregator(run.spec())
@@ -273,6 +273,13 @@ def test_a_restored_aggregator_continues_as_if_never_stopped(run: Run, data: st.
     if cut and data.draw(st.booleans(), label="timer before the snapshot"):
         until_ms = after[0][0] if after else before[-1][0] + MAX_WIDTH_MS
         results += first.close_due(data.draw(st.integers(before[-1][0], until_ms)))
+    return first, results, after
+
+
+@given(runs(), st.data())
+def test_a_restored_aggregator_continues_as_if_never_stopped(run: Run, data: st.DataObject) -> None:
+    uninterrupted, _ = run_through(run)
+    first, results, after = stopped_midway(run, data)
 
     saved = json.loads(json.dumps(first.state(), allow_nan=False))
     second = Aggregator.restore(run.spec(), saved)
@@ -286,13 +293,7 @@ def test_a_packed_state_is_the_state_and_continues_as_if_never_stopped(
     run: Run, data: st.DataObject
 ) -> None:
     uninterrupted, _ = run_through(run)
-    cut = data.draw(st.integers(0, len(run.samples)), label="cut")
-    before, after = run.samples[:cut], run.samples[cut:]
-    first = Aggregator(run.spec())
-    results = feed(first, before)
-    if cut and data.draw(st.booleans(), label="timer before the snapshot"):
-        until_ms = after[0][0] if after else before[-1][0] + MAX_WIDTH_MS
-        results += first.close_due(data.draw(st.integers(before[-1][0], until_ms)))
+    first, results, after = stopped_midway(run, data)
 
     packed = marshal.loads(marshal.dumps(first.packed()))
     state = unpacked_state(run.spec().point_id, packed)
