@@ -4,6 +4,7 @@ restored to exactly where they were."""
 from __future__ import annotations
 
 import marshal
+from fractions import Fraction
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from agent.config.model import Aggregate
 from agent.outbox.rows import StateWrite
 from agent.pipeline.aggregates import Result
 from agent.pipeline.aggregation import Aggregation
+from tests.test_aggregates import OracleWindow, check_avg, check_sum
 
 AGGREGATE = Aggregate(10, ("avg", "min", "max", "count"))
 
@@ -178,7 +180,7 @@ def test_a_snapshot_of_version_3_is_restored() -> None:
     first = aggregation([])
     first.tap("b", "v")(5, 1_000_000)
     first.tap("b", "v")(7, 1_001_000)
-    window = first.tap("b", "v").__self__  # type: ignore[attr-defined]
+    window = first._windows[("b", "v")]
     old = marshal.dumps({"version": 3, "order": [["b", "v"]]}) + marshal.dumps(window.state())
 
     second = aggregation(results)
@@ -193,7 +195,7 @@ def test_a_packed_state_that_cannot_be_used_is_said_and_the_others_restored() ->
     points = [("b", "v", AGGREGATE), ("b", "w", AGGREGATE)]
     first = Aggregation(points, emit=lambda bucket, results: None)
     first.tap("b", "w")(1, 1_000_000)
-    w = first.tap("b", "w").__self__  # type: ignore[attr-defined]
+    w = first._windows[("b", "w")]
     header = marshal.dumps({"version": 4, "order": [("b", "v"), ("b", "w")]})
     broken = header + marshal.dumps((10_000, 0, 1)) + marshal.dumps(w.packed())  # v's: 3 long
 
@@ -205,3 +207,210 @@ def test_a_packed_state_that_cannot_be_used_is_said_and_the_others_restored() ->
 
     assert ["aggregate_state_dropped"] == [e["event"] for e in logs if e["log_level"] == "warning"]
     assert {"w_count": 1} == {r.id: r.value for r in results if r.id.endswith("_count")}
+
+
+# -- rows: a read's values together ------------------------------------------------------------
+
+EVERY = Aggregate(10, ("avg", "min", "max", "sum", "count", "first", "last", "integral"))
+ROW_POINTS = ("a", "b", "c")
+
+
+def row_aggregation(into: list[Result]) -> Aggregation:
+    return Aggregation(
+        [("b", point, EVERY) for point in ROW_POINTS],
+        emit=lambda bucket, results: into.extend(results),
+    )
+
+
+# A row: its timestamp step (back in time, sometimes: late), its values, and whether it
+# comes point by point instead (a read with a NaN: None for that point's value).
+rows_strategy = st.lists(
+    st.tuples(
+        st.integers(-1_000, 3_000) | st.sampled_from([0, 10_000, 25_000]),
+        st.tuples(*(st.integers(-(2**40), 2**40) for _ in ROW_POINTS)),
+        st.sampled_from(["row", "row", "row", "points", "nan"]),
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+def stamped(
+    steps: list[tuple[int, tuple[int, ...], str]],
+) -> list[tuple[int, tuple[int, ...], str]]:
+    stamp = 1_000_000
+    out = []
+    for step, values, how in steps:
+        stamp += step
+        out.append((stamp, values, how))
+    return out
+
+
+def give(windows: Aggregation, row: tuple[int, tuple[int, ...], str]) -> None:
+    stamp, values, how = row
+    if how == "row":
+        tap = windows.rows("b", ROW_POINTS, "q")
+        assert tap is not None
+        tap(values, stamp)
+        return
+    for n, (point, value) in enumerate(zip(ROW_POINTS, values, strict=True)):
+        windows.tap("b", point)(None if how == "nan" and n == 1 else value, stamp)
+
+
+def reference(rows: list[tuple[int, tuple[int, ...], str]]) -> list[Result]:
+    """The same values, every one through its point's own tap."""
+    results: list[Result] = []
+    windows = row_aggregation(results)
+    for row in rows:
+        stamp, values, how = row
+        give(windows, (stamp, values, "points" if how == "row" else how))
+        windows.close_due(stamp - 5_000)  # the timer, late
+    windows.close_due(10**12)
+    return results
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows_strategy.map(stamped), st.data())
+def test_rows_give_what_every_value_through_its_tap_gives_restarted_anywhere(
+    rows: list[tuple[int, tuple[int, ...], str]], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(rows)))
+    commits = data.draw(st.lists(st.booleans(), min_size=len(rows), max_size=len(rows)))
+    before: list[Result] = []
+    first = row_aggregation(before)
+    kept = Kept()
+    for n, row in enumerate(rows[:cut]):
+        give(first, row)
+        first.close_due(row[0] - 5_000)
+        if commits[n] or n == cut - 1:
+            kept.commit(first.write())
+    after: list[Result] = []
+    second = row_aggregation(after)
+    if kept.snapshot is not None:
+        second.restore(kept.snapshot, kept.journal)
+    for row in rows[cut:]:
+        give(second, row)
+        second.close_due(row[0] - 5_000)
+    second.close_due(10**12)
+
+    assert reference(rows) == before + after  # ints: to the last digit, integral included
+
+
+floats = st.floats(-1e12, 1e12, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3_000), st.tuples(floats, floats)), min_size=1, max_size=150)
+)
+def test_rows_of_floats_sum_as_closely_as_one_sample_at_a_time(
+    steps: list[tuple[int, tuple[float, float]]],
+) -> None:
+    results: list[Result] = []
+    windows = Aggregation(
+        [("b", point, Aggregate(10, ("avg", "sum", "min", "max", "count"))) for point in "xy"],
+        emit=lambda bucket, closed: results.extend(closed),
+    )
+    tap = windows.rows("b", ("x", "y"), "d")
+    assert tap is not None
+    stamp, taken = 1_000_000, []
+    for step, values in steps:
+        stamp += step
+        tap(values, stamp)
+        taken.append((stamp, values))
+    windows.close_due(10**12)
+
+    published = {(r.id, r.timestamp_ms): r.value for r in results}
+    for column, point in enumerate("xy"):
+        for end in sorted({(s // 10_000 + 1) * 10_000 for s, _ in taken}):
+            samples = [v[column] for s, v in taken if (s // 10_000 + 1) * 10_000 == end]
+            window = OracleWindow(end, list(samples), Fraction(0), 0.0, 10.0)
+            check_sum(published[(f"{point}_sum", end)], window)
+            check_avg(published[(f"{point}_avg", end)], window)
+            assert (min(samples), max(samples), len(samples)) == (
+                published[(f"{point}_min", end)],
+                published[(f"{point}_max", end)],
+                published[(f"{point}_count", end)],
+            )
+
+
+def test_rows_are_journalled_as_one_entry_of_their_bytes_and_replayed() -> None:
+    first = row_aggregation([])
+    first.write()  # the first: a snapshot
+    tap = first.rows("b", ROW_POINTS, "q")
+    assert tap is not None
+    for n in range(5):
+        tap((n, 10 * n, 100 * n), 1_000_000 + 1_000 * n)
+    written = first.write()
+    *opened, entry = marshal.loads(written.journal[0])
+    assert [3, 3, 3] == [len(sample) for sample in opened]  # the first row opened each window
+    assert (None, 0, "q") == (written.snapshot, entry[0], entry[1])  # indexes 0, 1, 2
+
+    results: list[Result] = []
+    second = row_aggregation(results)
+    snapshot = Kept()
+    snapshot.commit(StateWrite(snapshot=row_aggregation([]).snapshot()))
+    assert snapshot.snapshot is not None
+    second.restore(snapshot.snapshot, written.journal)
+    second.close_due(10**12)
+    assert {"a_count": 5, "b_sum": 100, "c_max": 400} == {
+        r.id: r.value for r in results if r.id in ("a_count", "b_sum", "c_max")
+    }
+
+
+def restored_rows(kept: Kept) -> list[Result]:
+    """What a row aggregation restored from `kept` publishes, every window closed."""
+    results: list[Result] = []
+    second = row_aggregation(results)
+    assert kept.snapshot is not None
+    second.restore(kept.snapshot, kept.journal)
+    second.close_due(10**12)
+    return results
+
+
+def test_a_row_journalled_at_one_commit_is_not_journalled_again_at_the_next() -> None:
+    first = row_aggregation([])
+    kept = Kept()
+    kept.commit(first.write())
+    tap = first.rows("b", ROW_POINTS, "q")
+    assert tap is not None
+    for n in range(3):  # the first opens the windows; the others are held as rows
+        tap((n, n, n), 1_000_000 + 1_000 * n)
+        kept.commit(first.write())
+    results = restored_rows(kept)
+
+    assert {"a_count": 3, "a_sum": 3} == {
+        r.id: r.value for r in results if r.id in ("a_count", "a_sum")
+    }
+
+
+def test_rows_are_refused_for_points_not_all_aggregated_alike() -> None:
+    windows = Aggregation(
+        [
+            ("b", "ten", AGGREGATE),
+            ("b", "other", AGGREGATE),
+            ("b", "sixty", Aggregate(60, ("avg",))),
+        ],
+        emit=lambda bucket, results: None,
+    )
+    assert windows.rows("b", ("ten", "other"), "f") is not None
+    assert windows.rows("b", ("ten", "sixty"), "f") is None  # two widths
+    assert windows.rows("b", ("ten", "plain"), "f") is None  # "plain" has no aggregate
+    assert windows.rows("b", ("ten",), "Q") is None  # uint64: no array holds it all
+
+
+def test_rows_of_points_out_of_order_name_each_one_in_the_journal() -> None:
+    first = row_aggregation([])
+    kept = Kept()
+    kept.commit(first.write())
+    tap = first.rows("b", ("c", "a"), "d")
+    assert tap is not None
+    tap((1.5, 2.5), 1_000_000)  # opens both windows
+    tap((3.5, 4.5), 1_001_000)  # held as a row
+    kept.commit(first.write())
+    assert (2, 0) == marshal.loads(kept.journal[-1])[-1][0]
+    results = restored_rows(kept)
+
+    assert {"c_sum": 5.0, "a_sum": 7.0} == {
+        r.id: r.value for r in results if r.id in ("a_sum", "c_sum")
+    }

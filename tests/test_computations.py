@@ -21,6 +21,7 @@ import pytest
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.pipeline.aggregates import unpacked_state
+from agent.pipeline.aggregation import journal_samples
 from sim.broker import Broker
 from sim.cloud import CloudClient
 from sim.plant import SimUnit, serve_tcp
@@ -189,7 +190,12 @@ def _open_window(queue: Path) -> tuple[int, int] | None:
     snapshot = io.BytesIO(row[0])
     marshal.load(snapshot)  # the header; the one window's packed state follows it
     state = unpacked_state("n", marshal.load(snapshot))
-    samples = [entry for blob in journal for entry in marshal.loads(blob)]
+    samples = [
+        sample
+        for blob in journal
+        for entry in marshal.loads(blob)
+        for sample in journal_samples(entry)
+    ]
     width = WINDOW * 1000
     window = state.get("window")
     if samples:

@@ -19,8 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import resolve
+from agent.config.model import Aggregate
 from agent.config.schema import ModbusConfig
 from agent.errors import DeviceRefused
+from agent.pipeline.aggregates import Result
+from agent.pipeline.aggregation import Aggregation
 from agent.sources.modbus.points import Table
 from agent.sources.modbus.poller import REFUSED_RETRY_CYCLES, DevicePoller, device_spans
 from agent.testing import FakeRegisterBus, captured_logs, run_in_virtual_time
@@ -632,6 +635,42 @@ async def test_a_tap_set_after_a_run_was_made_is_given_every_value() -> None:
 
     assert [(20, WALL_MS)] == tapped
     assert {"p0": 1, "p1": 20, "p2": 3} == emitted.values()
+
+
+async def test_a_runs_aggregates_take_its_values_as_a_row_and_a_nan_point_by_point() -> None:
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [0x4120, 0, 0x4130, 0, 0x4140, 0])  # 10, 11, 12
+    poller, emitted = make_poller(bus, _block(["float32"] * 3))
+    results: list[Result] = []
+    windows = Aggregation(
+        [("b", f"q{n}", Aggregate(60, ("count", "sum"))) for n in range(3)],
+        emit=lambda bucket, closed: results.extend(closed),
+    )
+    asked: list[tuple[str, tuple[str, ...], str]] = []
+
+    def rows(bucket: str, ids: tuple[str, ...], typecode: str) -> Any:
+        asked.append((bucket, ids, typecode))
+        return windows.rows(bucket, ids, typecode)
+
+    tapped: list[Any] = []
+    poller.set_tap("q0", lambda value, stamp: tapped.append(value), windows.tap("b", "q0"))
+    for point in ("q1", "q2"):
+        poller.set_tap(point, None, windows.tap("b", point))
+    poller.set_rows(rows)
+    await poller.poll_once()
+    await poller.poll_once()
+    bus.set_registers(UNIT, Table.HOLDING, 2, [0x7FC0, 0])  # q1: NaN
+
+    await poller.poll_once()  # point by point: q1 has no value, the others count
+    windows.close_due(10**15)
+
+    assert [("b", ("q0", "q1", "q2"), "f")] == asked
+    assert [10.0, 10.0, 10.0] == tapped  # the derived points' tap, in rows or not
+    assert {"q0_count": 3, "q1_count": 2, "q2_count": 3, "q1_sum": 22.0, "q2_sum": 36.0} == {
+        r.id: r.value for r in results if r.id != "q0_sum"
+    }
+    assert 1 == poller.stats.decode_errors
+    assert {"q0": 10.0, "q1": 11.0, "q2": 12.0} == emitted.values()  # q1's last: 11
 
 
 async def test_status_shows_each_points_last_report_run_or_deadband() -> None:

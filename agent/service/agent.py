@@ -270,13 +270,17 @@ class Agent:
         """Give the calculator and the aggregates the values they need of this source."""
         inputs = self.calculator.inputs
         for point in points:
-            taps: list[Tap] = []
-            if point.id in inputs:
-                taps.append(partial(self.calculator.update, point.id))
+            tap = partial(self.calculator.update, point.id) if point.id in inputs else None
+            aggregate = None
             if point.aggregate is not None:
-                taps.append(self.aggregation.tap(point.bucket, point.id))
-            if taps:
+                aggregate = self.aggregation.tap(point.bucket, point.id)
+            if isinstance(source, DevicePoller):
+                source.set_tap(point.id, tap, aggregate)  # its aggregates may take rows
+            elif tap is not None or aggregate is not None:
+                taps = [each for each in (tap, aggregate) if each is not None]
                 source.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
+        if isinstance(source, DevicePoller):
+            source.set_rows(self.aggregation.rows if self.aggregation else None)
         if inputs or self.aggregation or self.config.batch.flush_at_cycle_end:
             ended = partial(self._after_cycle, source)
             if isinstance(source, DevicePoller):

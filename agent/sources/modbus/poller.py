@@ -72,7 +72,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Protocol
 
 import structlog
@@ -130,6 +130,17 @@ class RegisterBus(Protocol):
 
 
 Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its time, ms
+# A read's values together (`DevicePoller.set_rows`): the values in order and their time.
+RowTap = Callable[[Sequence[int | float], int], None]
+# What gives a run's row tap: (bucket, its points' ids in order, an array typecode of its
+# values: "f", "d" or "q"), None when its points are not wanted together.
+RowsFactory = Callable[[str, tuple[str, ...], str], RowTap | None]
+# The array typecode that holds a plain point's values exactly, by its type.
+_ROW_TYPECODE: dict[str, str] = {
+    "float32": "f",
+    "float64": "d",
+    **dict.fromkeys(("int16", "uint16", "int32", "uint32", "int64"), "q"),
+}
 
 
 class PointReader:
@@ -185,21 +196,22 @@ class _Run:
     """A read whose points are all plain (`is_plain`), published, without a deadband, of
     one bucket and declared in address order: its readings are made in one pass, from one
     struct call (the hot path of a meter's block of floats). Its points need no
-    `PointReader`: the run holds their prefixes and taps."""
+    `PointReader`: the run holds their prefixes and taps. Its points' aggregates, when they
+    take a row at a time (`DevicePoller.set_rows`), are given the values together (`rows`)
+    and the taps are only the points' others (their derived points')."""
 
-    __slots__ = ("bucket", "end", "first", "prefixes", "taps")
+    __slots__ = ("bucket", "end", "first", "prefixes", "rows", "taps")
 
-    def __init__(self, points: list[Point], first: int, taps: list[Tap | None]) -> None:
+    def __init__(self, points: list[Point], first: int, taps: _Taps) -> None:
         self.bucket = points[0].bucket
         self.first, self.end = first, first + len(points)  # the points' indexes
         self.prefixes = tuple(id_prefix(point.id) for point in points)
-        mine = tuple(taps[self.first : self.end])
+        self.rows = taps.rows_of(points)
+        mine = tuple((taps.others if self.rows else taps.each)[self.first : self.end])
         self.taps = mine if any(tap is not None for tap in mine) else None
 
     @classmethod
-    def of(
-        cls, points: tuple[Point, ...], spans: tuple[Span, ...], taps: list[Tap | None]
-    ) -> _Run | None:
+    def of(cls, points: tuple[Point, ...], spans: tuple[Span, ...], taps: _Taps) -> _Run | None:
         first = spans[0].index
         if any(span.index != first + n for n, span in enumerate(spans)):
             return None
@@ -210,6 +222,46 @@ class _Run:
         ):
             return None
         return cls(mine, first, taps)
+
+
+class _Taps:
+    """A poller's taps: each point's (`each`, called point by point), the same without its
+    aggregate's (`others`), and the factory of rows for its aggregates (`rows`)."""
+
+    __slots__ = ("aggregates", "each", "others", "rows")
+
+    def __init__(self, points: int) -> None:
+        self.each: list[Tap | None] = [None] * points
+        self.others: list[Tap | None] = [None] * points
+        self.aggregates: set[str] = set()  # the ids of the points whose aggregates are tapped
+        self.rows: RowsFactory | None = None
+
+    def set(self, index: int, tap: Tap | None, aggregate: Tap | None) -> None:
+        self.others[index] = tap
+        self.each[index] = _both(tap, aggregate) if tap and aggregate else tap or aggregate
+
+    def rows_of(self, points: list[Point]) -> RowTap | None:
+        """The row tap of these points' aggregates, if every one has one (and no other tap
+        but a derived point's)."""
+        typecodes = {_ROW_TYPECODE.get(point.type) for point in points}
+        if typecodes == {"f", "d"}:
+            typecodes = {"d"}  # float32 and float64: doubles hold both
+        typecode = typecodes.pop() if len(typecodes) == 1 else None
+        if (
+            self.rows is None
+            or typecode is None
+            or any(point.id not in self.aggregates for point in points)
+        ):
+            return None
+        return self.rows(points[0].bucket, tuple(point.id for point in points), typecode)
+
+
+def _both(first: Tap, second: Tap) -> Tap:
+    def tap(value: Value | None, timestamp_ms: int) -> None:
+        first(value, timestamp_ms)
+        second(value, timestamp_ms)
+
+    return tap
 
 
 # What a poller works out once for a read: its decoder of all values at once, if it has
@@ -317,7 +369,7 @@ class DevicePoller:
         self._readers: list[PointReader | None] = [None] * len(device.points)
         # Set by the agent for a point that derived points or its aggregate use: given
         # every value read (None when the read failed), before the deadband.
-        self._taps: list[Tap | None] = [None] * len(device.points)
+        self._taps = _Taps(len(device.points))
         self._spans = device_spans(device)  # held: devices alike share them while it lives
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
@@ -397,13 +449,24 @@ class DevicePoller:
             self.cadence.waits_until(due)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
-    def set_tap(self, point_id: str, tap: Tap) -> None:
-        """`tap` is given every value of that point this poller reads (None: the read
-        failed), before the deadband."""
+    def set_tap(self, point_id: str, tap: Tap | None, aggregate: Tap | None = None) -> None:
+        """`tap` and `aggregate` are given every value of that point this poller reads
+        (None: the read failed), before the deadband; `aggregate` (the point's aggregate's)
+        not when the point's read gives its values as a row (`set_rows`)."""
         for index, point in enumerate(self._points):
             if point.id == point_id:
-                self._taps[index] = tap
+                self._taps.set(index, tap, aggregate)
+        if aggregate is None:
+            self._taps.aggregates.discard(point_id)
+        else:
+            self._taps.aggregates.add(point_id)
         self._reads.clear()  # a read's run holds its taps
+
+    def set_rows(self, rows: RowsFactory | None) -> None:
+        """What a run of points (a read of plain values) whose aggregates are all tapped
+        asks for a row tap, given its values together instead of each aggregate's tap."""
+        self._taps.rows = rows
+        self._reads.clear()
 
     def set_interval(self, interval: float) -> None:
         """Takes effect from the next cycle (`run` works out the groups' cycles again)."""
@@ -450,7 +513,7 @@ class DevicePoller:
         stamp = self._wall_ms()
         for request in work:
             for span in request.spans:
-                tap = self._taps[span.index]
+                tap = self._taps.each[span.index]
                 if tap is not None:
                     tap(None, stamp)
 
@@ -582,6 +645,8 @@ class DevicePoller:
         self, run: _Run, raws: tuple[RawValue, ...], timestamp_ms: int, now: float
     ) -> None:
         """A run's readings: each value is its own JSON, tapped, and kept as the last."""
+        if run.rows is not None:
+            run.rows(raws, timestamp_ms)  # type: ignore[arg-type]  # (a run's values are numbers)
         if run.taps is not None:
             for tap, value in zip(run.taps, raws, strict=True):
                 if tap is not None:
@@ -609,7 +674,7 @@ class DevicePoller:
         by_bucket: dict[str, list[bytes]] = {}
         for n, span in enumerate(request.spans):
             reader = self._readers[span.index] or self._reader(span.index)
-            tap = self._taps[span.index]
+            tap = self._taps.each[span.index]
             try:
                 if raws is None:
                     begin = span.start - request.start
