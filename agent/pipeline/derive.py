@@ -37,6 +37,7 @@ log = structlog.get_logger("agent.derived")
 
 Tap = Callable[[Value | None, int], None]
 _NONE: Any = object()  # no value yet (None is a failed read)
+_NUMBERS = (int, float)  # a value of these types (not bool) is its own repr in JSON
 
 
 @dataclass(slots=True)
@@ -113,6 +114,21 @@ class Calculator:
         for point in self._users.get(point_id, ()):
             point.dirty = True
 
+    def tap(self, point_id: str) -> Tap:
+        """What a source calls with each value of input `point_id`: `update`, with what it
+        looks up bound once (a poller calls it for every value of every input)."""
+        values, stamps, at, clock = self._values, self._stamps, self._at, self._clock
+        users = tuple(self._users.get(point_id, ()))
+
+        def tap(value: Value | None, timestamp_ms: int) -> None:
+            values[point_id] = value
+            stamps[point_id] = timestamp_ms
+            at[point_id] = clock()
+            for point in users:
+                point.dirty = True
+
+        return tap
+
     def evaluate(self) -> None:
         """Each derived point whose inputs changed, in declared order; the readings of one
         call go to `emit` together, per bucket."""
@@ -126,7 +142,8 @@ class Calculator:
 
     def _evaluate(self, point: _Point, readings: dict[str, list[bytes]]) -> None:
         config = point.config
-        newest, missing = self._check_inputs(config)
+        now = self._clock()
+        newest, missing = self._check_inputs(config, now)
         if missing is not None:
             self._skip(config, missing)
             return
@@ -135,24 +152,35 @@ class Calculator:
             value = to_shape(raw, config.shape)
         except (EvaluationError, ValueError) as exc:
             self.failed += 1
-            self.update(config.id, None, newest)
+            self._result(config.id, None, newest, now)
             if self._throttle.allow(("failed", config.id)):
                 log.warning("derived_failed", point=config.id, error=str(exc))
             return
-        self.update(config.id, value, newest)
-        now = self._clock()
+        self._result(config.id, value, newest, now)
         self.stats.cycles += 1
         self.stats.last_ok_at = now
         if point.tap is not None:
             point.tap(value, newest)
         if config.publish and point.filter.admit(value, now):
             self.stats.readings += 1
-            fragment = point.prefix + encode_value(value) + timestamp_suffix(newest)
+            text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
+            fragment = point.prefix + text + timestamp_suffix(newest)
             readings.setdefault(config.bucket, []).append(fragment)
 
-    def _check_inputs(self, config: Derived) -> tuple[int, str | None]:
+    def _result(self, point_id: str, value: Value | None, timestamp_ms: int, now: float) -> None:
+        """A derived point's value, as an input of the derived points declared after it
+        (not kept when none uses it)."""
+        users = self._users.get(point_id)
+        if users is None:
+            return
+        self._values[point_id] = value
+        self._stamps[point_id] = timestamp_ms
+        self._at[point_id] = now
+        for user in users:
+            user.dirty = True
+
+    def _check_inputs(self, config: Derived, now: float) -> tuple[int, str | None]:
         """The newest input's timestamp, and what is wrong if an input is unusable."""
-        now = self._clock()
         newest = 0
         for name in config.expression.inputs:
             value = self._values.get(name, _NONE)

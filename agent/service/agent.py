@@ -270,7 +270,7 @@ class Agent:
         """Give the calculator and the aggregates the values they need of this source."""
         inputs = self.calculator.inputs
         for point in points:
-            tap = partial(self.calculator.update, point.id) if point.id in inputs else None
+            tap = self.calculator.tap(point.id) if point.id in inputs else None
             aggregate = None
             if point.aggregate is not None:
                 aggregate = self.aggregation.tap(point.bucket, point.id)

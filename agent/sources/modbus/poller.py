@@ -207,8 +207,10 @@ class _Run:
         self.first, self.end = first, first + len(points)  # the points' indexes
         self.prefixes = tuple(id_prefix(point.id) for point in points)
         self.rows = taps.rows_of(points)
-        mine = tuple((taps.others if self.rows else taps.each)[self.first : self.end])
-        self.taps = mine if any(tap is not None for tap in mine) else None
+        mine = (taps.others if self.rows else taps.each)[self.first : self.end]
+        # (the value's place in the read, its tap) for the points that have one
+        tapped = tuple((n, tap) for n, tap in enumerate(mine) if tap is not None)
+        self.taps = tapped or None
 
     @classmethod
     def of(cls, points: tuple[Point, ...], spans: tuple[Span, ...], taps: _Taps) -> _Run | None:
@@ -648,9 +650,8 @@ class DevicePoller:
         if run.rows is not None:
             run.rows(raws, timestamp_ms)  # type: ignore[arg-type]  # (a run's values are numbers)
         if run.taps is not None:
-            for tap, value in zip(run.taps, raws, strict=True):
-                if tap is not None:
-                    tap(value, timestamp_ms)
+            for n, tap in run.taps:
+                tap(raws[n], timestamp_ms)
         suffix = timestamp_suffix(timestamp_ms)
         parts = [
             prefix + repr(value).encode() + suffix
