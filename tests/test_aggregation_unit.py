@@ -414,3 +414,25 @@ def test_rows_of_points_out_of_order_name_each_one_in_the_journal() -> None:
     assert {"c_sum": 5.0, "a_sum": 7.0} == {
         r.id: r.value for r in results if r.id in ("a_sum", "c_sum")
     }
+
+
+def test_rows_made_before_a_restore_are_made_anew_for_the_restored_windows() -> None:
+    first = row_aggregation([])
+    tap = first.rows("b", ROW_POINTS, "q")
+    assert tap is not None
+    tap((1, 1, 1), 1_000_000)
+    tap((2, 2, 2), 1_001_000)
+    snapshot = first.snapshot()
+    results: list[Result] = []
+    second = row_aggregation(results)
+    stale = second.rows("b", ROW_POINTS, "q")
+    second.restore(snapshot)
+    fresh = second.rows("b", ROW_POINTS, "q")
+    assert fresh is not None
+    assert fresh != stale
+    fresh((3, 3, 3), 1_002_000)
+    second.close_due(10**12)
+
+    assert {"a_count": 3, "a_sum": 6} == {
+        r.id: r.value for r in results if r.id in ("a_count", "a_sum")
+    }

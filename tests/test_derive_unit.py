@@ -8,20 +8,11 @@ from pathlib import Path
 
 from agent.config import load_config
 from agent.pipeline.derive import Calculator
+from tests.test_computations import BASE
 
-CONFIG = """
-[thing]
-id = "t"
-secret = "s"
-
-[mqtt]
-host = "h"
-
-[[modbus]]
-name = "plc"
-transport = "tcp"
-host = "10.0.0.1"
-
+CONFIG = (
+    BASE
+    + """
 [[modbus.devices]]
 name = "meter"
 unit = 1
@@ -41,6 +32,7 @@ id = "t"
 bucket = "d"
 expression = "s * 2"
 """
+)
 
 
 def calculator(tmp_path: Path) -> tuple[Calculator, list[tuple[str, dict[str, object]]]]:

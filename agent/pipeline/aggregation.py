@@ -342,7 +342,10 @@ class Aggregation:
 
     def restore(self, snapshot: bytes, journal: Sequence[bytes] = ()) -> None:
         """The windows as a snapshot left them, then the samples journalled after it;
-        what no longer fits the config is dropped (and said)."""
+        what no longer fits the config is dropped (and said). Rows made before are
+        dropped with the windows they fed (the pollers ask for rows anew)."""
+        self.settle()
+        self._rows.clear()
         order = self._restore_snapshot(snapshot)
         replayed = 0
         for blob in journal:
