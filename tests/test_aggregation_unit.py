@@ -436,3 +436,24 @@ def test_rows_made_before_a_restore_are_made_anew_for_the_restored_windows() -> 
     assert {"a_count": 3, "a_sum": 6} == {
         r.id: r.value for r in results if r.id in ("a_count", "a_sum")
     }
+
+
+def test_rows_after_a_snapshot_are_still_kept_as_rows() -> None:
+    windows = row_aggregation([])
+    kept = Kept()
+    tap = windows.rows("b", ROW_POINTS, "q")
+    assert tap is not None
+    tap((1, 2, 3), 1_000_000)  # opens the windows (value by value)
+    tap((4, 5, 6), 1_001_000)  # a row
+    kept.commit(windows.write(whole=True))  # the snapshot folds the row in
+    tap((7, 8, 9), 1_002_000)
+
+    write = windows.write()
+    entries = marshal.loads(write.journal[0])
+    kept.commit(write)
+
+    assert [4] == [len(entry) for entry in entries]  # one row, not three samples
+    results = restored_rows(kept)
+    assert {"a_count": 3, "a_sum": 12} == {
+        r.id: r.value for r in results if r.id in ("a_count", "a_sum")
+    }

@@ -70,3 +70,24 @@ def test_a_failed_input_gives_no_value_down_the_chain(tmp_path: Path) -> None:
     calc.evaluate()
 
     assert ([], 1) == (emitted, calc.skipped)  # s skipped; t not worked out without s
+
+
+def test_each_point_is_worked_out_once_per_change_whatever_order_its_inputs_come(
+    tmp_path: Path,
+) -> None:
+    calc, emitted = calculator(tmp_path)
+    calc.tap("b")(2.0, 2_000)
+    calc.tap("a")(1.0, 1_000)
+    calc.tap("a")(1.5, 3_000)  # changed twice: worked out once, with the latest
+
+    calc.evaluate()
+    calc.evaluate()  # nothing changed since
+    calc.tap("a")(0.5, 4_000)
+    calc.evaluate()
+
+    assert [
+        ("s", 3.5, "3000"),
+        ("t", 7.0, "3000"),
+        ("s", 2.5, "4000"),
+        ("t", 5.0, "4000"),
+    ] == [(r["id"], r["value"], r["timestamp"]) for _, r in emitted]

@@ -647,24 +647,33 @@ async def test_a_runs_aggregates_take_its_values_as_a_row_and_a_nan_point_by_poi
         emit=lambda bucket, closed: results.extend(closed),
     )
     asked: list[tuple[str, tuple[str, ...], str]] = []
+    made: list[str] = []  # the point-by-point taps made
 
-    def rows(bucket: str, ids: tuple[str, ...], typecode: str) -> Any:
-        asked.append((bucket, ids, typecode))
-        return windows.rows(bucket, ids, typecode)
+    class Asked:
+        def __contains__(self, key: tuple[str, str]) -> bool:
+            return key in windows
+
+        def tap(self, bucket: str, point_id: str) -> Any:
+            made.append(point_id)
+            return windows.tap(bucket, point_id)
+
+        def rows(self, bucket: str, ids: Sequence[str], typecode: str) -> Any:
+            asked.append((bucket, tuple(ids), typecode))
+            return windows.rows(bucket, ids, typecode)
 
     tapped: list[Any] = []
-    poller.set_tap("q0", lambda value, stamp: tapped.append(value), windows.tap("b", "q0"))
-    for point in ("q1", "q2"):
-        poller.set_tap(point, None, windows.tap("b", point))
-    poller.set_rows(rows)
+    poller.set_tap("q0", lambda value, stamp: tapped.append(value))
+    poller.set_aggregates(Asked())
     await poller.poll_once()
     await poller.poll_once()
+    assert [] == made  # rows only: no point's own tap
     bus.set_registers(UNIT, Table.HOLDING, 2, [0x7FC0, 0])  # q1: NaN
 
     await poller.poll_once()  # point by point: q1 has no value, the others count
     windows.close_due(10**15)
 
     assert [("b", ("q0", "q1", "q2"), "f")] == asked
+    assert ["q0", "q1", "q2"] == made  # only once a value came point by point
     assert [10.0, 10.0, 10.0] == tapped  # the derived points' tap, in rows or not
     assert {"q0_count": 3, "q1_count": 2, "q2_count": 3, "q1_sum": 22.0, "q2_sum": 36.0} == {
         r.id: r.value for r in results if r.id != "q0_sum"

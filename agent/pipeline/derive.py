@@ -14,9 +14,9 @@ the order they are declared, so one may use an earlier one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from heapq import heappop, heappush
 
 import structlog
 
@@ -36,8 +36,8 @@ from agent.sources.source import Cadence, PointView, SourceStats, point_views
 log = structlog.get_logger("agent.derived")
 
 Tap = Callable[[Value | None, int], None]
-_NONE: Any = object()  # no value yet (None is a failed read)
 _NUMBERS = (int, float)  # a value of these types (not bool) is its own repr in JSON
+_INPUT_TYPES = frozenset({int, float, bool})  # what an expression may be given
 
 
 @dataclass(slots=True)
@@ -50,14 +50,33 @@ class _Shown:
 
 
 class _Point:
-    __slots__ = ("config", "dirty", "filter", "prefix", "tap")
+    __slots__ = (
+        "config",
+        "dirty",
+        "expression",
+        "filter",
+        "float_shape",
+        "index",
+        "inputs",
+        "max_age",
+        "prefix",
+        "tap",
+        "used",
+    )
 
-    def __init__(self, config: Derived) -> None:
+    def __init__(self, config: Derived, index: int) -> None:
         self.config = config
+        self.index = index  # its place in declared order
         self.filter = ChangeFilter(config.deadband, config.max_silence)
-        self.dirty = False
+        self.dirty = False  # in the calculator's pending heap
         self.prefix = id_prefix(config.id)  # the start of its readings' fragments
         self.tap: Tap | None = None  # given every value worked out (its aggregate)
+        # What its evaluation reads, looked up once.
+        self.expression = config.expression
+        self.inputs = config.expression.inputs
+        self.max_age = config.max_input_age
+        self.float_shape = config.shape == "float"
+        self.used = False  # an input of a derived point declared after it
 
 
 class Calculator:
@@ -70,7 +89,7 @@ class Calculator:
         emit: Callable[[str, list[bytes]], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._points = [_Point(d) for d in derived]
+        self._points = [_Point(d, n) for n, d in enumerate(derived)]
         self._emit = emit  # (bucket, encoded readings), as Batcher.add_encoded takes them
         self._clock = clock
         # Each input's latest value (None: its last read failed), where the expressions
@@ -80,8 +99,14 @@ class Calculator:
         self._stamps: dict[str, int] = {}
         self._users: dict[str, list[_Point]] = {}
         for point in self._points:
-            for name in point.config.expression.inputs:
+            for name in point.inputs:
                 self._users.setdefault(name, []).append(point)
+        for point in self._points:
+            point.used = point.config.id in self._users
+        # The indexes of the points whose inputs changed (a heap: worked out in declared
+        # order, so that one may use an earlier one's new value).
+        self._pending: list[int] = []
+        self._suffix: tuple[int, bytes] = (-1, b"")  # the last timestamp's, reused
         self._throttle = Throttle(interval=60.0)
         self.skipped = 0  # evaluations that gave no value (an input missing, failed, stale)
         self.failed = 0  # evaluations that raised (a division by zero, an overflow)
@@ -108,55 +133,71 @@ class Calculator:
                 point.tap = tap
 
     def update(self, point_id: str, value: Value | None, timestamp_ms: int) -> None:
+        """A value of input `point_id` (None: its read failed); `tap` is the same, bound."""
         self._values[point_id] = value
         self._stamps[point_id] = timestamp_ms
         self._at[point_id] = self._clock()
-        for point in self._users.get(point_id, ()):
-            point.dirty = True
+        self._changed(self._users.get(point_id, ()))
 
     def tap(self, point_id: str) -> Tap:
         """What a source calls with each value of input `point_id`: `update`, with what it
         looks up bound once (a poller calls it for every value of every input)."""
         values, stamps, at, clock = self._values, self._stamps, self._at, self._clock
         users = tuple(self._users.get(point_id, ()))
+        pending = self._pending
 
         def tap(value: Value | None, timestamp_ms: int) -> None:
             values[point_id] = value
             stamps[point_id] = timestamp_ms
             at[point_id] = clock()
             for point in users:
-                point.dirty = True
+                if not point.dirty:
+                    point.dirty = True
+                    heappush(pending, point.index)
 
         return tap
 
     def evaluate(self) -> None:
         """Each derived point whose inputs changed, in declared order; the readings of one
         call go to `emit` together, per bucket."""
+        pending = self._pending
+        if not pending:
+            return
         readings: dict[str, list[bytes]] = {}
-        for point in self._points:
-            if point.dirty:
-                point.dirty = False
-                self._evaluate(point, readings)
+        now = self._clock()
+        points = self._points
+        while pending:
+            point = points[heappop(pending)]
+            point.dirty = False
+            self._evaluate(point, now, readings)
         for bucket, parts in readings.items():
             self._emit(bucket, parts)
 
-    def _evaluate(self, point: _Point, readings: dict[str, list[bytes]]) -> None:
+    def _evaluate(self, point: _Point, now: float, readings: dict[str, list[bytes]]) -> None:
+        values, at, stamps = self._values, self._at, self._stamps
+        newest = 0
+        for name in point.inputs:
+            value = values.get(name)
+            if value is None or type(value) not in _INPUT_TYPES or now - at[name] > point.max_age:
+                self._skip(point.config, self._unusable(name, now))
+                return
+            stamp = stamps[name]
+            if stamp > newest:
+                newest = stamp
         config = point.config
-        now = self._clock()
-        newest, missing = self._check_inputs(config, now)
-        if missing is not None:
-            self._skip(config, missing)
-            return
         try:
-            raw = config.expression(self._values)  # type: ignore[arg-type]  # checked above
-            value = to_shape(raw, config.shape)
+            raw = point.expression(values)  # type: ignore[arg-type]  # checked above
+            # A float is as it is (finite: the expression refuses anything else).
+            fits = point.float_shape and type(raw) is float
+            value = raw if fits else to_shape(raw, config.shape)
         except (EvaluationError, ValueError) as exc:
             self.failed += 1
             self._result(config.id, None, newest, now)
             if self._throttle.allow(("failed", config.id)):
                 log.warning("derived_failed", point=config.id, error=str(exc))
             return
-        self._result(config.id, value, newest, now)
+        if point.used:
+            self._result(config.id, value, newest, now)
         self.stats.cycles += 1
         self.stats.last_ok_at = now
         if point.tap is not None:
@@ -164,8 +205,11 @@ class Calculator:
         if config.publish and point.filter.admit(value, now):
             self.stats.readings += 1
             text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
-            fragment = point.prefix + text + timestamp_suffix(newest)
-            readings.setdefault(config.bucket, []).append(fragment)
+            stamp, suffix = self._suffix
+            if stamp != newest:
+                suffix = timestamp_suffix(newest)
+                self._suffix = (newest, suffix)
+            readings.setdefault(config.bucket, []).append(point.prefix + text + suffix)
 
     def _result(self, point_id: str, value: Value | None, timestamp_ms: int, now: float) -> None:
         """A derived point's value, as an input of the derived points declared after it
@@ -176,26 +220,25 @@ class Calculator:
         self._values[point_id] = value
         self._stamps[point_id] = timestamp_ms
         self._at[point_id] = now
-        for user in users:
-            user.dirty = True
+        self._changed(users)
 
-    def _check_inputs(self, config: Derived, now: float) -> tuple[int, str | None]:
-        """The newest input's timestamp, and what is wrong if an input is unusable."""
-        newest = 0
-        for name in config.expression.inputs:
-            value = self._values.get(name, _NONE)
-            if value is _NONE:
-                return newest, f"no value of {name!r} yet"
-            if value is None:
-                return newest, f"the last read of {name!r} failed"
-            if now - self._at[name] > config.max_input_age:
-                return newest, f"{name!r} is {now - self._at[name]:.0f} s old"
-            if not isinstance(value, int | float):  # bool is an int: kept
-                return newest, f"{name!r} is not a number or a boolean"
-            stamp = self._stamps[name]
-            if stamp > newest:
-                newest = stamp
-        return newest, None
+    def _changed(self, users: Iterable[_Point]) -> None:
+        """These points' inputs changed: they are worked out at the next `evaluate`."""
+        for user in users:
+            if not user.dirty:
+                user.dirty = True
+                heappush(self._pending, user.index)
+
+    def _unusable(self, name: str, now: float) -> str:
+        """Why input `name` cannot be used now."""
+        if name not in self._values:
+            return f"no value of {name!r} yet"
+        value = self._values[name]
+        if value is None:
+            return f"the last read of {name!r} failed"
+        if type(value) not in _INPUT_TYPES:
+            return f"{name!r} is not a number or a boolean"
+        return f"{name!r} is {now - self._at[name]:.0f} s old"
 
     def _skip(self, config: Derived, why: str) -> None:
         self.skipped += 1

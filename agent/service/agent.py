@@ -36,7 +36,7 @@ from agent.pipeline.aggregates import Result
 from agent.pipeline.aggregation import Aggregation
 from agent.pipeline.batches import Batch, Batcher
 from agent.pipeline.derive import Calculator
-from agent.pipeline.readings import Reading, Value
+from agent.pipeline.readings import Value, encode_value, id_prefix, timestamp_suffix
 from agent.service import heap, logs
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
@@ -269,18 +269,21 @@ class Agent:
     ) -> None:
         """Give the calculator and the aggregates the values they need of this source."""
         inputs = self.calculator.inputs
-        for point in points:
-            tap = self.calculator.tap(point.id) if point.id in inputs else None
-            aggregate = None
-            if point.aggregate is not None:
-                aggregate = self.aggregation.tap(point.bucket, point.id)
-            if isinstance(source, DevicePoller):
-                source.set_tap(point.id, tap, aggregate)  # its aggregates may take rows
-            elif tap is not None or aggregate is not None:
-                taps = [each for each in (tap, aggregate) if each is not None]
-                source.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
         if isinstance(source, DevicePoller):
-            source.set_rows(self.aggregation.rows if self.aggregation else None)
+            for point in points:
+                if point.id in inputs:
+                    source.set_tap(point.id, self.calculator.tap(point.id))
+            # Its aggregates' taps are made only for values that come point by point.
+            source.set_aggregates(self.aggregation if self.aggregation else None)
+        else:
+            for point in points:
+                tap = self.calculator.tap(point.id) if point.id in inputs else None
+                aggregate = None
+                if point.aggregate is not None:
+                    aggregate = self.aggregation.tap(point.bucket, point.id)
+                if tap is not None or aggregate is not None:
+                    taps = [each for each in (tap, aggregate) if each is not None]
+                    source.set_tap(point.id, taps[0] if len(taps) == 1 else _both(taps))
         if inputs or self.aggregation or self.config.batch.flush_at_cycle_end:
             ended = partial(self._after_cycle, source)
             if isinstance(source, DevicePoller):
@@ -306,7 +309,11 @@ class Agent:
 
     def _put_aggregates(self, bucket: str, results: list[Result]) -> None:
         """A window's results straight into the queue, with the state that closed it."""
-        parts = [Reading(bucket, r.id, r.value, r.timestamp_ms).fragment() for r in results]
+        parts, suffix_ms, suffix = [], -1, b""
+        for result in results:  # of one window's end, mostly: its suffix made once
+            if result.timestamp_ms != suffix_ms:
+                suffix_ms, suffix = result.timestamp_ms, timestamp_suffix(result.timestamp_ms)
+            parts.append(id_prefix(result.id) + encode_value(result.value) + suffix)
         topic = self._topics.get(bucket) or data_topic(self.config.thing_id, bucket)
         self.outbox.put(topic, b"[" + b",".join(parts) + b"]", self.clock.stamp())
         self.outbox.state_changed()

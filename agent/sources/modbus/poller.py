@@ -130,11 +130,28 @@ class RegisterBus(Protocol):
 
 
 Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its time, ms
-# A read's values together (`DevicePoller.set_rows`): the values in order and their time.
+# A read's values together (`Aggregates.rows`): the values in order and their time.
 RowTap = Callable[[Sequence[int | float], int], None]
-# What gives a run's row tap: (bucket, its points' ids in order, an array typecode of its
-# values: "f", "d" or "q"), None when its points are not wanted together.
-RowsFactory = Callable[[str, tuple[str, ...], str], RowTap | None]
+
+
+class Aggregates(Protocol):
+    """What a poller feeds its points' aggregates through (agent.pipeline.aggregation's
+    `Aggregation`): asked for a tap only when a point's value comes point by point."""
+
+    def __contains__(self, key: tuple[str, str], /) -> bool:
+        """Whether (bucket, point id) is aggregated."""
+        ...
+
+    def tap(self, bucket: str, point_id: str) -> Tap:
+        """What takes each value of that point, one at a time."""
+        ...
+
+    def rows(self, bucket: str, point_ids: Sequence[str], typecode: str) -> RowTap | None:
+        """What takes a read's values of these points together (in order, of the array
+        typecode `typecode`: "f", "d" or "q"); None when they are not wanted together."""
+        ...
+
+
 # The array typecode that holds a plain point's values exactly, by its type.
 _ROW_TYPECODE: dict[str, str] = {
     "float32": "f",
@@ -197,7 +214,7 @@ class _Run:
     one bucket and declared in address order: its readings are made in one pass, from one
     struct call (the hot path of a meter's block of floats). Its points need no
     `PointReader`: the run holds their prefixes and taps. Its points' aggregates, when they
-    take a row at a time (`DevicePoller.set_rows`), are given the values together (`rows`)
+    take a row at a time (`Aggregates.rows`), are given the values together (`rows`)
     and the taps are only the points' others (their derived points')."""
 
     __slots__ = ("bucket", "end", "first", "prefixes", "rows", "taps")
@@ -207,7 +224,8 @@ class _Run:
         self.first, self.end = first, first + len(points)  # the points' indexes
         self.prefixes = tuple(id_prefix(point.id) for point in points)
         self.rows = taps.rows_of(points)
-        mine = (taps.others if self.rows else taps.each)[self.first : self.end]
+        indexes = range(self.first, self.end)
+        mine = [taps.others[i] for i in indexes] if self.rows else map(taps.each, indexes)
         # (the value's place in the read, its tap) for the points that have one
         tapped = tuple((n, tap) for n, tap in enumerate(mine) if tap is not None)
         self.taps = tapped or None
@@ -227,35 +245,55 @@ class _Run:
 
 
 class _Taps:
-    """A poller's taps: each point's (`each`, called point by point), the same without its
-    aggregate's (`others`), and the factory of rows for its aggregates (`rows`)."""
+    """A poller's taps: each point's derived points' (`others`), and its aggregates
+    (`aggregates`). A point's tap of both (`each`) is made when a value of it first comes
+    point by point: a point read only in rows never has one (a closure less per point)."""
 
-    __slots__ = ("aggregates", "each", "others", "rows")
+    __slots__ = ("_each", "aggregates", "others", "points")
 
-    def __init__(self, points: int) -> None:
-        self.each: list[Tap | None] = [None] * points
-        self.others: list[Tap | None] = [None] * points
-        self.aggregates: set[str] = set()  # the ids of the points whose aggregates are tapped
-        self.rows: RowsFactory | None = None
+    def __init__(self, points: tuple[Point, ...]) -> None:
+        self.points = points
+        self.others: list[Tap | None] = [None] * len(points)
+        self.aggregates: Aggregates | None = None
+        self._each: list[Tap | object | None] = [_UNMADE] * len(points)
 
-    def set(self, index: int, tap: Tap | None, aggregate: Tap | None) -> None:
+    def set(self, index: int, tap: Tap | None) -> None:
         self.others[index] = tap
-        self.each[index] = _both(tap, aggregate) if tap and aggregate else tap or aggregate
+        self._each[index] = _UNMADE
+
+    def set_aggregates(self, aggregates: Aggregates | None) -> None:
+        self.aggregates = aggregates
+        self._each = [_UNMADE] * len(self.points)
+
+    def each(self, index: int) -> Tap | None:
+        """Point `index`'s tap of its derived points and its aggregate together."""
+        tap = self._each[index]
+        if tap is _UNMADE:
+            tap = self.others[index]
+            point, aggregates = self.points[index], self.aggregates
+            if aggregates is not None and (point.bucket, point.id) in aggregates:
+                aggregate = aggregates.tap(point.bucket, point.id)
+                tap = _both(tap, aggregate) if tap else aggregate
+            self._each[index] = tap
+        return tap  # type: ignore[return-value]  # (made above)
 
     def rows_of(self, points: list[Point]) -> RowTap | None:
-        """The row tap of these points' aggregates, if every one has one (and no other tap
-        but a derived point's)."""
+        """The row tap of these points' aggregates, if every one is aggregated."""
         typecodes = {_ROW_TYPECODE.get(point.type) for point in points}
         if typecodes == {"f", "d"}:
             typecodes = {"d"}  # float32 and float64: doubles hold both
         typecode = typecodes.pop() if len(typecodes) == 1 else None
+        aggregates = self.aggregates
         if (
-            self.rows is None
+            aggregates is None
             or typecode is None
-            or any(point.id not in self.aggregates for point in points)
+            or any((point.bucket, point.id) not in aggregates for point in points)
         ):
             return None
-        return self.rows(points[0].bucket, tuple(point.id for point in points), typecode)
+        return aggregates.rows(points[0].bucket, tuple(point.id for point in points), typecode)
+
+
+_UNMADE = object()  # a point's tap of both, not made yet
 
 
 def _both(first: Tap, second: Tap) -> Tap:
@@ -371,7 +409,7 @@ class DevicePoller:
         self._readers: list[PointReader | None] = [None] * len(device.points)
         # Set by the agent for a point that derived points or its aggregate use: given
         # every value read (None when the read failed), before the deadband.
-        self._taps = _Taps(len(device.points))
+        self._taps = _Taps(device.points)
         self._spans = device_spans(device)  # held: devices alike share them while it lives
         self._limits = device.limits
         self._groups = [_Group(s, spans, self._limits) for s, spans in interval_groups(device)]
@@ -451,23 +489,18 @@ class DevicePoller:
             self.cadence.waits_until(due)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
-    def set_tap(self, point_id: str, tap: Tap | None, aggregate: Tap | None = None) -> None:
-        """`tap` and `aggregate` are given every value of that point this poller reads
-        (None: the read failed), before the deadband; `aggregate` (the point's aggregate's)
-        not when the point's read gives its values as a row (`set_rows`)."""
+    def set_tap(self, point_id: str, tap: Tap | None) -> None:
+        """`tap` is given every value of that point this poller reads (None: the read
+        failed), before the deadband (its derived points' inputs)."""
         for index, point in enumerate(self._points):
             if point.id == point_id:
-                self._taps.set(index, tap, aggregate)
-        if aggregate is None:
-            self._taps.aggregates.discard(point_id)
-        else:
-            self._taps.aggregates.add(point_id)
+                self._taps.set(index, tap)
         self._reads.clear()  # a read's run holds its taps
 
-    def set_rows(self, rows: RowsFactory | None) -> None:
-        """What a run of points (a read of plain values) whose aggregates are all tapped
-        asks for a row tap, given its values together instead of each aggregate's tap."""
-        self._taps.rows = rows
+    def set_aggregates(self, aggregates: Aggregates | None) -> None:
+        """What the points' aggregates are fed through: a read whose points are all
+        aggregated alike hands over its values as a row, other values go one by one."""
+        self._taps.set_aggregates(aggregates)
         self._reads.clear()
 
     def set_interval(self, interval: float) -> None:
@@ -515,7 +548,7 @@ class DevicePoller:
         stamp = self._wall_ms()
         for request in work:
             for span in request.spans:
-                tap = self._taps.each[span.index]
+                tap = self._taps.each(span.index)
                 if tap is not None:
                     tap(None, stamp)
 
@@ -673,9 +706,10 @@ class DevicePoller:
         """A response's readings point by point: scaled, typed, filtered, each problem told."""
         suffix = timestamp_suffix(timestamp_ms)
         by_bucket: dict[str, list[bytes]] = {}
+        tap_of = self._taps.each
         for n, span in enumerate(request.spans):
             reader = self._readers[span.index] or self._reader(span.index)
-            tap = self._taps.each[span.index]
+            tap = tap_of(span.index)
             try:
                 if raws is None:
                     begin = span.start - request.start
