@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from structlog.testing import capture_logs
+
 from agent.config import load_config
 from agent.pipeline.derive import Calculator
 from tests.test_computations import BASE
@@ -91,3 +94,42 @@ def test_each_point_is_worked_out_once_per_change_whatever_order_its_inputs_come
         ("s", 2.5, "4000"),
         ("t", 5.0, "4000"),
     ] == [(r["id"], r["value"], r["timestamp"]) for _, r in emitted]
+
+
+Taps = list[tuple[str, object, int]]  # (input, value, timestamp), in order
+
+
+def skipped_because(tmp_path: Path, taps: Taps, *, later: float = 0.0) -> tuple[str, int]:
+    """Why `s` was given no value after `taps` and `later` seconds, and how many skips."""
+    path = tmp_path / "agent.toml"
+    path.write_text(CONFIG)
+    now = [100.0]
+    emitted: list[bytes] = []
+    calc = Calculator(
+        load_config(path).derived,
+        emit=lambda bucket, parts: emitted.extend(parts),
+        clock=lambda: now[0],
+    )
+    for name, value, stamp in taps:
+        calc.tap(name)(value, stamp)  # type: ignore[arg-type]  # a str: what no config lets in
+    now[0] += later
+    with capture_logs() as logs:
+        calc.evaluate()
+    assert [] == emitted
+    (event,) = [e for e in logs if e["event"] == "derived_skipped" and e["point"] == "s"]
+    return str(event["reason"]), calc.skipped
+
+
+@pytest.mark.parametrize(
+    ("taps", "later", "reason"),
+    [
+        ([("a", 1.0, 1_000)], 0.0, "no value of 'b' yet"),
+        ([("a", 1.0, 1_000), ("b", None, 1_000)], 0.0, "the last read of 'b' failed"),
+        ([("a", 1.0, 1_000), ("b", "2", 1_000)], 0.0, "'b' is not a number or a boolean"),
+        ([("a", 1.0, 1_000), ("b", 2.0, 1_000)], 60.0, "'a' is 60 s old"),  # the first one
+    ],
+)
+def test_each_unusable_input_is_skipped_and_logged_with_its_reason(
+    tmp_path: Path, taps: Taps, later: float, reason: str
+) -> None:
+    assert (reason, 1) == skipped_because(tmp_path, taps, later=later)

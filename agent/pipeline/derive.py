@@ -50,19 +50,7 @@ class _Shown:
 
 
 class _Point:
-    __slots__ = (
-        "config",
-        "dirty",
-        "expression",
-        "filter",
-        "float_shape",
-        "index",
-        "inputs",
-        "max_age",
-        "prefix",
-        "tap",
-        "used",
-    )
+    __slots__ = ("config", "dirty", "filter", "index", "prefix", "tap")
 
     def __init__(self, config: Derived, index: int) -> None:
         self.config = config
@@ -71,12 +59,6 @@ class _Point:
         self.dirty = False  # in the calculator's pending heap
         self.prefix = id_prefix(config.id)  # the start of its readings' fragments
         self.tap: Tap | None = None  # given every value worked out (its aggregate)
-        # What its evaluation reads, looked up once.
-        self.expression = config.expression
-        self.inputs = config.expression.inputs
-        self.max_age = config.max_input_age
-        self.float_shape = config.shape == "float"
-        self.used = False  # an input of a derived point declared after it
 
 
 class Calculator:
@@ -99,14 +81,11 @@ class Calculator:
         self._stamps: dict[str, int] = {}
         self._users: dict[str, list[_Point]] = {}
         for point in self._points:
-            for name in point.inputs:
+            for name in point.config.expression.inputs:
                 self._users.setdefault(name, []).append(point)
-        for point in self._points:
-            point.used = point.config.id in self._users
         # The indexes of the points whose inputs changed (a heap: worked out in declared
         # order, so that one may use an earlier one's new value).
         self._pending: list[int] = []
-        self._suffix: tuple[int, bytes] = (-1, b"")  # the last timestamp's, reused
         self._throttle = Throttle(interval=60.0)
         self.skipped = 0  # evaluations that gave no value (an input missing, failed, stale)
         self.failed = 0  # evaluations that raised (a division by zero, an overflow)
@@ -132,16 +111,9 @@ class Calculator:
             if point.config.id == point_id:
                 point.tap = tap
 
-    def update(self, point_id: str, value: Value | None, timestamp_ms: int) -> None:
-        """A value of input `point_id` (None: its read failed); `tap` is the same, bound."""
-        self._values[point_id] = value
-        self._stamps[point_id] = timestamp_ms
-        self._at[point_id] = self._clock()
-        self._changed(self._users.get(point_id, ()))
-
     def tap(self, point_id: str) -> Tap:
-        """What a source calls with each value of input `point_id`: `update`, with what it
-        looks up bound once (a poller calls it for every value of every input)."""
+        """What a source calls with each value of input `point_id` (None: its read failed),
+        with what it updates bound once (a poller calls it for every value of every input)."""
         values, stamps, at, clock = self._values, self._stamps, self._at, self._clock
         users = tuple(self._users.get(point_id, ()))
         pending = self._pending
@@ -174,30 +146,30 @@ class Calculator:
             self._emit(bucket, parts)
 
     def _evaluate(self, point: _Point, now: float, readings: dict[str, list[bytes]]) -> None:
-        values, at, stamps = self._values, self._at, self._stamps
+        config, values, at, stamps = point.config, self._values, self._at, self._stamps
         newest = 0
-        for name in point.inputs:
+        for name in config.expression.inputs:
             value = values.get(name)
-            if value is None or type(value) not in _INPUT_TYPES or now - at[name] > point.max_age:
-                self._skip(point.config, self._unusable(name, now))
+            if (
+                value is None
+                or type(value) not in _INPUT_TYPES
+                or now - at[name] > config.max_input_age
+            ):
+                self._skip(config, self._unusable(name, now))
                 return
             stamp = stamps[name]
             if stamp > newest:
                 newest = stamp
-        config = point.config
         try:
-            raw = point.expression(values)  # type: ignore[arg-type]  # checked above
-            # A float is as it is (finite: the expression refuses anything else).
-            fits = point.float_shape and type(raw) is float
-            value = raw if fits else to_shape(raw, config.shape)
+            raw = config.expression(values)  # type: ignore[arg-type]  # checked above
+            value = to_shape(raw, config.shape)
         except (EvaluationError, ValueError) as exc:
             self.failed += 1
             self._result(config.id, None, newest, now)
             if self._throttle.allow(("failed", config.id)):
                 log.warning("derived_failed", point=config.id, error=str(exc))
             return
-        if point.used:
-            self._result(config.id, value, newest, now)
+        self._result(config.id, value, newest, now)
         self.stats.cycles += 1
         self.stats.last_ok_at = now
         if point.tap is not None:
@@ -205,11 +177,8 @@ class Calculator:
         if config.publish and point.filter.admit(value, now):
             self.stats.readings += 1
             text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
-            stamp, suffix = self._suffix
-            if stamp != newest:
-                suffix = timestamp_suffix(newest)
-                self._suffix = (newest, suffix)
-            readings.setdefault(config.bucket, []).append(point.prefix + text + suffix)
+            fragment = point.prefix + text + timestamp_suffix(newest)
+            readings.setdefault(config.bucket, []).append(fragment)
 
     def _result(self, point_id: str, value: Value | None, timestamp_ms: int, now: float) -> None:
         """A derived point's value, as an input of the derived points declared after it

@@ -36,7 +36,7 @@ from agent.pipeline.aggregates import Result
 from agent.pipeline.aggregation import Aggregation
 from agent.pipeline.batches import Batch, Batcher
 from agent.pipeline.derive import Calculator
-from agent.pipeline.readings import Value, encode_value, id_prefix, timestamp_suffix
+from agent.pipeline.readings import Reading, Value
 from agent.service import heap, logs
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
@@ -309,11 +309,7 @@ class Agent:
 
     def _put_aggregates(self, bucket: str, results: list[Result]) -> None:
         """A window's results straight into the queue, with the state that closed it."""
-        parts, suffix_ms, suffix = [], -1, b""
-        for result in results:  # of one window's end, mostly: its suffix made once
-            if result.timestamp_ms != suffix_ms:
-                suffix_ms, suffix = result.timestamp_ms, timestamp_suffix(result.timestamp_ms)
-            parts.append(id_prefix(result.id) + encode_value(result.value) + suffix)
+        parts = [Reading(bucket, r.id, r.value, r.timestamp_ms).fragment() for r in results]
         topic = self._topics.get(bucket) or data_topic(self.config.thing_id, bucket)
         self.outbox.put(topic, b"[" + b",".join(parts) + b"]", self.clock.stamp())
         self.outbox.state_changed()

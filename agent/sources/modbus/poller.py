@@ -255,27 +255,29 @@ class _Taps:
         self.points = points
         self.others: list[Tap | None] = [None] * len(points)
         self.aggregates: Aggregates | None = None
-        self._each: list[Tap | object | None] = [_UNMADE] * len(points)
+        self._each: dict[int, Tap | None] = {}  # by point index, as they are made
 
     def set(self, index: int, tap: Tap | None) -> None:
         self.others[index] = tap
-        self._each[index] = _UNMADE
+        self._each.pop(index, None)
 
     def set_aggregates(self, aggregates: Aggregates | None) -> None:
         self.aggregates = aggregates
-        self._each = [_UNMADE] * len(self.points)
+        self._each.clear()
 
     def each(self, index: int) -> Tap | None:
         """Point `index`'s tap of its derived points and its aggregate together."""
-        tap = self._each[index]
-        if tap is _UNMADE:
-            tap = self.others[index]
-            point, aggregates = self.points[index], self.aggregates
-            if aggregates is not None and (point.bucket, point.id) in aggregates:
-                aggregate = aggregates.tap(point.bucket, point.id)
-                tap = _both(tap, aggregate) if tap else aggregate
-            self._each[index] = tap
-        return tap  # type: ignore[return-value]  # (made above)
+        try:
+            return self._each[index]
+        except KeyError:
+            pass
+        tap = self.others[index]
+        point, aggregates = self.points[index], self.aggregates
+        if aggregates is not None and (point.bucket, point.id) in aggregates:
+            aggregate = aggregates.tap(point.bucket, point.id)
+            tap = _both(tap, aggregate) if tap else aggregate
+        self._each[index] = tap
+        return tap
 
     def rows_of(self, points: list[Point]) -> RowTap | None:
         """The row tap of these points' aggregates, if every one is aggregated."""
@@ -291,9 +293,6 @@ class _Taps:
         ):
             return None
         return aggregates.rows(points[0].bucket, tuple(point.id for point in points), typecode)
-
-
-_UNMADE = object()  # a point's tap of both, not made yet
 
 
 def _both(first: Tap, second: Tap) -> Tap:
