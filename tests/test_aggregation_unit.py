@@ -3,6 +3,7 @@ restored to exactly where they were."""
 
 from __future__ import annotations
 
+import json
 import marshal
 from fractions import Fraction
 
@@ -32,8 +33,16 @@ class Kept:
         self.journal.extend(write.journal)
 
 
+def decoded(parts: list[bytes]) -> list[Result]:
+    """An emit's readings, as the results they are."""
+    readings = [json.loads(part) for part in parts]
+    return [Result(r["id"], r["value"], int(r["timestamp"])) for r in readings]
+
+
 def aggregation(into: list[Result]) -> Aggregation:
-    return Aggregation([("b", "v", AGGREGATE)], emit=lambda bucket, results: into.extend(results))
+    return Aggregation(
+        [("b", "v", AGGREGATE)], emit=lambda bucket, parts: into.extend(decoded(parts))
+    )
 
 
 samples = st.lists(
@@ -98,7 +107,7 @@ def test_the_next_close_is_the_earliest_window_end_whichever_opened_last() -> No
     results: list[Result] = []
     windows = Aggregation(
         [("b", "slow", Aggregate(60, ("count",))), ("b", "fast", Aggregate(10, ("count",)))],
-        emit=lambda bucket, closed: results.extend(closed),
+        emit=lambda bucket, parts: results.extend(decoded(parts)),
     )
     windows.tap("b", "slow")(1, 1_000_000)  # its window ends at 1,020,000
     windows.close_due(1_000_500)
@@ -115,7 +124,7 @@ def test_the_next_close_is_the_earliest_window_end_whichever_opened_last() -> No
 def test_a_snapshot_cut_short_keeps_the_windows_before_the_cut_and_replays_the_journal() -> None:
     def two(into: list[Result]) -> Aggregation:
         points = [("b", "v", AGGREGATE), ("b", "w", AGGREGATE)]
-        return Aggregation(points, emit=lambda bucket, results: into.extend(results))
+        return Aggregation(points, emit=lambda bucket, parts: into.extend(decoded(parts)))
 
     results: list[Result] = []
     first = two([])
@@ -201,7 +210,7 @@ def test_a_packed_state_that_cannot_be_used_is_said_and_the_others_restored() ->
 
     results: list[Result] = []
     with capture_logs() as logs:
-        second = Aggregation(points, emit=lambda bucket, closed: results.extend(closed))
+        second = Aggregation(points, emit=lambda bucket, parts: results.extend(decoded(parts)))
         second.restore(broken)
     second.close_due(10**12)
 
@@ -218,7 +227,7 @@ ROW_POINTS = ("a", "b", "c")
 def row_aggregation(into: list[Result]) -> Aggregation:
     return Aggregation(
         [("b", point, EVERY) for point in ROW_POINTS],
-        emit=lambda bucket, results: into.extend(results),
+        emit=lambda bucket, parts: into.extend(decoded(parts)),
     )
 
 
@@ -309,7 +318,7 @@ def test_rows_of_floats_sum_as_closely_as_one_sample_at_a_time(
     results: list[Result] = []
     windows = Aggregation(
         [("b", point, Aggregate(10, ("avg", "sum", "min", "max", "count"))) for point in "xy"],
-        emit=lambda bucket, closed: results.extend(closed),
+        emit=lambda bucket, parts: results.extend(decoded(parts)),
     )
     tap = windows.rows("b", ("x", "y"), "d")
     assert tap is not None
@@ -342,9 +351,11 @@ def test_rows_are_journalled_as_one_entry_of_their_bytes_and_replayed() -> None:
     for n in range(5):
         tap((n, 10 * n, 100 * n), 1_000_000 + 1_000 * n)
     written = first.write()
-    *opened, entry = marshal.loads(written.journal[0])
-    assert [3, 3, 3] == [len(sample) for sample in opened]  # the first row opened each window
-    assert (None, 0, "q") == (written.snapshot, entry[0], entry[1])  # indexes 0, 1, 2
+    opened, entry = marshal.loads(written.journal[0])
+    # The first row opened each window: an entry of its own, of the same shape; then the
+    # four held in the arrays (indexes 0, 1, 2: the first alone; a timestamp 8 bytes).
+    assert [(0, "q", 1), (0, "q", 4)] == [(e[0], e[1], len(e[2]) // 8) for e in (opened, entry)]
+    assert written.snapshot is None
 
     results: list[Result] = []
     second = row_aggregation(results)
@@ -457,3 +468,27 @@ def test_rows_after_a_snapshot_are_still_kept_as_rows() -> None:
     assert {"a_count": 3, "a_sum": 12} == {
         r.id: r.value for r in results if r.id in ("a_count", "a_sum")
     }
+
+
+def test_results_are_the_readings_of_their_ids_as_json_writes_them() -> None:
+    emitted: list[tuple[str, bytes]] = []
+    quoted = 'm\u00e9ter "1"\\'  # an id JSON escapes: a quote, a backslash, non-ASCII
+    windows = Aggregation(
+        [
+            ("b", quoted, Aggregate(10, ("avg", "count", "max"), (("max", "peak \u00b5"),))),
+            ("b", "plain", Aggregate(10, ("sum",))),
+        ],
+        emit=lambda bucket, parts: emitted.extend((bucket, part) for part in parts),
+    )
+    windows.tap("b", quoted)(2.5, 1_000)
+    windows.tap("b", quoted)(3, 2_000)
+    windows.tap("b", "plain")(7, 3_000)
+
+    windows.close_due(10_000)
+
+    assert [
+        ("b", {"id": f"{quoted}_avg", "value": 2.75, "timestamp": "10000"}),
+        ("b", {"id": f"{quoted}_count", "value": 2, "timestamp": "10000"}),
+        ("b", {"id": "peak \u00b5", "value": 3, "timestamp": "10000"}),
+        ("b", {"id": "plain_sum", "value": 7, "timestamp": "10000"}),
+    ] == [(bucket, json.loads(part)) for bucket, part in emitted]

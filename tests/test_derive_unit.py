@@ -133,3 +133,30 @@ def test_each_unusable_input_is_skipped_and_logged_with_its_reason(
     tmp_path: Path, taps: Taps, later: float, reason: str
 ) -> None:
     assert (reason, 1) == skipped_because(tmp_path, taps, later=later)
+
+
+def test_a_row_of_a_read_gives_its_inputs_as_their_taps_would(tmp_path: Path) -> None:
+    by_taps, from_taps = calculator(tmp_path)
+    by_row, from_row = calculator(tmp_path)
+    assert by_row.rows(["x", "y"]) is None  # no input among them
+    row = by_row.rows(["b", "x", "a"])
+    assert row is not None
+    assert ("a" in by_row, "x" in by_row) == (True, False)
+
+    by_taps.tap("b")(2.0, 1_000)
+    by_taps.tap("a")(1.5, 1_000)
+    row([2.0, 7.0, 1.5], 1_000)
+    by_taps.evaluate()
+    by_row.evaluate()
+    by_row.tap("b")(None, 2_000)  # a failed read comes point by point
+    by_row.evaluate()
+
+    assert (
+        from_taps
+        == from_row
+        == [
+            ("d", {"id": "s", "value": 3.5, "timestamp": "1000"}),
+            ("d", {"id": "t", "value": 7.0, "timestamp": "1000"}),
+        ]
+    )
+    assert 1 == by_row.skipped

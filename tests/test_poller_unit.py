@@ -27,6 +27,7 @@ from agent.pipeline.aggregation import Aggregation
 from agent.sources.modbus.points import Table
 from agent.sources.modbus.poller import REFUSED_RETRY_CYCLES, DevicePoller, device_spans
 from agent.testing import FakeRegisterBus, captured_logs, run_in_virtual_time
+from tests.test_aggregation_unit import decoded
 
 UNIT = 1
 WALL_MS = 1_800_000_000_000
@@ -622,19 +623,59 @@ async def test_a_run_with_a_nan_publishes_the_others_and_counts_the_nan() -> Non
     assert ({"q0": 10.0, "q2": 12.0}, 1) == (emitted.values(), poller.stats.decode_errors)
 
 
-async def test_a_tap_set_after_a_run_was_made_is_given_every_value() -> None:
+class Inputs:
+    """Derived points' inputs as a poller sees them (agent.pipeline.derive's Calculator):
+    every value given, by a point's tap or in a row, and each row asked for."""
+
+    def __init__(self, *ids: str) -> None:
+        self.ids = set(ids)
+        self.given: list[tuple[str, Any, int, str]] = []  # (id, value, timestamp, how)
+        self.rows_asked: list[tuple[str, ...]] = []
+
+    def __contains__(self, point_id: str) -> bool:
+        return point_id in self.ids
+
+    def tap(self, point_id: str) -> Any:
+        return lambda value, stamp: self.given.append((point_id, value, stamp, "tap"))
+
+    def rows(self, point_ids: Sequence[str]) -> Any:
+        self.rows_asked.append(tuple(point_ids))
+        places = [(n, point_id) for n, point_id in enumerate(point_ids) if point_id in self.ids]
+
+        def row(values: Sequence[Any], stamp: int) -> None:
+            self.given.extend((point_id, values[n], stamp, "row") for n, point_id in places)
+
+        return row
+
+
+async def test_inputs_set_after_a_run_was_made_are_given_its_values_as_a_row() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [1, 2, 3])
     poller, emitted = make_poller(bus, holding(0, 1, 2))
-    await poller.poll_once()  # the run is made, without taps
-    tapped: list[tuple[Any, int]] = []
-    poller.set_tap("p1", lambda value, stamp: tapped.append((value, stamp)))
+    await poller.poll_once()  # the run is made, without inputs
+    inputs = Inputs("p1")
+    poller.set_inputs(inputs)
     bus.set_registers(UNIT, Table.HOLDING, 1, [20])
 
     await poller.poll_once()
 
-    assert [(20, WALL_MS)] == tapped
+    assert [("p0", "p1", "p2")] == inputs.rows_asked
+    assert [("p1", 20, WALL_MS, "row")] == inputs.given
     assert {"p0": 1, "p1": 20, "p2": 3} == emitted.values()
+
+
+async def test_inputs_read_point_by_point_are_given_through_their_taps() -> None:
+    bus = FakeRegisterBus()
+    bus.set_registers(UNIT, Table.HOLDING, 0, [1, 2])
+    points = [*holding(0), {"id": "d", "table": "holding", "address": 1, "deadband": 5}]
+    poller, _ = make_poller(bus, points)  # a deadband: no run
+    inputs = Inputs("p0", "d")
+    poller.set_inputs(inputs)
+
+    await poller.poll_once()
+
+    assert [] == inputs.rows_asked
+    assert [("p0", 1, WALL_MS, "tap"), ("d", 2, WALL_MS, "tap")] == inputs.given
 
 
 async def test_a_runs_aggregates_take_its_values_as_a_row_and_a_nan_point_by_point() -> None:
@@ -644,7 +685,7 @@ async def test_a_runs_aggregates_take_its_values_as_a_row_and_a_nan_point_by_poi
     results: list[Result] = []
     windows = Aggregation(
         [("b", f"q{n}", Aggregate(60, ("count", "sum"))) for n in range(3)],
-        emit=lambda bucket, closed: results.extend(closed),
+        emit=lambda bucket, parts: results.extend(decoded(parts)),
     )
     asked: list[tuple[str, tuple[str, ...], str]] = []
     made: list[str] = []  # the point-by-point taps made
@@ -661,8 +702,8 @@ async def test_a_runs_aggregates_take_its_values_as_a_row_and_a_nan_point_by_poi
             asked.append((bucket, tuple(ids), typecode))
             return windows.rows(bucket, ids, typecode)
 
-    tapped: list[Any] = []
-    poller.set_tap("q0", lambda value, stamp: tapped.append(value))
+    inputs = Inputs("q0")
+    poller.set_inputs(inputs)
     poller.set_aggregates(Asked())
     await poller.poll_once()
     await poller.poll_once()
@@ -674,7 +715,10 @@ async def test_a_runs_aggregates_take_its_values_as_a_row_and_a_nan_point_by_poi
 
     assert [("b", ("q0", "q1", "q2"), "f")] == asked
     assert ["q0", "q1", "q2"] == made  # only once a value came point by point
-    assert [10.0, 10.0, 10.0] == tapped  # the derived points' tap, in rows or not
+    # The derived points' input, in rows or not.
+    assert [(10.0, "row"), (10.0, "row"), (10.0, "tap")] == [
+        (value, how) for _, value, _, how in inputs.given
+    ]
     assert {"q0_count": 3, "q1_count": 2, "q2_count": 3, "q1_sum": 22.0, "q2_sum": 36.0} == {
         r.id: r.value for r in results if r.id != "q0_sum"
     }

@@ -133,17 +133,23 @@ class Result:
     timestamp_ms: int  # the window's end
 
 
+# What `Aggregator.on_close` is given: the spec, each function's value in its order, and
+# the window's end (ms).
+Closed = Callable[[WindowSpec, Sequence[Number], int], None]
+
+
 class Aggregator:
     """One point's open window; see the module docstring for the exact semantics.
 
     The window's accumulators are the aggregator's own fields (no object per window), so
     that a sample of the open window, the hot path, is one method call on one object.
     `journal`, when set, is given `(index, timestamp_ms, value)` for every sample taken;
-    `on_close`, when set, is given the results of every window closed, and `on_open` the
-    end of every window opened (all three are for agent.pipeline.aggregation, which keeps
-    them durable, publishes them and knows when the next window closes). `rows`, when set,
-    holds samples of this aggregator not folded in yet (`fold`): settled before the
-    aggregator is fed or closed by anyone else.
+    `on_close`, when set, is given the values of every window closed (`Closed`; no
+    `Result` is made or returned then), and `on_open` the end of every window opened (all
+    three are for agent.pipeline.aggregation, which keeps them durable, publishes them
+    and knows when the next window closes). `rows`, when set, holds samples of this
+    aggregator not folded in yet (`fold`): settled before the aggregator is fed or closed
+    by anyone else.
     """
 
     __slots__ = (
@@ -155,13 +161,13 @@ class Aggregator:
         "_float_sum",
         "_floor_ms",
         "_has_float",
+        "_held",
         "_int_sum",
         "_integral",
         "_last",
         "_last_ms",
         "_maximum",
         "_minimum",
-        "_previous",
         "_width",
         "index",
         "journal",
@@ -178,7 +184,7 @@ class Aggregator:
         self.journal: list[tuple[Any, ...]] | None = None
         self.index = 0  # what this aggregator is called in `journal`
         self.rows: Settles | None = None
-        self.on_close: Callable[[list[Result]], None] | None = None
+        self.on_close: Closed | None = None
         self.on_open: Callable[[int], None] | None = None  # given each new window's end
         self._width = shared(spec.window_ms)
         # The area (the integral's) is kept only when asked for: a sample costs 13 % less.
@@ -198,8 +204,9 @@ class Aggregator:
         self._last_ms = 0
         # Twice the integral so far, in value·ms: exact in ints while every sample is one.
         self._area: Number = 0
-        # The last sample of the last closed window: where the next window's integral starts.
-        self._previous: tuple[int, Number] | None = None
+        # While no window is open, `_last_ms` and `_last` are the newest sample of the last
+        # window closed, if one was (`_held`): where the next window's integral starts.
+        self._held = False
         self._floor_ms: float = -math.inf  # a sample before this is late
 
     def add(self, value: Number | None, timestamp_ms: int) -> Sequence[Result]:
@@ -241,6 +248,14 @@ class Aggregator:
                 self.journal.append((self.index, timestamp_ms, sample))
             return ()
         return self._add_otherwise(value, timestamp_ms)
+
+    def add_unjournalled(self, value: Number | None, timestamp_ms: int) -> Sequence[Result]:
+        """`add`, the sample left out of the journal (the caller journals it otherwise)."""
+        journal, self.journal = self.journal, None
+        try:
+            return self.add(value, timestamp_ms)
+        finally:
+            self.journal = journal
 
     def fold(self, stamps: Sequence[int], samples: Sequence[Number]) -> None:
         """Fold in samples of the open window at once: what as many `add`s would do, except
@@ -308,7 +323,7 @@ class Aggregator:
     def state(self) -> dict[str, Any]:
         """Everything needed to continue after a restart, as plain JSON-able data."""
         is_open = self._end_ms >= 0
-        last = (self._last_ms, self._last) if is_open else self._previous
+        last = (self._last_ms, self._last) if is_open or self._held else None
         return {
             "version": STATE_VERSION,
             "point_id": self.spec.point_id,
@@ -322,9 +337,9 @@ class Aggregator:
         """`state()` as a flat tuple: (window_ms, late), then the newest sample taken
         (timestamp, value), then the open window's fields (see `unpacked_state`)."""
         if self._end_ms < 0:
-            if self._previous is None:
+            if not self._held:
                 return (self._width, self.late)
-            return (self._width, self.late, *self._previous)
+            return (self._width, self.late, self._last_ms, self._last)
         has_float = self._has_float
         return (
             self._width,
@@ -355,8 +370,9 @@ class Aggregator:
         last = _read_sample(state.get("last"))
         window_state = state.get("window")
         if window_state is None:
-            aggregator._previous = last
             if last is not None:
+                aggregator._last_ms, aggregator._last = last
+                aggregator._held = True
                 aggregator._floor_ms = _window_end(last[0], aggregator._width)
             return aggregator
         if last is None:
@@ -384,6 +400,7 @@ class Aggregator:
 
     def _open(self, value: Number, timestamp_ms: int) -> None:
         start_ms = timestamp_ms - timestamp_ms % self._width
+        held_ms, held = self._last_ms, self._last  # (the last window's, if `_held`)
         self._end_ms = shared(start_ms + self._width)
         self._count = 1
         self._has_float = type(value) is not int
@@ -400,40 +417,49 @@ class Aggregator:
         self._area = 0
         if self.on_open is not None:
             self.on_open(self._end_ms)
-        if self._previous is not None:
-            held_until_ms = _window_end(self._previous[0], self._width)
-            self._area = _lead_in_area(
-                held_until_ms, self._previous[1], start_ms, value, timestamp_ms
-            )
+        if self._integral and self._held:
+            held_until_ms = _window_end(held_ms, self._width)
+            self._area = _lead_in_area(held_until_ms, held, start_ms, value, timestamp_ms)
 
-    def _close(self) -> list[Result]:
+    def _close(self) -> Sequence[Result]:
         end_ms = self._end_ms
         self._end_ms = -1
-        self._previous = (self._last_ms, self._last)
+        self._held = True
         self._floor_ms = end_ms
         values = self._results(end_ms)
-        results = [
-            Result(output_id, values[function], end_ms)
-            for function, output_id in self.spec.output_ids().items()
-        ]
         if self.on_close is not None:
-            self.on_close(results)
-        return results
+            self.on_close(self.spec, values, end_ms)
+            return ()
+        return [
+            Result(output_id, value, end_ms)
+            for output_id, value in zip(self.spec.output_ids().values(), values, strict=True)
+        ]
 
-    def _results(self, end_ms: int) -> dict[str, Number]:
-        """Every function's value for the open window, the last sample held to its end."""
-        total = self._total()
-        area = self._area + 2 * self._last * (end_ms - self._last_ms)
-        return {
-            "avg": total / self._count,
-            "min": self._minimum,
-            "max": self._maximum,
-            "sum": total,
-            "count": self._count,
-            "first": self._first,
-            "last": self._last,
-            "integral": area / _TWICE_MS_PER_S,
-        }
+    def _results(self, end_ms: int) -> list[Number]:
+        """The open window's value of each function, in the spec's order (the last sample
+        held to the window's end)."""
+        functions = self.spec.functions
+        total = self._total() if "avg" in functions or "sum" in functions else 0
+        values: list[Number] = []
+        for function in functions:
+            if function == "avg":
+                values.append(total / self._count)
+            elif function == "min":
+                values.append(self._minimum)
+            elif function == "max":
+                values.append(self._maximum)
+            elif function == "sum":
+                values.append(total)
+            elif function == "count":
+                values.append(self._count)
+            elif function == "first":
+                values.append(self._first)
+            elif function == "last":
+                values.append(self._last)
+            else:  # "integral"
+                area = self._area + 2 * self._last * (end_ms - self._last_ms)
+                values.append(area / _TWICE_MS_PER_S)
+        return values
 
     def _total(self) -> Number:
         """The sum of the samples: exact for ints, correctly rounded from the float parts."""

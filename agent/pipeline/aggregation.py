@@ -2,10 +2,11 @@
 
 `Aggregation.add` (through `tap`) takes a point's value, polled or derived; a window
 that closes, because a later sample came or because `close_due` found its end past,
-gives its results. They are held until there are RESULTS_PER_MESSAGE of a bucket, or
-until `flush` (after each poll cycle, and before the state is written), and then handed
-to `emit` per bucket, at most RESULTS_PER_MESSAGE in a message, stamped with the
-window's end (a thousand windows closing at once are not held as one list). The agent
+gives its results, each encoded at once as a reading's JSON, stamped with the window's
+end. They are held until there are RESULTS_PER_MESSAGE of a bucket, or until `flush`
+(after each poll cycle, and before the state is written), and then handed to `emit` per
+bucket, at most RESULTS_PER_MESSAGE in a message (a thousand windows closing at once
+are not held as one list). The agent
 puts them straight into the outbox (not through a batch), so that a window's results and
 the state that no longer holds it are committed together.
 
@@ -49,12 +50,12 @@ from agent.outbox.rows import StateWrite
 from agent.pipeline.aggregates import (
     NO_NAMES,
     Aggregator,
+    Closed,
     Number,
-    Result,
     WindowSpec,
     unpacked_state,
 )
-from agent.pipeline.readings import Value
+from agent.pipeline.readings import Value, id_prefix, timestamp_suffix
 
 log = structlog.get_logger("agent.aggregates")
 
@@ -128,8 +129,12 @@ class Rows:
             rows = window.rows
             if rows is not None:
                 rows.settle()  # this one, or (after a new plan) the one now holding it
+        # Journalled as one row, as the arrays' rows are (the first row of a minute opens
+        # a thousand windows: one entry, not a thousand tuples).
+        stamp, row = array("q", (timestamp_ms,)), array(self.typecode, values)
+        self._journal.append((self.indexes, self.typecode, stamp.tobytes(), row.tobytes()))
         for window, value in zip(self.windows, values, strict=True):
-            window.add(value, timestamp_ms)
+            window.add_unjournalled(value, timestamp_ms)
         self._sync()
 
     def _sync(self) -> None:
@@ -180,7 +185,7 @@ class Aggregation:
         self,
         points: Sequence[tuple[str, str, Aggregate]],  # (bucket, point id, its aggregate)
         *,
-        emit: Callable[[str, list[Result]], None],
+        emit: Callable[[str, list[bytes]], None],  # (bucket, results as readings' JSON)
     ) -> None:
         self._emit = emit
         # The samples since the last write: (index, timestamp, value) for a sample, and
@@ -189,8 +194,9 @@ class Aggregation:
         self._journal: list[tuple[Any, ...]] = []
         self._opened_bound = self._opened  # one bound method for every window
         self._windows: dict[Key, Aggregator] = {}
-        self._pending: dict[str, list[Result]] = {}  # closed windows' results, by bucket
-        self._on_close: dict[str, Callable[[list[Result]], None]] = {}  # one per bucket
+        self._pending: dict[str, list[bytes]] = {}  # closed windows' results, by bucket
+        self._on_close: dict[str, Closed] = {}  # one per bucket
+        self._suffix = (-1, b"")  # the last window end's timestamp suffix, and that end
         self._earliest_ms = math.inf  # no open window ends before this
         # By their windows' bucket and point ids (one tuple of ids, not a key per window).
         self._rows: dict[tuple[str, tuple[str, ...]], Rows] = {}
@@ -281,11 +287,15 @@ class Aggregation:
         if end_ms < self._earliest_ms:
             self._earliest_ms = end_ms
 
-    def _closed(self, bucket: str) -> Callable[[list[Result]], None]:
-        def closed(results: list[Result]) -> None:
+    def _closed(self, bucket: str) -> Closed:
+        def closed(spec: WindowSpec, values: Sequence[Number], end_ms: int) -> None:
             self._snapshot_due = True
             pending = self._pending.setdefault(bucket, [])
-            pending.extend(results)
+            if self._suffix[0] != end_ms:  # (a thousand windows closing together share it)
+                self._suffix = (end_ms, timestamp_suffix(end_ms))
+            suffix = self._suffix[1]
+            for prefix, value in zip(_prefixes(spec), values, strict=True):
+                pending.append(prefix + repr(value).encode() + suffix)
             if len(pending) >= RESULTS_PER_MESSAGE:  # a message's worth: it need not wait
                 self._emit(bucket, pending[:RESULTS_PER_MESSAGE])
                 del pending[:RESULTS_PER_MESSAGE]
@@ -419,6 +429,23 @@ class Aggregation:
             if mine is not None and mine.spec == window.spec:
                 self._wire(key, window)
         self._snapshot_due = True
+
+
+_ID_END = b'","value":'  # how `id_prefix` ends a plain id: its closing quote, the next key
+
+
+def _prefixes(spec: WindowSpec) -> list[bytes]:
+    """The start of each function's reading (`id_prefix` of its output id), in the spec's
+    order. A default id is the point's with `_<function>` put before its closing quote,
+    which is how JSON writes it (a function's name needs no escape): one encoding of
+    the point id a window, not one per result."""
+    head = id_prefix(spec.point_id)[: -len(_ID_END)]
+    return [
+        id_prefix(spec.names[function])
+        if function in spec.names
+        else head + b"_" + function.encode() + _ID_END
+        for function in spec.functions
+    ]
 
 
 def _row_samples(entry: tuple[Any, ...]) -> int:

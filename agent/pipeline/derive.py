@@ -1,21 +1,20 @@
 """Derived points: each `[[derived]]` expression worked out from its inputs' latest values.
 
-The pollers give every value they read of an input (`update`; None when the read
-failed), and call `evaluate` after each cycle: a derived point whose inputs changed
-since it was last worked out is worked out again then, so the inputs of one device come
-from one cycle. Each input's value must be no older than the point's `max_input_age`
-(inputs on other devices); a missing, failed or stale input gives no value, never a
-made-up one: counted (`skipped`) and logged at most once a minute per point
-(`derived_skipped`). The result carries the newest input's timestamp and goes through
-its own deadband, as a polled point's reading does. Derived points are worked out in
-the order they are declared, so one may use an earlier one.
+The sources give every value they read of an input (`tap`, one at a time, None when
+the read failed; or `rows`, a read's values together), and call `evaluate` after each
+cycle: a derived point whose inputs changed since it was last worked out is worked out
+again then, so the inputs of one device come from one cycle. Each input's value must be
+no older than the point's `max_input_age` (inputs on other devices); a missing, failed
+or stale input gives no value, never a made-up one: counted (`skipped`) and logged at
+most once a minute per point (`derived_skipped`). The result carries the newest input's
+timestamp and goes through its own deadband, as a polled point's reading does. Derived
+points are worked out in the order they are declared, so one may use an earlier one.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from heapq import heappop, heappush
 
 import structlog
@@ -31,31 +30,31 @@ from agent.pipeline.readings import (
     to_shape,
 )
 from agent.service.logs import Throttle
-from agent.sources.source import Cadence, PointView, SourceStats, point_views
+from agent.sources.source import Cadence, PointView, SourceStats
 
 log = structlog.get_logger("agent.derived")
 
 Tap = Callable[[Value | None, int], None]
+RowTap = Callable[[Sequence[Value], int], None]  # a read's values (in order) and their time
 _NUMBERS = (int, float)  # a value of these types (not bool) is its own repr in JSON
 _INPUT_TYPES = frozenset({int, float, bool})  # what an expression may be given
 
 
-@dataclass(slots=True)
-class _Shown:
-    """A derived point as agent.sources.source.point_views reads it."""
-
-    id: str
-    bucket: str
-    filter: ChangeFilter
-
-
 class _Point:
-    __slots__ = ("config", "dirty", "filter", "index", "prefix", "tap")
+    __slots__ = ("config", "dirty", "filter", "index", "last", "last_at", "prefix", "tap")
 
     def __init__(self, config: Derived, index: int) -> None:
         self.config = config
         self.index = index  # its place in declared order
-        self.filter = ChangeFilter(config.deadband, config.max_silence)
+        # Only a deadband holds a value back: without one every value is published, and
+        # the point keeps the last (`last`, `last_at`: for the agent's state).
+        self.filter = (
+            ChangeFilter(config.deadband, config.max_silence)
+            if config.deadband is not None
+            else None
+        )
+        self.last: Value | None = None
+        self.last_at = 0.0
         self.dirty = False  # in the calculator's pending heap
         self.prefix = id_prefix(config.id)  # the start of its readings' fragments
         self.tap: Tap | None = None  # given every value worked out (its aggregate)
@@ -86,6 +85,7 @@ class Calculator:
         # The indexes of the points whose inputs changed (a heap: worked out in declared
         # order, so that one may use an earlier one's new value).
         self._pending: list[int] = []
+        self._suffix = (-1, b"")  # the last result timestamp's suffix, and that timestamp
         self._throttle = Throttle(interval=60.0)
         self.skipped = 0  # evaluations that gave no value (an input missing, failed, stale)
         self.failed = 0  # evaluations that raised (a division by zero, an overflow)
@@ -96,14 +96,20 @@ class Calculator:
         self.interval = 0.0
 
     def point_views(self, now: float) -> Iterator[PointView]:
-        return point_views(
-            (_Shown(p.config.id, p.config.bucket, p.filter) for p in self._points), now
-        )
+        """Each derived point's last report and its age at monotonic `now`."""
+        for point in self._points:
+            last, at = point.filter.last() if point.filter else (point.last, point.last_at)
+            age = None if last is None else now - at
+            yield PointView(point.config.id, point.config.bucket, last, age)
 
     @property
     def inputs(self) -> set[str]:
         """The ids the pollers should tap."""
         return set(self._users)
+
+    def __contains__(self, point_id: str) -> bool:
+        """Whether the point is an input of a derived point."""
+        return point_id in self._users
 
     def set_tap(self, point_id: str, tap: Tap) -> None:
         """`tap` is given every value of that derived point worked out (its aggregate)."""
@@ -129,6 +135,31 @@ class Calculator:
 
         return tap
 
+    def rows(self, point_ids: Sequence[str]) -> RowTap | None:
+        """What a source calls with a read's values of these points together (in order):
+        what `tap` does for each input among them, with one clock reading and each point
+        that uses them marked once. None when none of them is an input."""
+        places = tuple((n, name) for n, name in enumerate(point_ids) if name in self._users)
+        if not places:
+            return None
+        users = sorted({point.index for _, name in places for point in self._users[name]})
+        points = tuple(self._points[index] for index in users)
+        values, stamps, at, clock = self._values, self._stamps, self._at, self._clock
+        pending = self._pending
+
+        def row(read: Sequence[Value], timestamp_ms: int) -> None:
+            now = clock()
+            for n, name in places:
+                values[name] = read[n]
+                stamps[name] = timestamp_ms
+                at[name] = now
+            for point in points:
+                if not point.dirty:
+                    point.dirty = True
+                    heappush(pending, point.index)
+
+        return row
+
     def evaluate(self) -> None:
         """Each derived point whose inputs changed, in declared order; the readings of one
         call go to `emit` together, per bucket."""
@@ -148,13 +179,10 @@ class Calculator:
     def _evaluate(self, point: _Point, now: float, readings: dict[str, list[bytes]]) -> None:
         config, values, at, stamps = point.config, self._values, self._at, self._stamps
         newest = 0
+        oldest = now - config.max_input_age  # an input that came before this is stale
         for name in config.expression.inputs:
-            value = values.get(name)
-            if (
-                value is None
-                or type(value) not in _INPUT_TYPES
-                or now - at[name] > config.max_input_age
-            ):
+            # (missing, or None from a failed read: neither type is an input's)
+            if type(values.get(name)) not in _INPUT_TYPES or at[name] < oldest:
                 self._skip(config, self._unusable(name, now))
                 return
             stamp = stamps[name]
@@ -162,7 +190,9 @@ class Calculator:
                 newest = stamp
         try:
             raw = config.expression(values)  # type: ignore[arg-type]  # checked above
-            value = to_shape(raw, config.shape)
+            # (a float result is finite: it is its own float value)
+            floated = type(raw) is float and config.shape == "float"
+            value = raw if floated else to_shape(raw, config.shape)
         except (EvaluationError, ValueError) as exc:
             self.failed += 1
             self._result(config.id, None, newest, now)
@@ -170,15 +200,33 @@ class Calculator:
                 log.warning("derived_failed", point=config.id, error=str(exc))
             return
         self._result(config.id, value, newest, now)
-        self.stats.cycles += 1
-        self.stats.last_ok_at = now
+        stats = self.stats
+        stats.cycles += 1
+        stats.last_ok_at = now
         if point.tap is not None:
             point.tap(value, newest)
-        if config.publish and point.filter.admit(value, now):
-            self.stats.readings += 1
-            text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
-            fragment = point.prefix + text + timestamp_suffix(newest)
-            readings.setdefault(config.bucket, []).append(fragment)
+        if config.publish:
+            self._publish(point, value, newest, now, readings)
+
+    def _publish(
+        self,
+        point: _Point,
+        value: Value,
+        timestamp_ms: int,
+        now: float,
+        readings: dict[str, list[bytes]],
+    ) -> None:
+        """A value worked out, as a reading, unless its deadband holds it back."""
+        if point.filter is None:
+            point.last, point.last_at = value, now
+        elif not point.filter.admit(value, now):
+            return
+        self.stats.readings += 1
+        text = repr(value).encode() if type(value) in _NUMBERS else encode_value(value)
+        if self._suffix[0] != timestamp_ms:  # (the points of a cycle share their inputs' time)
+            self._suffix = (timestamp_ms, timestamp_suffix(timestamp_ms))
+        bucket = point.config.bucket
+        readings.setdefault(bucket, []).append(point.prefix + text + self._suffix[1])
 
     def _result(self, point_id: str, value: Value | None, timestamp_ms: int, now: float) -> None:
         """A derived point's value, as an input of the derived points declared after it

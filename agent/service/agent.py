@@ -32,11 +32,10 @@ from agent.config.sections import QueueSection
 from agent.errors import ConfigError, ConfigProblem
 from agent.outbox.disk import DiskOutbox, QueueSettings
 from agent.outbox.port import MemoryOutbox, Outbox
-from agent.pipeline.aggregates import Result
 from agent.pipeline.aggregation import Aggregation
 from agent.pipeline.batches import Batch, Batcher
 from agent.pipeline.derive import Calculator
-from agent.pipeline.readings import Reading, Value
+from agent.pipeline.readings import Value
 from agent.service import heap, logs
 from agent.service.control import VERSION as CONTROL_VERSION
 from agent.service.control import ControlError, ControlServer
@@ -270,10 +269,8 @@ class Agent:
         """Give the calculator and the aggregates the values they need of this source."""
         inputs = self.calculator.inputs
         if isinstance(source, DevicePoller):
-            for point in points:
-                if point.id in inputs:
-                    source.set_tap(point.id, self.calculator.tap(point.id))
-            # Its aggregates' taps are made only for values that come point by point.
+            # Its taps are made only for values that come point by point, not in rows.
+            source.set_inputs(self.calculator if inputs else None)
             source.set_aggregates(self.aggregation if self.aggregation else None)
         else:
             for point in points:
@@ -307,9 +304,8 @@ class Agent:
         if self.aggregation.dirty:
             self.outbox.state_changed()
 
-    def _put_aggregates(self, bucket: str, results: list[Result]) -> None:
-        """A window's results straight into the queue, with the state that closed it."""
-        parts = [Reading(bucket, r.id, r.value, r.timestamp_ms).fragment() for r in results]
+    def _put_aggregates(self, bucket: str, parts: list[bytes]) -> None:
+        """Windows' results straight into the queue, with the state that closed them."""
         topic = self._topics.get(bucket) or data_topic(self.config.thing_id, bucket)
         self.outbox.put(topic, b"[" + b",".join(parts) + b"]", self.clock.stamp())
         self.outbox.state_changed()

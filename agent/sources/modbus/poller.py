@@ -134,6 +134,24 @@ Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its
 RowTap = Callable[[Sequence[int | float], int], None]
 
 
+class Inputs(Protocol):
+    """What a poller gives the values of derived points' inputs to (agent.pipeline.derive's
+    `Calculator`): a read's values as a row where it can, one at a time otherwise."""
+
+    def __contains__(self, point_id: str, /) -> bool:
+        """Whether the point is an input of a derived point."""
+        ...
+
+    def tap(self, point_id: str) -> Tap:
+        """What takes each value of that point, one at a time."""
+        ...
+
+    def rows(self, point_ids: Sequence[str]) -> RowTap | None:
+        """What takes a read's values of these points together (in order); None when none
+        of them is an input."""
+        ...
+
+
 class Aggregates(Protocol):
     """What a poller feeds its points' aggregates through (agent.pipeline.aggregation's
     `Aggregation`): asked for a tap only when a point's value comes point by point."""
@@ -213,19 +231,19 @@ class _Run:
     """A read whose points are all plain (`is_plain`), published, without a deadband, of
     one bucket and declared in address order: its readings are made in one pass, from one
     struct call (the hot path of a meter's block of floats). Its points need no
-    `PointReader`: the run holds their prefixes and taps. Its points' aggregates, when they
-    take a row at a time (`Aggregates.rows`), are given the values together (`rows`)
-    and the taps are only the points' others (their derived points')."""
+    `PointReader`: the run holds their prefixes and taps. The derived points' inputs among
+    them are given the values together (`inputs`), and so are its points' aggregates when
+    they take a row at a time (`rows`); otherwise each aggregated point has its own tap."""
 
-    __slots__ = ("bucket", "end", "first", "prefixes", "rows", "taps")
+    __slots__ = ("bucket", "end", "first", "inputs", "prefixes", "rows", "taps")
 
     def __init__(self, points: list[Point], first: int, taps: _Taps) -> None:
         self.bucket = points[0].bucket
         self.first, self.end = first, first + len(points)  # the points' indexes
         self.prefixes = tuple(id_prefix(point.id) for point in points)
         self.rows = taps.rows_of(points)
-        indexes = range(self.first, self.end)
-        mine = [taps.others[i] for i in indexes] if self.rows else map(taps.each, indexes)
+        self.inputs = taps.inputs_of(points)
+        mine = () if self.rows else map(taps.aggregate, range(self.first, self.end))
         # (the value's place in the read, its tap) for the points that have one
         tapped = tuple((n, tap) for n, tap in enumerate(mine) if tap is not None)
         self.taps = tapped or None
@@ -245,21 +263,22 @@ class _Run:
 
 
 class _Taps:
-    """A poller's taps: each point's derived points' (`others`), and its aggregates
-    (`aggregates`). A point's tap of both (`each`) is made when a value of it first comes
-    point by point: a point read only in rows never has one (a closure less per point)."""
+    """What a poller feeds: the derived points' inputs (`inputs`) and the points'
+    aggregates (`aggregates`). A point's tap of both (`each`) is made when a value of it
+    first comes point by point: a point read only in rows never has one (a closure less
+    per point)."""
 
-    __slots__ = ("_each", "aggregates", "others", "points")
+    __slots__ = ("_each", "aggregates", "inputs", "points")
 
     def __init__(self, points: tuple[Point, ...]) -> None:
         self.points = points
-        self.others: list[Tap | None] = [None] * len(points)
+        self.inputs: Inputs | None = None
         self.aggregates: Aggregates | None = None
         self._each: dict[int, Tap | None] = {}  # by point index, as they are made
 
-    def set(self, index: int, tap: Tap | None) -> None:
-        self.others[index] = tap
-        self._each.pop(index, None)
+    def set_inputs(self, inputs: Inputs | None) -> None:
+        self.inputs = inputs
+        self._each.clear()
 
     def set_aggregates(self, aggregates: Aggregates | None) -> None:
         self.aggregates = aggregates
@@ -271,13 +290,27 @@ class _Taps:
             return self._each[index]
         except KeyError:
             pass
-        tap = self.others[index]
-        point, aggregates = self.points[index], self.aggregates
-        if aggregates is not None and (point.bucket, point.id) in aggregates:
-            aggregate = aggregates.tap(point.bucket, point.id)
+        point, inputs = self.points[index], self.inputs
+        tap = inputs.tap(point.id) if inputs is not None and point.id in inputs else None
+        aggregate = self.aggregate(index)
+        if aggregate is not None:
             tap = _both(tap, aggregate) if tap else aggregate
         self._each[index] = tap
         return tap
+
+    def aggregate(self, index: int) -> Tap | None:
+        """Point `index`'s tap of its aggregate alone, if it has one."""
+        point, aggregates = self.points[index], self.aggregates
+        if aggregates is None or (point.bucket, point.id) not in aggregates:
+            return None
+        return aggregates.tap(point.bucket, point.id)
+
+    def inputs_of(self, points: list[Point]) -> RowTap | None:
+        """The row tap of the derived points' inputs among these points, if any is one."""
+        inputs = self.inputs
+        if inputs is None or not any(point.id in inputs for point in points):
+            return None
+        return inputs.rows(tuple(point.id for point in points))
 
     def rows_of(self, points: list[Point]) -> RowTap | None:
         """The row tap of these points' aggregates, if every one is aggregated."""
@@ -406,8 +439,8 @@ class DevicePoller:
         # Each point's reader, made when a response is first turned into its reading point
         # by point (a point read only in runs never needs one).
         self._readers: list[PointReader | None] = [None] * len(device.points)
-        # Set by the agent for a point that derived points or its aggregate use: given
-        # every value read (None when the read failed), before the deadband.
+        # Set by the agent, for the points that derived points or their aggregates use:
+        # given every value read (None when the read failed), before the deadband.
         self._taps = _Taps(device.points)
         self._spans = device_spans(device)  # held: devices alike share them while it lives
         self._limits = device.limits
@@ -488,12 +521,10 @@ class DevicePoller:
             self.cadence.waits_until(due)
             await asyncio.sleep(max(0.0, due - loop.time()))
 
-    def set_tap(self, point_id: str, tap: Tap | None) -> None:
-        """`tap` is given every value of that point this poller reads (None: the read
-        failed), before the deadband (its derived points' inputs)."""
-        for index, point in enumerate(self._points):
-            if point.id == point_id:
-                self._taps.set(index, tap)
+    def set_inputs(self, inputs: Inputs | None) -> None:
+        """What the derived points' inputs are given to: every value of them this poller
+        reads (None: the read failed), before the deadband; a run's values as a row."""
+        self._taps.set_inputs(inputs)
         self._reads.clear()  # a read's run holds its taps
 
     def set_aggregates(self, aggregates: Aggregates | None) -> None:
@@ -681,6 +712,8 @@ class DevicePoller:
         """A run's readings: each value is its own JSON, tapped, and kept as the last."""
         if run.rows is not None:
             run.rows(raws, timestamp_ms)  # type: ignore[arg-type]  # (a run's values are numbers)
+        if run.inputs is not None:
+            run.inputs(raws, timestamp_ms)  # type: ignore[arg-type]  # (as above)
         if run.taps is not None:
             for n, tap in run.taps:
                 tap(raws[n], timestamp_ms)
