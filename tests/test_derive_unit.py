@@ -99,10 +99,11 @@ def test_each_point_is_worked_out_once_per_change_whatever_order_its_inputs_come
 Taps = list[tuple[str, object, int]]  # (input, value, timestamp), in order
 
 
-def skipped_because(tmp_path: Path, taps: Taps, *, later: float = 0.0) -> tuple[str, int]:
-    """Why `s` was given no value after `taps` and `later` seconds, and how many skips."""
+def clocked(tmp_path: Path, config: str = CONFIG) -> tuple[Calculator, list[float], list[bytes]]:
+    """A calculator of `config`'s derived points, its clock (set now[0], from 100.0) and
+    what it emits."""
     path = tmp_path / "agent.toml"
-    path.write_text(CONFIG)
+    path.write_text(config)
     now = [100.0]
     emitted: list[bytes] = []
     calc = Calculator(
@@ -110,6 +111,12 @@ def skipped_because(tmp_path: Path, taps: Taps, *, later: float = 0.0) -> tuple[
         emit=lambda bucket, parts: emitted.extend(parts),
         clock=lambda: now[0],
     )
+    return calc, now, emitted
+
+
+def skipped_because(tmp_path: Path, taps: Taps, *, later: float = 0.0) -> tuple[str, int]:
+    """Why `s` was given no value after `taps` and `later` seconds, and how many skips."""
+    calc, now, emitted = clocked(tmp_path)
     for name, value, stamp in taps:
         calc.tap(name)(value, stamp)  # type: ignore[arg-type]  # a str: what no config lets in
     now[0] += later
@@ -160,3 +167,36 @@ def test_a_row_of_a_read_gives_its_inputs_as_their_taps_would(tmp_path: Path) ->
         ]
     )
     assert 1 == by_row.skipped
+
+
+def test_status_shows_each_derived_points_last_value_deadband_or_not(tmp_path: Path) -> None:
+    banded = CONFIG.replace('expression = "s * 2"', 'expression = "s * 2"\ndeadband = 5')
+    calc, now, _ = clocked(tmp_path, banded)
+    assert [("s", None, None), ("t", None, None)] == [
+        (v.id, v.value, v.age_s) for v in calc.point_views(now[0])
+    ]
+    calc.tap("a")(1.5, 1_000)
+    calc.tap("b")(2.0, 1_000)
+    calc.evaluate()
+    now[0] = 101.0
+    calc.tap("a")(2.0, 2_000)  # s 4.0; t 8.0, within its deadband of the 7.0 reported
+    calc.evaluate()
+
+    assert [("s", 4.0, 1.0), ("t", 7.0, 2.0)] == [
+        (v.id, v.value, v.age_s) for v in calc.point_views(102.0)
+    ]
+
+
+@pytest.mark.parametrize(("later", "published"), [(2.0, True), (2.5, False)])
+def test_an_input_as_old_as_max_input_age_is_used_and_an_older_one_is_not(
+    tmp_path: Path, later: float, published: bool
+) -> None:
+    aged = CONFIG.replace('expression = "a + b"', 'expression = "a + b"\nmax_input_age = 2')
+    calc, now, emitted = clocked(tmp_path, aged)
+    calc.tap("a")(1.0, 1_000)
+    now[0] += later
+    calc.tap("b")(2.0, 2_000)
+
+    calc.evaluate()
+
+    assert (published, not published) == (bool(emitted), bool(calc.skipped))

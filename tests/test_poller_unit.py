@@ -664,6 +664,24 @@ async def test_inputs_set_after_a_run_was_made_are_given_its_values_as_a_row() -
     assert {"p0": 1, "p1": 20, "p2": 3} == emitted.values()
 
 
+async def test_inputs_a_cut_short_cycle_left_unread_are_given_none() -> None:
+    bus = FakeRegisterBus()
+    bus.time_out(UNIT, Table.INPUT)
+    bus.set_registers(UNIT, Table.HOLDING, 0, [5])
+    points = [{"id": "i", "table": "input", "address": 0}, *holding(0)]
+    poller, _ = make_poller(bus, points)
+    inputs = Inputs("i", "p0")
+    poller.set_inputs(inputs)
+
+    await poller.poll_once()  # the input read times out: the holding one is not asked
+    poller.set_inputs(None)  # (a reload without derived points)
+    await poller.poll_once()
+
+    assert [("i", None, "tap"), ("p0", None, "tap")] == [
+        (point_id, value, how) for point_id, value, _, how in inputs.given
+    ]
+
+
 async def test_inputs_read_point_by_point_are_given_through_their_taps() -> None:
     bus = FakeRegisterBus()
     bus.set_registers(UNIT, Table.HOLDING, 0, [1, 2])

@@ -210,7 +210,8 @@ class Aggregator:
         self._floor_ms: float = -math.inf  # a sample before this is late
 
     def add(self, value: Number | None, timestamp_ms: int) -> Sequence[Result]:
-        """Fold in one sample; return the results of the window it closed, if it closed one.
+        """Fold in one sample; return the results of the window it closed, if it closed one
+        (none when `on_close` is set: it is given them).
 
         None (no value: a failed read) is ignored. Raises TypeError for anything else but
         an int or a float (booleans included) and ValueError for NaN or an infinity: those
@@ -311,7 +312,8 @@ class Aggregator:
         return self._last_ms
 
     def close_due(self, now_ms: int) -> Sequence[Result]:
-        """Close the open window if it ended at or before `now_ms`; return its results."""
+        """Close the open window if it ended at or before `now_ms`; return its results (or
+        give them to `on_close`, when set)."""
         if self._end_ms < 0 or self._end_ms > now_ms:
             return ()
         return self._close()

@@ -133,7 +133,7 @@ class Rows:
         # a thousand windows: one entry, not a thousand tuples).
         stamp, row = array("q", (timestamp_ms,)), array(self.typecode, values)
         self._journal.append((self.indexes, self.typecode, stamp.tobytes(), row.tobytes()))
-        for window, value in zip(self.windows, values, strict=True):
+        for window, value in zip(self.windows, row, strict=True):  # as journalled
             window.add_unjournalled(value, timestamp_ms)
         self._sync()
 

@@ -104,7 +104,7 @@ class Calculator:
 
     @property
     def inputs(self) -> set[str]:
-        """The ids the pollers should tap."""
+        """The ids the sources should give the values of (`tap`, `rows`)."""
         return set(self._users)
 
     def __contains__(self, point_id: str) -> bool:
@@ -119,7 +119,8 @@ class Calculator:
 
     def tap(self, point_id: str) -> Tap:
         """What a source calls with each value of input `point_id` (None: its read failed),
-        with what it updates bound once (a poller calls it for every value of every input)."""
+        with what it updates bound once (a poller calls it for each value that comes point
+        by point; a read's values together go to `rows`)."""
         values, stamps, at, clock = self._values, self._stamps, self._at, self._clock
         users = tuple(self._users.get(point_id, ()))
         pending = self._pending
@@ -179,10 +180,10 @@ class Calculator:
     def _evaluate(self, point: _Point, now: float, readings: dict[str, list[bytes]]) -> None:
         config, values, at, stamps = point.config, self._values, self._at, self._stamps
         newest = 0
-        oldest = now - config.max_input_age  # an input that came before this is stale
+        max_age = config.max_input_age
         for name in config.expression.inputs:
             # (missing, or None from a failed read: neither type is an input's)
-            if type(values.get(name)) not in _INPUT_TYPES or at[name] < oldest:
+            if type(values.get(name)) not in _INPUT_TYPES or now - at[name] > max_age:
                 self._skip(config, self._unusable(name, now))
                 return
             stamp = stamps[name]

@@ -130,7 +130,7 @@ class RegisterBus(Protocol):
 
 
 Tap = Callable[[Value | None, int], None]  # a value read (None: failed) and its time, ms
-# A read's values together (`Aggregates.rows`): the values in order and their time.
+# A read's values together (`Aggregates.rows`, `Inputs.rows`): in order, and their time.
 RowTap = Callable[[Sequence[int | float], int], None]
 
 
@@ -462,8 +462,8 @@ class DevicePoller:
         # it outside this task raised (raised again in it).
         self._pending: _Response | None = None
         self._deferred_error: Exception | None = None
-        # Each read's plan (made at its first response; forgotten when the plan or a tap
-        # changes), by the request's id.
+        # Each read's plan (made at its first response; forgotten when the plan changes or
+        # the inputs or aggregates are set), by the request's id.
         self._reads: dict[int, _ReadPlan] = {}
         # Each point's last reading and when (monotonic), for a point without a deadband
         # (one with a deadband: its filter's).
