@@ -433,12 +433,21 @@ def _encode(payload: Payload) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _quiet_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's exception handler, but for a cancelled task's CancelledError: at a
+    Ctrl-C the broker may stop first, and gmqtt then asks its cancelled reconnect task for
+    its exception, a traceback that says nothing."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
 async def _print_messages(host: str, port: int, app_id: str, app_secret: str) -> None:
     cloud = CloudClient(
         host=host, port=port, app_id=app_id, app_secret=app_secret, clean_session=True
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_cancelled)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await cloud.connect()

@@ -155,9 +155,13 @@ async def test_a_window_survives_kill_9_mid_window(
         async with AgentProcess(config, log_dir=tmp_path) as agent:  # killed if still running
             await agent.start()
             await cloud.wait_for(lambda m: len(results(cloud.readings("b"))) >= 1, timeout=WAIT)
-            # Mid-window: the open window's state is on disk with two samples or more.
-            await poll_until(lambda: open_count(queue) >= 2, timeout=WAIT, what="a window on disk")
-            killed_in = open_window(queue)
+            # Mid-window: the open window's state is on disk with two samples or more (its
+            # end taken from the same read: the next may come after the window closed).
+            seen: list[tuple[int, int]] = []
+            await poll_until(
+                lambda: open_with(queue, samples=2, into=seen), timeout=WAIT, what="a window"
+            )
+            killed_in = seen[-1][0]
             await agent.kill()
             await agent.start()
             await cloud.wait_for(lambda m: killed_in in results(cloud.readings("b")), timeout=WAIT)
@@ -207,16 +211,14 @@ def _open_window(queue: Path) -> tuple[int, int] | None:
     return int(window["start_ms"]) + width, int(window["count"])
 
 
-def open_count(queue: Path) -> int:
+def open_with(queue: Path, *, samples: int, into: list[tuple[int, int]]) -> bool:
+    """Whether the state on disk holds a window open with `samples` samples or more; if so,
+    its (end ms, samples) appended to `into`."""
     found = _open_window(queue)
-    return 0 if found is None else found[1]
-
-
-def open_window(queue: Path) -> int:
-    """The end (ms) of the window the state on disk holds open."""
-    found = _open_window(queue)
-    assert found is not None
-    return found[0]
+    if found is None or found[1] < samples:
+        return False
+    into.append(found)
+    return True
 
 
 # -- config -------------------------------------------------------------------------------
