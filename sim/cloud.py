@@ -447,7 +447,6 @@ async def _print_messages(host: str, port: int, app_id: str, app_secret: str) ->
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_quiet_cancelled)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await cloud.connect()
@@ -465,6 +464,7 @@ async def _print_messages(host: str, port: int, app_id: str, app_secret: str) ->
                 )
             shown = len(cloud.messages)
     finally:
+        loop.set_exception_handler(_quiet_cancelled)  # stopping: the broker may be gone
         await cloud.disconnect()
 
 

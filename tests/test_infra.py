@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
 
 from sim.broker import Broker, BrokerFactory, find_binary, free_port
-from sim.cloud import CloudClient, Message, data_topic, expected_topic, thing_client
+from sim.cloud import (
+    CloudClient,
+    Message,
+    _quiet_cancelled,
+    data_topic,
+    expected_topic,
+    thing_client,
+)
 from sim.plant import PlantServer, SimUnit, serve_rtu, serve_tcp
 from sim.pty import PtyPair
 
@@ -293,3 +301,14 @@ async def test_rtu_two_units_share_a_line_and_a_dead_one_stays_silent(pty_pair: 
     assert (first.registers, second.registers, after.registers) == ([101], [202], [101])
     assert meter.requests == [(4, 0, 1), (4, 0, 1)]
     assert drive.requests == [(4, 0, 1), (4, 0, 1)]
+
+
+async def test_the_demo_cloud_stopping_is_quiet_only_about_a_cancelled_task(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _quiet_cancelled(loop, {"message": "gmqtt", "exception": asyncio.CancelledError()})
+        _quiet_cancelled(loop, {"message": "a real one", "exception": ValueError("bad")})
+
+    assert ["a real one"] == [record.getMessage() for record in caplog.records]

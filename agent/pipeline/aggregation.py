@@ -131,8 +131,8 @@ class Rows:
                 rows.settle()  # this one, or (after a new plan) the one now holding it
         # Journalled as one row, as the arrays' rows are (the first row of a minute opens
         # a thousand windows: one entry, not a thousand tuples).
-        stamp, row = array("q", (timestamp_ms,)), array(self.typecode, values)
-        self._journal.append((self.indexes, self.typecode, stamp.tobytes(), row.tobytes()))
+        row = array(self.typecode, values)
+        self._journal.append(self._entry(array("q", (timestamp_ms,)), row))
         for window, value in zip(self.windows, row, strict=True):  # as journalled
             window.add_unjournalled(value, timestamp_ms)
         self._sync()
@@ -169,15 +169,13 @@ class Rows:
         rows = len(self._stamps)
         if rows > self._journalled:
             start = self._journalled
-            self._journal.append(
-                (
-                    self.indexes,
-                    self.typecode,
-                    self._stamps[start:].tobytes(),
-                    self._values[start * len(self.windows) :].tobytes(),
-                )
-            )
+            values = self._values[start * len(self.windows) :]
+            self._journal.append(self._entry(self._stamps[start:], values))
             self._journalled = rows
+
+    def _entry(self, stamps: array[int], values: array[Any]) -> tuple[Any, ...]:
+        """A journal entry of rows: their timestamps and values, as bytes."""
+        return (self.indexes, self.typecode, stamps.tobytes(), values.tobytes())
 
 
 class Aggregation:
@@ -196,7 +194,6 @@ class Aggregation:
         self._windows: dict[Key, Aggregator] = {}
         self._pending: dict[str, list[bytes]] = {}  # closed windows' results, by bucket
         self._on_close: dict[str, Closed] = {}  # one per bucket
-        self._suffix = (-1, b"")  # the last window end's timestamp suffix, and that end
         self._earliest_ms = math.inf  # no open window ends before this
         # By their windows' bucket and point ids (one tuple of ids, not a key per window).
         self._rows: dict[tuple[str, tuple[str, ...]], Rows] = {}
@@ -291,11 +288,9 @@ class Aggregation:
         def closed(spec: WindowSpec, values: Sequence[Number], end_ms: int) -> None:
             self._snapshot_due = True
             pending = self._pending.setdefault(bucket, [])
-            if self._suffix[0] != end_ms:  # (a thousand windows closing together share it)
-                self._suffix = (end_ms, timestamp_suffix(end_ms))
-            suffix = self._suffix[1]
-            for prefix, value in zip(_prefixes(spec), values, strict=True):
-                pending.append(prefix + repr(value).encode() + suffix)
+            suffix = timestamp_suffix(end_ms)
+            for output_id, value in zip(spec.output_ids().values(), values, strict=True):
+                pending.append(id_prefix(output_id) + repr(value).encode() + suffix)
             if len(pending) >= RESULTS_PER_MESSAGE:  # a message's worth: it need not wait
                 self._emit(bucket, pending[:RESULTS_PER_MESSAGE])
                 del pending[:RESULTS_PER_MESSAGE]
@@ -429,23 +424,6 @@ class Aggregation:
             if mine is not None and mine.spec == window.spec:
                 self._wire(key, window)
         self._snapshot_due = True
-
-
-_ID_END = b'","value":'  # how `id_prefix` ends a plain id: its closing quote, the next key
-
-
-def _prefixes(spec: WindowSpec) -> list[bytes]:
-    """The start of each function's reading (`id_prefix` of its output id), in the spec's
-    order. A default id is the point's with `_<function>` put before its closing quote,
-    which is how JSON writes it (a function's name needs no escape): one encoding of
-    the point id a window, not one per result."""
-    head = id_prefix(spec.point_id)[: -len(_ID_END)]
-    return [
-        id_prefix(spec.names[function])
-        if function in spec.names
-        else head + b"_" + function.encode() + _ID_END
-        for function in spec.functions
-    ]
 
 
 def _row_samples(entry: tuple[Any, ...]) -> int:

@@ -146,7 +146,7 @@ class Calculator:
         users = sorted({point.index for _, name in places for point in self._users[name]})
         points = tuple(self._points[index] for index in users)
         values, stamps, at, clock = self._values, self._stamps, self._at, self._clock
-        pending = self._pending
+        changed = self._changed
 
         def row(read: Sequence[Value], timestamp_ms: int) -> None:
             now = clock()
@@ -154,10 +154,7 @@ class Calculator:
                 values[name] = read[n]
                 stamps[name] = timestamp_ms
                 at[name] = now
-            for point in points:
-                if not point.dirty:
-                    point.dirty = True
-                    heappush(pending, point.index)
+            changed(points)
 
         return row
 
